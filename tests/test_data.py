@@ -1,0 +1,188 @@
+"""Data: image folders with bad files, splits, TFDS, arrays, class weights, errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import tftoolkit
+from conftest import make_image_folder, write_image
+from tftoolkit.data import load_data
+from tftoolkit.data.splits import stratified_split
+from tftoolkit.errors import DataError
+from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
+
+
+def _folder_recipe(path, **data) -> Recipe:
+    return Recipe(name="folder", data=DataConfig(source="folder", dir=str(path), image_size=32,
+                                                 **data),
+                  model=ModelConfig(architecture="cnn", filters=[8]),
+                  train=TrainConfig(epochs=1, batch_size=8),
+                  export=ExportConfig(enabled=False))
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+    """Good images in awkward formats, plus three files that cannot be images."""
+    root = make_image_folder(tmp_path / "messy", per_class=6)
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    write_image(root / "circle" / "gray.png", rgb[..., 0])
+    write_image(root / "circle" / "rgba.png", np.dstack([rgb, rgb[..., :1]]))
+    write_image(root / "square" / "cmyk.jpg", rgb, fmt="JPEG", mode="CMYK")
+    write_image(root / "square" / "anim.gif", rgb, fmt="GIF")
+    write_image(root / "square" / "bitmap.bmp", rgb, fmt="BMP")
+    good_jpeg = (root / "circle" / "000.jpg").read_bytes()
+    bad = {root / "circle" / "truncated.jpg": good_jpeg[: len(good_jpeg) // 2],
+           root / "square" / "empty.png": b"",
+           root / "square" / "notes.txt": b"not an image\n"}
+    for path, data in bad.items():
+        path.write_bytes(data)
+    return root, sorted(str(p) for p in bad)
+
+
+def test_default_run_stops_before_training_and_names_exactly_the_bad_files(messy_folder,
+                                                                            quiet):
+    root, bad = messy_folder
+    with pytest.raises(DataError) as err:
+        tftoolkit.train(_folder_recipe(root), quiet)
+    message = str(err.value)
+    listed = sorted(line.strip().split(":")[0] for line in message.splitlines()
+                    if line.startswith("  /"))
+    assert listed == bad
+    assert "data.on_bad_file=skip" in message
+    assert not (root.parent / "runs").exists() or not any((root.parent / "runs").rglob("*.csv"))
+
+
+def test_skip_trains_on_the_good_files_and_records_the_bad_ones(messy_folder, quiet):
+    root, bad = messy_folder
+    result = tftoolkit.train(_folder_recipe(root, on_bad_file="skip",
+                                            validation_fraction=0.0), quiet)
+    assert result.info.counts["train"] == 12 + 5  # every good file, odd formats included
+    skipped = (result.run_dir / "skipped_files.txt").read_text()
+    assert sorted(line.split("\t")[0] for line in skipped.splitlines()) == bad
+    assert len(result.history["loss"]) == 1
+
+
+def test_odd_formats_decode_to_rgb(messy_folder):
+    root, _ = messy_folder
+    bundle = load_data(_folder_recipe(root, on_bad_file="skip", validation_fraction=0.0), 32)
+    images, _ = next(iter(bundle.dataset("train", batch_size=64)))
+    assert images.shape[1:] == (32, 32, 3) and images.dtype.name == "float32"
+    assert float(np.max(images)) <= 255.0
+
+
+@pytest.mark.parametrize("setup,match", [
+    (lambda root: None, "no such directory"),
+    (lambda root: (root / "only").mkdir(parents=True), "at least two"),
+    (lambda root: (make_image_folder(root, per_class=2), (root / "empty").mkdir()),
+     r"\['empty'\] hold no files"),
+])
+def test_folder_errors(tmp_path, setup, match):
+    root = tmp_path / "data"
+    setup(root)
+    with pytest.raises(DataError, match=match):
+        load_data(_folder_recipe(root), 32)
+
+
+def test_stratified_split_keeps_proportions_and_is_seeded():
+    labels = np.array([0] * 80 + [1] * 20 + [2] * 40)
+    keep_a, held_a = stratified_split(labels, 0.25, seed=3)
+    keep_b, held_b = stratified_split(labels, 0.25, seed=3)
+    np.testing.assert_array_equal(held_a, held_b)
+    assert np.bincount(labels[held_a]).tolist() == [20, 5, 10]
+    assert set(keep_a).isdisjoint(held_a) and len(keep_a) + len(held_a) == len(labels)
+    _, held_c = stratified_split(labels, 0.25, seed=4)
+    assert not np.array_equal(held_a, held_c)
+
+
+def test_folder_validation_split_is_stratified_and_reproducible(image_folder):
+    recipe = _folder_recipe(image_folder, validation_fraction=0.25)
+    a, b = load_data(recipe, 32), load_data(recipe, 32)
+    np.testing.assert_array_equal(a.splits["val"].paths, b.splits["val"].paths)
+    assert np.bincount(a.splits["val"].labels).tolist() == [3, 3]
+    assert a.info.class_names == ["circle", "square"]
+
+
+def test_arrays_with_labels_out_of_range_are_refused():
+    x = np.zeros((6, 2), "float32")
+    recipe = Recipe(name="a", data=DataConfig(source="arrays", arrays={"train": (
+        x, np.array([0, 1, 2, 0, 1, 2])), "val": (x[:2], np.array([0, -1]))}))
+    with pytest.raises(DataError, match="label -1 is negative"):
+        load_data(recipe)
+    skipped = Recipe(name="a", data=DataConfig(source="arrays", arrays={"train": (
+        x, np.array([0, 1, 5, 0, 1, 5]))}))
+    with pytest.raises(DataError, match=r"classes \[2, 3, 4\] never occur"):
+        load_data(skipped)
+
+
+def test_balanced_class_weights_change_the_loss():
+    x = np.random.default_rng(0).normal(size=(40, 2)).astype("float32")
+    y = np.array([0] * 36 + [1] * 4)
+    base = Recipe(name="imb", data=DataConfig(source="arrays", arrays={"train": (x, y)},
+                                              validation_fraction=0.0),
+                  model=ModelConfig(architecture="linear"),
+                  train=TrainConfig(batch_size=40, loss="categorical_crossentropy"))
+    balanced = replace(base, data=replace(base.data, class_weight="balanced"))
+    plain_data, weighted_data = load_data(base), load_data(balanced)
+    np.testing.assert_allclose(weighted_data.class_weights(), [40 / 72, 40 / 8])
+    model = tftoolkit.build_model(base)
+    from tftoolkit.training import compile_model
+
+    losses = []
+    for data in (plain_data, weighted_data):
+        compile_model(model, base, data.info, 0.1)
+        batch = next(iter(data.dataset("train", training=True)))
+        losses.append(float(model.evaluate(*[np.asarray(t) for t in batch[:2]],
+                                           sample_weight=None if len(batch) < 3
+                                           else np.asarray(batch[2]), verbose=0)[0]))
+        assert (len(batch) == 3) == (data is weighted_data)
+    assert losses[0] != pytest.approx(losses[1], rel=1e-3)
+    # And training uses it: the minority class is predicted more often.
+    def minority_rate(recipe):
+        result = tftoolkit.train(replace(recipe, train=replace(recipe.train, epochs=30,
+                                                               learning_rate=0.1, verbose=0,
+                                                               run_dir="/tmp/tftk-cw-runs"),
+                                         export=replace(recipe.export, enabled=False)))
+        return float(np.mean(np.argmax(result.model.predict(x, verbose=0), 1) == 1))
+    assert minority_rate(balanced) > minority_rate(base)
+
+
+def test_tfds_dataset_loads_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    recipe = tftoolkit.load_recipe("flowers", ["data.max_examples=12"])
+    with tfds.testing.mock_data(num_examples=20):
+        bundle = load_data(recipe, 32)
+    assert bundle.info.class_names[:2] == ["dandelion", "daisy"]
+    assert bundle.info.num_classes == 5
+    assert set(bundle.splits) == {"train", "val", "test"}
+
+
+def test_flowers_recipe_trains_one_step_under_mock_data(quiet, imported_mobilenet):
+    import tensorflow_datasets as tfds
+
+    overrides = {**quiet, "data.max_examples": 8, "data.image_size": 33, "train.epochs": 1,
+                 "train.fine_tune_epochs": 1, "train.batch_size": 4,
+                 "train.steps_per_epoch": 1,
+                 "model.weights": "imagenet-torchvision", "export.enabled": False}
+    with tfds.testing.mock_data(num_examples=16):
+        result = tftoolkit.train("flowers", overrides)
+    assert len(result.history["loss"]) == 2  # one step of each stage of two_stage
+    assert result.info.class_names[0] == "dandelion"
+
+
+def test_unknown_tfds_name_suggests():
+    recipe = Recipe(name="t", data=DataConfig(source="tfds", name="tf_flower"))
+    with pytest.raises(DataError, match=r"'tf_flower' is not a TFDS dataset; did you mean "
+                                        r"'tf_flowers'"):
+        load_data(recipe, 32)
+
+
+def test_tfds_not_downloaded_offline_says_what_to_do(tmp_path):
+    recipe = Recipe(name="t", data=DataConfig(source="tfds", name="tf_flowers",
+                                              data_dir=str(tmp_path / "tfds")))
+    with pytest.raises(DataError, match=r"not prepared.*tfds build tf_flowers.*data\.data_dir"):
+        load_data(recipe, 32)

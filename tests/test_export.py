@@ -1,0 +1,217 @@
+"""Export: served outputs equal Keras inference outputs; atomic, never overwriting."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+import tftoolkit
+from tftoolkit.data import DataInfo
+from tftoolkit.errors import ExportError
+from tftoolkit.recipe import (DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig)
+from tftoolkit.serving import savedmodel
+from tftoolkit.serving.savedmodel import export_model
+
+INFO = DataInfo("classification", "categorical", (32, 32, 3), ["circle", "square"], 32,
+                "test images")
+
+
+def _images(n=4, size=32, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
+
+
+def _model_with_augmentation_inside() -> keras.Model:
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.RandomFlip("horizontal_and_vertical", seed=1)(inputs)
+    x = keras.layers.RandomRotation(0.3, seed=2)(x)
+    x = keras.layers.Rescaling(1 / 255)(x)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Dropout(0.5)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+
+
+def _export(model, root: Path, **kw) -> Path:
+    return export_model(model, INFO, root, parity_inputs=_images(), card={"recipe": "t"}, **kw)
+
+
+def test_model_with_augmentation_layers_serves_its_inference_outputs(tmp_path):
+    model = _model_with_augmentation_inside()
+    version = _export(model, tmp_path / "exports")
+    served = tf.saved_model.load(str(version)).signatures["serving_default"]
+    x = _images(8, seed=5)
+    first, second = served(images=x), served(images=x)
+    expected = model(x, training=False).numpy()
+    assert np.abs(first["probabilities"].numpy() - expected).max() <= 1e-5
+    np.testing.assert_array_equal(first["probabilities"], second["probabilities"])
+    np.testing.assert_array_equal(first["class_id"], np.argmax(expected, axis=1))
+    assert [n.decode() for n in first["class_name"].numpy()] == [
+        INFO.class_names[i] for i in np.argmax(expected, axis=1)]
+
+
+def test_any_input_size_is_resized_inside(tmp_path):
+    model = _model_with_augmentation_inside()
+    served = tf.saved_model.load(str(_export(model, tmp_path))).signatures["serving_default"]
+    big = _images(2, size=50)
+    expected = model(tf.image.resize(big, (32, 32)), training=False).numpy()
+    np.testing.assert_allclose(served(images=big)["probabilities"], expected, atol=1e-5)
+
+
+def _encode(images: np.ndarray, fmt: str) -> list[bytes]:
+    from PIL import Image
+
+    out = []
+    for image in images.astype("uint8"):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format=fmt, quality=95)
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_serve_bytes_matches_serving_default(tmp_path):
+    model = _model_with_augmentation_inside()
+    loaded = tf.saved_model.load(str(_export(model, tmp_path)))
+    x = np.round(_images(4, seed=7))
+    by_array = loaded.signatures["serving_default"](images=x)["probabilities"].numpy()
+    png = loaded.signatures["serve_bytes"](image_bytes=_encode(x, "PNG"))
+    np.testing.assert_allclose(png["probabilities"], by_array, atol=1e-5)  # lossless
+    jpeg = loaded.signatures["serve_bytes"](image_bytes=_encode(x, "JPEG"))
+    # JPEG is lossy (quality 95 on noise images): probabilities agree within 0.05.
+    assert np.abs(jpeg["probabilities"].numpy() - by_array).max() <= 0.05
+
+
+def test_failed_export_leaves_no_version_directory(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(savedmodel, "parity_check", broken)
+    root = tmp_path / "exports"
+    with pytest.raises(RuntimeError, match="disk full"):
+        _export(_model_with_augmentation_inside(), root)
+    assert list(root.iterdir()) == []
+
+
+def test_parity_failure_fails_loudly_and_leaves_nothing(tmp_path, monkeypatch):
+    other = _model_with_augmentation_inside()
+    real_check = savedmodel.parity_check
+    monkeypatch.setattr(savedmodel, "parity_check",
+                        lambda path, model, x, tol: real_check(path, other, x, tol))
+    root = tmp_path / "exports"
+    with pytest.raises(ExportError, match="parity check failed"):
+        _export(_model_with_augmentation_inside(), root)
+    assert list(root.iterdir()) == []
+
+
+def test_existing_versions_are_never_overwritten(tmp_path, monkeypatch):
+    root = tmp_path / "exports"
+    (root / "1").mkdir(parents=True)
+    (root / "1" / "keep.txt").write_text("v1")
+    model = _model_with_augmentation_inside()
+    assert _export(model, root).name == "2"
+    monkeypatch.setattr(savedmodel, "next_version", lambda r: 1)  # a racing writer
+    with pytest.raises(ExportError, match="not overwriting"):
+        _export(model, root)
+    assert (root / "1" / "keep.txt").read_text() == "v1"
+    assert sorted(p.name for p in root.iterdir()) == ["1", "2"]
+
+
+@pytest.fixture(scope="module")
+def trained_export(tmp_path_factory):
+    """A tiny classifier trained on shapes and exported by the recipe path."""
+    from conftest import make_image_folder
+
+    tmp = tmp_path_factory.mktemp("export")
+    folder = make_image_folder(tmp / "shapes", per_class=10)
+    recipe = Recipe(name="shapes", data=DataConfig(source="folder", dir=str(folder),
+                                                   image_size=32),
+                    model=ModelConfig(architecture="cnn", filters=[8]),
+                    train=TrainConfig(epochs=1, batch_size=8, verbose=0,
+                                      run_dir=str(tmp / "runs")),
+                    export=ExportConfig(dir=str(tmp / "exports")))
+    result = tftoolkit.train(recipe)
+    return result, folder
+
+
+def test_training_exports_a_complete_version(trained_export):
+    result, _ = trained_export
+    version = result.export_dir
+    assert version.name == "1" and version.parent.name == "shapes"
+    assert (version / "labels.txt").read_text().split() == ["circle", "square"]
+    card = json.loads((version / "model_card.json").read_text())
+    for key in ("recipe", "resolved_recipe", "dataset", "class_names", "input_shape",
+                "preprocessing", "metrics", "seed", "train_seconds", "versions", "parity"):
+        assert key in card, key
+    assert card["parity"]["max_abs_diff"] <= 1e-5
+    assert set(card["versions"]) >= {"tftoolkit", "tensorflow", "keras"}
+    reloaded = keras.models.load_model(version / "model.keras")
+    assert reloaded.output_shape == (None, 2)
+
+
+def test_export_verb_writes_the_next_version(trained_export, tmp_path):
+    result, _ = trained_export
+    proc = subprocess.run([sys.executable, "-m", "tftoolkit", "export", str(result.run_dir),
+                           "--to", str(tmp_path / "elsewhere")], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "elsewhere" / "1" / "saved_model.pb").is_file()
+
+
+def test_saved_model_cli_lists_and_runs_the_signatures(trained_export, tmp_path):
+    version = str(trained_export[0].export_dir)
+    np.save(tmp_path / "images.npy", np.full((2, 40, 40, 3), 128.0, dtype=np.float32))
+    shown = subprocess.run(["saved_model_cli", "show", "--dir", version, "--all"],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "signature_def['serving_default']" in shown.stdout
+    assert "signature_def['serve_bytes']" in shown.stdout
+    ran = subprocess.run(["saved_model_cli", "run", "--dir", version, "--tag_set", "serve",
+                          "--signature_def", "serving_default", "--inputs",
+                          f"images={tmp_path / 'images.npy'}"],
+                         capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert "probabilities" in ran.stdout and "class_name" in ran.stdout
+
+
+def test_export_serves_in_a_process_that_imports_only_tensorflow(trained_export):
+    result, folder = trained_export
+    image = sorted((folder / "circle").glob("*.png"))[0]
+    code = (
+        "import sys, tensorflow as tf\n"
+        f"m = tf.saved_model.load({str(result.export_dir)!r})\n"
+        f"out = m.signatures['serve_bytes'](image_bytes=tf.constant([open({str(image)!r}, "
+        "'rb').read()]))\n"
+        "assert 'tftoolkit' not in sys.modules\n"
+        "print(out['class_name'].numpy()[0].decode(), out['probabilities'].shape)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    name, shape = proc.stdout.strip().split(" ", 1)
+    assert name in ("circle", "square") and shape == "(1, 2)"
+
+
+def test_predict_cli_prints_top_classes(trained_export):
+    result, folder = trained_export
+    images = [str(sorted((folder / c).glob("*.jpg"))[0]) for c in ("circle", "square")]
+    proc = subprocess.run([sys.executable, "-m", "tftoolkit", "predict",
+                           str(result.export_dir), *images, "--top-k", "2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == images[0] and lines[3] == images[1]
+    probabilities = [float(l.split("%")[0]) for l in lines if "%" in l]
+    assert len(probabilities) == 4
+    assert probabilities[0] + probabilities[1] == pytest.approx(100, abs=0.02)
+
+
+def test_predict_rejects_a_non_export(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tftoolkit", "predict", str(tmp_path),
+                           "x.jpg"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "saved_model.pb" in proc.stderr

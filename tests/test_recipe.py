@@ -1,0 +1,135 @@
+"""Recipe loading, overrides and validation: errors name the key, value and choices."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tftoolkit.errors import RecipeError
+from tftoolkit.recipe import (BUNDLED_RECIPES_DIR, Recipe, bundled_recipes, load_recipe,
+                              parse_overrides)
+
+
+def test_bundled_recipes_load_by_name_and_by_path():
+    names = bundled_recipes()
+    assert {"linear_regression", "mlp", "fashion_transfer"} <= set(names)
+    by_name = load_recipe("mlp")
+    by_path = load_recipe(str(BUNDLED_RECIPES_DIR / "mlp.py"))
+    assert by_name.to_dict() == by_path.to_dict()
+    assert by_name.model.hidden == [4]
+
+
+def test_recipe_from_a_file_outside_the_package(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text("from tftoolkit.recipe import Recipe, TrainConfig\n"
+                    "RECIPE = Recipe(name='mine', train=TrainConfig(epochs=7))\n")
+    assert load_recipe(str(path)).train.epochs == 7
+
+
+def test_parse_overrides_types():
+    parsed = parse_overrides(["train.epochs=3", "train.learning_rate=0.1",
+                              "model.mode=fine_tune", "model.hidden=[8, 4]",
+                              "augment.enabled=true", "model.unfreeze=block_13"])
+    assert parsed == {"train.epochs": 3, "train.learning_rate": 0.1,
+                      "model.mode": "fine_tune", "model.hidden": [8, 4],
+                      "augment.enabled": True, "model.unfreeze": "block_13"}
+
+
+def test_every_recipe_accepts_the_common_overrides():
+    common = ["train.epochs=2", "train.batch_size=16", "train.learning_rate=0.01",
+              "train.seed=3", "data.max_examples=10", "export.dir=/tmp/x"]
+    for name in bundled_recipes():
+        recipe = load_recipe(name, common)
+        assert (recipe.train.epochs, recipe.train.batch_size, recipe.train.seed) == (2, 16, 3)
+        assert recipe.train.learning_rate == 0.01 and recipe.data.max_examples == 10
+        assert recipe.export.dir == "/tmp/x"
+
+
+def test_int_override_is_accepted_for_a_float_field():
+    assert load_recipe("mlp", ["train.learning_rate=1"]).train.learning_rate == 1.0
+
+
+def test_unknown_key_suggests_the_right_one():
+    with pytest.raises(RecipeError, match=r"train\.epochz.*did you mean 'train\.epochs'"):
+        load_recipe("mlp", ["train.epochz=3"])
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(RecipeError, match=r"unknown recipe section 'trian'.*'train'"):
+        load_recipe("mlp", ["trian.epochs=3"])
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(RecipeError, match=r"train\.epochs='three': expected int"):
+        load_recipe("mlp", ["train.epochs=three"])
+
+
+def test_out_of_range_value_is_named_with_bounds():
+    with pytest.raises(RecipeError, match=r"train\.epochs=0 is out of range: allowed \[1, inf\]"):
+        load_recipe("mlp", ["train.epochs=0"])
+
+
+def test_invalid_choice_lists_choices():
+    with pytest.raises(RecipeError, match=r"model\.mode='finetune'.*'fine_tune'.*choices: "):
+        load_recipe("mlp", ["model.mode=finetune"])
+
+
+def test_unknown_architecture_suggests():
+    with pytest.raises(RecipeError, match=r"'mobilenetv2'.*did you mean 'mobilenet_v2'"):
+        load_recipe("mlp", ["model.architecture=mobilenetv2"])
+
+
+def test_transfer_mode_on_a_scratch_architecture_is_refused():
+    with pytest.raises(RecipeError, match="model.mode='fine_tune' needs a pretrained"):
+        load_recipe("mlp", ["model.mode=fine_tune"])
+
+
+def test_unknown_recipe_name_suggests():
+    with pytest.raises(RecipeError, match=r"unknown recipe 'mpl'.*did you mean 'mlp'"):
+        load_recipe("mpl")
+
+
+def test_malformed_override():
+    with pytest.raises(RecipeError, match="section.key=value"):
+        parse_overrides(["train.epochs"])
+
+
+def test_recipe_object_with_bad_field_value_is_refused():
+    from dataclasses import replace
+
+    from tftoolkit.recipe import TrainConfig
+
+    bad = Recipe(name="bad", train=replace(TrainConfig(), optimizer="rmsprop"))
+    with pytest.raises(RecipeError, match=r"train\.optimizer='rmsprop'.*choices: gd, sgd, adam"):
+        load_recipe(bad)
+
+
+def test_cli_rejects_a_typo_before_training(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tftoolkit", "train", "mlp", "--set", "train.epochz=3",
+         "--set", f"train.run_dir={tmp_path}/runs"],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "train.epochz" in proc.stderr and "train.epochs" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_help_documents_every_verb():
+    proc = subprocess.run([sys.executable, "-m", "tftoolkit", "--help"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0
+    for verb in ("recipes", "show", "train", "compare", "export", "predict", "weights"):
+        assert verb in proc.stdout
+
+
+def test_cli_recipes_and_show():
+    listing = subprocess.run([sys.executable, "-m", "tftoolkit", "recipes"],
+                             capture_output=True, text=True, check=True).stdout
+    assert "linear_regression" in listing and "full-batch gradient descent" in listing
+    shown = subprocess.run([sys.executable, "-m", "tftoolkit", "show", "mlp", "--set",
+                            "train.epochs=9"], capture_output=True, text=True, check=True)
+    assert '"epochs": 9' in shown.stdout and '"activation": "tanh"' in shown.stdout

@@ -1,0 +1,286 @@
+"""Transfer learning: imported weights, safe checkpoint reading, freezing, regularizers."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import keras
+import tftoolkit
+from tftoolkit.errors import WeightsError
+from tftoolkit.models import backbones
+from tftoolkit.models.torch_checkpoint import LEGACY_MAGIC, read_state_dict
+from tftoolkit.models.transfer import (backbone_of, block_of, build_transfer_model,
+                                       unfreeze_start)
+from tftoolkit.models.weights import build_backbone
+from tftoolkit.recipe import (DataConfig, ExportConfig, ModelConfig, Recipe, RegularizeConfig,
+                              TrainConfig)
+
+
+def _classify(image: np.ndarray, weights: Path) -> np.ndarray:
+    import tensorflow as tf
+
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(225, 225, 3))
+    model.load_weights(weights)
+    x = tf.image.resize(image.astype("float32")[None], (225, 225))
+    return model(backbones.Preprocess("torch")(x)).numpy()[0]
+
+
+def test_imported_mobilenet_v2_recognises_a_cat_and_an_espresso(imported_mobilenet):
+    import skimage.data
+
+    cat = _classify(skimage.data.chelsea(), imported_mobilenet["top"])
+    assert int(np.argmax(cat)) in range(281, 286)  # tabby .. Egyptian cat
+    coffee = _classify(skimage.data.coffee(), imported_mobilenet["top"])
+    assert int(np.argmax(coffee)) == 967  # espresso
+    meta = imported_mobilenet["meta"].read_text()
+    assert '"preprocessing": "torch"' in meta
+
+
+def test_torchvision_weights_select_torch_preprocessing(imported_mobilenet):
+    model = build_transfer_model("mobilenet_v2", "imagenet-torchvision", "feature_extraction",
+                                 0, (33, 33, 3), 4, "categorical")
+    assert model.get_layer("preprocess").mode == "torch"
+    keras_weights = build_transfer_model("mobilenet_v2", "none", "feature_extraction", 0,
+                                         (33, 33, 3), 4, "categorical")
+    assert keras_weights.get_layer("preprocess").mode == "tf"
+
+
+def _legacy_checkpoint(state_pickle: bytes, storages: list[tuple[str, np.ndarray]]) -> bytes:
+    out = io.BytesIO()
+    for header in (LEGACY_MAGIC, 1001, {"little_endian": True}):
+        pickle.dump(header, out, protocol=2)
+    out.write(state_pickle)
+    pickle.dump([key for key, _ in storages], out, protocol=2)
+    for _, array in storages:
+        out.write(struct.pack("<q", array.size))
+        out.write(array.astype("<f4").tobytes())
+    return out.getvalue()
+
+
+def _fake_torch(monkeypatch):
+    """Importable stand-ins for the torch globals a real checkpoint references."""
+    import sys
+    import types
+
+    torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+
+    class FloatStorage:
+        pass
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called while pickling")
+
+    FloatStorage.__module__, _rebuild_tensor_v2.__module__ = "torch", "torch._utils"
+    FloatStorage.__qualname__ = "FloatStorage"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+    torch.FloatStorage, utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils)
+    return FloatStorage, _rebuild_tensor_v2
+
+
+class _TensorStub:
+    def __init__(self, rebuild, storage_type, key, shape):
+        self.rebuild, self.storage_type, self.key, self.shape = rebuild, storage_type, key, shape
+
+    def __reduce__(self):
+        numel = int(np.prod(self.shape))
+        stride = tuple(int(np.prod(self.shape[i + 1:])) for i in range(len(self.shape)))
+        return (self.rebuild, (("storage-ref", self.storage_type, self.key, numel), 0,
+                               self.shape, stride, False, {}))
+
+
+class _TorchLikePickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, tuple) and obj and obj[0] == "storage-ref":
+            return ("storage", obj[1], obj[2], "cpu", obj[3], None)
+        return None
+
+
+def test_reads_a_legacy_checkpoint_without_torch(tmp_path, monkeypatch):
+    storage_type, rebuild = _fake_torch(monkeypatch)
+    weight = np.arange(6, dtype="float32").reshape(2, 3)
+    body = io.BytesIO()
+    _TorchLikePickler(body, protocol=2).dump(
+        {"layer.weight": _TensorStub(rebuild, storage_type, "0", (2, 3)),
+         "layer.weight_t": _TensorStub(rebuild, storage_type, "0", (3,))})
+    path = tmp_path / "tiny.pth"
+    path.write_bytes(_legacy_checkpoint(body.getvalue(), [("0", weight)]))
+    monkeypatch.undo()
+    state = read_state_dict(path)
+    np.testing.assert_array_equal(state["layer.weight"], weight)
+    np.testing.assert_array_equal(state["layer.weight_t"], [0, 1, 2])
+
+
+def _reduce_pickle(module: str, name: str, argument: str) -> bytes:
+    """Protocol-2 pickle of ``module.name(argument)``: what a crafted checkpoint holds."""
+    arg = argument.encode()
+    return (b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X" + struct.pack("<I", len(arg))
+            + arg + b"\x85R.")
+
+
+def test_crafted_checkpoint_that_would_run_a_command_is_rejected(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    path.write_bytes(_legacy_checkpoint(_reduce_pickle("os", "system", f"touch {marker}"), []))
+    with pytest.raises(WeightsError, match=r"refusing to read .*os\.system"):
+        read_state_dict(path)
+    assert not marker.exists()
+
+
+def test_crafted_checkpoint_rejected_by_the_import_command(tmp_path):
+    import subprocess
+    import sys
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    path.write_bytes(_legacy_checkpoint(
+        _reduce_pickle("builtins", "eval", f"open({str(marker)!r}, 'w')"), []))
+    proc = subprocess.run([sys.executable, "-m", "tftoolkit", "weights", "import",
+                           "mobilenet_v2", "--from", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "builtins.eval" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+def test_offline_missing_imagenet_weights_give_one_actionable_error():
+    with pytest.raises(WeightsError) as err:
+        build_backbone("resnet50", "imagenet", (32, 32, 3))
+    message = str(err.value)
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert "models" in message and "--set model.weights=PATH" in message
+    assert "Traceback" not in message
+
+
+def test_offline_imagenet_falls_back_to_imported_weights(imported_mobilenet, capsys):
+    backbone, mode = build_backbone("mobilenet_v2", "imagenet", (33, 33, 3))
+    assert mode == "torch"
+    assert "using imported torchvision ImageNet weights" in capsys.readouterr().out
+    reference = keras.applications.MobileNetV2(weights=None, include_top=False,
+                                               input_shape=(33, 33, 3))
+    reference.load_weights(imported_mobilenet["notop"])
+    np.testing.assert_array_equal(backbone.get_layer("Conv1").kernel.numpy(),
+                                  reference.get_layer("Conv1").kernel.numpy())
+
+
+def test_registry_covers_keras_applications():
+    for name, spec in backbones.BACKBONES.items():
+        assert callable(getattr(keras.applications, spec.constructor)), name
+        assert spec.preprocessing in backbones.PREPROCESSING_MODES
+    for family in ("mobilenet", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b7",
+                   "efficientnet_v2_s", "resnet50", "resnet50_v2", "convnext_tiny",
+                   "densenet121", "inception_v3", "xception", "vgg16", "nasnet_mobile"):
+        assert family in backbones.BACKBONES
+    assert backbones.BACKBONES["efficientnet_b3"].default_size == 300
+    assert backbones.BACKBONES["resnet50"].preprocessing == "caffe"
+    assert backbones.BACKBONES["densenet121"].preprocessing == "torch"
+
+
+def test_preprocess_layer_matches_keras_preprocess_input():
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    for mode, module in (("tf", keras.applications.mobilenet_v2),
+                         ("caffe", keras.applications.resnet50),
+                         ("torch", keras.applications.densenet)):
+        expected = module.preprocess_input(x.copy())
+        np.testing.assert_allclose(backbones.Preprocess(mode)(x), expected, rtol=1e-5,
+                                   atol=1e-4)
+
+
+def test_unfreeze_moves_to_a_block_boundary():
+    backbone = keras.applications.MobileNetV2(weights=None, include_top=False,
+                                              input_shape=(32, 32, 3))
+    names = [l.name for l in backbone.layers]
+    start = unfreeze_start(backbone, 12)  # 12 layers from the top lands mid-block
+    assert names[start] == "block_16_expand" or block_of(names[start]) != block_of(
+        names[start - 1])
+    assert block_of(names[start]) != block_of(names[start - 1])
+    assert names[unfreeze_start(backbone, "block_13")] == "block_13_expand"
+    frac = unfreeze_start(backbone, 0.25)
+    assert block_of(names[frac]) != block_of(names[frac - 1])
+    assert block_of("conv5_block3_1_conv") == "conv5_block3"
+    assert block_of("block6a_expand_conv") == "block6a"
+
+
+def _tiny_transfer(mode, weights="none", **kw):
+    return Recipe(
+        name=f"tiny_{mode}",
+        data=DataConfig(source="folder", image_size=33, **kw.pop("data", {})),
+        model=ModelConfig(architecture="mobilenet_v2", weights=weights,
+                                           mode=mode, unfreeze="block_16"),
+        train=TrainConfig(epochs=2, batch_size=8, learning_rate=0.01),
+        export=ExportConfig(enabled=False), **kw)
+
+
+def _backbone_state(model):
+    backbone = backbone_of(model)
+    return {v.path: v.numpy().copy() for v in backbone.weights}
+
+
+def test_feature_extraction_leaves_every_backbone_weight_bit_identical(image_folder, quiet):
+    recipe = _tiny_transfer("feature_extraction", data={"dir": str(image_folder)})
+    model = tftoolkit.build_model(recipe)
+    before = _backbone_state(model)
+    # Train through the public path, starting from these exact weights.
+    result = tftoolkit.train(replace(recipe, model_fn=lambda r, info: model), quiet)
+    after = _backbone_state(result.model)
+    assert before.keys() == after.keys()
+    assert any("moving_mean" in k for k in before)
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key], err_msg=key)
+    head = result.model.get_layer("predictions").kernel.numpy()
+    assert result.history["loss"][0] != result.history["loss"][-1]
+    assert np.abs(head).sum() > 0
+
+
+def test_fine_tune_changes_only_unfrozen_layers_and_never_batchnorm(image_folder, quiet):
+    recipe = _tiny_transfer("fine_tune", data={"dir": str(image_folder)})
+    model = tftoolkit.build_model(recipe)
+    before = _backbone_state(model)
+    result = tftoolkit.train(replace(recipe, model_fn=lambda r, info: model), quiet)
+    after = _backbone_state(result.model)
+    backbone = backbone_of(result.model)
+    trainable = {v.path for l in backbone.layers if l.trainable for v in l.weights}
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert changed, "fine-tuning changed nothing"
+    assert changed <= trainable
+    assert all(block_of(k.split("/")[-2]) in ("block_16", "Conv_1", "Conv_1_bn")
+               for k in changed)
+    bn_keys = [k for k in before if "moving_" in k or "gamma" in k or "beta" in k]
+    assert bn_keys and not (set(bn_keys) & changed)
+
+
+def test_l2_on_backbone_and_head_equals_lambda_sum_of_squares(image_folder):
+    recipe = _tiny_transfer("scratch", data={"dir": str(image_folder)},
+                            regularize=RegularizeConfig(kernel="l2",
+                                                                         strength=1e-3))
+    model = tftoolkit.build_model(recipe)
+    kernels = [w.numpy() for w in model.weights
+               if w.path.endswith("kernel") or w.path.endswith("depthwise_kernel")]
+    assert len(kernels) == 52 + 1  # 52 backbone convolutions + the head
+    expected = 1e-3 * sum(float((k.astype("float64") ** 2).sum()) for k in kernels)
+    assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_saved_keras_model_can_be_the_next_backbone(image_folder, quiet, tmp_path):
+    first = tftoolkit.train(Recipe(
+        name="first", data=DataConfig(source="folder", dir=str(image_folder), image_size=33),
+        model=ModelConfig(architecture="cnn", filters=[8, 16]),
+        train=TrainConfig(epochs=1, batch_size=8), export=ExportConfig(enabled=False)), quiet)
+    saved = first.run_dir / "model.keras"
+    recipe = Recipe(
+        name="reuse", data=DataConfig(source="folder", dir=str(image_folder), image_size=33),
+        model=ModelConfig(architecture=str(saved), mode="feature_extraction"),
+        train=TrainConfig(epochs=1, batch_size=8), export=ExportConfig(enabled=False))
+    model = tftoolkit.build_model(recipe)
+    backbone = backbone_of(model)
+    assert not backbone.trainable
+    x = np.random.default_rng(0).uniform(0, 255, (2, 33, 33, 3)).astype("float32")
+    pooled = keras.Model(first.model.inputs, first.model.get_layer("pool").output)
+    np.testing.assert_allclose(backbone(x), pooled(x), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,145 @@
+"""Augmentation: an ``augment`` policy turned into Keras preprocessing layers.
+
+Augmentation exists only for training, by construction: :func:`training_model` wraps the
+inference model (``augment -> model``) and the input pipeline applies the rest to
+training batches only. Evaluation, prediction and export use the inference model.
+Each layer draws its parameters per image from its own seeded generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+
+from tftoolkit.augment.fused import FusedGeometric
+from tftoolkit.recipe import AugmentConfig
+
+
+def _pixel_layers(cfg: AugmentConfig, image_size: int, seed: int) -> list[keras.layers.Layer]:
+    """Per-image layers in policy order; each gets its own seed."""
+    layers: list[keras.layers.Layer] = []
+    seeds = iter(range(seed, seed + 100))
+    geometric = any((cfg.flip != "none", cfg.crop, cfg.rotation, cfg.zoom, cfg.translation))
+    if cfg.fused and geometric:
+        layers.append(FusedGeometric(flip=cfg.flip, crop=cfg.crop, rotation=cfg.rotation,
+                                     zoom=cfg.zoom, translation=cfg.translation,
+                                     seed=next(seeds), name="fused_geometric"))
+    else:
+        if cfg.flip != "none":
+            layers.append(keras.layers.RandomFlip(cfg.flip, seed=next(seeds)))
+        if cfg.crop:
+            # Keras' RandomCrop draws one offset per batch; this draws one per image.
+            keep = (1.0 - cfg.crop) ** 2
+            layers.append(RandomResizedCrop(image_size, scale=(keep, keep), ratio=(1.0, 1.0),
+                                            seed=next(seeds)))
+        if cfg.rotation:
+            layers.append(keras.layers.RandomRotation(cfg.rotation, seed=next(seeds)))
+        if cfg.zoom:
+            layers.append(keras.layers.RandomZoom(cfg.zoom, seed=next(seeds)))
+        if cfg.translation:
+            layers.append(keras.layers.RandomTranslation(cfg.translation, cfg.translation,
+                                                         seed=next(seeds)))
+    if cfg.resized_crop_scale:
+        layers.append(RandomResizedCrop(image_size, scale=(cfg.resized_crop_scale, 1.0),
+                                        seed=next(seeds)))
+    if cfg.contrast:
+        layers.append(keras.layers.RandomContrast(cfg.contrast, value_range=(0, 255),
+                                                  seed=next(seeds)))
+    if cfg.brightness:
+        layers.append(keras.layers.RandomBrightness(cfg.brightness, value_range=(0, 255),
+                                                    seed=next(seeds)))
+    if cfg.erasing:
+        layers.append(keras.layers.RandomErasing(factor=cfg.erasing, value_range=(0, 255),
+                                                 seed=next(seeds)))
+    if cfg.rand_augment:
+        layers.append(keras.layers.RandAugment(value_range=(0, 255), seed=next(seeds)))
+    return layers
+
+
+@keras.saving.register_keras_serializable(package="tftoolkit")
+class RandomResizedCrop(keras.layers.Layer):
+    """Crop a random area fraction in ``scale`` with aspect ratio in ``ratio`` (log-uniform),
+    resize back to ``size`` x ``size``; a different box per image. Identity at inference."""
+
+    def __init__(self, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.size, self.scale, self.ratio, self.seed = size, tuple(scale), tuple(ratio), seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        n = tf.shape(images)[0]
+        area = keras.random.uniform((n,), *self.scale, seed=self.generator)
+        log_r = keras.random.uniform((n,), tf.math.log(self.ratio[0]),
+                                     tf.math.log(self.ratio[1]), seed=self.generator)
+        r = tf.exp(log_r)
+        h = tf.clip_by_value(tf.sqrt(area / r), 0.0, 1.0)
+        w = tf.clip_by_value(tf.sqrt(area * r), 0.0, 1.0)
+        y0 = keras.random.uniform((n,), seed=self.generator) * (1.0 - h)
+        x0 = keras.random.uniform((n,), seed=self.generator) * (1.0 - w)
+        boxes = tf.stack([y0, x0, y0 + h, x0 + w], axis=1)
+        return tf.image.crop_and_resize(tf.cast(images, tf.float32), boxes, tf.range(n),
+                                        (self.size, self.size))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.size, self.size, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "scale": self.scale,
+                "ratio": self.ratio, "seed": self.seed}
+
+
+@dataclass
+class Augmenter:
+    """The training-only transforms of a recipe, split by where they run."""
+
+    in_model: keras.Sequential | None      # pixel ops inside the training graph
+    in_pipeline: keras.Sequential | None   # pixel ops in the tf.data map
+    mixers: list[keras.layers.Layer]       # MixUp / CutMix: they also mix labels
+
+    def pipeline_fn(self):
+        """A ``(images, labels) -> (images, labels)`` map for training batches, or None."""
+        if self.in_pipeline is None and not self.mixers:
+            return None
+
+        def apply(images, labels):
+            if self.in_pipeline is not None:
+                images = self.in_pipeline(images, training=True)
+            for mixer in self.mixers:
+                out = mixer({"images": images, "labels": labels}, training=True)
+                images, labels = out["images"], out["labels"]
+            return images, labels
+
+        return apply
+
+
+def build_augmenter(cfg: AugmentConfig, image_size: int | None, seed: int) -> Augmenter:
+    """Turn the ``augment`` section into layers; empty when disabled or not images."""
+    if not cfg.enabled or not image_size:
+        return Augmenter(None, None, [])
+    layers = _pixel_layers(cfg, image_size, seed)
+    pixels = keras.Sequential(layers, name="augment") if layers else None
+    mixers: list[keras.layers.Layer] = []
+    if cfg.mixup:
+        mixers.append(keras.layers.MixUp(alpha=cfg.mixup, seed=seed + 101))
+    if cfg.cutmix:
+        mixers.append(keras.layers.CutMix(factor=cfg.cutmix, seed=seed + 102))
+    if cfg.placement == "model":
+        return Augmenter(pixels, None, mixers)
+    return Augmenter(None, pixels, mixers)
+
+
+def training_model(model: keras.Model, augmenter: Augmenter) -> keras.Model:
+    """``augment -> model`` sharing the model's weights; ``model`` itself stays clean."""
+    if augmenter.in_model is None:
+        return model
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    return keras.Model(inputs, model(augmenter.in_model(inputs)), name="training_graph")
+
+
+__all__ = ["Augmenter", "FusedGeometric", "RandomResizedCrop", "build_augmenter",
+           "training_model"]

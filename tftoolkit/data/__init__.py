@@ -1,0 +1,159 @@
+"""Data: sources -> splits -> ``tf.data`` pipelines.
+
+``load_data(recipe, image_size)`` reads the source, makes the seeded stratified
+validation split where the source has none, applies ``data.max_examples`` and returns
+a :class:`DataBundle`; ``DataBundle.dataset(split, ...)`` builds a batched pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from tftoolkit.data.sources import Examples, load_source
+from tftoolkit.data.splits import stratified_cap, stratified_split
+from tftoolkit.errors import DataError
+from tftoolkit.recipe import Recipe
+
+SCRATCH_TABULAR = ("linear", "mlp")
+
+
+@dataclass
+class DataInfo:
+    """What the model and the export need to know about the data."""
+
+    task: str                          # "classification" or "regression"
+    encoding: str                      # "categorical", "sparse", "binary" or "regression"
+    input_shape: tuple[int, ...]
+    class_names: list[str] | None
+    image_size: int | None             # square side for images, None for feature vectors
+    description: str
+    counts: dict[str, int] = field(default_factory=dict)
+    class_counts: list[int] | None = None
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+    target_dim: int = 1
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) if self.class_names else 0
+
+    @property
+    def num_outputs(self) -> int:
+        """Units of the model's output layer."""
+        if self.task == "regression":
+            return self.target_dim
+        return 1 if self.encoding == "binary" else self.num_classes
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "encoding": self.encoding,
+                "input_shape": list(self.input_shape), "class_names": self.class_names,
+                "image_size": self.image_size, "description": self.description,
+                "counts": self.counts, "class_counts": self.class_counts,
+                "target_dim": self.target_dim}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataInfo":
+        return cls(d["task"], d["encoding"], tuple(d["input_shape"]), d["class_names"],
+                   d["image_size"], d["description"], d.get("counts", {}),
+                   d.get("class_counts"), target_dim=d.get("target_dim", 1))
+
+
+@dataclass
+class DataBundle:
+    """Splits of examples plus the recipe settings that shape their pipelines."""
+
+    recipe: Recipe
+    splits: dict[str, Examples]
+    info: DataInfo
+
+    def class_weights(self) -> np.ndarray | None:
+        """Per-class weights n / (k * n_c) when ``data.class_weight = 'balanced'``."""
+        if self.recipe.data.class_weight != "balanced" or not self.info.class_counts:
+            return None
+        counts = np.asarray(self.info.class_counts, dtype="float64")
+        return (counts.sum() / (len(counts) * np.maximum(counts, 1))).astype("float32")
+
+    def dataset(self, split: str, *, training: bool = False, batch_size: int | None = None,
+                augment: Callable | None = None, repeat: bool = False):
+        """A batched ``tf.data.Dataset`` of ``split``; shuffled and augmented if training."""
+        from tftoolkit.data.pipeline import make_dataset
+
+        cfg, train = self.recipe.data, self.recipe.train
+        return make_dataset(
+            self.splits[split], batch_size=train.batch_size if batch_size is None
+            else batch_size, image_size=self.info.image_size, encoding=self.info.encoding,
+            num_classes=self.info.num_classes, training=training, seed=train.seed,
+            resize_method=cfg.resize_method, cache=cfg.cache,
+            class_weights=self.class_weights() if training else None,
+            augment=augment, repeat=repeat)
+
+
+def _label_encoding(recipe: Recipe, task: str, num_classes: int) -> str:
+    loss = recipe.train.loss
+    explicit = {"mse": "regression", "binary_crossentropy": "binary",
+                "categorical_crossentropy": "categorical",
+                "sparse_categorical_crossentropy": "sparse"}
+    if loss != "auto":
+        encoding = explicit[loss]
+        if task == "regression" and encoding != "regression":
+            raise DataError(f"train.loss={loss!r} needs class labels, but the labels of "
+                            f"{recipe.data.source!r} are real-valued targets")
+        if encoding == "binary" and num_classes != 2:
+            raise DataError(f"train.loss='binary_crossentropy' needs 2 classes, the data "
+                            f"has {num_classes}")
+        return encoding
+    if task == "regression":
+        return "regression"
+    if num_classes == 2 and recipe.model.architecture in SCRATCH_TABULAR:
+        return "binary"
+    return "categorical"
+
+
+def load_data(recipe: Recipe, image_size: int | None = None) -> DataBundle:
+    """Read ``recipe.data`` into splits (train/val/test) and describe them.
+
+    ``image_size`` is the square side images are resized to; None keeps feature vectors
+    as they are (from-scratch tabular models).
+    """
+    cfg, seed = recipe.data, recipe.train.seed
+    source = load_source(cfg, seed)
+    splits = dict(source.splits)
+    if cfg.max_examples:  # per source split, before validation is held out of train
+        for name, examples in splits.items():
+            splits[name] = examples.subset(stratified_cap(examples.labels, cfg.max_examples,
+                                                          seed))
+    if "val" not in splits and cfg.validation_fraction > 0:
+        keep, held = stratified_split(splits["train"].labels, cfg.validation_fraction, seed)
+        splits["val"] = splits["train"].subset(held)
+        splits["train"] = splits["train"].subset(keep)
+    for name, examples in splits.items():
+        if len(examples) == 0:
+            raise DataError(f"split {name!r} of {source.description} is empty")
+
+    task = "classification" if source.class_names is not None else "regression"
+    train = splits["train"]
+    is_image = (train.paths is not None or train.dataset is not None
+                or (train.arrays is not None and train.arrays.ndim >= 3))
+    if is_image and not image_size:
+        image_size = int(train.arrays.shape[1]) if train.arrays is not None else 224
+    if is_image:
+        input_shape: tuple[int, ...] = (image_size, image_size, 3)
+    else:
+        image_size = None
+        input_shape = tuple(train.arrays.shape[1:])
+    class_counts = None
+    if task == "classification":
+        class_counts = np.bincount(train.labels, minlength=len(source.class_names)).tolist()
+    info = DataInfo(task=task,
+                    encoding=_label_encoding(recipe, task, len(source.class_names or [])),
+                    input_shape=input_shape, class_names=source.class_names,
+                    image_size=image_size, description=source.description,
+                    counts={k: len(v) for k, v in splits.items()},
+                    class_counts=class_counts, bad_files=source.bad_files,
+                    target_dim=int(np.prod(train.labels.shape[1:], dtype=int)))
+    return DataBundle(recipe, splits, info)
+
+
+__all__ = ["DataBundle", "DataInfo", "Examples", "load_data"]

@@ -1,0 +1,96 @@
+"""``tf.data`` pipelines: decode, RGB, resize, cache, shuffle, batch, prefetch.
+
+Images leave the pipeline as float32 RGB pixels in 0-255 at the model's input size:
+the backbone's own preprocessing lives inside the model, never here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from tftoolkit.data.sources import Examples
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def to_rgb_image(image: tf.Tensor, size: int, method: str = "bilinear") -> tf.Tensor:
+    """Any 2-D/3-D image tensor (gray, RGB, RGBA) -> float32 RGB ``size`` x ``size``."""
+    if image.shape.rank == 2:
+        image = image[..., tf.newaxis]
+    channels = image.shape[-1]
+    if channels == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif channels == 4:
+        image = image[..., :3]
+    image = tf.cast(image, tf.float32)
+    return tf.image.resize(image, (size, size), method=method)
+
+
+def decode_image_bytes(data: tf.Tensor) -> tf.Tensor:
+    """Encoded JPEG/PNG/BMP/GIF bytes -> uint8 RGB image (first frame of a GIF)."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _examples_dataset(examples: Examples, image_size: int | None,
+                      method: str) -> tf.data.Dataset:
+    """Unbatched ``(input, label)`` pairs; images converted to the model's input."""
+    labels = examples.labels
+    if examples.paths is not None:
+        ds = tf.data.Dataset.from_tensor_slices((examples.paths, labels))
+        ds = ds.map(lambda p, y: (decode_image_bytes(tf.io.read_file(p)), y),
+                    num_parallel_calls=AUTOTUNE)
+    elif examples.dataset is not None:
+        ds = examples.dataset
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((examples.arrays, labels))
+    if image_size:
+        ds = ds.map(lambda x, y: (to_rgb_image(x, image_size, method), y),
+                    num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+    return ds
+
+
+def encode_labels(labels: tf.Tensor, encoding: str, num_classes: int) -> tf.Tensor:
+    """Labels in the form the loss expects (one-hot for categorical losses)."""
+    if encoding == "categorical":
+        return tf.one_hot(tf.cast(labels, tf.int32), num_classes)
+    if encoding == "sparse":
+        return tf.cast(labels, tf.int32)
+    labels = tf.cast(labels, tf.float32)
+    return tf.reshape(labels, [-1, 1]) if encoding == "binary" else labels
+
+
+def make_dataset(examples: Examples, *, batch_size: int, image_size: int | None,
+                 encoding: str, num_classes: int, training: bool, seed: int,
+                 resize_method: str = "bilinear", cache: bool = True,
+                 class_weights: np.ndarray | None = None,
+                 augment: Callable | None = None, repeat: bool = False) -> tf.data.Dataset:
+    """A batched dataset of ``(x, y)`` or ``(x, y, sample_weight)``.
+
+    ``augment`` (a batch -> batch callable, e.g. Keras preprocessing layers) runs only
+    when ``training`` is true.
+    """
+    ds = _examples_dataset(examples, image_size, resize_method)
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(max(len(examples), 1), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size or max(len(examples), 1))
+    weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
+
+    def finish(x, y):
+        sample_weight = None if weights is None else tf.gather(weights, tf.cast(y, tf.int32))
+        y = encode_labels(y, encoding, num_classes)
+        if training and augment is not None:
+            x, y = augment(x, y)
+        return (x, y) if sample_weight is None else (x, y, sample_weight)
+
+    return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -1,0 +1,256 @@
+"""Data sources: each turns a ``data`` section into labelled splits of examples.
+
+A source returns :class:`Examples` per split (``train``, and ``val``/``test`` where the
+source has them) plus the class names. Examples are in-memory arrays, image file
+paths, or (TFDS) a ``tf.data.Dataset`` whose labels were read up front.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tftoolkit.data.scan import IMAGE_EXTENSIONS, scan_image_folder
+from tftoolkit.errors import DataError
+from tftoolkit.recipe import DataConfig
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                       "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass
+class Examples:
+    """One split of labelled examples, before decoding and batching."""
+
+    labels: np.ndarray
+    arrays: np.ndarray | None = None       # features, or images (N, H, W[, C]) uint8
+    paths: np.ndarray | None = None        # image files
+    dataset: object | None = None          # tf.data.Dataset of (image, label), TFDS
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> "Examples":
+        """The examples at ``indices`` (in that order)."""
+        if self.dataset is not None:
+            return Examples(self.labels[indices], dataset=_select(self.dataset, indices))
+        return Examples(self.labels[indices],
+                        arrays=None if self.arrays is None else self.arrays[indices],
+                        paths=None if self.paths is None else self.paths[indices])
+
+
+def _select(dataset, indices: np.ndarray):
+    """Keep the elements of ``dataset`` whose position is in ``indices``."""
+    import tensorflow as tf
+
+    keep = np.zeros(int(indices.max()) + 1 if len(indices) else 0, dtype=bool)
+    keep[indices] = True
+    mask = tf.constant(keep)
+    size = len(keep)
+    return (dataset.enumerate()
+            .filter(lambda i, example: tf.logical_and(
+                i < size, tf.gather(mask, tf.minimum(i, size - 1))))
+            .map(lambda i, example: example))
+
+
+@dataclass
+class SourceData:
+    """What a source yields: splits, class names (None for regression), notes."""
+
+    splits: dict[str, Examples]
+    class_names: list[str] | None
+    description: str
+    bad_files: list[tuple[str, str]]
+
+
+def load_source(cfg: DataConfig, seed: int) -> SourceData:
+    """Read the source named by ``cfg.source``."""
+    loaders = {"synthetic": _synthetic, "arrays": _arrays, "folder": _folder,
+               "tfds": _tfds, "fashion_mnist": _fashion_mnist}
+    return loaders[cfg.source](cfg, seed)
+
+
+# --- synthetic -------------------------------------------------------------------------
+
+def _synthetic(cfg: DataConfig, seed: int) -> SourceData:
+    """Classic regression targets: ``linear`` (Y = 3X + 2 + U(0,1)) and ``sine_product``
+    (y = sin(pi x1) * x2 on [-1, 1]^2, which a linear model cannot fit)."""
+    rng = np.random.default_rng(seed)
+    n = cfg.num_examples
+    if cfg.name == "linear":
+        x = rng.uniform(0.0, 1.0, size=(n, 1))
+        y = 3.0 * x + 2.0 + rng.uniform(0.0, 1.0, size=(n, 1))
+    elif cfg.name == "sine_product":
+        x = rng.uniform(-1.0, 1.0, size=(n, 2))
+        y = (np.sin(np.pi * x[:, 0]) * x[:, 1])[:, None]
+    else:
+        raise DataError(f"data.name={cfg.name!r} is not a synthetic generator "
+                        "(choices: linear, sine_product)")
+    return SourceData({"train": Examples(y.astype("float32"), arrays=x.astype("float32"))},
+                      None, f"synthetic:{cfg.name} ({n} examples)", [])
+
+
+# --- in-memory arrays ------------------------------------------------------------------
+
+def _arrays(cfg: DataConfig, seed: int) -> SourceData:
+    if not cfg.arrays or "train" not in cfg.arrays:
+        raise DataError("data.source='arrays' needs data.arrays={'train': (x, y), ...}")
+    splits, max_label, integer = {}, -1, True
+    for split, pair in cfg.arrays.items():
+        if split not in ("train", "val", "test"):
+            raise DataError(f"data.arrays has split {split!r}; allowed: train, val, test")
+        x, y = (np.asarray(a) for a in pair)
+        if len(x) != len(y):
+            raise DataError(f"data.arrays[{split!r}]: {len(x)} inputs but {len(y)} labels")
+        integer = integer and np.issubdtype(y.dtype, np.integer)
+        if integer:
+            if y.min() < 0:
+                raise DataError(f"data.arrays[{split!r}]: label {int(y.min())} is negative; "
+                                "class labels must be 0..num_classes-1")
+            max_label = max(max_label, int(y.max()))
+        splits[split] = Examples(y, arrays=x)
+    class_names = [str(i) for i in range(max_label + 1)] if integer else None
+    if integer:
+        seen = np.unique(splits["train"].labels)
+        missing = sorted(set(range(max_label + 1)) - set(seen.tolist()))
+        if missing:
+            raise DataError(f"data.arrays: labels range over 0..{max_label} but classes "
+                            f"{missing} never occur in 'train'; labels out of range?")
+    return SourceData(splits, class_names, "arrays", [])
+
+
+# --- Fashion-MNIST ---------------------------------------------------------------------
+
+def keras_home() -> Path:
+    """Keras' cache root (``$KERAS_HOME``, default ``~/.keras``)."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+
+
+def _fashion_mnist_dir() -> Path | None:
+    names = [f for pair in FASHION_MNIST_FILES.values() for f in pair]
+    for folder in (keras_home() / "datasets" / "fashion-mnist", DEBIAN_FASHION_MNIST_DIR):
+        if all((folder / f).is_file() for f in names):
+            return folder
+    return None
+
+
+def _read_idx(path: Path, offset: int) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        return np.frombuffer(f.read(), np.uint8, offset=offset)
+
+
+def _fashion_mnist(cfg: DataConfig, seed: int) -> SourceData:
+    """Fashion-MNIST from the Keras cache, else the Debian package, else Keras' download."""
+    folder = _fashion_mnist_dir()
+    if folder is None:
+        import keras
+
+        try:
+            (xtr, ytr), (xte, yte) = keras.datasets.fashion_mnist.load_data()
+        except Exception as exc:  # offline: Keras raises a plain Exception on fetch failure
+            raise DataError(
+                "Fashion-MNIST is not available offline: none of "
+                f"{keras_home() / 'datasets' / 'fashion-mnist'} or {DEBIAN_FASHION_MNIST_DIR} "
+                "holds the four *-ubyte.gz files, and the download failed "
+                f"({str(exc).splitlines()[0][:120]}). Install them with "
+                "`apt-get install dataset-fashion-mnist`, or copy the files into "
+                f"{keras_home() / 'datasets' / 'fashion-mnist'}.") from None
+        where = "Keras download"
+        splits = {"train": Examples(ytr.astype("int64"), arrays=xtr),
+                  "test": Examples(yte.astype("int64"), arrays=xte)}
+    else:
+        splits = {}
+        for split, (images, labels) in FASHION_MNIST_FILES.items():
+            y = _read_idx(folder / labels, 8).astype("int64")
+            x = _read_idx(folder / images, 16).reshape(len(y), 28, 28)
+            splits[split] = Examples(y, arrays=x)
+        where = str(folder)
+    return SourceData(splits, list(FASHION_MNIST_CLASSES), f"fashion_mnist ({where})", [])
+
+
+# --- image folder ----------------------------------------------------------------------
+
+def _folder(cfg: DataConfig, seed: int) -> SourceData:
+    if not cfg.dir:
+        raise DataError("data.source='folder' needs data.dir: --set data.dir=PATH/TO/IMAGES "
+                        "(one subfolder per class)")
+    root = Path(cfg.dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.dir={cfg.dir!r}: no such directory")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(class_dirs) < 2:
+        raise DataError(f"data.dir={cfg.dir!r} has {len(class_dirs)} class subfolder(s); "
+                        "an image folder needs one subfolder per class, at least two")
+    files = {d.name: sorted(p for p in d.rglob("*") if p.is_file()) for d in class_dirs}
+    empty = [name for name, paths in files.items() if not paths]
+    if empty:
+        raise DataError(f"data.dir={cfg.dir!r}: class folder(s) {empty} hold no files; "
+                        "remove them or add images")
+    scan = scan_image_folder([p for paths in files.values() for p in paths])
+    if scan.bad and cfg.on_bad_file == "error":
+        listing = "\n".join(f"  {path}: {why}" for path, why in scan.bad)
+        raise DataError(f"{len(scan.bad)} file(s) in {cfg.dir} cannot be read as images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}):\n{listing}\n"
+                        "Fix or remove them, or --set data.on_bad_file=skip to train without "
+                        "them (the list is then written to the run directory).")
+    bad = {path for path, _ in scan.bad}
+    paths, labels = [], []
+    for label, (name, class_files) in enumerate(files.items()):
+        good = [str(p) for p in class_files if str(p) not in bad]
+        if not good:
+            raise DataError(f"class folder {root / name} has no readable image")
+        paths += good
+        labels += [label] * len(good)
+    return SourceData({"train": Examples(np.array(labels, "int64"), paths=np.array(paths))},
+                      list(files), f"folder {root}", scan.bad)
+
+
+# --- TensorFlow Datasets ---------------------------------------------------------------
+
+def _tfds(cfg: DataConfig, seed: int) -> SourceData:
+    import tensorflow_datasets as tfds
+
+    if not cfg.name:
+        raise DataError("data.source='tfds' needs data.name (a TFDS dataset such as "
+                        "tf_flowers)")
+    try:
+        builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError:
+        close = difflib.get_close_matches(cfg.name, tfds.list_builders(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise DataError(f"data.name={cfg.name!r} is not a TFDS dataset{hint}") from None
+    if not builder.is_prepared():
+        try:
+            builder.download_and_prepare()
+        except Exception as exc:
+            raise DataError(
+                f"TFDS dataset {cfg.name!r} is not prepared in {builder.data_dir} and "
+                f"could not be downloaded ({type(exc).__name__}: {str(exc)[:160]}). On a "
+                f"machine with internet run `tfds build {cfg.name}` (or the same recipe), "
+                "then copy the prepared folder here and --set data.data_dir=PATH.") from None
+    image_key, label_key = builder.info.supervised_keys
+    label_feature = builder.info.features[label_key]
+    splits = {}
+    for split, spec in (("train", cfg.train_split), ("val", cfg.val_split),
+                        ("test", cfg.test_split)):
+        if not spec:
+            continue
+        try:
+            dataset = builder.as_dataset(split=spec, as_supervised=True)
+        except (ValueError, KeyError) as exc:
+            raise DataError(f"data.{split}_split={spec!r} is not a split of {cfg.name} "
+                            f"({', '.join(builder.info.splits)}): {exc}") from None
+        undecoded = builder.as_dataset(split=spec, decoders={
+            image_key: tfds.decode.SkipDecoding()})
+        labels = np.array([int(ex[label_key]) for ex in undecoded.as_numpy_iterator()],
+                          dtype="int64")
+        splits[split] = Examples(labels, dataset=dataset)
+    return SourceData(splits, list(label_feature.names), f"tfds:{cfg.name}", [])

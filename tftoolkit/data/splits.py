@@ -1,0 +1,35 @@
+"""Seeded, stratified splitting and capping of labelled examples."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def stratified_split(labels: np.ndarray, fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(keep, held_out)``: ``fraction`` of each class held out, seeded.
+
+    Regression targets (float labels) are split uniformly at random.
+    """
+    rng = np.random.default_rng(seed)
+    if not np.issubdtype(labels.dtype, np.integer):
+        order = rng.permutation(len(labels))
+        n_out = int(round(fraction * len(labels)))
+        return np.sort(order[n_out:]), np.sort(order[:n_out])
+    keep, held = [], []
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n_out = int(round(fraction * len(idx)))
+        if fraction > 0 and len(idx) > 1:
+            n_out = min(max(n_out, 1), len(idx) - 1)
+        held.append(idx[:n_out])
+        keep.append(idx[n_out:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def stratified_cap(labels: np.ndarray, max_examples: int, seed: int) -> np.ndarray:
+    """Indices of at most ``max_examples`` examples keeping class proportions, seeded."""
+    if max_examples <= 0 or max_examples >= len(labels):
+        return np.arange(len(labels))
+    keep, _ = stratified_split(labels, 1.0 - max_examples / len(labels), seed)
+    return keep[:max_examples] if len(keep) > max_examples else keep

@@ -1,0 +1,25 @@
+"""The exceptions tftoolkit raises for problems a user can fix.
+
+Each message names what is wrong (a recipe key, a file, a value) and how to fix it;
+the CLI prints the message alone, without a traceback.
+"""
+
+
+class TftoolkitError(Exception):
+    """Base class of every user-facing tftoolkit error."""
+
+
+class RecipeError(TftoolkitError):
+    """A recipe, or an override of one, is invalid."""
+
+
+class DataError(TftoolkitError):
+    """Training data is missing, unreadable or inconsistent."""
+
+
+class WeightsError(TftoolkitError):
+    """Pretrained weights cannot be found, read or converted."""
+
+
+class ExportError(TftoolkitError):
+    """An export failed; no partial version directory is left behind."""

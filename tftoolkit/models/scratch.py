@@ -1,0 +1,51 @@
+"""From-scratch builders: linear model, multi-layer perceptron, small CNN."""
+
+from __future__ import annotations
+
+import keras
+
+from tftoolkit.errors import RecipeError
+
+
+def output_layer(num_outputs: int, encoding: str) -> keras.layers.Dense:
+    """The output layer for a label encoding (float32 even under mixed precision)."""
+    activation = {"regression": None, "binary": "sigmoid"}.get(encoding, "softmax")
+    return keras.layers.Dense(num_outputs, activation=activation, dtype="float32",
+                              name="predictions")
+
+
+def linear(input_shape: tuple[int, ...], num_outputs: int, encoding: str) -> keras.Model:
+    """y = Wx + b (logistic/softmax regression for class labels)."""
+    inputs = keras.Input(input_shape, name="features")
+    return keras.Model(inputs, output_layer(num_outputs, encoding)(inputs), name="linear")
+
+
+def mlp(input_shape: tuple[int, ...], num_outputs: int, encoding: str, hidden: list[int],
+        activation: str, dropout: float = 0.0) -> keras.Model:
+    """Fully connected layers of sizes ``hidden`` with ``activation``, then the output."""
+    inputs = keras.Input(input_shape, name="features")
+    x = keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
+    for i, units in enumerate(hidden):
+        x = keras.layers.Dense(units, activation=activation, name=f"hidden_{i}")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout)(x)
+    return keras.Model(inputs, output_layer(num_outputs, encoding)(x), name="mlp")
+
+
+def cnn(input_shape: tuple[int, ...], num_outputs: int, encoding: str, filters: list[int],
+        activation: str, dropout: float = 0.0) -> keras.Model:
+    """Conv-BatchNorm-activation-pool blocks on raw 0-255 pixels, pooled, then the output."""
+    if len(input_shape) != 3:
+        raise RecipeError(f"model.architecture='cnn' needs images, got inputs of shape "
+                          f"{input_shape}")
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    for i, n in enumerate(filters):
+        x = keras.layers.Conv2D(n, 3, padding="same", use_bias=False, name=f"conv_{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn_{i}")(x)
+        x = keras.layers.Activation(activation)(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout)(x)
+    return keras.Model(inputs, output_layer(num_outputs, encoding)(x), name="cnn")

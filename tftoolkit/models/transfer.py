@@ -1,0 +1,131 @@
+"""Transfer models: raw pixels -> preprocessing -> backbone -> new head.
+
+Modes (``model.mode``):
+- ``feature_extraction``: the backbone is frozen and called with ``training=False``,
+  so BatchNorm uses its moving statistics; only the head trains.
+- ``fine_tune``: the top of the backbone (whole blocks) trains too, at a lower learning
+  rate; BatchNorm layers stay frozen and in inference mode.
+- ``two_stage``: feature extraction first, then fine-tuning (the runner switches).
+- ``scratch``: the same architecture from random weights, all trainable.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import keras
+
+from tftoolkit.errors import RecipeError, WeightsError
+from tftoolkit.models.backbones import BACKBONES, Preprocess
+from tftoolkit.models.scratch import output_layer
+from tftoolkit.models.weights import build_backbone
+
+BACKBONE = "backbone"
+# Block prefixes of keras.applications layer names: block_13_expand, block6a_se,
+# conv5_block3_1_conv, convnext_tiny_stage_3_block_2_..., mixed7, block14_sepconv2.
+_BLOCK = re.compile(r"^(.*?(?:stage_\d+_block_\d+|block_?\d+[a-z]?|mixed\d+))(?:_|$)")
+
+
+def block_of(layer_name: str) -> str:
+    """The block a layer belongs to (the layer's own name when it is in no block)."""
+    match = _BLOCK.match(layer_name)
+    return match.group(1) if match else layer_name
+
+
+def _load_keras_backbone(path: Path, layer_name: str) -> keras.Model:
+    """A backbone cut from a saved ``.keras`` model (a named layer, or all but the last)."""
+    if not path.is_file():
+        raise WeightsError(f"model.architecture={str(path)!r}: no such .keras file")
+    model = keras.models.load_model(path, compile=False)
+    if layer_name:
+        try:
+            output = model.get_layer(layer_name).output
+        except ValueError:
+            names = [l.name for l in model.layers]
+            raise RecipeError(f"model.backbone_layer={layer_name!r} is not a layer of {path} "
+                              f"(layers: {', '.join(names)})") from None
+    else:
+        output = model.layers[-2].output
+    return keras.Model(model.inputs, output, name=BACKBONE)
+
+
+def build_transfer_model(architecture: str, weights: str, mode: str, unfreeze,
+                         input_shape: tuple[int, int, int], num_outputs: int, encoding: str,
+                         dropout: float = 0.0, backbone_layer: str = "") -> keras.Model:
+    """The inference model: raw RGB 0-255 in, class probabilities out."""
+    if architecture.endswith(".keras"):
+        backbone, preprocessing = _load_keras_backbone(Path(architecture), backbone_layer), "none"
+    else:
+        backbone, preprocessing = build_backbone(
+            architecture, "none" if mode == "scratch" else weights, input_shape)
+    inputs = keras.Input(input_shape, name="image")
+    x = Preprocess(preprocessing, name="preprocess")(inputs)
+    # Frozen or fine-tuned backbones always run in inference mode (BatchNorm statistics
+    # stay as pretrained); a scratch backbone follows the training flag.
+    x = backbone(x, training=False) if mode != "scratch" else backbone(x)
+    if len(x.shape) == 4:
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    model = keras.Model(inputs, output_layer(num_outputs, encoding)(x),
+                        name=f"{Path(architecture).stem}_{mode}")
+    set_trainable(model, "feature_extraction" if mode == "two_stage" else mode, unfreeze)
+    return model
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The nested backbone model of a transfer model."""
+    return model.get_layer(BACKBONE)
+
+
+def unfreeze_start(backbone: keras.Model, unfreeze: int | float | str) -> int:
+    """Index of the first backbone layer that fine-tuning trains, on a block boundary."""
+    layers = backbone.layers
+    n = len(layers)
+    if isinstance(unfreeze, str):
+        hits = [i for i, l in enumerate(layers)
+                if l.name == unfreeze or block_of(l.name) == unfreeze]
+        if not hits:
+            blocks = sorted({block_of(l.name) for l in layers}, key=len)
+            raise RecipeError(f"model.unfreeze={unfreeze!r} is no layer or block of the "
+                              f"backbone (blocks include: {', '.join(blocks[-8:])})")
+        start = hits[0]
+    elif isinstance(unfreeze, float):
+        if not 0 <= unfreeze <= 1:
+            raise RecipeError(f"model.unfreeze={unfreeze}: a fraction must be in [0, 1]")
+        start = n - int(round(unfreeze * n))
+    else:
+        count = int(unfreeze)
+        if count < 0:
+            raise RecipeError(f"model.unfreeze={unfreeze}: a layer count must be >= 0")
+        start = max(n - count, 0)
+    # Never half a block: move the boundary down to the start of its block.
+    while 0 < start < n and block_of(layers[start].name) == block_of(layers[start - 1].name):
+        start -= 1
+    return start
+
+
+def set_trainable(model: keras.Model, mode: str, unfreeze: int | float | str = 0) -> None:
+    """Freeze/unfreeze the backbone of ``model`` for ``mode``; the head always trains."""
+    try:
+        backbone = backbone_of(model)
+    except ValueError:
+        return
+    if mode == "scratch":
+        backbone.trainable = True
+        return
+    if mode == "feature_extraction":
+        backbone.trainable = False
+        return
+    backbone.trainable = True
+    start = unfreeze_start(backbone, unfreeze)
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= start and not isinstance(layer,
+                                                        keras.layers.BatchNormalization)
+
+
+def default_input_size(architecture: str) -> int:
+    """The backbone's default square input size (224 when unknown)."""
+    spec = BACKBONES.get(architecture)
+    return spec.default_size if spec else 224

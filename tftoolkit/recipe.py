@@ -1,0 +1,371 @@
+"""Recipes: one typed, validated description of a complete job.
+
+A recipe has six sections (``data``, ``model``, ``augment``, ``regularize``, ``train``,
+``export``), each a dataclass whose fields carry their type, their range and a one-line
+help. A recipe lives in a Python module that defines ``RECIPE``; it is loaded by name
+(a module in the bundled ``recipes/`` folder) or by path, and ``--set section.key=value``
+overrides are applied and validated before anything runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import importlib.util
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from tftoolkit.errors import RecipeError
+
+BUNDLED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _opt(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+         cli: bool = True) -> Any:
+    """A recipe field with its help text and allowed range."""
+    meta = {"help": help, "min": min, "max": max, "cli": cli}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where examples come from and how they are turned into batches."""
+
+    source: Literal["synthetic", "arrays", "folder", "tfds", "fashion_mnist"] = _opt(
+        "synthetic", "kind of data source")
+    name: str = _opt("", "synthetic generator (linear, sine_product) or TFDS dataset name")
+    dir: str = _opt("", "image folder with one subfolder per class (source=folder)")
+    data_dir: str = _opt("", "TFDS data_dir (source=tfds); empty for the TFDS default")
+    train_split: str = _opt("train", "TFDS split spec of the training data")
+    val_split: str = _opt("", "TFDS split spec of the validation data; empty: split from train")
+    test_split: str = _opt("", "TFDS split spec of the test data; empty: none")
+    num_examples: int = _opt(100, "examples drawn by a synthetic generator", min=2)
+    image_size: int = _opt(0, "square image size fed to the model; 0: the backbone's default",
+                           min=0, max=2048)
+    resize_method: Literal["bilinear", "nearest", "bicubic", "area"] = _opt(
+        "bilinear", "resize interpolation")
+    max_examples: int = _opt(0, "cap on examples per source split (train before "
+                                "validation is held out of it), for quick runs; 0: all", min=0)
+    validation_fraction: float = _opt(0.2, "share of training data held out when the source "
+                                           "has no validation split", min=0.0, max=0.9)
+    on_bad_file: Literal["error", "skip"] = _opt(
+        "error", "undecodable image files: stop with their list, or skip and record them")
+    class_weight: Literal["none", "balanced"] = _opt("none", "per-class loss weights")
+    cache: bool = _opt(True, "cache decoded examples in memory")
+    arrays: dict | None = _opt(None, "in-memory arrays {'train': (x, y), 'val': ..., "
+                                     "'test': ...} (source=arrays, Python API only)", cli=False)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network is built and how a pretrained backbone is adapted."""
+
+    architecture: str = _opt("mlp", "linear, mlp, cnn, a keras.applications backbone "
+                                    "(mobilenet_v2, resnet50, ...) or a .keras file")
+    mode: Literal["scratch", "feature_extraction", "fine_tune", "two_stage"] = _opt(
+        "scratch", "transfer mode")
+    weights: str = _opt("imagenet", "imagenet, imagenet-torchvision, none, or a weights file")
+    backbone_layer: str = _opt("", "layer of a .keras model used as backbone; empty: "
+                                   "the whole model minus its last layer")
+    unfreeze: int | float | str = _opt(0.3, "top of the backbone trained when fine-tuning: "
+                                            "a layer count, a fraction, or a layer/block name")
+    hidden: list[int] = _opt([16], "hidden layer sizes (mlp) or head sizes")
+    activation: Literal["sigmoid", "tanh", "relu"] = _opt("relu", "hidden activation")
+    filters: list[int] = _opt([16, 32], "convolution filters per block (cnn)")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-only image augmentation."""
+
+    enabled: bool = _opt(False, "augment training images")
+    placement: Literal["model", "pipeline"] = _opt(
+        "model", "run augmentation in the training graph or in the tf.data pipeline")
+    fused: bool = _opt(False, "compose flip/crop/rotation/zoom/translation into one "
+                              "projective transform per image")
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = _opt(
+        "horizontal", "random flips")
+    crop: float = _opt(0.0, "random crop: fraction of each side that may be cut away",
+                       min=0.0, max=0.9)
+    resized_crop_scale: float = _opt(0.0, "random resized crop: smallest area fraction kept "
+                                          "(0: off)", min=0.0, max=1.0)
+    rotation: float = _opt(0.0, "random rotation range, fraction of a full turn", min=0.0,
+                           max=0.5)
+    zoom: float = _opt(0.0, "random zoom range (fraction)", min=0.0, max=0.9)
+    translation: float = _opt(0.0, "random translation range (fraction)", min=0.0, max=0.9)
+    contrast: float = _opt(0.0, "random contrast factor range", min=0.0, max=1.0)
+    brightness: float = _opt(0.0, "random brightness factor range", min=0.0, max=1.0)
+    erasing: float = _opt(0.0, "random erasing probability", min=0.0, max=1.0)
+    rand_augment: bool = _opt(False, "Keras RandAugment")
+    mixup: float = _opt(0.0, "MixUp alpha (0: off)", min=0.0, max=10.0)
+    cutmix: float = _opt(0.0, "CutMix alpha (0: off)", min=0.0, max=10.0)
+
+
+@dataclass(frozen=True)
+class RegularizeConfig:
+    """Weight penalties, dropout and label smoothing."""
+
+    kernel: Literal["none", "l1", "l2", "l1_l2"] = _opt(
+        "none", "kernel penalty on every Conv/Dense kernel (backbone and head)")
+    strength: float = _opt(1e-4, "penalty strength lambda", min=0.0)
+    dropout: float = _opt(0.0, "dropout rate before the output layer", min=0.0, max=0.95)
+    label_smoothing: float = _opt(0.0, "label smoothing for classification", min=0.0, max=0.5)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, runtime and run-directory settings."""
+
+    epochs: int = _opt(5, "training epochs (first stage of two_stage)", min=1)
+    batch_size: int = _opt(32, "global batch size; 0 for gd means the whole training set",
+                           min=0)
+    learning_rate: float = _opt(1e-3, "learning rate", min=0.0)
+    optimizer: Literal["gd", "sgd", "adam"] = _opt(
+        "adam", "gd: full-batch gradient descent; sgd: mini-batch (momentum option); adam")
+    momentum: float = _opt(0.0, "momentum for gd/sgd", min=0.0, max=0.999)
+    loss: Literal["auto", "mse", "binary_crossentropy", "categorical_crossentropy",
+                  "sparse_categorical_crossentropy"] = _opt(
+        "auto", "loss; auto: mse for regression, cross-entropy from the labels otherwise")
+    seed: int = _opt(42, "seed of every random generator", min=0)
+    steps_per_epoch: int = _opt(0, "steps per epoch; 0: one pass over the training data",
+                                min=0)
+    fine_tune_learning_rate: float = _opt(0.0, "learning rate when fine-tuning; 0: "
+                                               "learning_rate / 10", min=0.0)
+    fine_tune_epochs: int = _opt(0, "epochs of the fine-tuning stage of two_stage; 0: epochs",
+                                 min=0)
+    early_stopping: int = _opt(0, "patience in epochs on val_loss; 0: off", min=0)
+    distribute: Literal["auto", "default", "mirrored"] = _opt(
+        "auto", "tf.distribute strategy; auto: mirrored over several GPUs, else default")
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = _opt(
+        "float32", "compute precision")
+    deterministic: bool = _opt(False, "enable TensorFlow op determinism")
+    run_dir: str = _opt("runs", "folder where run directories are created")
+    verbose: int = _opt(1, "0 silent, 1 progress bar, 2 one line per epoch", min=0, max=2)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Where and how the trained model is exported for serving."""
+
+    enabled: bool = _opt(True, "export a SavedModel after training")
+    dir: str = _opt("saved_models", "root of exports: <dir>/<recipe>/<version>/")
+    tolerance: float = _opt(1e-5, "max abs difference allowed by the parity check", min=0.0)
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "augment": AugmentConfig,
+    "regularize": RegularizeConfig,
+    "train": TrainConfig,
+    "export": ExportConfig,
+}
+
+ModelFn = Callable[["Recipe", Any], Any]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One complete job: data, model, augmentation, regularization, training, export."""
+
+    name: str
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    # Optional code hooks: build_model(recipe, data_info) -> keras.Model, and
+    # report(train_result) -> text printed after training.
+    model_fn: ModelFn | None = None
+    report: Callable[[Any], str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain values (arrays summarised)."""
+        out: dict[str, Any] = {"name": self.name, "description": self.description}
+        for section in SECTIONS:
+            values = dataclasses.asdict(getattr(self, section))
+            if values.get("arrays") is not None:
+                values["arrays"] = {k: f"{len(v[0])} examples"
+                                    for k, v in values["arrays"].items()}
+            out[section] = values
+        if self.model_fn is not None:
+            out["model"]["model_fn"] = getattr(self.model_fn, "__qualname__", "custom")
+        return out
+
+    def with_overrides(self, overrides: dict[str, Any] | list[str] | None) -> "Recipe":
+        """A copy with ``section.key`` overrides applied and validated."""
+        if not overrides:
+            return self
+        if isinstance(overrides, (list, tuple)):
+            overrides = parse_overrides(overrides)
+        recipe = self
+        for dotted, value in overrides.items():
+            recipe = _apply_override(recipe, dotted, value)
+        return recipe
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse ``["train.epochs=3", ...]`` into ``{"train.epochs": 3}``.
+
+    Values are Python literals where they parse as one (``3``, ``0.1``, ``[8, 4]``,
+    ``True``), else strings (``fine_tune``); ``true``/``false``/``none`` are accepted too.
+    """
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"override {item!r} is not of the form section.key=value "
+                              "(for example --set train.epochs=3)")
+        parsed[key.strip()] = _parse_value(raw.strip())
+    return parsed
+
+
+def _parse_value(raw: str) -> Any:
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _apply_override(recipe: Recipe, dotted: str, value: Any) -> Recipe:
+    section_name, _, key = dotted.partition(".")
+    if section_name not in SECTIONS:
+        raise RecipeError(f"unknown recipe section {section_name!r} in {dotted!r}"
+                          f"{_suggest(section_name, list(SECTIONS))} "
+                          f"(sections: {', '.join(SECTIONS)})")
+    section = getattr(recipe, section_name)
+    fields = {f.name: f for f in dataclasses.fields(section) if f.metadata.get("cli", True)}
+    if key not in fields:
+        full = [f"{section_name}.{k}" for k in fields]
+        raise RecipeError(f"unknown recipe key {dotted!r}{_suggest(dotted, full)} "
+                          f"(keys of {section_name}: {', '.join(fields)})")
+    coerced = _coerce(dotted, fields[key], value, section_types(type(section))[key])
+    return dataclasses.replace(recipe, **{section_name: dataclasses.replace(section,
+                                                                            **{key: coerced})})
+
+
+def section_types(cls: type) -> dict[str, Any]:
+    """Resolved type hints of a section dataclass."""
+    return typing.get_type_hints(cls)
+
+
+def _coerce(dotted: str, fld: dataclasses.Field, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field's type and range; return it in that type."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise RecipeError(f"{dotted}={value!r} is not a valid choice"
+                              f"{_suggest(str(value), [str(c) for c in choices])} "
+                              f"(choices: {', '.join(map(str, choices))})")
+        return value
+    if origin in (list, tuple):
+        (item_type,) = typing.get_args(hint)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value] if not isinstance(value, str) else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{dotted}={value!r}: expected a list of {item_type.__name__}")
+        return [_coerce_scalar(dotted, fld, v, (item_type,)) for v in value]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        allowed = tuple(t for t in typing.get_args(hint) if t is not type(None))
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        return _coerce_scalar(dotted, fld, value, allowed)
+    return _coerce_scalar(dotted, fld, value, (hint,))
+
+
+def _coerce_scalar(dotted: str, fld: dataclasses.Field, value: Any,
+                   allowed: tuple[type, ...]) -> Any:
+    names = " or ".join(t.__name__ for t in allowed)
+    if isinstance(value, bool) and bool not in allowed:
+        raise RecipeError(f"{dotted}={value!r}: expected {names}, got a boolean")
+    if not isinstance(value, allowed):
+        if float in allowed and isinstance(value, int):
+            value = float(value)
+        elif str in allowed and isinstance(value, (int, float)):
+            value = str(value)
+        else:
+            raise RecipeError(f"{dotted}={value!r}: expected {names}, "
+                              f"got {type(value).__name__}")
+    lo, hi = fld.metadata.get("min"), fld.metadata.get("max")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+            raise RecipeError(f"{dotted}={value!r} is out of range: allowed {bounds}")
+    return value
+
+
+def validate(recipe: Recipe) -> Recipe:
+    """Check every field of ``recipe`` (types, ranges, choices) and cross-field rules."""
+    if not isinstance(recipe, Recipe):
+        raise RecipeError(f"expected a Recipe, got {type(recipe).__name__}")
+    for section_name, cls in SECTIONS.items():
+        section = getattr(recipe, section_name)
+        if not isinstance(section, cls):
+            raise RecipeError(f"recipe {recipe.name!r}: section {section_name!r} must be a "
+                              f"{cls.__name__}, got {type(section).__name__}")
+        hints = section_types(cls)
+        for fld in dataclasses.fields(section):
+            if fld.metadata.get("cli", True):
+                _coerce(f"{section_name}.{fld.name}", fld, getattr(section, fld.name),
+                        hints[fld.name])
+    from tftoolkit.models import check_architecture  # registry lives with the models
+
+    check_architecture(recipe)
+    return recipe
+
+
+def _module_from_path(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(f"tftoolkit_recipe_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise RecipeError(f"cannot import recipe file {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """Names and paths of the recipes shipped in ``recipes/``."""
+    return {p.stem: p for p in sorted(BUNDLED_RECIPES_DIR.glob("*.py"))
+            if not p.stem.startswith("_")}
+
+
+def load_recipe(name_or_path: str | Path | Recipe,
+                overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
+    """Load a recipe by bundled name (``mlp``) or file path, apply overrides, validate."""
+    if isinstance(name_or_path, Recipe):
+        recipe = name_or_path
+    else:
+        text = str(name_or_path)
+        path = Path(text)
+        if text.endswith(".py") or path.is_file():
+            if not path.is_file():
+                raise RecipeError(f"recipe file {text} does not exist")
+        else:
+            known = bundled_recipes()
+            if text not in known:
+                raise RecipeError(f"unknown recipe {text!r}{_suggest(text, list(known))} "
+                                  f"(bundled: {', '.join(known)}; or give a path to a .py file)")
+            path = known[text]
+        module = _module_from_path(path)
+        recipe = getattr(module, "RECIPE", None)
+        if not isinstance(recipe, Recipe):
+            raise RecipeError(f"recipe file {path} must define RECIPE = Recipe(...)")
+    return validate(recipe.with_overrides(overrides))
