@@ -144,3 +144,34 @@ def test_fused_transform_matches_the_keras_layer_distribution(op):
         assert abs(np.std(a) - np.std(b)) < 0.1 * np.std(a) + 0.3
         assert abs(np.percentile(a, 5) - np.percentile(b, 5)) < 1.0
         assert abs(np.percentile(a, 95) - np.percentile(b, 95)) < 1.0
+
+
+def test_fused_crop_to_crops_a_window_at_a_per_image_offset():
+    side = 2 * SIZE + 1
+    layer = FusedGeometric(flip="none", crop_to=SIZE, seed=3, fill_mode="CONSTANT")
+    image = np.zeros((side, side, 1), "float32")
+    image[SIZE, SIZE, 0] = 255.0  # the centre pixel
+    out = np.asarray(layer(np.repeat(image[None], 300, axis=0), training=True))[..., 0]
+    assert out.shape == (300, SIZE, SIZE)
+    visible = out.sum(axis=(1, 2)) > 0
+    # the window's offset is uniform over [0, side - SIZE], so the dot lands anywhere
+    ys = (out * np.arange(SIZE)[None, :, None]).sum(axis=(1, 2))[visible] / out.sum(
+        axis=(1, 2))[visible]
+    assert ys.min() < 3 and ys.max() > SIZE - 4
+    assert abs(np.mean(ys) - (SIZE - 1) / 2) < 2
+
+
+def test_augment_preview_writes_a_grid(image_folder, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "grid.png"
+    proc = subprocess.run([sys.executable, "-m", "tftoolkit", "augment-preview", "image_folder",
+                           "--set", f"data.dir={image_folder}", "--set", "data.image_size=48",
+                           "--set", "augment.rotation=0.1", "--out", str(out), "--images", "3",
+                           "--views", "4"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    from PIL import Image
+
+    width, height = Image.open(out).size
+    assert width > height > 100  # five columns, three rows

@@ -32,5 +32,12 @@ def export(run_dir, to=None):
     return export_run(run_dir, to)
 
 
+def evaluate(path, split="test", tta=0, out=None):
+    """Evaluate a run directory or export; see :func:`tftoolkit.evaluation.evaluate`."""
+    from tftoolkit.evaluation import evaluate as _evaluate
+
+    return _evaluate(path, split, tta, out)
+
+
 __all__ = ["DataError", "ExportError", "Recipe", "RecipeError", "TftoolkitError",
-           "WeightsError", "build_model", "export", "load_recipe", "train"]
+           "WeightsError", "build_model", "evaluate", "export", "load_recipe", "train"]

@@ -83,6 +83,40 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    from tftoolkit.evaluation import evaluate, render_report
+
+    report, out = evaluate(args.path, args.split, args.tta, args.out)
+    print(render_report(report))
+    if "tta" in report:
+        print(f"accuracy with TTA ({report['tta']['views']} views): "
+              f"{report['tta']['accuracy']:.4f}")
+    print(f"wrote {out}/: metrics.json, per_class.csv, confusion_matrix.png, top_losses.png")
+    return 0
+
+
+def _cmd_explain(args) -> int:
+    from tftoolkit.evaluation import explain
+
+    for path in explain(args.path, args.images, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_augment_preview(args) -> int:
+    from dataclasses import replace
+
+    from tftoolkit.augment.preview import augment_preview
+    from tftoolkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if not recipe.augment.enabled:
+        print("tftoolkit: augment.enabled is false in this recipe; previewing it enabled")
+        recipe = replace(recipe, augment=replace(recipe.augment, enabled=True))
+    print(f"wrote {augment_preview(recipe, args.out, args.images, args.views)}")
+    return 0
+
+
 def _cmd_weights_import(args) -> int:
     from tftoolkit.models.weights import import_torchvision
 
@@ -119,6 +153,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default="feature_extraction,fine_tune,scratch",
                    help="comma-separated model.mode values")
     p.set_defaults(fn=_cmd_compare)
+
+    p = verbs.add_parser("evaluate", help="metrics, confusion matrix and top losses of a "
+                                          "run directory or an export")
+    p.add_argument("path", metavar="RUN_DIR_OR_EXPORT")
+    p.add_argument("--split", default="test")
+    p.add_argument("--tta", type=int, default=0, help="test-time augmentation views (1-7)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/eval or "
+                                               "EXPORT-eval)")
+    p.set_defaults(fn=_cmd_evaluate)
+
+    p = verbs.add_parser("explain", help="Grad-CAM heatmaps over the last convolutional "
+                                         "block, one PNG per image")
+    p.add_argument("path", metavar="EXPORT_OR_RUN")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=_cmd_explain)
+
+    p = verbs.add_parser("augment-preview", help="a PNG grid of training images and "
+                                                 "augmented versions of each")
+    _add_recipe_args(p)
+    p.add_argument("--out", default="augment_preview.png")
+    p.add_argument("--images", type=int, default=4, help="rows: training images shown")
+    p.add_argument("--views", type=int, default=6, help="augmented versions per image")
+    p.set_defaults(fn=_cmd_augment_preview)
 
     p = verbs.add_parser("export", help="export a run directory as a new SavedModel version")
     p.add_argument("run_dir")

@@ -145,6 +145,8 @@ class TrainConfig:
         "float32", "compute precision")
     deterministic: bool = _opt(False, "enable TensorFlow op determinism")
     run_dir: str = _opt("runs", "folder where run directories are created")
+    tta: int = _opt(0, "test-time augmentation views (flips/crops) averaged in the final "
+                       "evaluation, reported beside the plain figure; 0: off", min=0, max=7)
     verbose: int = _opt(1, "0 silent, 1 progress bar, 2 one line per epoch", min=0, max=2)
 
 
@@ -209,6 +211,19 @@ class Recipe:
         for dotted, value in overrides.items():
             recipe = _apply_override(recipe, dotted, value)
         return recipe
+
+
+def recipe_from_dict(values: dict[str, Any]) -> Recipe:
+    """Rebuild a recipe from :meth:`Recipe.to_dict` output (as saved in run directories).
+
+    Code hooks (model_fn, report) and in-memory arrays are not restored.
+    """
+    sections = {}
+    for name, cls in SECTIONS.items():
+        known = {f.name for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
+        sections[name] = cls(**{k: v for k, v in values.get(name, {}).items() if k in known})
+    return validate(Recipe(name=values["name"], description=values.get("description", ""),
+                           **sections))
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

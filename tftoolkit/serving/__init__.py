@@ -29,7 +29,7 @@ def _preprocessing(model: keras.Model) -> str:
 
 
 def _card(model: keras.Model, recipe: dict, info: DataInfo, metrics: dict) -> dict:
-    return {"recipe": recipe["name"], "resolved_recipe": recipe,
+    return {"recipe": recipe["name"], "resolved_recipe": recipe, "data_info": info.to_dict(),
             "dataset": info.description, "split_sizes": info.counts,
             "preprocessing": _preprocessing(model),
             "input": "float RGB pixels 0-255, any size (resized inside)"

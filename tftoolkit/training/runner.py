@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from tftoolkit.augment import build_augmenter, training_model
+from tftoolkit.augment.tta import predict_tta
 from tftoolkit.data import DataBundle, DataInfo, load_data
 from tftoolkit.errors import RecipeError
 from tftoolkit.models import build_model, input_size
@@ -133,7 +135,22 @@ def evaluate_model(model: keras.Model, data: DataBundle, recipe: Recipe,
             values = model.evaluate(data.dataset(split, batch_size=batch_size), verbose=0,
                                     return_dict=True)
             metrics.update({f"{split}_{k}": float(v) for k, v in values.items()})
+            if recipe.train.tta and data.info.encoding in ("categorical", "sparse"):
+                metrics[f"{split}_accuracy_tta"] = _tta_accuracy(model, data, split,
+                                                                 recipe.train.tta)
     return metrics
+
+
+def _tta_accuracy(model: keras.Model, data: DataBundle, split: str, views: int) -> float:
+    """Accuracy of predictions averaged over ``views`` test-time augmentations."""
+    correct = total = 0
+    for batch in data.dataset(split, batch_size=64):
+        labels = np.asarray(batch[1])
+        labels = labels.argmax(axis=1) if labels.ndim == 2 else labels
+        predicted = predict_tta(model, np.asarray(batch[0]), views).argmax(axis=1)
+        correct += int((predicted == labels).sum())
+        total += len(labels)
+    return correct / total
 
 
 def train(recipe: Recipe | str, overrides: dict | list[str] | None = None) -> TrainResult:

@@ -1,0 +1,110 @@
+"""Evaluation: metrics against a hand computation, figures, TTA, Grad-CAM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tftoolkit
+from tftoolkit.evaluation.gradcam import grad_cam
+from tftoolkit.evaluation.metrics import classification_report, confusion_matrix
+from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
+
+
+def test_metrics_equal_a_hand_computation():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    probs = np.array([[.8, .1, .1], [.6, .3, .1], [.2, .7, .1],
+                      [.1, .8, .1], [.5, .2, .3], [.1, .2, .7]])
+    report = classification_report(labels, probs, ["a", "b", "c"])
+    # predicted: 0 0 1 1 0 2 -> a: tp 2 of 3 predicted, b: tp 1 of 2, c: tp 1 of 1
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    a, b, c = report["per_class"]
+    assert (a["precision"], a["recall"], a["support"]) == pytest.approx((2 / 3, 2 / 3, 3))
+    assert (b["precision"], b["recall"], b["support"]) == pytest.approx((1 / 2, 1 / 2, 2))
+    assert (c["precision"], c["recall"], c["f1"]) == pytest.approx((1, 1, 1))
+    assert a["f1"] == pytest.approx(2 / 3)
+    assert report["macro_avg"]["recall"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    assert report["weighted_avg"]["recall"] == pytest.approx(4 / 6)
+    # top-k uses k = min(5, classes - 1): only example 5 (true b, b ranked third) misses
+    assert report["top_2_accuracy"] == pytest.approx(5 / 6)
+
+
+def test_confusion_matrix_sums_to_the_number_of_examples():
+    rng = np.random.default_rng(0)
+    labels, predicted = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
+    matrix = confusion_matrix(labels, predicted, 4)
+    assert matrix.sum() == 50
+    assert np.trace(matrix) == int(np.sum(labels == predicted))
+
+
+def _quadrant_data(n=160, size=32, seed=0):
+    """Class 1 has a bright blob in the top-left quadrant; everything else is noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 120, (n, size, size, 3)).astype("float32")
+    y = np.arange(n) % 2
+    for i in np.flatnonzero(y == 1):
+        cy, cx = rng.integers(3, size // 2 - 3, 2)
+        x[i, cy - 3:cy + 3, cx - 3:cx + 3] = 255.0
+    return x, y.astype("int64")
+
+
+@pytest.fixture(scope="module")
+def quadrant_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quadrant")
+    x, y = _quadrant_data()
+    xt, yt = _quadrant_data(40, seed=1)
+    recipe = Recipe(name="quadrant",
+                    data=DataConfig(source="arrays", arrays={"train": (x, y), "test": (xt, yt)},
+                                    validation_fraction=0.2),
+                    model=ModelConfig(architecture="cnn", filters=[8, 16]),
+                    train=TrainConfig(epochs=12, batch_size=16, learning_rate=3e-3, verbose=0,
+                                      run_dir=str(tmp / "runs"), tta=2),
+                    export=ExportConfig(enabled=False))
+    return tftoolkit.train(recipe), xt, yt
+
+
+def test_grad_cam_mass_lies_in_the_quadrant_that_decides(quadrant_run):
+    result, xt, yt = quadrant_run
+    assert result.metrics["test_accuracy"] >= 0.9
+    positives = xt[yt == 1]
+    heat, predicted = grad_cam(result.model, positives)
+    assert np.mean(predicted == 1) >= 0.9
+    half = xt.shape[1] // 2
+    share = heat[:, :half, :half].sum(axis=(1, 2)) / heat.sum(axis=(1, 2))
+    assert np.median(share) > 0.6  # chance would be 0.25
+
+
+def test_train_reports_tta_beside_the_plain_figure(quadrant_run):
+    result = quadrant_run[0]
+    assert "test_accuracy_tta" in result.metrics and "test_accuracy" in result.metrics
+    assert 0.0 <= result.metrics["test_accuracy_tta"] <= 1.0
+
+
+def test_evaluate_writes_tables_and_figures(tmp_path, image_folder, quiet):
+    recipe = Recipe(name="shapes", data=DataConfig(source="folder", dir=str(image_folder),
+                                                   image_size=32),
+                    model=ModelConfig(architecture="cnn", filters=[8]),
+                    train=TrainConfig(epochs=1, batch_size=8))
+    result = tftoolkit.train(recipe, quiet)
+    proc = subprocess.run([sys.executable, "-m", "tftoolkit", "evaluate",
+                           str(result.export_dir), "--split", "val", "--tta", "2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "macro_avg" in proc.stdout and "accuracy with TTA (2 views)" in proc.stdout
+    out = result.export_dir.parent / "1-eval"
+    report = json.loads((out / "metrics.json").read_text())
+    assert sum(map(sum, report["confusion_matrix"])) == result.info.counts["val"]
+    for name in ("per_class.csv", "confusion_matrix.png", "top_losses.png"):
+        assert (out / name).stat().st_size > 0
+    bad = subprocess.run([sys.executable, "-m", "tftoolkit", "evaluate", str(result.run_dir),
+                          "--split", "test"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "split 'test' does not exist" in bad.stderr
+    shown = subprocess.run([sys.executable, "-m", "tftoolkit", "explain",
+                            str(result.run_dir), str(next(image_folder.rglob("*.png"))),
+                            "--out", str(tmp_path / "cams")], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert len(list((tmp_path / "cams").glob("*_gradcam.png"))) == 1

@@ -1,0 +1,136 @@
+"""Evaluation and interpretability of a run directory or an export.
+
+``evaluate`` writes metrics (text, JSON, CSV), a confusion matrix and a top-losses grid
+to an ``eval`` folder; ``explain`` writes one Grad-CAM overlay per image.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tftoolkit.augment.tta import predict_tta
+from tftoolkit.data import DataInfo, load_data
+from tftoolkit.errors import DataError, TftoolkitError
+from tftoolkit.evaluation.gradcam import grad_cam
+from tftoolkit.evaluation.metrics import classification_report, render_report
+from tftoolkit.evaluation.plots import plot_confusion_matrix, plot_top_losses
+from tftoolkit.recipe import Recipe, recipe_from_dict
+
+
+def load_trained(path: str | Path) -> tuple[keras.Model, Recipe, DataInfo, Path]:
+    """Model, recipe and data description of a run directory or an export version,
+    and the default folder for evaluation output."""
+    path = Path(path)
+    if (path / "model_card.json").is_file():  # an export version
+        card = json.loads((path / "model_card.json").read_text())
+        recipe, info = card["resolved_recipe"], card["data_info"]
+        out = path.parent / f"{path.name}-eval"
+    elif (path / "recipe.json").is_file():  # a run directory
+        recipe = json.loads((path / "recipe.json").read_text())
+        info = json.loads((path / "data_info.json").read_text())
+        out = path / "eval"
+    else:
+        raise TftoolkitError(f"{path} is neither a run directory (recipe.json) nor an "
+                             "export version (model_card.json)")
+    if not (path / "model.keras").is_file():
+        raise TftoolkitError(f"{path} has no model.keras")
+    model = keras.models.load_model(path / "model.keras", compile=False)
+    return model, recipe_from_dict(recipe), DataInfo.from_dict(info), out
+
+
+def _split_arrays(recipe: Recipe, info: DataInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
+    data = load_data(recipe, info.image_size)
+    if split not in data.splits:
+        raise DataError(f"split {split!r} does not exist for {data.info.description} "
+                        f"(splits: {', '.join(data.splits)})")
+    images, labels = [], []
+    for batch in data.dataset(split, batch_size=64):
+        images.append(np.asarray(batch[0]))
+        labels.append(np.argmax(np.asarray(batch[1]), axis=1) if info.encoding == "categorical"
+                      else np.asarray(batch[1]).reshape(-1).astype(int))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _probabilities(model: keras.Model, images: np.ndarray, tta: int) -> np.ndarray:
+    probs = (predict_tta(model, images, tta) if tta
+             else model.predict(images, batch_size=64, verbose=0))
+    probs = np.asarray(probs, dtype=np.float32)
+    return np.concatenate([1 - probs, probs], axis=1) if probs.shape[1] == 1 else probs
+
+
+def evaluate(path: str | Path, split: str = "test", tta: int = 0,
+             out: str | Path | None = None) -> tuple[dict, Path]:
+    """Evaluate on ``split``; write metrics.json, per_class.csv, confusion_matrix.png and
+    top_losses.png into ``out`` (default: ``RUN_DIR/eval`` or ``EXPORT-eval``)."""
+    model, recipe, info, default_out = load_trained(path)
+    if info.task != "classification":
+        raise TftoolkitError(f"{path}: evaluate reports classification metrics; this model "
+                             "is a regression")
+    out = Path(out) if out else default_out
+    out.mkdir(parents=True, exist_ok=True)
+    images, labels = _split_arrays(recipe, info, split)
+    probabilities = _probabilities(model, images, 0)
+    report = {"split": split, **classification_report(labels, probabilities, info.class_names)}
+    if tta:
+        tta_probs = _probabilities(model, images, tta)
+        report["tta"] = {"views": tta,
+                         "accuracy": float(np.mean(np.argmax(tta_probs, 1) == labels))}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    with open(out / "per_class.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "support"])
+        writer.writeheader()
+        writer.writerows(report["per_class"])
+    plot_confusion_matrix(np.array(report["confusion_matrix"]), info.class_names,
+                          out / "confusion_matrix.png",
+                          f"{recipe.name} ({split}): confusion matrix, row-normalised")
+    plot_top_losses(images, labels, probabilities, info.class_names, out / "top_losses.png")
+    return report, out
+
+
+def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list[Path]:
+    """One Grad-CAM overlay PNG per image file, titled with the predicted class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import tensorflow as tf
+
+    from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
+
+    model, _, info, _ = load_trained(path)
+    missing = [str(p) for p in images if not Path(p).is_file()]
+    if missing:
+        raise TftoolkitError(f"image file(s) not found: {', '.join(missing)}")
+    batch = np.stack([np.asarray(to_rgb_image(decode_image_bytes(tf.io.read_file(str(p))),
+                                              info.image_size)) for p in images])
+    heatmaps, predicted = grad_cam(model, batch)
+    probabilities = np.asarray(model.predict(batch, verbose=0))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for image_path, image, heat, cls, probs in zip(images, batch, heatmaps, predicted,
+                                                   probabilities):
+        fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
+        axes[0].imshow(image.astype("uint8"))
+        axes[0].set_title("input")
+        axes[1].imshow(image.astype("uint8"))
+        overlay = axes[1].imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        axes[1].set_title(f"Grad-CAM: {info.class_names[cls]} ({probs[cls]:.0%})")
+        for ax in axes:
+            ax.axis("off")
+        fig.colorbar(overlay, ax=axes[1], fraction=0.046, pad=0.04, label="relevance")
+        fig.suptitle(Path(image_path).name)
+        fig.tight_layout()
+        target = out / f"{Path(image_path).stem}_gradcam.png"
+        fig.savefig(target, dpi=100)
+        plt.close(fig)
+        written.append(target)
+    return written
+
+
+__all__ = ["evaluate", "explain", "grad_cam", "load_trained", "render_report"]

@@ -1,0 +1,59 @@
+"""Evaluation figures: a normalised confusion matrix and a grid of the top losses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path,
+                          title: str = "") -> Path:
+    """Rows normalised to recall; class names on both axes; counts in the cells."""
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.65 * k, 0.8 + 0.6 * k))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=9)
+    ax.set_yticks(range(k), class_names, fontsize=9)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or "confusion matrix (row-normalised)")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{normalised[i, j]:.2f}\n({matrix[i, j]})", ha="center",
+                    va="center", fontsize=7,
+                    color="white" if normalised[i, j] > 0.6 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_top_losses(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+                    class_names: list[str], path: Path, count: int = 12) -> Path:
+    """The ``count`` most confidently wrong images, with true/predicted/probability."""
+    predicted = np.argmax(probabilities, axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    order = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:count]
+    cols = 4
+    rows = max(1, int(np.ceil(len(order) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), order):
+        ax.imshow(np.clip(images[i], 0, 255).astype("uint8"))
+        ax.set_title(f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} "
+                     f"({probabilities[i, predicted[i]]:.0%})", fontsize=9)
+    fig.suptitle("top losses: most confidently wrong" if len(order)
+                 else "top losses: no misclassified images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
