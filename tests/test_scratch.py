@@ -7,7 +7,6 @@ import pytest
 
 import keras
 import tftoolkit
-from tftoolkit.data import DataInfo
 from tftoolkit.errors import RecipeError
 from tftoolkit.models import scratch
 from tftoolkit.models.regularize import apply_kernel_regularizer

@@ -102,6 +102,9 @@ class AugmentConfig:
     brightness: float = _opt(0.0, "random brightness factor range", min=0.0, max=1.0)
     erasing: float = _opt(0.0, "random erasing probability", min=0.0, max=1.0)
     rand_augment: bool = _opt(False, "Keras RandAugment")
+    cached_views: int = _opt(0, "with cached backbone features: augmented copies of each "
+                                "training image to cache (0: augmentation turns the cache "
+                                "off)", min=0, max=64)
     mixup: float = _opt(0.0, "MixUp alpha (0: off)", min=0.0, max=10.0)
     cutmix: float = _opt(0.0, "CutMix alpha (0: off)", min=0.0, max=10.0)
 
@@ -138,6 +141,9 @@ class TrainConfig:
                                                "learning_rate / 10", min=0.0)
     fine_tune_epochs: int = _opt(0, "epochs of the fine-tuning stage of two_stage; 0: epochs",
                                  min=0)
+    cache_features: Literal["auto", "off"] = _opt(
+        "auto", "feature_extraction (and the first stage of two_stage): run the frozen "
+                "backbone once, train the head on the cached features")
     early_stopping: int = _opt(0, "patience in epochs on val_loss; 0: off", min=0)
     distribute: Literal["auto", "default", "mirrored"] = _opt(
         "auto", "tf.distribute strategy; auto: mirrored over several GPUs, else default")

@@ -26,6 +26,7 @@ from tftoolkit.models.transfer import set_trainable
 from tftoolkit.recipe import Recipe, load_recipe
 from tftoolkit.serving import export_run, save_parity_inputs
 from tftoolkit.training.batchnorm import recalibrate_batchnorm
+from tftoolkit.training.feature_cache import cache_plan, cached_datasets, split_at_features
 from tftoolkit.training.plots import plot_history
 from tftoolkit.training.runtime import choose_strategy, seed_everything, set_precision
 
@@ -168,6 +169,9 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None) -> Tr
     _write_json(run_dir / "data_info.json", info.to_dict())
     notes = [f"strategy: {type(strategy).__name__} with "
              f"{strategy.num_replicas_in_sync} replica(s)"]
+    _write_json(run_dir / "runtime.json", {
+        "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
+        "precision": t.precision, "seed": t.seed, "deterministic": t.deterministic})
     if info.bad_files:
         (run_dir / "skipped_files.txt").write_text(
             "".join(f"{path}\t{why}\n" for path, why in info.bad_files))
@@ -183,8 +187,6 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None) -> Tr
     (run_dir / "checkpoints").mkdir()
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / "last.weights.h5"),
-                                        save_weights_only=True),
     ]
     if t.early_stopping and val_ds is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -193,11 +195,28 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None) -> Tr
     epoch, start = 0, time.perf_counter()
     for mode, epochs, learning_rate in stages(recipe):
         set_trainable(model, mode, recipe.model.unfreeze)
+        fit_model, stage_train, stage_val = graph, train_ds, val_ds
+        if mode == "feature_extraction" and t.cache_features == "auto" and split_at_features(
+                model):
+            use_cache, why = cache_plan(augmenter, recipe.augment.cached_views)
+            cached = use_cache and cached_datasets(model, data, augmenter,
+                                                   recipe.augment.cached_views, batch_size,
+                                                   repeat=bool(t.steps_per_epoch))
+            if use_cache and not cached:
+                why = "feature cache off: the features would not fit in memory"
+            notes.append(why)
+            if cached:
+                fit_model, stage_train, stage_val = cached
         with strategy.scope():
-            compile_model(graph, recipe, info, learning_rate)
-        fit = graph.fit(train_ds, validation_data=val_ds, epochs=epoch + epochs,
-                        initial_epoch=epoch, steps_per_epoch=t.steps_per_epoch or None,
-                        callbacks=callbacks, verbose=t.verbose, shuffle=False)
+            compile_model(fit_model, recipe, info, learning_rate)
+        # Per-epoch weights of what trains: the whole graph, or the head on cached features.
+        checkpoint = keras.callbacks.ModelCheckpoint(
+            str(run_dir / "checkpoints" / f"{fit_model.name}.weights.h5"),
+            save_weights_only=True)
+        fit = fit_model.fit(stage_train, validation_data=stage_val, epochs=epoch + epochs,
+                            initial_epoch=epoch, steps_per_epoch=t.steps_per_epoch or None,
+                            callbacks=[*callbacks, checkpoint], verbose=t.verbose,
+                            shuffle=False)
         for key, values in fit.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         epoch += epochs

@@ -1,0 +1,34 @@
+"""Run every benchmark and print one table: ``python -m benchmarks``.
+
+Each row compares the toolkit with the plain Keras way of doing the same work,
+measured side by side in this run.
+"""
+
+from __future__ import annotations
+
+from benchmarks import augment_throughput, feature_cache, fit_overhead, precision
+
+ROWS = [
+    ("feature_cache", feature_cache, "plain fit s", "plain_seconds", "cached s",
+     "cached_seconds", "x faster (target >= 5)"),
+    ("fit_overhead", fit_overhead, "plain fit s", "plain_seconds", "tftoolkit s",
+     "toolkit_seconds", "time ratio (target <= 1.05)"),
+    ("augment_throughput", augment_throughput, "chain img/s", "keras_chain_img_s",
+     "fused img/s", "fused_img_s", "x faster (target >= 3)"),
+    ("precision", precision, "f32 img/s", "float32_img_s", "bf16 img/s",
+     "mixed_bfloat16_img_s", "x faster"),
+]
+
+
+def main() -> None:
+    lines = ["| benchmark | baseline | tftoolkit | ratio |", "| --- | --- | --- | --- |"]
+    for name, module, base_label, base_key, ours_label, ours_key, ratio_label in ROWS:
+        r = module.run()
+        lines.append(f"| {name} | {base_label} {r[base_key]:.1f} | {ours_label} "
+                     f"{r[ours_key]:.1f} | {r['ratio']:.2f} {ratio_label} |")
+        print(lines[-1], flush=True)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

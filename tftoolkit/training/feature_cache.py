@@ -1,0 +1,87 @@
+"""Head training on cached backbone features.
+
+With a frozen backbone (feature extraction), every epoch recomputes the same features.
+Here the frozen part runs once over the training and validation data; the head layers
+(the very layer objects of the full model) train on those features; the full model
+then already holds the trained head, and evaluation and export use it as usual.
+The cached training set goes through the same shuffle and batching as images would,
+so the head sees the same batches in the same order as the uncached path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import keras
+import numpy as np
+
+from tftoolkit.augment import Augmenter
+from tftoolkit.data import DataBundle
+from tftoolkit.data.sources import Examples
+
+FEATURES = "pool"                  # the pooled-features layer of transfer models
+MAX_CACHE_BYTES = 4 * 1024 ** 3
+
+
+def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model] | None:
+    """(frozen extractor: image -> pooled features, head: features -> output) sharing the
+    model's layers, or None when the model has no pooled-feature layer."""
+    try:
+        pool = model.get_layer(FEATURES)
+    except ValueError:
+        return None
+    extractor = keras.Model(model.inputs, pool.output, name="feature_extractor")
+    inputs = keras.Input(pool.output.shape[1:], name="features")
+    x = inputs
+    for layer in model.layers[model.layers.index(pool) + 1:]:
+        x = layer(x)
+    return extractor, keras.Model(inputs, x, name="head")
+
+
+def cache_plan(augmenter: Augmenter, views: int) -> tuple[bool, str]:
+    """Whether to cache, and the line that says why (or why not)."""
+    if augmenter.in_model is None and augmenter.in_pipeline is None and not augmenter.mixers:
+        return True, "feature cache: frozen backbone run once; head trained on cached features"
+    if augmenter.mixers:
+        return False, "feature cache off: MixUp/CutMix mix images, not features"
+    if views:
+        return True, (f"feature cache: {views} augmented copies of each training image "
+                      "cached; head trained on them")
+    return False, ("feature cache off: augmentation is on (set augment.cached_views=K to "
+                   "cache K augmented copies per image)")
+
+
+def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: int,
+              augment=None) -> np.ndarray:
+    """Features of ``split`` in example order (augmented once if ``augment`` is given)."""
+    images = data.dataset(split, batch_size=batch_size).map(lambda x, *rest: x)
+    if augment is not None:
+        images = images.map(lambda x: augment(x, training=True))
+    return np.asarray(extractor.predict(images, verbose=0))
+
+
+def cached_datasets(model: keras.Model, data: DataBundle, augmenter: Augmenter, views: int,
+                    batch_size: int, repeat: bool = False):
+    """(head model, training dataset, validation dataset or None) on cached features;
+    None when the features would not fit in memory."""
+    extractor, head = split_at_features(model)
+    train = data.splits["train"]
+    dim = int(extractor.output.shape[-1])
+    if len(train) * max(views, 1) * dim * 4 > MAX_CACHE_BYTES:
+        return None
+    pixels = augmenter.in_model or augmenter.in_pipeline
+    if views:
+        features = np.concatenate([_features(extractor, data, "train", batch_size, pixels)
+                                   for _ in range(views)])
+        labels = np.tile(train.labels, views)
+    else:
+        features, labels = _features(extractor, data, "train", batch_size), train.labels
+    cached = DataBundle(data.recipe, {"train": Examples(labels, arrays=features)}, data.info)
+    if "val" in data.splits:
+        cached.splits["val"] = Examples(data.splits["val"].labels,
+                                        arrays=_features(extractor, data, "val", batch_size))
+    # Features are vectors: no resizing; labels and class weights as for images.
+    cached.info = replace(data.info, image_size=None)
+    train_ds = cached.dataset("train", training=True, batch_size=batch_size, repeat=repeat)
+    val_ds = cached.dataset("val", batch_size=batch_size) if "val" in cached.splits else None
+    return head, train_ds, val_ds
