@@ -215,3 +215,22 @@ def test_predict_rejects_a_non_export(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tftoolkit", "predict", str(tmp_path),
                            "x.jpg"], capture_output=True, text=True)
     assert proc.returncode == 2 and "saved_model.pb" in proc.stderr
+
+
+def test_tflite_format_is_written_and_parity_checked(tmp_path):
+    model = _model_with_augmentation_inside()
+    version = _export(model, tmp_path / "exports", formats=["tflite"])
+    card = json.loads((version / "model_card.json").read_text())
+    assert card["formats"]["tflite"]["max_abs_diff"] <= 1e-5
+    interpreter = tf.lite.Interpreter(model_path=str(version / "model.tflite"))
+    runner = interpreter.get_signature_runner("serving_default")
+    x = _images(3, size=32, seed=9)
+    np.testing.assert_allclose(runner(images=x)["probabilities"],
+                               model(x, training=False), atol=1e-5)
+
+
+def test_onnx_request_stops_before_anything_is_written(tmp_path):
+    root = tmp_path / "exports"
+    with pytest.raises(ExportError, match="onnx.*tf2onnx.*Nothing was exported"):
+        _export(_model_with_augmentation_inside(), root, formats=["onnx"])
+    assert not root.exists() or list(root.iterdir()) == []

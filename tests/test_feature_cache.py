@@ -16,7 +16,7 @@ def _recipe(folder, cache: str, **augment) -> Recipe:
                   model=ModelConfig(architecture="mobilenet_v2", weights="none",
                                     mode="feature_extraction"),
                   augment=AugmentConfig(**augment),
-                  train=TrainConfig(epochs=3, batch_size=8, learning_rate=0.01, seed=7,
+                  train=TrainConfig(epochs=2, batch_size=8, learning_rate=0.01, seed=7,
                                     cache_features=cache),
                   export=ExportConfig(enabled=cache == "auto"))
 

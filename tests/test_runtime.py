@@ -64,3 +64,147 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "strategy: MirroredStrategy with 2 replica(s)" in out["notes"]
     assert out["loss"][-1] < out["loss"][0]
+
+
+RESUMABLE = '''
+from tftoolkit.recipe import (DataConfig, ExportConfig, ModelConfig, Recipe,
+                              RegularizeConfig, TrainConfig)
+RECIPE = Recipe(
+    name="resumable",
+    data=DataConfig(source="synthetic", name="sine_product", num_examples=24000,
+                    validation_fraction=0.1),
+    model=ModelConfig(architecture="mlp", hidden=[32, 16], activation="tanh"),
+    regularize=RegularizeConfig(dropout=0.1),
+    train=TrainConfig(optimizer="sgd", momentum=0.9, learning_rate=0.02, batch_size=32,
+                      epochs=4, loss="mse", deterministic=True, verbose=2),
+    export=ExportConfig(enabled=False))
+'''
+
+
+def _final_weights(run_root):
+    model_file = next(run_root.rglob("model.keras"))
+    return keras.models.load_model(model_file, compile=False).get_weights()
+
+
+def test_sigkill_mid_run_then_the_same_command_resumes_and_matches(tmp_path):
+    import signal
+    import time
+
+    recipe = tmp_path / "resumable.py"
+    recipe.write_text(RESUMABLE)
+
+    def command(root):
+        return [sys.executable, "-m", "tftoolkit", "train", str(recipe), "--set",
+                f"train.run_dir={root}"]
+
+    killed_root = tmp_path / "killed"
+    proc = subprocess.Popen(command(killed_root), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    progress = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(killed_root.rglob("progress.json"))
+        if found and json.loads(found[0].read_text())["next_epoch"] >= 2:
+            proc.send_signal(signal.SIGKILL)
+            progress = json.loads(found[0].read_text())
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert progress is not None, "the run finished or never checkpointed before the kill"
+    assert not list(killed_root.rglob("metrics.json"))
+
+    resumed = subprocess.run(command(killed_root), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    epoch_line = [l for l in resumed.stdout.splitlines() if "resuming" in l][0]
+    assert 2 <= int(epoch_line.split("at epoch ")[1].split()[0]) < 4
+    assert len(list((killed_root / "resumable").iterdir())) == 1  # the same run directory
+    assert "Epoch 1/4" not in resumed.stdout  # did not restart from epoch 0
+
+    clean = subprocess.run(command(tmp_path / "clean"), capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    for a, b in zip(_final_weights(killed_root), _final_weights(tmp_path / "clean")):
+        np.testing.assert_array_equal(a, b)
+    history = (next(killed_root.rglob("history.csv"))).read_text().splitlines()
+    assert [int(row.split(",")[0]) for row in history[1:]][-1] == 3
+
+
+def test_resume_false_starts_a_fresh_run(tmp_path, quiet):
+    (tmp_path / "runs" / "mlp").mkdir(parents=True)
+    first = tftoolkit.train("mlp", {**quiet, "train.epochs": 1})
+    (first.run_dir / "metrics.json").unlink()  # pretend it was interrupted
+    again = tftoolkit.train("mlp", {**quiet, "train.epochs": 1})
+    assert again.run_dir == first.run_dir
+    (again.run_dir / "metrics.json").unlink()
+    fresh = tftoolkit.train("mlp", {**quiet, "train.epochs": 1, "train.resume": False})
+    assert fresh.run_dir != first.run_dir
+
+
+MULTI_WORKER_RECIPE = '''
+from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
+RECIPE = Recipe(
+    name="two_workers",
+    data=DataConfig(source="synthetic", name="sine_product", num_examples=1024,
+                    validation_fraction=0.25),
+    model=ModelConfig(architecture="mlp", hidden=[16], activation="tanh"),
+    train=TrainConfig(optimizer="sgd", learning_rate=0.1, batch_size=64, epochs=3,
+                      loss="mse", verbose=0),
+    export=ExportConfig(enabled=False))
+'''
+
+WORKER = """
+import json, sys
+import tftoolkit
+result = tftoolkit.train(sys.argv[1], {"train.run_dir": sys.argv[2]})
+json.dump({"notes": result.notes, "loss": result.history["loss"],
+           "val_loss": result.history["val_loss"],
+           "weights": [w.tolist() for w in result.model.get_weights()]}, open(sys.argv[3], "w"))
+"""
+
+
+def _free_ports(n):
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_on_localhost_train_like_one_process(tmp_path):
+    import os
+
+    recipe = tmp_path / "two_workers.py"
+    recipe.write_text(MULTI_WORKER_RECIPE)
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(recipe), str(tmp_path / "runs"),
+             str(tmp_path / f"worker{index}.json")], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    chief, other = (json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2))
+    assert "strategy: MultiWorkerMirroredStrategy with 2 replica(s)" in chief["notes"]
+    for a, b in zip(chief["weights"], other["weights"]):
+        np.testing.assert_array_equal(a, b)
+    # only the chief wrote a run directory, with its TensorBoard logs
+    (run_dir,) = list((tmp_path / "runs" / "two_workers").iterdir())
+    assert list((run_dir / "logs").rglob("events.out.tfevents.*"))
+
+    single = subprocess.run([sys.executable, "-c", WORKER, str(recipe),
+                             str(tmp_path / "single"), str(tmp_path / "single.json")],
+                            capture_output=True, text=True, env={
+                                k: v for k, v in os.environ.items() if k != "TF_CONFIG"})
+    assert single.returncode == 0, single.stderr[-3000:]
+    alone = json.loads((tmp_path / "single.json").read_text())
+    # Same global batch of 64, same data order: the curves agree to float32 rounding.
+    np.testing.assert_allclose(chief["loss"], alone["loss"], rtol=1e-3)
+    np.testing.assert_allclose(chief["val_loss"], alone["val_loss"], rtol=1e-3)

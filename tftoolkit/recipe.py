@@ -128,6 +128,8 @@ class TrainConfig:
     batch_size: int = _opt(32, "global batch size; 0 for gd means the whole training set",
                            min=0)
     learning_rate: float = _opt(1e-3, "learning rate", min=0.0)
+    scale_lr: bool = _opt(False, "multiply the learning rates by the number of replicas "
+                                 "(batch_size is the global batch)")
     optimizer: Literal["gd", "sgd", "adam"] = _opt(
         "adam", "gd: full-batch gradient descent; sgd: mini-batch (momentum option); adam")
     momentum: float = _opt(0.0, "momentum for gd/sgd", min=0.0, max=0.999)
@@ -145,11 +147,13 @@ class TrainConfig:
         "auto", "feature_extraction (and the first stage of two_stage): run the frozen "
                 "backbone once, train the head on the cached features")
     early_stopping: int = _opt(0, "patience in epochs on val_loss; 0: off", min=0)
-    distribute: Literal["auto", "default", "mirrored"] = _opt(
-        "auto", "tf.distribute strategy; auto: mirrored over several GPUs, else default")
+    distribute: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = _opt(
+        "auto", "tf.distribute strategy; auto: multi_worker when TF_CONFIG names several "
+                "workers, tpu when a TPU is attached, mirrored over several GPUs, else default")
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = _opt(
         "float32", "compute precision")
     deterministic: bool = _opt(False, "enable TensorFlow op determinism")
+    resume: bool = _opt(True, "resume the latest unfinished run of the same resolved recipe")
     run_dir: str = _opt("runs", "folder where run directories are created")
     tta: int = _opt(0, "test-time augmentation views (flips/crops) averaged in the final "
                        "evaluation, reported beside the plain figure; 0: off", min=0, max=7)
@@ -163,6 +167,8 @@ class ExportConfig:
     enabled: bool = _opt(True, "export a SavedModel after training")
     dir: str = _opt("saved_models", "root of exports: <dir>/<recipe>/<version>/")
     tolerance: float = _opt(1e-5, "max abs difference allowed by the parity check", min=0.0)
+    formats: list[str] = _opt([], "extra formats beside the SavedModel: tflite (LiteRT); "
+                                  "onnx is refused with the reason")
 
 
 SECTIONS = {

@@ -75,9 +75,14 @@ class DataBundle:
         counts = np.asarray(self.info.class_counts, dtype="float64")
         return (counts.sum() / (len(counts) * np.maximum(counts, 1))).astype("float32")
 
+    def steps_per_epoch(self, split: str, batch_size: int) -> int:
+        """Batches in one pass over ``split``."""
+        return -(-len(self.splits[split]) // max(batch_size, 1))
+
     def dataset(self, split: str, *, training: bool = False, batch_size: int | None = None,
-                augment: Callable | None = None, repeat: bool = False):
-        """A batched ``tf.data.Dataset`` of ``split``; shuffled and augmented if training."""
+                augment: Callable | None = None, first_epoch: int = 0):
+        """A batched ``tf.data.Dataset`` of ``split``; for training an endless, per-epoch
+        shuffled (and augmented) stream starting at ``first_epoch``."""
         from tftoolkit.data.pipeline import make_dataset
 
         cfg, train = self.recipe.data, self.recipe.train
@@ -87,7 +92,7 @@ class DataBundle:
             num_classes=self.info.num_classes, training=training, seed=train.seed,
             resize_method=cfg.resize_method, cache=cfg.cache,
             class_weights=self.class_weights() if training else None,
-            augment=augment, repeat=repeat)
+            augment=augment, first_epoch=first_epoch)
 
 
 def _label_encoding(recipe: Recipe, task: str, num_classes: int) -> str:

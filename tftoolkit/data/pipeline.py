@@ -66,31 +66,43 @@ def encode_labels(labels: tf.Tensor, encoding: str, num_classes: int) -> tf.Tens
     return tf.reshape(labels, [-1, 1]) if encoding == "binary" else labels
 
 
+def epoch_seed(seed: int, epoch) -> tf.Tensor:
+    """The shuffle seed of one epoch: a pure function of (seed, epoch), so a resumed run
+    sees exactly the batches an uninterrupted one would."""
+    return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+
+
 def make_dataset(examples: Examples, *, batch_size: int, image_size: int | None,
                  encoding: str, num_classes: int, training: bool, seed: int,
                  resize_method: str = "bilinear", cache: bool = True,
                  class_weights: np.ndarray | None = None,
-                 augment: Callable | None = None, repeat: bool = False) -> tf.data.Dataset:
+                 augment: Callable | None = None, first_epoch: int = 0) -> tf.data.Dataset:
     """A batched dataset of ``(x, y)`` or ``(x, y, sample_weight)``.
 
-    ``augment`` (a batch -> batch callable, e.g. Keras preprocessing layers) runs only
-    when ``training`` is true.
+    Training datasets are an endless stream of epochs, from ``first_epoch`` on, each
+    shuffled with :func:`epoch_seed` (train with ``steps_per_epoch``). ``augment`` (a
+    ``(x, y) -> (x, y)`` batch map) runs only when ``training`` is true, sequentially so
+    that its random draws are reproducible.
     """
     ds = _examples_dataset(examples, image_size, resize_method)
     if cache:
         ds = ds.cache()
+    batch = batch_size or max(len(examples), 1)
     if training:
-        ds = ds.shuffle(max(len(examples), 1), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size or max(len(examples), 1))
+        examples_ds, n = ds, max(len(examples), 1)
+        ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(
+            lambda epoch: examples_ds.shuffle(n, seed=epoch_seed(seed, epoch)).batch(batch))
+    else:
+        ds = ds.batch(batch)
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
+    augmenting = training and augment is not None
 
     def finish(x, y):
         sample_weight = None if weights is None else tf.gather(weights, tf.cast(y, tf.int32))
         y = encode_labels(y, encoding, num_classes)
-        if training and augment is not None:
+        if augmenting:
             x, y = augment(x, y)
         return (x, y) if sample_weight is None else (x, y, sample_weight)
 
-    return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    return ds.map(finish, num_parallel_calls=None if augmenting else AUTOTUNE).prefetch(
+        AUTOTUNE)

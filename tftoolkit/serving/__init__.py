@@ -65,7 +65,8 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
     card["run_dir"] = str(run_dir)
     return export_model(model, info, root, parity_inputs=np.load(run_dir / PARITY_FILE),
                         card=card, tolerance=recipe["export"]["tolerance"],
-                        mixed_precision=recipe["train"]["precision"] != "float32")
+                        mixed_precision=recipe["train"]["precision"] != "float32",
+                        formats=recipe["export"].get("formats", []))
 
 
 __all__ = ["export_model", "export_run", "predict", "save_parity_inputs"]

@@ -30,6 +30,7 @@ import tensorflow as tf
 from tftoolkit.data import DataInfo
 from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
 from tftoolkit.errors import ExportError
+from tftoolkit.serving.formats import check_formats, write_tflite
 
 MIXED_PRECISION_TOLERANCE = 1e-2
 
@@ -116,8 +117,11 @@ def _versions() -> dict[str, str]:
 
 def export_model(model: keras.Model, info: DataInfo, root: Path, *,
                  parity_inputs: np.ndarray, card: dict[str, Any],
-                 tolerance: float = 1e-5, mixed_precision: bool = False) -> Path:
-    """Export ``model`` as the next numbered version under ``root``; returns its path."""
+                 tolerance: float = 1e-5, mixed_precision: bool = False,
+                 formats: list[str] = ()) -> Path:
+    """Export ``model`` as the next numbered version under ``root`` (plus ``formats``,
+    each parity-checked); returns its path."""
+    check_formats(list(formats))
     root.mkdir(parents=True, exist_ok=True)
     version = next_version(root)
     target = root / str(version)
@@ -127,6 +131,10 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
     try:
         write_savedmodel(model, info, tmp)
         diff = parity_check(tmp, model, parity_inputs, tolerance)
+        extra = {}
+        if "tflite" in formats:
+            extra["tflite"] = {"file": "model.tflite", "max_abs_diff": write_tflite(
+                tmp, tmp / "model.tflite", model, parity_inputs, tolerance)}
         if info.class_names:
             (tmp / "labels.txt").write_text("".join(f"{n}\n" for n in info.class_names))
         model.save(tmp / "model.keras")
@@ -136,6 +144,7 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
                            "examples": int(len(parity_inputs)),
                            "note": "mixed precision: looser tolerance" if mixed_precision
                            else "float32"},
+                "formats": extra,
                 "versions": _versions()}
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
         if target.exists():

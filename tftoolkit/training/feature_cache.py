@@ -61,9 +61,9 @@ def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: 
 
 
 def cached_datasets(model: keras.Model, data: DataBundle, augmenter: Augmenter, views: int,
-                    batch_size: int, repeat: bool = False):
-    """(head model, training dataset, validation dataset or None) on cached features;
-    None when the features would not fit in memory."""
+                    batch_size: int, first_epoch: int = 0):
+    """(head model, training dataset, validation dataset or None, steps per epoch) on
+    cached features; None when the features would not fit in memory."""
     extractor, head = split_at_features(model)
     train = data.splits["train"]
     dim = int(extractor.output.shape[-1])
@@ -82,6 +82,7 @@ def cached_datasets(model: keras.Model, data: DataBundle, augmenter: Augmenter, 
                                         arrays=_features(extractor, data, "val", batch_size))
     # Features are vectors: no resizing; labels and class weights as for images.
     cached.info = replace(data.info, image_size=None)
-    train_ds = cached.dataset("train", training=True, batch_size=batch_size, repeat=repeat)
+    train_ds = cached.dataset("train", training=True, batch_size=batch_size,
+                              first_epoch=first_epoch)
     val_ds = cached.dataset("val", batch_size=batch_size) if "val" in cached.splits else None
-    return head, train_ds, val_ds
+    return head, train_ds, val_ds, cached.steps_per_epoch("train", batch_size)

@@ -7,7 +7,9 @@ inference model (``model.keras``).
 
 from __future__ import annotations
 
+import csv
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +18,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tftoolkit.augment import build_augmenter, training_model
 from tftoolkit.augment.tta import predict_tta
@@ -26,9 +29,14 @@ from tftoolkit.models.transfer import set_trainable
 from tftoolkit.recipe import Recipe, load_recipe
 from tftoolkit.serving import export_run, save_parity_inputs
 from tftoolkit.training.batchnorm import recalibrate_batchnorm
+from tftoolkit.training.checkpoint import (SaveProgress, find_resumable, finish_stage,
+                                           load_progress, restore_stage_weights,
+                                           restore_state)
+from tftoolkit.training.distributed import evaluate_distributed, fit_distributed, is_chief
 from tftoolkit.training.feature_cache import cache_plan, cached_datasets, split_at_features
 from tftoolkit.training.plots import plot_history
-from tftoolkit.training.runtime import choose_strategy, seed_everything, set_precision
+from tftoolkit.training.runtime import (choose_strategy, seed_everything, set_precision,
+                                        strategy_name)
 
 
 @dataclass
@@ -131,12 +139,17 @@ def evaluate_model(model: keras.Model, data: DataBundle, recipe: Recipe,
     if not getattr(model, "compiled", False):  # trained inside an augmentation graph
         compile_model(model, recipe, data.info, recipe.train.learning_rate)
     metrics: dict[str, float] = {}
+    strategy = model.distribute_strategy
     for split in ("val", "test"):
         if split in data.splits:
-            values = model.evaluate(data.dataset(split, batch_size=batch_size), verbose=0,
-                                    return_dict=True)
+            dataset = data.dataset(split, batch_size=batch_size)
+            if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                values = evaluate_distributed(model, dataset, strategy, batch_size)
+            else:
+                values = model.evaluate(dataset, verbose=0, return_dict=True)
             metrics.update({f"{split}_{k}": float(v) for k, v in values.items()})
-            if recipe.train.tta and data.info.encoding in ("categorical", "sparse"):
+            if recipe.train.tta and data.info.encoding in ("categorical", "sparse") and not (
+                    isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)):
                 metrics[f"{split}_accuracy_tta"] = _tta_accuracy(model, data, split,
                                                                  recipe.train.tta)
     return metrics
@@ -154,72 +167,137 @@ def _tta_accuracy(model: keras.Model, data: DataBundle, split: str, views: int) 
     return correct / total
 
 
-def train(recipe: Recipe | str, overrides: dict | list[str] | None = None) -> TrainResult:
-    """Train ``recipe`` end to end and return the model, history and run directory."""
-    recipe = load_recipe(recipe, overrides)
+def _read_history(path: Path) -> dict[str, list[float]]:
+    """Per-epoch history from the CSV log (the last row of an epoch logged twice wins)."""
+    rows: dict[int, dict[str, str]] = {}
+    if path.is_file():
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                rows[int(row.pop("epoch"))] = row
+    history: dict[str, list[float]] = {}
+    for epoch in sorted(rows):
+        for key, value in rows[epoch].items():
+            if value not in ("", "NA"):  # CSVLogger's mark for a metric not computed
+                history.setdefault(key, []).append(float(value))
+    return history
+
+
+def _start_run(recipe: Recipe, info: DataInfo,
+               strategy) -> tuple[Path, Path, dict | None, list[str]]:
+    """The run directory to write, the one to resume from (the latest unfinished run of
+    this recipe, if any), its progress, and the first notes of the run. Only the chief
+    writes the run directory; the other workers of a multi-worker run resume from the
+    chief's (a shared filesystem) and write scratch files into a temporary one."""
     t = recipe.train
-    seed_everything(t.seed, t.deterministic)
-    set_precision(t.precision)
-    strategy = choose_strategy(t)
-    data = load_data(recipe, input_size(recipe))
-    info = data.info
-    batch_size = _check_batching(recipe, data)
-    run_dir = new_run_dir(recipe)
-    _write_json(run_dir / "recipe.json", recipe.to_dict())
-    _write_json(run_dir / "data_info.json", info.to_dict())
-    notes = [f"strategy: {type(strategy).__name__} with "
+    notes = [f"strategy: {strategy_name(strategy)} with "
              f"{strategy.num_replicas_in_sync} replica(s)"]
+    resolved = recipe.to_dict()
+    resumable = find_resumable(Path(t.run_dir) / recipe.name, resolved) if t.resume else None
+    progress = load_progress(resumable) if resumable else None
+    if progress:
+        notes.append(f"resuming {resumable} at epoch {progress['next_epoch']} "
+                     f"(stage {progress['stage'] + 1})")
+    if not is_chief(strategy):
+        run_dir = Path(tempfile.mkdtemp(prefix=f"tftoolkit-{recipe.name}-worker-"))
+        (run_dir / "checkpoints").mkdir()
+        notes.append(f"not the chief: writing nothing but scratch files in {run_dir}")
+        return run_dir, resumable or run_dir, progress, notes
+    if resumable is not None:
+        return resumable, resumable, progress, notes
+    run_dir = new_run_dir(recipe)
+    (run_dir / "checkpoints").mkdir()
+    _write_json(run_dir / "recipe.json", resolved)
+    _write_json(run_dir / "data_info.json", info.to_dict())
     _write_json(run_dir / "runtime.json", {
-        "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
+        "strategy": strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
         "precision": t.precision, "seed": t.seed, "deterministic": t.deterministic})
     if info.bad_files:
         (run_dir / "skipped_files.txt").write_text(
             "".join(f"{path}\t{why}\n" for path, why in info.bad_files))
         notes.append(f"skipped {len(info.bad_files)} unreadable file(s); list in "
                      f"{run_dir / 'skipped_files.txt'}")
+    return run_dir, run_dir, None, notes
+
+
+def train(recipe: Recipe | str, overrides: dict | list[str] | None = None) -> TrainResult:
+    """Train ``recipe`` end to end and return the model, history and run directory.
+
+    An unfinished run of the same resolved recipe is resumed from its last completed
+    epoch unless ``train.resume`` is false.
+    """
+    recipe = load_recipe(recipe, overrides)
+    t = recipe.train
+    strategy = choose_strategy(t)  # first: a multi-worker strategy must precede any TF op
+    seed_everything(t.seed, t.deterministic)
+    set_precision(t.precision)
+    data = load_data(recipe, input_size(recipe))
+    info = data.info
+    batch_size = _check_batching(recipe, data)
+    run_dir, resume_dir, progress, notes = _start_run(recipe, info, strategy)
     augmenter = build_augmenter(recipe.augment, info.image_size, t.seed)
     with strategy.scope():
         model = build_model(recipe, info)
         graph = training_model(model, augmenter)
-    train_ds = data.dataset("train", training=True, batch_size=batch_size,
-                            augment=augmenter.pipeline_fn(), repeat=bool(t.steps_per_epoch))
+    if progress and progress["stage"] > 0:
+        restore_stage_weights(resume_dir, model)
     val_ds = data.dataset("val", batch_size=batch_size) if "val" in data.splits else None
-    (run_dir / "checkpoints").mkdir()
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-    ]
+        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False)]
     if t.early_stopping and val_ds is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
             patience=t.early_stopping, restore_best_weights=True))
-    history: dict[str, list[float]] = {}
     epoch, start = 0, time.perf_counter()
-    for mode, epochs, learning_rate in stages(recipe):
+    lr_scale = strategy.num_replicas_in_sync if t.scale_lr else 1
+    if lr_scale > 1:
+        notes.append(f"learning rates scaled by {lr_scale} replicas (train.scale_lr)")
+    for stage, (mode, epochs, learning_rate) in enumerate(stages(recipe)):
+        learning_rate *= lr_scale
+        stage_end = epoch + epochs
+        if progress and stage < progress["stage"]:
+            epoch = stage_end
+            continue
+        resume = bool(progress) and stage == progress["stage"] and progress["next_epoch"] > epoch
+        first = progress["next_epoch"] if resume else epoch
         set_trainable(model, mode, recipe.model.unfreeze)
-        fit_model, stage_train, stage_val = graph, train_ds, val_ds
+        cached = None
         if mode == "feature_extraction" and t.cache_features == "auto" and split_at_features(
                 model):
             use_cache, why = cache_plan(augmenter, recipe.augment.cached_views)
             cached = use_cache and cached_datasets(model, data, augmenter,
                                                    recipe.augment.cached_views, batch_size,
-                                                   repeat=bool(t.steps_per_epoch))
+                                                   first_epoch=first)
             if use_cache and not cached:
                 why = "feature cache off: the features would not fit in memory"
             notes.append(why)
-            if cached:
-                fit_model, stage_train, stage_val = cached
+        if cached:
+            fit_model, stage_train, stage_val, steps = cached
+        else:
+            fit_model, stage_val = graph, val_ds
+            stage_train = data.dataset("train", training=True, batch_size=batch_size,
+                                       augment=augmenter.pipeline_fn(), first_epoch=first)
+            steps = data.steps_per_epoch("train", batch_size)
         with strategy.scope():
             compile_model(fit_model, recipe, info, learning_rate)
+            if resume:
+                restore_state(resume_dir, fit_model)
         # Per-epoch weights of what trains: the whole graph, or the head on cached features.
         checkpoint = keras.callbacks.ModelCheckpoint(
             str(run_dir / "checkpoints" / f"{fit_model.name}.weights.h5"),
             save_weights_only=True)
-        fit = fit_model.fit(stage_train, validation_data=stage_val, epochs=epoch + epochs,
-                            initial_epoch=epoch, steps_per_epoch=t.steps_per_epoch or None,
-                            callbacks=[*callbacks, checkpoint], verbose=t.verbose,
-                            shuffle=False)
-        for key, values in fit.history.items():
-            history.setdefault(key, []).extend(float(v) for v in values)
-        epoch += epochs
+        stage_callbacks = [*callbacks, checkpoint, SaveProgress(run_dir, stage)]
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            fit_distributed(fit_model, stage_train, strategy=strategy,
+                            global_batch_size=batch_size, epochs=stage_end,
+                            initial_epoch=first, steps_per_epoch=t.steps_per_epoch or steps,
+                            validation_data=stage_val, callbacks=stage_callbacks,
+                            verbose=t.verbose)
+        else:
+            fit_model.fit(stage_train, validation_data=stage_val, epochs=stage_end,
+                          initial_epoch=first, steps_per_epoch=t.steps_per_epoch or steps,
+                          callbacks=stage_callbacks, verbose=t.verbose, shuffle=False)
+        finish_stage(run_dir, stage, stage_end, model)
+        epoch = stage_end
     if recipe.model.mode == "scratch":
         used = recalibrate_batchnorm(model, data.dataset("train", batch_size=batch_size))
         if used:
@@ -227,12 +305,13 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None) -> Tr
     train_seconds = time.perf_counter() - start
     metrics = evaluate_model(model, data, recipe, batch_size)
     metrics["train_seconds"] = train_seconds
-    _write_json(run_dir / "metrics.json", metrics)
     model.save(run_dir / "model.keras")
+    history = _read_history(run_dir / "history.csv")
     plot_history(history, run_dir / "curves.png", title=recipe.name)
+    save_parity_inputs(run_dir, data)
+    _write_json(run_dir / "metrics.json", metrics)  # marks the run finished
     result = TrainResult(recipe, model, history, run_dir, info, metrics, train_seconds,
                          notes=notes)
-    save_parity_inputs(run_dir, data)
-    if recipe.export.enabled:
+    if recipe.export.enabled and is_chief(strategy):
         result.export_dir = export_run(run_dir, model=model)
     return result

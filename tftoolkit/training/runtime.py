@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
 import tensorflow as tf
 
+from tftoolkit.errors import RecipeError
 from tftoolkit.recipe import TrainConfig
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy, TensorFlow and Keras; optionally make TF ops deterministic."""
     keras.utils.set_random_seed(seed)
+    # tf.data's shuffle with a tensor seed (the per-epoch seeds of the input pipeline)
+    # fails in TF when the global seed is 0: it compares the seed pair to (0, 0) in Python.
+    tf.random.set_seed(seed or 0x5EED)
     if deterministic:
         os.environ["TF_DETERMINISTIC_OPS"] = "1"
         tf.config.experimental.enable_op_determinism()
@@ -23,18 +28,56 @@ def set_precision(precision: str) -> None:
     keras.mixed_precision.set_global_policy(precision)
 
 
+def _tf_config_workers() -> int:
+    """How many workers (chief included) ``TF_CONFIG`` describes."""
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster", {})
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def _tpu_strategy() -> tf.distribute.Strategy:
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+            tpu=os.environ.get("TPU_NAME", ""))
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as exc:
+        raise RecipeError(f"train.distribute='tpu' but no TPU could be reached: {exc}; set "
+                          "TPU_NAME or use train.distribute=auto") from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
 def choose_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
     """The strategy for ``train.distribute``.
 
-    ``auto`` picks MirroredStrategy when several GPUs are visible, else the default
-    single-device strategy. ``mirrored`` mirrors over every GPU, or over every logical
-    CPU device when there is no GPU.
+    ``auto`` picks MultiWorkerMirroredStrategy when ``TF_CONFIG`` names more than one
+    worker, TPUStrategy when a TPU is attached (``TPU_NAME`` or local TPU devices),
+    MirroredStrategy when several GPUs are visible, else the default strategy.
+    ``mirrored`` mirrors over every GPU, or every logical CPU device when there is none.
     """
-    gpus = tf.config.list_logical_devices("GPU")
     choice = cfg.distribute
+    if choice == "multi_worker" or (choice == "auto" and _tf_config_workers() > 1):
+        # Decided before anything initialises TensorFlow's runtime: collective ops
+        # must be configured at program start.
+        if _tf_config_workers() < 1:
+            raise RecipeError("train.distribute='multi_worker' needs TF_CONFIG describing "
+                              "the cluster (cluster.worker addresses and this task)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
     if choice == "auto":
-        choice = "mirrored" if len(gpus) > 1 else "default"
+        if os.environ.get("TPU_NAME") or tf.config.list_logical_devices("TPU"):
+            choice = "tpu"
+        else:
+            choice = "mirrored" if len(gpus) > 1 else "default"
     if choice == "default":
         return tf.distribute.get_strategy()
+    if choice == "tpu":
+        return _tpu_strategy()
     devices = gpus or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """The public name of a strategy (MultiWorkerMirroredStrategy's class is internal)."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
+    return type(strategy).__name__

@@ -1,0 +1,133 @@
+"""A distributed training loop for strategies where Keras' ``fit`` fails.
+
+Under ``MultiWorkerMirroredStrategy`` Keras 3's ``fit`` raises on ``PerReplica`` values
+(keras-team/keras#20585). This loop does the same work with ``strategy.run``: a
+``tf.GradientTape`` step whose loss is averaged over the *global* batch
+(``tf.nn.compute_average_loss``) plus the scaled regularization losses, applied by the
+model's Keras optimizer. It keeps what ``fit`` gives: a progress bar, the same
+callbacks (CSV history, checkpoints, early stopping, progress for resume) and
+per-epoch ``loss``/``accuracy`` and validation figures.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes run directories, checkpoints and exports."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return (resolver.task_type == "worker" and resolver.task_id == 0
+            and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def _per_example_loss(model: keras.Model) -> keras.losses.Loss:
+    loss = model.loss
+    return loss.__class__(**{**loss.get_config(), "reduction": None})
+
+
+def _distribute(strategy, dataset: tf.data.Dataset):
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+class _Steps:
+    """Replica steps of one compiled model: a training step and an evaluation step,
+    each returning global sums (loss, correct predictions, examples)."""
+
+    def __init__(self, model: keras.Model, strategy, global_batch_size: int):
+        self.model, self.strategy, self.global_batch_size = model, strategy, global_batch_size
+        self.loss_fn = _per_example_loss(model)
+        self.classify = model.output_shape[-1] > 1
+        self.train = tf.function(lambda it: self._reduce(
+            strategy.run(self._train_step, args=(next(it),))))
+        self.evaluate = tf.function(lambda batch: self._reduce(
+            strategy.run(self._eval_step, args=(batch,))))
+
+    def _figures(self, y, pred, sample_weight=None):
+        per_example = self.loss_fn(y, pred)
+        if sample_weight is not None:
+            per_example = per_example * tf.cast(sample_weight, per_example.dtype)
+        hits = (tf.cast(tf.equal(tf.argmax(pred, -1), tf.argmax(y, -1)), tf.float32)
+                if self.classify else tf.zeros_like(per_example))
+        return per_example, hits
+
+    def _train_step(self, batch):
+        x, y, *weight = batch
+        model = self.model
+        with tf.GradientTape() as tape:
+            per_example, hits = self._figures(y, model(x, training=True), *weight)
+            loss = tf.nn.compute_average_loss(per_example,
+                                              global_batch_size=self.global_batch_size)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        grads = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss, tf.reduce_sum(hits), tf.cast(tf.shape(hits)[0], tf.float32)
+
+    def _eval_step(self, batch):
+        x, y, *weight = batch
+        per_example, hits = self._figures(y, self.model(x, training=False), *weight)
+        return (tf.reduce_sum(per_example), tf.reduce_sum(hits),
+                tf.cast(tf.shape(hits)[0], tf.float32))
+
+    def _reduce(self, values):
+        return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for v in values]
+
+    def evaluate_dataset(self, dataset: tf.data.Dataset) -> dict[str, float]:
+        """Mean loss (and accuracy) over a whole dataset, across all workers."""
+        totals = [0.0, 0.0, 0.0]
+        for batch in _distribute(self.strategy, dataset):
+            totals = [a + float(b) for a, b in zip(totals, self.evaluate(batch))]
+        figures = {"loss": totals[0] / totals[2]}
+        if self.classify:
+            figures["accuracy"] = totals[1] / totals[2]
+        return figures
+
+
+def evaluate_distributed(model: keras.Model, dataset: tf.data.Dataset, strategy,
+                         global_batch_size: int) -> dict[str, float]:
+    """``model.evaluate`` for strategies where Keras' own fails."""
+    return _Steps(model, strategy, global_batch_size).evaluate_dataset(dataset)
+
+
+def fit_distributed(model: keras.Model, train_ds: tf.data.Dataset, *, strategy,
+                    global_batch_size: int, epochs: int, initial_epoch: int,
+                    steps_per_epoch: int, validation_data: tf.data.Dataset | None = None,
+                    callbacks: list[keras.callbacks.Callback] = (), verbose: int = 1) -> None:
+    """Train a compiled ``model`` (built in ``strategy.scope()``) with ``strategy.run``."""
+    steps = _Steps(model, strategy, global_batch_size)
+    callback_list = keras.callbacks.CallbackList(list(callbacks), model=model,
+                                                 epochs=epochs, steps=steps_per_epoch,
+                                                 verbose=verbose)
+    iterator = iter(_distribute(strategy, train_ds))
+    model.stop_training = False
+    callback_list.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        callback_list.on_epoch_begin(epoch)
+        progress = keras.utils.Progbar(steps_per_epoch, verbose=verbose) if verbose else None
+        loss_sum = hits = seen = 0.0
+        for step in range(steps_per_epoch):
+            loss, batch_hits, batch_seen = steps.train(iterator)
+            loss_sum += float(loss)
+            hits, seen = hits + float(batch_hits), seen + float(batch_seen)
+            logs = {"loss": loss_sum / (step + 1)}
+            if steps.classify:
+                logs["accuracy"] = hits / seen
+            if progress:
+                progress.update(step + 1, list(logs.items()))
+        if validation_data is not None:
+            logs.update({f"val_{k}": v
+                         for k, v in steps.evaluate_dataset(validation_data).items()})
+        callback_list.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    callback_list.on_train_end()
