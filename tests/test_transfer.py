@@ -284,3 +284,21 @@ def test_a_saved_keras_model_can_be_the_next_backbone(image_folder, quiet, tmp_p
     x = np.random.default_rng(0).uniform(0, 255, (2, 33, 33, 3)).astype("float32")
     pooled = keras.Model(first.model.inputs, first.model.get_layer("pool").output)
     np.testing.assert_allclose(backbone(x), pooled(x), rtol=1e-5, atol=1e-5)
+
+
+def test_saved_transfer_models_load_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    from tftoolkit.augment import FusedGeometric
+
+    model = build_transfer_model("mobilenet_v2", "none", "feature_extraction", 0,
+                                 (33, 33, 3), 3, "categorical")
+    wrapped = keras.Sequential([keras.Input((33, 33, 3)), FusedGeometric(rotation=0.1), model])
+    wrapped.save(tmp_path / "m.keras")
+    code = ("from tftoolkit.models import load_keras_model\n"
+            f"m = load_keras_model({str(tmp_path / 'm.keras')!r})\n"
+            "print(m.layers[-1].get_layer('preprocess').mode)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("tf")

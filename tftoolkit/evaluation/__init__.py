@@ -19,6 +19,7 @@ from tftoolkit.errors import DataError, TftoolkitError
 from tftoolkit.evaluation.gradcam import grad_cam
 from tftoolkit.evaluation.metrics import classification_report, render_report
 from tftoolkit.evaluation.plots import plot_confusion_matrix, plot_top_losses
+from tftoolkit.models import load_keras_model
 from tftoolkit.recipe import Recipe, recipe_from_dict
 
 
@@ -39,7 +40,7 @@ def load_trained(path: str | Path) -> tuple[keras.Model, Recipe, DataInfo, Path]
                              "export version (model_card.json)")
     if not (path / "model.keras").is_file():
         raise TftoolkitError(f"{path} has no model.keras")
-    model = keras.models.load_model(path / "model.keras", compile=False)
+    model = load_keras_model(path / "model.keras")
     return model, recipe_from_dict(recipe), DataInfo.from_dict(info), out
 
 

@@ -12,27 +12,25 @@ import numpy as np
 import tensorflow as tf
 
 
-def _split_at_last_feature_map(model: keras.Model):
-    """(features model, layers applied after it) for a chain-shaped functional model."""
-    layers = model.layers
-    index = max(i for i, layer in enumerate(layers)
-                if i > 0 and len(layer.output.shape) == 4)
-    features = keras.Model(model.inputs, layers[index].output)
-    return features, layers[index + 1:]
-
-
 def grad_cam(model: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Heatmaps in [0, 1] at the image size, and the predicted class of each image."""
-    features_model, head = _split_at_last_feature_map(model)
+    """Heatmaps in [0, 1] at the image size, and the predicted class of each image.
+
+    The model's top-level layers are applied in order (tftoolkit's models are chains:
+    preprocessing, backbone or conv blocks, pooling, head); the last 4-D output is the
+    feature map the class score is differentiated against.
+    """
     x = tf.constant(images, tf.float32)
     with tf.GradientTape() as tape:
-        features = features_model(x, training=False)
-        tape.watch(features)
-        out = features
-        for layer in head:
+        out, features = x, None
+        for layer in model.layers[1:]:
             out = layer(out, training=False)
+            if len(out.shape) == 4:
+                features = out
+                tape.watch(features)
         predicted = tf.argmax(out, axis=1)
         score = tf.gather(out, predicted, batch_dims=1)
+    if features is None:
+        raise ValueError(f"model {model.name} has no convolutional feature map")
     grads = tape.gradient(score, features)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))

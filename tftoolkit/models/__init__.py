@@ -79,5 +79,15 @@ def build_model(recipe: Recipe, info: "DataInfo | None" = None) -> "keras.Model"
     return model
 
 
+def load_keras_model(path) -> "keras.Model":
+    """Load a ``.keras`` model saved by tftoolkit, its custom layers registered first."""
+    import keras
+
+    import tftoolkit.augment  # noqa: F401  (registers RandomResizedCrop, FusedGeometric)
+    import tftoolkit.models.backbones  # noqa: F401  (registers Preprocess)
+
+    return keras.models.load_model(path, compile=False)
+
+
 __all__ = ["BACKBONES", "SCRATCH_ARCHITECTURES", "build_model", "check_architecture",
-           "input_size"]
+           "input_size", "load_keras_model"]

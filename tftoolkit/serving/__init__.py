@@ -14,6 +14,7 @@ import numpy as np
 
 from tftoolkit.data import DataBundle, DataInfo
 from tftoolkit.errors import ExportError
+from tftoolkit.models import load_keras_model
 from tftoolkit.serving.predict import predict
 from tftoolkit.serving.savedmodel import export_model
 
@@ -59,7 +60,7 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
     info = DataInfo.from_dict(json.loads((run_dir / "data_info.json").read_text()))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if model is None:
-        model = keras.models.load_model(run_dir / "model.keras", compile=False)
+        model = load_keras_model(run_dir / "model.keras")
     root = Path(to) if to else Path(recipe["export"]["dir"]) / recipe["name"]
     card = _card(model, recipe, info, metrics)
     card["run_dir"] = str(run_dir)
