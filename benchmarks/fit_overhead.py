@@ -32,6 +32,7 @@ def run() -> dict[str, float]:
                   keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
     start = time.perf_counter()
     model.fit(data.dataset("train", training=True), validation_data=data.dataset("val"),
+              steps_per_epoch=data.steps_per_epoch("train", recipe.train.batch_size),
               epochs=recipe.train.epochs, verbose=0)
     plain = time.perf_counter() - start
     toolkit = tftoolkit.train(recipe).train_seconds

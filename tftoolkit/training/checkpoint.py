@@ -17,8 +17,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-PROGRESS, STATE, STAGE_WEIGHTS = "progress.json", "state.weights.h5", "stage_end.npz"
-RNG = "rng_state.npz"  # Keras does not save random-generator states with the weights
+PROGRESS, STAGE_WEIGHTS = "progress.json", "checkpoints/stage_end.npz"
+STATE = "checkpoints/state.weights.h5"
+RNG = "checkpoints/rng_state.npz"  # Keras does not save random-generator states with the weights
 FINISHED = "metrics.json"
 
 

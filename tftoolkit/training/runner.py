@@ -281,11 +281,9 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None) -> Tr
             compile_model(fit_model, recipe, info, learning_rate)
             if resume:
                 restore_state(resume_dir, fit_model)
-        # Per-epoch weights of what trains: the whole graph, or the head on cached features.
-        checkpoint = keras.callbacks.ModelCheckpoint(
-            str(run_dir / "checkpoints" / f"{fit_model.name}.weights.h5"),
-            save_weights_only=True)
-        stage_callbacks = [*callbacks, checkpoint, SaveProgress(run_dir, stage)]
+        # Per-epoch checkpoint of what trains (the whole graph, or the head on cached
+        # features) with optimizer and RNG states: what a rerun resumes from.
+        stage_callbacks = [*callbacks, SaveProgress(run_dir, stage)]
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             fit_distributed(fit_model, stage_train, strategy=strategy,
                             global_batch_size=batch_size, epochs=stage_end,
