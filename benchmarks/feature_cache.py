@@ -10,11 +10,10 @@ Both measured in this run; the last line is the speed ratio.
 
 from __future__ import annotations
 
-import time
 
-import keras
 
 import tftoolkit
+from benchmarks.baseline import plain_keras_fit
 from tftoolkit.data import load_data
 
 EPOCHS = 10
@@ -25,16 +24,8 @@ OVERRIDES = {"model.mode": "feature_extraction", "train.epochs": EPOCHS,
 
 def run() -> dict[str, float]:
     recipe = tftoolkit.load_recipe("fashion_transfer", OVERRIDES)
-    keras.utils.set_random_seed(recipe.train.seed)
     data = load_data(recipe, recipe.data.image_size)
-    model = tftoolkit.build_model(recipe, data.info)
-    model.compile(keras.optimizers.Adam(recipe.train.learning_rate),
-                  keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
-    start = time.perf_counter()
-    model.fit(data.dataset("train", training=True), validation_data=data.dataset("val"),
-              steps_per_epoch=data.steps_per_epoch("train", recipe.train.batch_size),
-              epochs=EPOCHS, verbose=0)
-    plain_seconds = time.perf_counter() - start
+    model, plain_seconds = plain_keras_fit(recipe, data, EPOCHS)
     plain_accuracy = model.evaluate(data.dataset("test"), verbose=0, return_dict=True)["accuracy"]
 
     cached = tftoolkit.train(recipe.with_overrides({"train.cache_features": "auto"}))

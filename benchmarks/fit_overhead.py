@@ -9,11 +9,10 @@ measured in this run; the last line is the overhead ratio.
 
 from __future__ import annotations
 
-import time
 
-import keras
 
 import tftoolkit
+from benchmarks.baseline import plain_keras_fit
 from tftoolkit.data import load_data
 
 OVERRIDES = {"model.architecture": "mlp", "model.mode": "scratch", "model.hidden": [256, 128],
@@ -25,16 +24,7 @@ OVERRIDES = {"model.architecture": "mlp", "model.mode": "scratch", "model.hidden
 def run() -> dict[str, float]:
     recipe = tftoolkit.load_recipe("fashion_transfer", OVERRIDES)
     tftoolkit.train(recipe.with_overrides({"train.epochs": 1}))  # warm caches and imports
-    keras.utils.set_random_seed(recipe.train.seed)
-    data = load_data(recipe, 28)
-    model = tftoolkit.build_model(recipe, data.info)
-    model.compile(keras.optimizers.Adam(recipe.train.learning_rate),
-                  keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
-    start = time.perf_counter()
-    model.fit(data.dataset("train", training=True), validation_data=data.dataset("val"),
-              steps_per_epoch=data.steps_per_epoch("train", recipe.train.batch_size),
-              epochs=recipe.train.epochs, verbose=0)
-    plain = time.perf_counter() - start
+    _, plain = plain_keras_fit(recipe, load_data(recipe, 28), recipe.train.epochs)
     toolkit = tftoolkit.train(recipe).train_seconds
     return {"plain_seconds": plain, "toolkit_seconds": toolkit, "ratio": toolkit / plain}
 

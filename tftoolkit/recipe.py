@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import difflib
 import importlib.util
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,7 @@ class ModelConfig:
                                    "the whole model minus its last layer")
     unfreeze: int | float | str = _opt(0.3, "top of the backbone trained when fine-tuning: "
                                             "a layer count, a fraction, or a layer/block name")
-    hidden: list[int] = _opt([16], "hidden layer sizes (mlp) or head sizes")
+    hidden: list[int] = _opt([16], "hidden layer sizes (mlp)")
     activation: Literal["sigmoid", "tanh", "relu"] = _opt("relu", "hidden activation")
     filters: list[int] = _opt([16, 32], "convolution filters per block (cnn)")
 
@@ -310,7 +311,7 @@ def _coerce(dotted: str, fld: dataclasses.Field, value: Any, hint: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise RecipeError(f"{dotted}={value!r}: expected a list of {item_type.__name__}")
         return [_coerce_scalar(dotted, fld, v, (item_type,)) for v in value]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         allowed = tuple(t for t in typing.get_args(hint) if t is not type(None))
         if value is None and type(None) in typing.get_args(hint):
             return None

@@ -21,6 +21,7 @@ from tftoolkit.evaluation.metrics import classification_report, render_report
 from tftoolkit.evaluation.plots import plot_confusion_matrix, plot_top_losses
 from tftoolkit.models import load_keras_model
 from tftoolkit.recipe import Recipe, recipe_from_dict
+from tftoolkit.serving.savedmodel import two_column
 
 
 def load_trained(path: str | Path) -> tuple[keras.Model, Recipe, DataInfo, Path]:
@@ -60,8 +61,7 @@ def _split_arrays(recipe: Recipe, info: DataInfo, split: str) -> tuple[np.ndarra
 def _probabilities(model: keras.Model, images: np.ndarray, tta: int) -> np.ndarray:
     probs = (predict_tta(model, images, tta) if tta
              else model.predict(images, batch_size=64, verbose=0))
-    probs = np.asarray(probs, dtype=np.float32)
-    return np.concatenate([1 - probs, probs], axis=1) if probs.shape[1] == 1 else probs
+    return two_column(np.asarray(probs, dtype=np.float32))
 
 
 def evaluate(path: str | Path, split: str = "test", tta: int = 0,

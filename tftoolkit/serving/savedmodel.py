@@ -41,6 +41,13 @@ def next_version(root: Path) -> int:
     return max(versions, default=0) + 1
 
 
+def two_column(probabilities: np.ndarray) -> np.ndarray:
+    """Class probabilities as served: a single sigmoid column P(1) becomes [P(0), P(1)]."""
+    if probabilities.shape[-1] == 1:
+        return np.concatenate([1 - probabilities, probabilities], axis=-1)
+    return probabilities
+
+
 def _classifier_outputs(probabilities: tf.Tensor, class_names: tf.Tensor) -> dict:
     probabilities = tf.cast(probabilities, tf.float32)
     if probabilities.shape[-1] == 1:  # one sigmoid unit: P(class 1)
@@ -94,9 +101,9 @@ def parity_check(path: Path, model: keras.Model, inputs: np.ndarray,
     second = served(x)
     key = "probabilities" if "probabilities" in first else "outputs"
     expected = np.asarray(model(x, training=False), dtype=np.float32)
+    if key == "probabilities":
+        expected = two_column(expected)
     got = first[key].numpy()
-    if expected.shape[-1] == 1 and got.shape[-1] == 2:
-        expected = np.concatenate([1 - expected, expected], axis=-1)
     if not np.array_equal(got, second[key].numpy()):
         raise ExportError(f"parity check failed: two calls of serving_default on the same "
                           f"input differ (max {np.abs(got - second[key].numpy()).max():.3g}); "
