@@ -6,10 +6,10 @@ import json
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 import tftoolkit
 
 
@@ -129,6 +129,33 @@ def test_sigkill_mid_run_then_the_same_command_resumes_and_matches(tmp_path):
     assert [int(row.split(",")[0]) for row in history[1:]][-1] == 3
 
 
+def test_epoch_state_round_trips_and_refuses_another_model(tmp_path):
+    from tftoolkit.errors import RecipeError
+    from tftoolkit.training.checkpoint import SaveProgress, load_progress, restore_state
+
+    def compiled(units):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(units),
+                                  keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.Adam(0.1), "mse")
+        return model
+
+    x, y = np.random.default_rng(0).normal(size=(2, 16, 2)).astype("float32")
+    trained = compiled(3)
+    (tmp_path / "checkpoints").mkdir()
+    trained.fit(x, y[:, :1], epochs=2, verbose=0, callbacks=[SaveProgress(tmp_path, 0)])
+    progress = load_progress(tmp_path)
+    assert progress == {"stage": 0, "next_epoch": 2, "state": "checkpoints/state-0-2.npz"}
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["state-0-2.npz"]
+
+    resumed = compiled(3)
+    restore_state(tmp_path, progress, resumed)
+    for a, b in zip([*trained.variables, *trained.optimizer.variables],
+                    [*resumed.variables, *resumed.optimizer.variables]):
+        np.testing.assert_array_equal(a.value.numpy(), b.value.numpy())
+    with pytest.raises(RecipeError, match="shape"):
+        restore_state(tmp_path, progress, compiled(4))
+
+
 def test_resume_false_starts_a_fresh_run(tmp_path, quiet):
     (tmp_path / "runs" / "mlp").mkdir(parents=True)
     first = tftoolkit.train("mlp", {**quiet, "train.epochs": 1})
@@ -138,6 +165,48 @@ def test_resume_false_starts_a_fresh_run(tmp_path, quiet):
     (again.run_dir / "metrics.json").unlink()
     fresh = tftoolkit.train("mlp", {**quiet, "train.epochs": 1, "train.resume": False})
     assert fresh.run_dir != first.run_dir
+
+
+class _CountingSummary:
+    """``tf.summary`` that counts its ``scalar`` calls."""
+
+    def __init__(self):
+        import tensorflow as tf
+
+        self.module, self.scalars = tf.summary, 0
+
+    def scalar(self, *args, **kwargs):
+        self.scalars += 1
+        return self.module.scalar(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+
+def test_tensorboard_writes_per_epoch_and_nothing_per_batch(tmp_path, quiet):
+    import tensorflow as tf
+
+    from tftoolkit.training.callbacks import EpochTensorBoard
+
+    result = tftoolkit.train("mlp", {**quiet, "train.epochs": 2,
+                                     "data.validation_fraction": 0.25})
+    for split in ("train", "validation"):
+        steps = [event.step for path in (result.run_dir / "logs" / split).glob("events.*")
+                 for event in tf.compat.v1.train.summary_iterator(str(path))
+                 for value in event.summary.value if value.tag == "epoch_loss"]
+        assert sorted(steps) == [0, 1], (split, steps)
+
+    x, y = np.zeros((40, 2), "float32"), np.zeros((40, 1), "float32")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    calls = {}
+    for name, callback in (("epoch", EpochTensorBoard(str(tmp_path / "a"))),
+                           ("stock", keras.callbacks.TensorBoard(str(tmp_path / "b")))):
+        callback._summary_module = _CountingSummary()
+        model.fit(x, y, batch_size=2, epochs=2, verbose=0, callbacks=[callback])
+        calls[name] = callback.summary.scalars
+    # 20 steps x 2 epochs: the stock callback builds a scalar per step, ours per epoch
+    assert calls["stock"] >= 40 and calls["epoch"] <= 2 * 2, calls
 
 
 MULTI_WORKER_RECIPE = '''

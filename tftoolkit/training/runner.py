@@ -29,14 +29,32 @@ from tftoolkit.models.transfer import set_trainable
 from tftoolkit.recipe import Recipe, load_recipe
 from tftoolkit.serving import export_run, save_parity_inputs
 from tftoolkit.training.batchnorm import recalibrate_batchnorm
-from tftoolkit.training.checkpoint import (SaveProgress, find_resumable, finish_stage,
-                                           load_progress, restore_stage_weights,
-                                           restore_state)
-from tftoolkit.training.distributed import evaluate_distributed, fit_distributed, is_chief
-from tftoolkit.training.feature_cache import cache_plan, cached_datasets, split_at_features
+from tftoolkit.training.callbacks import EpochTensorBoard
+from tftoolkit.training.checkpoint import (
+    SaveProgress,
+    find_resumable,
+    finish_stage,
+    load_progress,
+    restore_stage_weights,
+    restore_state,
+)
+from tftoolkit.training.distributed import (
+    evaluate_distributed,
+    fit_distributed,
+    is_chief,
+)
+from tftoolkit.training.feature_cache import (
+    cache_plan,
+    cached_datasets,
+    split_at_features,
+)
 from tftoolkit.training.plots import plot_history
-from tftoolkit.training.runtime import (choose_strategy, seed_everything, set_precision,
-                                        strategy_name)
+from tftoolkit.training.runtime import (
+    choose_strategy,
+    seed_everything,
+    set_precision,
+    strategy_name,
+)
 
 
 @dataclass
@@ -243,7 +261,7 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None) -> Tr
     val_ds = data.dataset("val", batch_size=batch_size) if "val" in data.splits else None
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False)]
+        EpochTensorBoard(str(run_dir / "logs"))]
     if t.early_stopping and val_ds is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
             patience=t.early_stopping, restore_best_weights=True))
@@ -280,7 +298,7 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None) -> Tr
         with strategy.scope():
             compile_model(fit_model, recipe, info, learning_rate)
             if resume:
-                restore_state(resume_dir, fit_model)
+                restore_state(resume_dir, progress, fit_model)
         # Per-epoch checkpoint of what trains (the whole graph, or the head on cached
         # features) with optimizer and RNG states: what a rerun resumes from.
         stage_callbacks = [*callbacks, SaveProgress(run_dir, stage)]
