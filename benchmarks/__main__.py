@@ -1,7 +1,7 @@
 """Run every benchmark and print one table: ``python -m benchmarks``.
 
 Each row compares the toolkit with the plain Keras way of doing the same work,
-measured side by side in this run.
+measured side by side in this run (alternating repeats; the best run of each).
 """
 
 from __future__ import annotations

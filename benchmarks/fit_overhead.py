@@ -41,7 +41,8 @@ def run() -> dict[str, float]:
 
 def main() -> None:
     r = run()
-    for key, label in (("plain", "hand-written compile/fit"), ("toolkit", "tftoolkit training loop")):
+    for key, label in (("plain", "hand-written compile/fit"),
+                       ("toolkit", "tftoolkit training loop")):
         runs = " ".join(f"{s:.2f}" for s in r[f"{key}_runs"])
         print(f"{label}: fastest {r[f'{key}_seconds']:6.2f} s, median "
               f"{r[f'{key}_median']:6.2f} s (runs: {runs})")

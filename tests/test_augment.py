@@ -86,7 +86,8 @@ def test_training_model_wraps_and_shares_weights_with_the_inference_model():
     augmenter = build_augmenter(AugmentConfig(enabled=True, rotation=0.1), SIZE, 0)
     graph = training_model(model, augmenter)
     assert graph is not model
-    assert not any(isinstance(l, keras.layers.RandomRotation) for l in model.layers)
+    assert not any(isinstance(layer, keras.layers.RandomRotation)
+               for layer in model.layers)
     assert {id(v) for v in model.weights} <= {id(v) for v in graph.weights}
 
 

@@ -186,3 +186,16 @@ def test_tfds_not_downloaded_offline_says_what_to_do(tmp_path):
                                               data_dir=str(tmp_path / "tfds")))
     with pytest.raises(DataError, match=r"not prepared.*tfds build tf_flowers.*data\.data_dir"):
         load_data(recipe, 32)
+
+
+def test_autotune_switch_reaches_the_pipeline_and_leaves_the_batches_alone(image_folder):
+    recipe = Recipe(name="folder", data=DataConfig(source="folder", dir=str(image_folder),
+                                                   image_size=32))
+    batches = {}
+    for autotune in (False, True):
+        data = load_data(recipe.with_overrides({"data.autotune": autotune}), 32)
+        dataset = data.dataset("train", training=True, batch_size=4)
+        assert dataset.options().autotune.enabled is autotune
+        batches[autotune] = [x.numpy() for x, _ in dataset.take(6)]
+    for off, on in zip(batches[False], batches[True]):
+        np.testing.assert_array_equal(off, on)

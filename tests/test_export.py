@@ -206,7 +206,7 @@ def test_predict_cli_prints_top_classes(trained_export):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == images[0] and lines[3] == images[1]
-    probabilities = [float(l.split("%")[0]) for l in lines if "%" in l]
+    probabilities = [float(line.split("%")[0]) for line in lines if "%" in line]
     assert len(probabilities) == 4
     assert probabilities[0] + probabilities[1] == pytest.approx(100, abs=0.02)
 

@@ -26,7 +26,8 @@ def test_two_seeded_deterministic_runs_give_identical_weights(quiet):
     for a, b in zip(first.model.get_weights(), second.model.get_weights()):
         np.testing.assert_array_equal(a, b)
     runtime = json.loads((first.run_dir / "runtime.json").read_text())
-    assert runtime["deterministic"] is True and runtime["strategy"] == "_DefaultDistributionStrategy"
+    assert runtime["deterministic"] is True
+    assert runtime["strategy"] == "_DefaultDistributionStrategy"
 
 
 def test_mixed_bfloat16_trains_and_exports(image_folder, quiet, restore_float32):
@@ -116,7 +117,7 @@ def test_sigkill_mid_run_then_the_same_command_resumes_and_matches(tmp_path):
     resumed = subprocess.run(command(killed_root), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
-    epoch_line = [l for l in resumed.stdout.splitlines() if "resuming" in l][0]
+    epoch_line = [line for line in resumed.stdout.splitlines() if "resuming" in line][0]
     assert 2 <= int(epoch_line.split("at epoch ")[1].split()[0]) < 4
     assert len(list((killed_root / "resumable").iterdir())) == 1  # the same run directory
     assert "Epoch 1/4" not in resumed.stdout  # did not restart from epoch 0

@@ -50,7 +50,8 @@ def test_mlp_beats_constant_and_best_linear_fit(quiet):
     constant = np.mean((y - y.mean()) ** 2)
     mlp = np.mean((result.model.predict(x, verbose=0) - y) ** 2)
     assert mlp < 0.25 * linear and mlp < 0.25 * constant
-    assert [l.units for l in result.model.layers if isinstance(l, keras.layers.Dense)] == [4, 1]
+    dense = [layer for layer in result.model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [layer.units for layer in dense] == [4, 1]
     assert result.model.get_layer("hidden_0").activation.__name__ == "tanh"
 
 
@@ -145,7 +146,8 @@ def test_kernel_regularizer_reaches_model_losses(kind):
     model = scratch.mlp((3,), 2, "categorical", [4], "relu")
     count = apply_kernel_regularizer(model, kind, 0.01)
     assert count == 2
-    kernels = [l.kernel.numpy() for l in model.layers if isinstance(l, keras.layers.Dense)]
+    kernels = [layer.kernel.numpy() for layer in model.layers
+               if isinstance(layer, keras.layers.Dense)]
     l1 = 0.01 * sum(np.abs(k).sum() for k in kernels)
     l2 = 0.01 * sum((k ** 2).sum() for k in kernels)
     expected = {"l1": l1, "l2": l2, "l1_l2": l1 + l2}[kind]

@@ -196,7 +196,7 @@ def test_preprocess_layer_matches_keras_preprocess_input():
 def test_unfreeze_moves_to_a_block_boundary():
     backbone = keras.applications.MobileNetV2(weights=None, include_top=False,
                                               input_shape=(32, 32, 3))
-    names = [l.name for l in backbone.layers]
+    names = [layer.name for layer in backbone.layers]
     start = unfreeze_start(backbone, 12)  # 12 layers from the top lands mid-block
     assert names[start] == "block_16_expand" or block_of(names[start]) != block_of(
         names[start - 1])
@@ -246,7 +246,7 @@ def test_fine_tune_changes_only_unfrozen_layers_and_never_batchnorm(image_folder
     result = tftoolkit.train(replace(recipe, model_fn=lambda r, info: model), quiet)
     after = _backbone_state(result.model)
     backbone = backbone_of(result.model)
-    trainable = {v.path for l in backbone.layers if l.trainable for v in l.weights}
+    trainable = {v.path for layer in backbone.layers if layer.trainable for v in layer.weights}
     changed = {k for k in before if not np.array_equal(before[k], after[k])}
     assert changed, "fine-tuning changed nothing"
     assert changed <= trainable

@@ -90,7 +90,7 @@ class DataBundle:
             self.splits[split], batch_size=train.batch_size if batch_size is None
             else batch_size, image_size=self.info.image_size, encoding=self.info.encoding,
             num_classes=self.info.num_classes, training=training, seed=train.seed,
-            resize_method=cfg.resize_method, cache=cfg.cache,
+            resize_method=cfg.resize_method, cache=cfg.cache, autotune=cfg.autotune,
             class_weights=self.class_weights() if training else None,
             augment=augment, first_epoch=first_epoch)
 

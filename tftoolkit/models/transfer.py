@@ -44,7 +44,7 @@ def _load_keras_backbone(path: Path, layer_name: str) -> keras.Model:
         try:
             output = model.get_layer(layer_name).output
         except ValueError:
-            names = [l.name for l in model.layers]
+            names = [layer.name for layer in model.layers]
             raise RecipeError(f"model.backbone_layer={layer_name!r} is not a layer of {path} "
                               f"(layers: {', '.join(names)})") from None
     else:
@@ -86,10 +86,10 @@ def unfreeze_start(backbone: keras.Model, unfreeze: int | float | str) -> int:
     layers = backbone.layers
     n = len(layers)
     if isinstance(unfreeze, str):
-        hits = [i for i, l in enumerate(layers)
-                if l.name == unfreeze or block_of(l.name) == unfreeze]
+        hits = [i for i, layer in enumerate(layers)
+                if layer.name == unfreeze or block_of(layer.name) == unfreeze]
         if not hits:
-            blocks = sorted({block_of(l.name) for l in layers}, key=len)
+            blocks = sorted({block_of(layer.name) for layer in layers}, key=len)
             raise RecipeError(f"model.unfreeze={unfreeze!r} is no layer or block of the "
                               f"backbone (blocks include: {', '.join(blocks[-8:])})")
         start = hits[0]

@@ -55,9 +55,10 @@ def _mobilenet_v2_from_torchvision(state: dict[str, np.ndarray]) -> keras.Model:
     """Keras MobileNetV2 (with top) carrying torchvision's ImageNet weights."""
     model = keras.applications.MobileNetV2(weights=None, include_top=True,
                                            input_shape=(224, 224, 3))
-    convs = [l for l in model.layers
-             if isinstance(l, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
-    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    convs = [layer for layer in model.layers
+             if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    norms = [layer for layer in model.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
     conv_keys = [k for k, v in state.items() if k.endswith(".weight") and v.ndim == 4]
     norm_keys = [k[: -len(".running_mean")] for k in state if k.endswith(".running_mean")]
     if len(conv_keys) != len(convs) or len(norm_keys) != len(norms):
