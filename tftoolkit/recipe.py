@@ -59,9 +59,9 @@ class DataConfig:
     class_weight: Literal["none", "balanced"] = _opt("none", "per-class loss weights")
     cache: bool = _opt(True, "cache decoded examples in memory")
     autotune: bool = _opt(False, "tf.data's autotuning thread; off by default because ending "
-                                 "an iterator waits for it (a 2-4 s stall after about one "
-                                 "fit or evaluate in three); parallel maps then use the "
-                                 "default parallelism")
+                                 "an iterator waits for it (a 2-4 s stall after 1 to 3 of "
+                                 "every 8 fit calls); parallel maps then use the default "
+                                 "parallelism")
     arrays: dict | None = _opt(None, "in-memory arrays {'train': (x, y), 'val': ..., "
                                      "'test': ...} (source=arrays, Python API only)", cli=False)
 

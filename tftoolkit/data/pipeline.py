@@ -84,7 +84,7 @@ def make_dataset(examples: Examples, *, batch_size: int, image_size: int | None,
     ``(x, y) -> (x, y)`` batch map) runs only when ``training`` is true, sequentially so
     that its random draws are reproducible. ``autotune=False`` turns off tf.data's
     autotuning thread: deleting an iterator waits for that thread's current sleep, which
-    stalled about one Keras ``fit`` in three by 2-4 s on a 2-core machine.
+    stalled 1 to 3 of every 8 Keras ``fit`` calls by 2-4 s on a 2-core machine.
     """
     ds = _examples_dataset(examples, image_size, resize_method)
     if cache:
