@@ -161,6 +161,7 @@ def test_tfds_dataset_loads_with_mock_data():
     assert set(bundle.splits) == {"train", "val", "test"}
 
 
+@pytest.mark.filterwarnings("error:Your input ran out of data")  # lengths are known
 def test_flowers_recipe_trains_one_step_under_mock_data(quiet, imported_mobilenet):
     import tensorflow_datasets as tfds
 

@@ -44,8 +44,8 @@ def _examples_dataset(examples: Examples, image_size: int | None,
         ds = tf.data.Dataset.from_tensor_slices((examples.paths, labels))
         ds = ds.map(lambda p, y: (decode_image_bytes(tf.io.read_file(p)), y),
                     num_parallel_calls=AUTOTUNE)
-    elif examples.dataset is not None:
-        ds = examples.dataset
+    elif examples.dataset is not None:  # TFDS: its length is known from the labels read
+        ds = examples.dataset.apply(tf.data.experimental.assert_cardinality(len(examples)))
     else:
         ds = tf.data.Dataset.from_tensor_slices((examples.arrays, labels))
     if image_size:
