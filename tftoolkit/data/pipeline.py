@@ -89,9 +89,10 @@ def make_dataset(examples: Examples, *, batch_size: int, image_size: int | None,
     ds = _examples_dataset(examples, image_size, resize_method)
     if cache:
         ds = ds.cache()
-    batch = batch_size or max(len(examples), 1)
+    n = max(len(examples), 1)
+    batch = batch_size or n
     if training:
-        examples_ds, n = ds, max(len(examples), 1)
+        examples_ds = ds
         ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(
             lambda epoch: examples_ds.shuffle(n, seed=epoch_seed(seed, epoch)).batch(batch))
     else:

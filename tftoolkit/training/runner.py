@@ -30,31 +30,14 @@ from tftoolkit.recipe import Recipe, load_recipe
 from tftoolkit.serving import export_run, save_parity_inputs
 from tftoolkit.training.batchnorm import recalibrate_batchnorm
 from tftoolkit.training.callbacks import EpochTensorBoard
-from tftoolkit.training.checkpoint import (
-    SaveProgress,
-    find_resumable,
-    finish_stage,
-    load_progress,
-    restore_stage_weights,
-    restore_state,
-)
-from tftoolkit.training.distributed import (
-    evaluate_distributed,
-    fit_distributed,
-    is_chief,
-)
-from tftoolkit.training.feature_cache import (
-    cache_plan,
-    cached_datasets,
-    split_at_features,
-)
+from tftoolkit.training.checkpoint import (SaveProgress, find_resumable, finish_stage,
+                                           load_progress, restore_stage_weights,
+                                           restore_state)
+from tftoolkit.training.distributed import evaluate_distributed, fit_distributed, is_chief
+from tftoolkit.training.feature_cache import cache_plan, cached_datasets, split_at_features
 from tftoolkit.training.plots import plot_history
-from tftoolkit.training.runtime import (
-    choose_strategy,
-    seed_everything,
-    set_precision,
-    strategy_name,
-)
+from tftoolkit.training.runtime import (choose_strategy, seed_everything, set_precision,
+                                        strategy_name)
 
 
 @dataclass
@@ -158,16 +141,17 @@ def evaluate_model(model: keras.Model, data: DataBundle, recipe: Recipe,
         compile_model(model, recipe, data.info, recipe.train.learning_rate)
     metrics: dict[str, float] = {}
     strategy = model.distribute_strategy
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     for split in ("val", "test"):
         if split in data.splits:
             dataset = data.dataset(split, batch_size=batch_size)
-            if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            if multi_worker:
                 values = evaluate_distributed(model, dataset, strategy, batch_size)
             else:
                 values = model.evaluate(dataset, verbose=0, return_dict=True)
             metrics.update({f"{split}_{k}": float(v) for k, v in values.items()})
-            if recipe.train.tta and data.info.encoding in ("categorical", "sparse") and not (
-                    isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+            if (recipe.train.tta and data.info.encoding in ("categorical", "sparse")
+                    and not multi_worker):
                 metrics[f"{split}_accuracy_tta"] = _tta_accuracy(model, data, split,
                                                                  recipe.train.tta)
     return metrics
