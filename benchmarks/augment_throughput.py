@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tftoolkit.augment import FusedGeometric
+from tftoolkit.layers import FusedGeometric
 
 SIZE, SOURCE, BATCH, BATCHES, REPEATS = 224, 256, 32, 40, 3
 

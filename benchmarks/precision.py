@@ -14,13 +14,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tftoolkit.training.runtime import set_precision
+from tftoolkit.training.runtime import precision_policy
 
 SIZE, BATCH, STEPS = 160, 32, 6
 
 
 def _images_per_second(precision: str) -> float:
-    set_precision(precision)
+    with precision_policy(precision):
+        return _measure()
+
+
+def _measure() -> float:
     keras.utils.set_random_seed(0)
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.applications.MobileNetV2(weights=None, include_top=False,
@@ -41,7 +45,6 @@ def _images_per_second(precision: str) -> float:
         start = time.perf_counter()
         model.fit(batches, epochs=1, verbose=0)
         seconds = min(seconds, time.perf_counter() - start)
-    set_precision("float32")
     return BATCH * STEPS / seconds
 
 

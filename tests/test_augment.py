@@ -7,7 +7,8 @@ import pytest
 
 import keras
 import tensorflow as tf
-from tftoolkit.augment import FusedGeometric, build_augmenter, training_model
+from tftoolkit.augment import build_augmenter, training_model
+from tftoolkit.layers import FusedGeometric
 from tftoolkit.recipe import AugmentConfig
 
 SIZE = 32

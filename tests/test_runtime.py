@@ -27,7 +27,7 @@ def test_two_seeded_deterministic_runs_give_identical_weights(quiet):
         np.testing.assert_array_equal(a, b)
     runtime = json.loads((first.run_dir / "runtime.json").read_text())
     assert runtime["deterministic"] is True
-    assert runtime["strategy"] == "_DefaultDistributionStrategy"
+    assert runtime["strategy"] == "single device"
 
 
 def test_mixed_bfloat16_trains_and_exports(image_folder, quiet, restore_float32):
@@ -63,7 +63,7 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert "strategy: MirroredStrategy with 2 replica(s)" in out["notes"]
+    assert "strategy: MirroredStrategy over 2 CPU devices" in out["notes"]
     assert out["loss"][-1] < out["loss"][0]
 
 
@@ -132,7 +132,8 @@ def test_sigkill_mid_run_then_the_same_command_resumes_and_matches(tmp_path):
 
 def test_epoch_state_round_trips_and_refuses_another_model(tmp_path):
     from tftoolkit.errors import RecipeError
-    from tftoolkit.training.checkpoint import SaveProgress, load_progress, restore_state
+    from tftoolkit.rundir import Progress, RunDir
+    from tftoolkit.training.checkpoint import SaveProgress, restore_state
 
     def compiled(units):
         model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(units),
@@ -142,19 +143,20 @@ def test_epoch_state_round_trips_and_refuses_another_model(tmp_path):
 
     x, y = np.random.default_rng(0).normal(size=(2, 16, 2)).astype("float32")
     trained = compiled(3)
+    run = RunDir(tmp_path)
     (tmp_path / "checkpoints").mkdir()
-    trained.fit(x, y[:, :1], epochs=2, verbose=0, callbacks=[SaveProgress(tmp_path, 0)])
-    progress = load_progress(tmp_path)
-    assert progress == {"stage": 0, "next_epoch": 2, "state": "checkpoints/state-0-2.npz"}
+    trained.fit(x, y[:, :1], epochs=2, verbose=0, callbacks=[SaveProgress(run, 0)])
+    progress = run.progress()
+    assert progress == Progress(0, 2, "checkpoints/state-0-2.npz")
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["state-0-2.npz"]
 
     resumed = compiled(3)
-    restore_state(tmp_path, progress, resumed)
+    restore_state(run, progress, resumed)
     for a, b in zip([*trained.variables, *trained.optimizer.variables],
                     [*resumed.variables, *resumed.optimizer.variables]):
         np.testing.assert_array_equal(a.value.numpy(), b.value.numpy())
     with pytest.raises(RecipeError, match="shape"):
-        restore_state(tmp_path, progress, compiled(4))
+        restore_state(run, progress, compiled(4))
 
 
 def test_resume_false_starts_a_fresh_run(tmp_path, quiet):
@@ -262,7 +264,7 @@ def test_two_workers_on_localhost_train_like_one_process(tmp_path):
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
     chief, other = (json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2))
-    assert "strategy: MultiWorkerMirroredStrategy with 2 replica(s)" in chief["notes"]
+    assert "strategy: MultiWorkerMirroredStrategy, 2 workers" in chief["notes"]
     for a, b in zip(chief["weights"], other["weights"]):
         np.testing.assert_array_equal(a, b)
     # only the chief wrote a run directory, with its TensorBoard logs

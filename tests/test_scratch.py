@@ -8,6 +8,7 @@ import pytest
 import keras
 import tftoolkit
 from tftoolkit.errors import RecipeError
+from tftoolkit.labels import ENCODINGS
 from tftoolkit.models import scratch
 from tftoolkit.models.regularize import apply_kernel_regularizer
 from tftoolkit.recipe import DataConfig, ModelConfig, Recipe, TrainConfig, ExportConfig
@@ -57,7 +58,8 @@ def test_mlp_beats_constant_and_best_linear_fit(quiet):
 
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu"])
 def test_mlp_builder_uses_the_activation(activation):
-    model = scratch.mlp((3,), 2, "categorical", [5, 4], activation)
+    model = scratch.mlp(input_shape=(3,), num_outputs=2, encoding=ENCODINGS["categorical"],
+                        hidden=[5, 4], activation=activation)
     assert model.get_layer("hidden_1").activation.__name__ == activation
     assert model.output_shape == (None, 2)
     out = model(np.zeros((2, 3), "float32"))
@@ -65,16 +67,18 @@ def test_mlp_builder_uses_the_activation(activation):
 
 
 def test_linear_builder_is_wx_plus_b():
-    model = scratch.linear((2,), 1, "regression")
+    model = scratch.linear(input_shape=(2,), num_outputs=1, encoding=ENCODINGS["regression"])
     model.get_layer("predictions").set_weights([np.array([[2.0], [-1.0]]), np.array([0.5])])
     np.testing.assert_allclose(model(np.array([[1.0, 3.0]], "float32")), [[-0.5]])
 
 
 def test_cnn_builder_on_images():
-    model = scratch.cnn((32, 32, 3), 3, "categorical", [8, 16], "relu")
+    model = scratch.cnn(input_shape=(32, 32, 3), num_outputs=3, encoding=ENCODINGS["categorical"],
+                        filters=[8, 16], activation="relu")
     assert model.output_shape == (None, 3)
     with pytest.raises(RecipeError, match="needs images"):
-        scratch.cnn((10,), 3, "categorical", [8], "relu")
+        scratch.cnn(input_shape=(10,), num_outputs=3, encoding=ENCODINGS["categorical"],
+                    filters=[8], activation="relu")
 
 
 def _arrays_recipe(x, y, **train) -> Recipe:
@@ -143,7 +147,8 @@ def test_gd_runs_on_full_batches_and_rejects_mini_batches(quiet):
 
 @pytest.mark.parametrize("kind", ["l1", "l2", "l1_l2"])
 def test_kernel_regularizer_reaches_model_losses(kind):
-    model = scratch.mlp((3,), 2, "categorical", [4], "relu")
+    model = scratch.mlp(input_shape=(3,), num_outputs=2, encoding=ENCODINGS["categorical"],
+                        hidden=[4], activation="relu")
     count = apply_kernel_regularizer(model, kind, 0.01)
     assert count == 2
     kernels = [layer.kernel.numpy() for layer in model.layers

@@ -14,10 +14,13 @@ import pytest
 import keras
 import tftoolkit
 from tftoolkit.errors import WeightsError
+from tftoolkit.labels import ENCODINGS
 from tftoolkit.models import backbones
 from tftoolkit.models.torch_checkpoint import LEGACY_MAGIC, read_state_dict
 from tftoolkit.models.transfer import (backbone_of, block_of, build_transfer_model,
                                        unfreeze_start)
+from tftoolkit.layers import PREPROCESSING_MODES, Preprocess
+from tftoolkit.models.registry import ARCHITECTURES, MODES, get_architecture
 from tftoolkit.models.weights import build_backbone
 from tftoolkit.recipe import (DataConfig, ExportConfig, ModelConfig, Recipe, RegularizeConfig,
                               TrainConfig)
@@ -29,7 +32,7 @@ def _classify(image: np.ndarray, weights: Path) -> np.ndarray:
     model = keras.applications.MobileNetV2(weights=None, input_shape=(225, 225, 3))
     model.load_weights(weights)
     x = tf.image.resize(image.astype("float32")[None], (225, 225))
-    return model(backbones.Preprocess("torch")(x)).numpy()[0]
+    return model(Preprocess("torch")(x)).numpy()[0]
 
 
 def test_imported_mobilenet_v2_recognises_a_cat_and_an_espresso(imported_mobilenet):
@@ -43,12 +46,17 @@ def test_imported_mobilenet_v2_recognises_a_cat_and_an_espresso(imported_mobilen
     assert '"preprocessing": "torch"' in meta
 
 
+def _transfer_model(architecture: str, weights: str, input_shape, classes: int,
+                    mode: str = "feature_extraction") -> keras.Model:
+    return build_transfer_model(get_architecture(architecture), weights=weights, mode=mode,
+                                unfreeze=0, input_shape=input_shape, num_outputs=classes,
+                                encoding=ENCODINGS["categorical"])
+
+
 def test_torchvision_weights_select_torch_preprocessing(imported_mobilenet):
-    model = build_transfer_model("mobilenet_v2", "imagenet-torchvision", "feature_extraction",
-                                 0, (33, 33, 3), 4, "categorical")
+    model = _transfer_model("mobilenet_v2", "imagenet-torchvision", (33, 33, 3), 4)
     assert model.get_layer("preprocess").mode == "torch"
-    keras_weights = build_transfer_model("mobilenet_v2", "none", "feature_extraction", 0,
-                                         (33, 33, 3), 4, "categorical")
+    keras_weights = _transfer_model("mobilenet_v2", "none", (33, 33, 3), 4)
     assert keras_weights.get_layer("preprocess").mode == "tf"
 
 
@@ -152,7 +160,7 @@ def test_crafted_checkpoint_rejected_by_the_import_command(tmp_path):
 
 def test_offline_missing_imagenet_weights_give_one_actionable_error():
     with pytest.raises(WeightsError) as err:
-        build_backbone("resnet50", "imagenet", (32, 32, 3))
+        build_backbone(get_architecture("resnet50"), "imagenet", (32, 32, 3))
     message = str(err.value)
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert "models" in message and "--set model.weights=PATH" in message
@@ -160,7 +168,7 @@ def test_offline_missing_imagenet_weights_give_one_actionable_error():
 
 
 def test_offline_imagenet_falls_back_to_imported_weights(imported_mobilenet, capsys):
-    backbone, mode = build_backbone("mobilenet_v2", "imagenet", (33, 33, 3))
+    backbone, mode = build_backbone(get_architecture("mobilenet_v2"), "imagenet", (33, 33, 3))
     assert mode == "torch"
     assert "using imported torchvision ImageNet weights" in capsys.readouterr().out
     reference = keras.applications.MobileNetV2(weights=None, include_top=False,
@@ -172,8 +180,10 @@ def test_offline_imagenet_falls_back_to_imported_weights(imported_mobilenet, cap
 
 def test_registry_covers_keras_applications():
     for name, spec in backbones.BACKBONES.items():
-        assert callable(getattr(keras.applications, spec.constructor)), name
-        assert spec.preprocessing in backbones.PREPROCESSING_MODES
+        assert callable(getattr(keras.applications, backbones.KERAS_CONSTRUCTORS[name])), name
+        assert spec.preprocessing in PREPROCESSING_MODES
+        assert ARCHITECTURES[name] is spec and spec.kind == "backbone"
+        assert set(spec.modes) == set(MODES)
     for family in ("mobilenet", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b7",
                    "efficientnet_v2_s", "resnet50", "resnet50_v2", "convnext_tiny",
                    "densenet121", "inception_v3", "xception", "vgg16", "nasnet_mobile"):
@@ -181,6 +191,9 @@ def test_registry_covers_keras_applications():
     assert backbones.BACKBONES["efficientnet_b3"].default_size == 300
     assert backbones.BACKBONES["resnet50"].preprocessing == "caffe"
     assert backbones.BACKBONES["densenet121"].preprocessing == "torch"
+    for name in ("linear", "mlp", "cnn"):
+        assert ARCHITECTURES[name].modes == ("scratch",)
+    assert get_architecture("path/to/saved.keras").kind == "backbone"
 
 
 def test_preprocess_layer_matches_keras_preprocess_input():
@@ -189,7 +202,7 @@ def test_preprocess_layer_matches_keras_preprocess_input():
                          ("caffe", keras.applications.resnet50),
                          ("torch", keras.applications.densenet)):
         expected = module.preprocess_input(x.copy())
-        np.testing.assert_allclose(backbones.Preprocess(mode)(x), expected, rtol=1e-5,
+        np.testing.assert_allclose(Preprocess(mode)(x), expected, rtol=1e-5,
                                    atol=1e-4)
 
 
@@ -290,14 +303,13 @@ def test_saved_transfer_models_load_in_a_fresh_process(tmp_path):
     import subprocess
     import sys
 
-    from tftoolkit.augment import FusedGeometric
+    from tftoolkit.layers import FusedGeometric
 
-    model = build_transfer_model("mobilenet_v2", "none", "feature_extraction", 0,
-                                 (33, 33, 3), 3, "categorical")
+    model = _transfer_model("mobilenet_v2", "none", (33, 33, 3), 3)
     wrapped = keras.Sequential([keras.Input((33, 33, 3)), FusedGeometric(rotation=0.1), model])
     wrapped.save(tmp_path / "m.keras")
-    code = ("from tftoolkit.models import load_keras_model\n"
-            f"m = load_keras_model({str(tmp_path / 'm.keras')!r})\n"
+    code = ("import keras, tftoolkit\n"
+            f"m = keras.models.load_model({str(tmp_path / 'm.keras')!r})\n"
             "print(m.layers[-1].get_layer('preprocess').mode)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

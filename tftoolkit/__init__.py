@@ -1,43 +1,46 @@
 """tftoolkit: transfer learning and image augmentation recipes for Keras 3 / TensorFlow.
 
 The public API follows the data flow: a recipe is loaded, its data read, its model
-built and trained, and the result exported for serving.
+built and trained, and the result exported for serving. Importing the package
+registers the toolkit's Keras layers and training objects, so ``keras.models.load_model``
+reads every ``.keras`` file the toolkit writes.
 """
 
 __version__ = "0.1.0"
 
-from tftoolkit.errors import (DataError, ExportError, RecipeError,  # noqa: E402
-                              TftoolkitError, WeightsError)
-from tftoolkit.recipe import Recipe, load_recipe  # noqa: E402
+from pathlib import Path
+
+import keras
+
+import tftoolkit.layers  # noqa: F401  (registers the custom layers)
+from tftoolkit.data import DataInfo, load_data
+from tftoolkit.errors import DataError, ExportError, RecipeError, TftoolkitError, WeightsError
+from tftoolkit.evaluation import evaluate, explain
+from tftoolkit.models import build_model as _build_model
+from tftoolkit.models import input_size
+from tftoolkit.recipe import Recipe, load_recipe
+from tftoolkit.serving import export_run, predict
+from tftoolkit.training import TrainResult, compare, train
 
 
-def build_model(recipe, info=None):
-    """The inference ``keras.Model`` of ``recipe`` (see :func:`tftoolkit.models.build_model`)."""
-    from tftoolkit.models import build_model as _build
+def build_model(recipe: Recipe | str, info: DataInfo | None = None) -> keras.Model:
+    """The inference ``keras.Model`` of ``recipe`` (a Recipe, name or path).
 
-    return _build(load_recipe(recipe), info)
+    Args:
+        recipe: the recipe.
+        info: the data description; read from the recipe's data when not given.
+    """
+    recipe = load_recipe(recipe)
+    if info is None:
+        info = load_data(recipe, input_size(recipe)).info
+    return _build_model(recipe, info)
 
 
-def train(recipe, overrides=None):
-    """Train ``recipe`` (a Recipe, name or path); see :func:`tftoolkit.training.train`."""
-    from tftoolkit.training import train as _train
-
-    return _train(recipe, overrides)
-
-
-def export(run_dir, to=None):
+def export(run_dir: str | Path, to: str | Path | None = None) -> Path:
     """Export a run directory as a new SavedModel version; returns its path."""
-    from tftoolkit.serving import export_run
-
     return export_run(run_dir, to)
 
 
-def evaluate(path, split="test", tta=0, out=None):
-    """Evaluate a run directory or export; see :func:`tftoolkit.evaluation.evaluate`."""
-    from tftoolkit.evaluation import evaluate as _evaluate
-
-    return _evaluate(path, split, tta, out)
-
-
 __all__ = ["DataError", "ExportError", "Recipe", "RecipeError", "TftoolkitError",
-           "WeightsError", "build_model", "evaluate", "export", "load_recipe", "train"]
+           "TrainResult", "WeightsError", "build_model", "compare", "evaluate", "explain",
+           "export", "load_recipe", "predict", "train"]

@@ -56,13 +56,14 @@ def _cmd_train(args) -> int:
 
 def _cmd_compare(args) -> int:
     from tftoolkit.recipe import load_recipe
-    from tftoolkit.training.compare import compare
+    from tftoolkit.training import compare
 
     recipe = load_recipe(args.recipe, args.overrides)
     table = compare(recipe, [m.strip() for m in args.modes.split(",") if m.strip()])
     print(table.render())
     if table.export_dir is not None:
-        print(f"exported best ({table.best.mode}): {table.export_dir}")
+        print(f"exported the best by {table.metric_name} ({table.best.mode}): "
+              f"{table.export_dir}")
     return 0
 
 

@@ -23,3 +23,11 @@ class WeightsError(TftoolkitError):
 
 class ExportError(TftoolkitError):
     """An export failed; no partial version directory is left behind."""
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or an empty string."""
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

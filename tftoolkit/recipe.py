@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import importlib.util
 import types
 import typing
@@ -19,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from tftoolkit.errors import RecipeError
+from tftoolkit.errors import RecipeError, did_you_mean
+from tftoolkit.labels import ENCODING_OF_LOSS
+from tftoolkit.models.registry import check_architecture
 
 BUNDLED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -172,8 +173,9 @@ class ExportConfig:
     enabled: bool = _opt(True, "export a SavedModel after training")
     dir: str = _opt("saved_models", "root of exports: <dir>/<recipe>/<version>/")
     tolerance: float = _opt(1e-5, "max abs difference allowed by the parity check", min=0.0)
-    formats: list[str] = _opt([], "extra formats beside the SavedModel: tflite (LiteRT); "
-                                  "onnx is refused with the reason")
+    formats: list[Literal["tflite", "onnx"]] = _opt(
+        [], "extra formats beside the SavedModel: tflite (LiteRT); onnx is refused with the "
+            "reason")
 
 
 SECTIONS = {
@@ -271,22 +273,17 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _apply_override(recipe: Recipe, dotted: str, value: Any) -> Recipe:
     section_name, _, key = dotted.partition(".")
     if section_name not in SECTIONS:
         raise RecipeError(f"unknown recipe section {section_name!r} in {dotted!r}"
-                          f"{_suggest(section_name, list(SECTIONS))} "
+                          f"{did_you_mean(section_name, list(SECTIONS))} "
                           f"(sections: {', '.join(SECTIONS)})")
     section = getattr(recipe, section_name)
     fields = {f.name: f for f in dataclasses.fields(section) if f.metadata.get("cli", True)}
     if key not in fields:
         full = [f"{section_name}.{k}" for k in fields]
-        raise RecipeError(f"unknown recipe key {dotted!r}{_suggest(dotted, full)} "
+        raise RecipeError(f"unknown recipe key {dotted!r}{did_you_mean(dotted, full)} "
                           f"(keys of {section_name}: {', '.join(fields)})")
     coerced = _coerce(dotted, fields[key], value, section_types(type(section))[key])
     return dataclasses.replace(recipe, **{section_name: dataclasses.replace(section,
@@ -305,16 +302,19 @@ def _coerce(dotted: str, fld: dataclasses.Field, value: Any, hint: Any) -> Any:
         choices = typing.get_args(hint)
         if value not in choices:
             raise RecipeError(f"{dotted}={value!r} is not a valid choice"
-                              f"{_suggest(str(value), [str(c) for c in choices])} "
+                              f"{did_you_mean(str(value), [str(c) for c in choices])} "
                               f"(choices: {', '.join(map(str, choices))})")
         return value
     if origin in (list, tuple):
         (item_type,) = typing.get_args(hint)
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            value = [value] if not isinstance(value, str) else [v for v in value.split(",") if v]
+        if isinstance(value, str):  # "a,b" or "[a, b]" from the command line
+            value = [v.strip().strip("'\"") for v in value.strip("[]").split(",")
+                     if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
         if not isinstance(value, (list, tuple)):
-            raise RecipeError(f"{dotted}={value!r}: expected a list of {item_type.__name__}")
-        return [_coerce_scalar(dotted, fld, v, (item_type,)) for v in value]
+            raise RecipeError(f"{dotted}={value!r}: expected a list")
+        return [_coerce(dotted, fld, v, item_type) for v in value]
     if origin in (typing.Union, types.UnionType):
         allowed = tuple(t for t in typing.get_args(hint) if t is not type(None))
         if value is None and type(None) in typing.get_args(hint):
@@ -358,10 +358,30 @@ def validate(recipe: Recipe) -> Recipe:
             if fld.metadata.get("cli", True):
                 _coerce(f"{section_name}.{fld.name}", fld, getattr(section, fld.name),
                         hints[fld.name])
-    from tftoolkit.models import check_architecture  # registry lives with the models
-
-    check_architecture(recipe)
+    _check_combinations(recipe)
     return recipe
+
+
+ONNX_UNAVAILABLE = ("export.formats includes 'onnx', which needs tf2onnx and onnxruntime; "
+                    "their releases do not support TensorFlow 2.21 / Keras 3.15, so tftoolkit "
+                    "cannot produce a checked ONNX file; use 'tflite' or the SavedModel")
+
+
+def _check_combinations(recipe: Recipe) -> None:
+    """Rules between fields that need no data, checked before anything runs."""
+    if recipe.model_fn is None:
+        check_architecture(recipe.model.architecture, recipe.model.mode)
+    if "onnx" in recipe.export.formats:
+        raise RecipeError(ONNX_UNAVAILABLE)
+    if recipe.regularize.label_smoothing and ENCODING_OF_LOSS.get(recipe.train.loss) in (
+            "sparse", "regression"):
+        raise RecipeError(f"regularize.label_smoothing={recipe.regularize.label_smoothing} "
+                          f"needs one-hot labels, but train.loss={recipe.train.loss!r}; use "
+                          "train.loss=categorical_crossentropy (or auto)")
+    t = recipe.train
+    if t.batch_size == 0 and t.optimizer != "gd":
+        raise RecipeError("train.batch_size=0 (whole training set) is only for "
+                          "train.optimizer='gd'")
 
 
 def _module_from_path(path: Path) -> Any:
@@ -393,7 +413,7 @@ def load_recipe(name_or_path: str | Path | Recipe,
         else:
             known = bundled_recipes()
             if text not in known:
-                raise RecipeError(f"unknown recipe {text!r}{_suggest(text, list(known))} "
+                raise RecipeError(f"unknown recipe {text!r}{did_you_mean(text, list(known))} "
                                   f"(bundled: {', '.join(known)}; or give a path to a .py file)")
             path = known[text]
         module = _module_from_path(path)

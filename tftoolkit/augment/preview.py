@@ -7,7 +7,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from matplotlib.figure import Figure
+
 from tftoolkit.augment import build_augmenter
+from tftoolkit.data import load_data
+from tftoolkit.models import input_size
 from tftoolkit.recipe import Recipe
 
 
@@ -32,21 +36,13 @@ def augment_preview(recipe: Recipe, out: str | Path, images: int = 4,
                     views: int = 6) -> Path:
     """Write a grid PNG: one row per training image, the original then ``views``
     augmented versions, so the policy can be checked by eye."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from tftoolkit.data import load_data
-    from tftoolkit.models import input_size
-
     data = load_data(recipe, input_size(recipe))
     x, y = next(iter(data.dataset("train", batch_size=images)))
     x, y = np.asarray(x), np.asarray(y)
     grid = augmented_views(x, y, recipe, views)
     names = data.info.class_names or []
-    fig, axes = plt.subplots(len(x), views + 1, figsize=(1.8 * (views + 1), 1.9 * len(x)),
-                             squeeze=False)
+    fig = Figure(figsize=(1.8 * (views + 1), 1.9 * len(x)))
+    axes = fig.subplots(len(x), views + 1, squeeze=False)
     for row in range(len(x)):
         label = names[int(np.argmax(y[row]))] if names else ""
         for col in range(views + 1):
@@ -64,5 +60,4 @@ def augment_preview(recipe: Recipe, out: str | Path, images: int = 4,
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out

@@ -12,12 +12,13 @@ from typing import Callable
 
 import numpy as np
 
+from tftoolkit.data.pipeline import make_dataset
 from tftoolkit.data.sources import Examples, load_source
 from tftoolkit.data.splits import stratified_cap, stratified_split
 from tftoolkit.errors import DataError
+from tftoolkit.labels import ENCODING_OF_LOSS, ENCODINGS, LabelEncoding
+from tftoolkit.models.registry import get_architecture
 from tftoolkit.recipe import Recipe
-
-SCRATCH_TABULAR = ("linear", "mlp")
 
 
 @dataclass
@@ -40,11 +41,13 @@ class DataInfo:
         return len(self.class_names) if self.class_names else 0
 
     @property
+    def label_encoding(self) -> LabelEncoding:
+        return ENCODINGS[self.encoding]
+
+    @property
     def num_outputs(self) -> int:
         """Units of the model's output layer."""
-        if self.task == "regression":
-            return self.target_dim
-        return 1 if self.encoding == "binary" else self.num_classes
+        return self.label_encoding.output_units(self.num_classes, self.target_dim)
 
     def to_dict(self) -> dict:
         return {"task": self.task, "encoding": self.encoding,
@@ -83,12 +86,11 @@ class DataBundle:
                 augment: Callable | None = None, first_epoch: int = 0):
         """A batched ``tf.data.Dataset`` of ``split``; for training an endless, per-epoch
         shuffled (and augmented) stream starting at ``first_epoch``."""
-        from tftoolkit.data.pipeline import make_dataset
-
         cfg, train = self.recipe.data, self.recipe.train
         return make_dataset(
             self.splits[split], batch_size=train.batch_size if batch_size is None
-            else batch_size, image_size=self.info.image_size, encoding=self.info.encoding,
+            else batch_size, image_size=self.info.image_size,
+            encoding=self.info.label_encoding,
             num_classes=self.info.num_classes, training=training, seed=train.seed,
             resize_method=cfg.resize_method, cache=cfg.cache, autotune=cfg.autotune,
             class_weights=self.class_weights() if training else None,
@@ -97,11 +99,8 @@ class DataBundle:
 
 def _label_encoding(recipe: Recipe, task: str, num_classes: int) -> str:
     loss = recipe.train.loss
-    explicit = {"mse": "regression", "binary_crossentropy": "binary",
-                "categorical_crossentropy": "categorical",
-                "sparse_categorical_crossentropy": "sparse"}
     if loss != "auto":
-        encoding = explicit[loss]
+        encoding = ENCODING_OF_LOSS[loss]
         if task == "regression" and encoding != "regression":
             raise DataError(f"train.loss={loss!r} needs class labels, but the labels of "
                             f"{recipe.data.source!r} are real-valued targets")
@@ -111,7 +110,9 @@ def _label_encoding(recipe: Recipe, task: str, num_classes: int) -> str:
         return encoding
     if task == "regression":
         return "regression"
-    if num_classes == 2 and recipe.model.architecture in SCRATCH_TABULAR:
+    tabular = (recipe.model_fn is None
+               and get_architecture(recipe.model.architecture).kind == "tabular")
+    if num_classes == 2 and tabular:  # one sigmoid unit, as the classic perceptron
         return "binary"
     return "categorical"
 

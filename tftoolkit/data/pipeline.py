@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.data.sources import Examples
+from tftoolkit.labels import LabelEncoding
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -56,16 +57,6 @@ def _examples_dataset(examples: Examples, image_size: int | None,
     return ds
 
 
-def encode_labels(labels: tf.Tensor, encoding: str, num_classes: int) -> tf.Tensor:
-    """Labels in the form the loss expects (one-hot for categorical losses)."""
-    if encoding == "categorical":
-        return tf.one_hot(tf.cast(labels, tf.int32), num_classes)
-    if encoding == "sparse":
-        return tf.cast(labels, tf.int32)
-    labels = tf.cast(labels, tf.float32)
-    return tf.reshape(labels, [-1, 1]) if encoding == "binary" else labels
-
-
 def epoch_seed(seed: int, epoch) -> tf.Tensor:
     """The shuffle seed of one epoch: a pure function of (seed, epoch), so a resumed run
     sees exactly the batches an uninterrupted one would."""
@@ -73,7 +64,7 @@ def epoch_seed(seed: int, epoch) -> tf.Tensor:
 
 
 def make_dataset(examples: Examples, *, batch_size: int, image_size: int | None,
-                 encoding: str, num_classes: int, training: bool, seed: int,
+                 encoding: LabelEncoding, num_classes: int, training: bool, seed: int,
                  resize_method: str = "bilinear", cache: bool = True,
                  class_weights: np.ndarray | None = None, augment: Callable | None = None,
                  first_epoch: int = 0, autotune: bool = False) -> tf.data.Dataset:
@@ -102,7 +93,7 @@ def make_dataset(examples: Examples, *, batch_size: int, image_size: int | None,
 
     def finish(x, y):
         sample_weight = None if weights is None else tf.gather(weights, tf.cast(y, tf.int32))
-        y = encode_labels(y, encoding, num_classes)
+        y = encoding.encode(y, num_classes)
         if augmenting:
             x, y = augment(x, y)
         return (x, y) if sample_weight is None else (x, y, sample_weight)

@@ -7,16 +7,15 @@ paths, or (TFDS) a ``tf.data.Dataset`` whose labels were read up front.
 
 from __future__ import annotations
 
-import difflib
 import gzip
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tftoolkit.data.scan import IMAGE_EXTENSIONS, scan_image_folder
-from tftoolkit.errors import DataError
+from tftoolkit.errors import DataError, did_you_mean
+from tftoolkit.paths import keras_datasets_dir
 from tftoolkit.recipe import DataConfig
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -129,14 +128,9 @@ def _arrays(cfg: DataConfig, seed: int) -> SourceData:
 
 # --- Fashion-MNIST ---------------------------------------------------------------------
 
-def keras_home() -> Path:
-    """Keras' cache root (``$KERAS_HOME``, default ``~/.keras``)."""
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-
-
 def _fashion_mnist_dir() -> Path | None:
     names = [f for pair in FASHION_MNIST_FILES.values() for f in pair]
-    for folder in (keras_home() / "datasets" / "fashion-mnist", DEBIAN_FASHION_MNIST_DIR):
+    for folder in (keras_datasets_dir() / "fashion-mnist", DEBIAN_FASHION_MNIST_DIR):
         if all((folder / f).is_file() for f in names):
             return folder
     return None
@@ -158,11 +152,11 @@ def _fashion_mnist(cfg: DataConfig, seed: int) -> SourceData:
         except Exception as exc:  # offline: Keras raises a plain Exception on fetch failure
             raise DataError(
                 "Fashion-MNIST is not available offline: none of "
-                f"{keras_home() / 'datasets' / 'fashion-mnist'} or {DEBIAN_FASHION_MNIST_DIR} "
+                f"{keras_datasets_dir() / 'fashion-mnist'} or {DEBIAN_FASHION_MNIST_DIR} "
                 "holds the four *-ubyte.gz files, and the download failed "
                 f"({str(exc).splitlines()[0][:120]}). Install them with "
                 "`apt-get install dataset-fashion-mnist`, or copy the files into "
-                f"{keras_home() / 'datasets' / 'fashion-mnist'}.") from None
+                f"{keras_datasets_dir() / 'fashion-mnist'}.") from None
         where = "Keras download"
         splits = {"train": Examples(ytr.astype("int64"), arrays=xtr),
                   "test": Examples(yte.astype("int64"), arrays=xte)}
@@ -224,8 +218,7 @@ def _tfds(cfg: DataConfig, seed: int) -> SourceData:
     try:
         builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
     except tfds.core.registered.DatasetNotFoundError:
-        close = difflib.get_close_matches(cfg.name, tfds.list_builders(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(cfg.name, tfds.list_builders())
         raise DataError(f"data.name={cfg.name!r} is not a TFDS dataset{hint}") from None
     if not builder.is_prepared():
         try:

@@ -12,37 +12,41 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
+from matplotlib.figure import Figure
 
 from tftoolkit.augment.tta import predict_tta
 from tftoolkit.data import DataInfo, load_data
+from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
 from tftoolkit.errors import DataError, TftoolkitError
 from tftoolkit.evaluation.gradcam import grad_cam
 from tftoolkit.evaluation.metrics import classification_report, render_report
 from tftoolkit.evaluation.plots import plot_confusion_matrix, plot_top_losses
 from tftoolkit.models import load_keras_model
 from tftoolkit.recipe import Recipe, recipe_from_dict
-from tftoolkit.serving.savedmodel import two_column
+from tftoolkit.rundir import RunDir
+from tftoolkit.serving.outputs import class_probabilities
+from tftoolkit.serving.savedmodel import MODEL_CARD
 
 
 def load_trained(path: str | Path) -> tuple[keras.Model, Recipe, DataInfo, Path]:
     """Model, recipe and data description of a run directory or an export version,
     and the default folder for evaluation output."""
     path = Path(path)
-    if (path / "model_card.json").is_file():  # an export version
-        card = json.loads((path / "model_card.json").read_text())
-        recipe, info = card["resolved_recipe"], card["data_info"]
+    if (path / MODEL_CARD).is_file():  # an export version
+        card = json.loads((path / MODEL_CARD).read_text())
+        recipe, info = recipe_from_dict(card["resolved_recipe"]), DataInfo.from_dict(
+            card["data_info"])
         out = path.parent / f"{path.name}-eval"
-    elif (path / "recipe.json").is_file():  # a run directory
-        recipe = json.loads((path / "recipe.json").read_text())
-        info = json.loads((path / "data_info.json").read_text())
-        out = path / "eval"
+    elif RunDir.is_run_dir(path):
+        run = RunDir(path)
+        recipe, info, out = run.read_recipe(), run.read_info(), run / RunDir.EVAL
     else:
-        raise TftoolkitError(f"{path} is neither a run directory (recipe.json) nor an "
-                             "export version (model_card.json)")
-    if not (path / "model.keras").is_file():
-        raise TftoolkitError(f"{path} has no model.keras")
-    model = load_keras_model(path / "model.keras")
-    return model, recipe_from_dict(recipe), DataInfo.from_dict(info), out
+        raise TftoolkitError(f"{path} is neither a run directory ({RunDir.RECIPE}) nor an "
+                             f"export version ({MODEL_CARD})")
+    if not (path / RunDir.MODEL).is_file():
+        raise TftoolkitError(f"{path} has no {RunDir.MODEL}")
+    return load_keras_model(path / RunDir.MODEL), recipe, info, out
 
 
 def _split_arrays(recipe: Recipe, info: DataInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -53,15 +57,14 @@ def _split_arrays(recipe: Recipe, info: DataInfo, split: str) -> tuple[np.ndarra
     images, labels = [], []
     for batch in data.dataset(split, batch_size=64):
         images.append(np.asarray(batch[0]))
-        labels.append(np.argmax(np.asarray(batch[1]), axis=1) if info.encoding == "categorical"
-                      else np.asarray(batch[1]).reshape(-1).astype(int))
+        labels.append(info.label_encoding.class_ids(batch[1]))
     return np.concatenate(images), np.concatenate(labels)
 
 
 def _probabilities(model: keras.Model, images: np.ndarray, tta: int) -> np.ndarray:
     probs = (predict_tta(model, images, tta) if tta
              else model.predict(images, batch_size=64, verbose=0))
-    return two_column(np.asarray(probs, dtype=np.float32))
+    return class_probabilities(probs)
 
 
 def evaluate(path: str | Path, split: str = "test", tta: int = 0,
@@ -95,14 +98,6 @@ def evaluate(path: str | Path, split: str = "test", tta: int = 0,
 
 def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list[Path]:
     """One Grad-CAM overlay PNG per image file, titled with the predicted class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import tensorflow as tf
-
-    from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
-
     model, _, info, _ = load_trained(path)
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
@@ -116,7 +111,8 @@ def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list
     written = []
     for image_path, image, heat, cls, probs in zip(images, batch, heatmaps, predicted,
                                                    probabilities):
-        fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
+        fig = Figure(figsize=(7, 3.8))
+        axes = fig.subplots(1, 2)
         axes[0].imshow(image.astype("uint8"))
         axes[0].set_title("input")
         axes[1].imshow(image.astype("uint8"))
@@ -129,7 +125,6 @@ def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list
         fig.tight_layout()
         target = out / f"{Path(image_path).stem}_gradcam.png"
         fig.savefig(target, dpi=100)
-        plt.close(fig)
         written.append(target)
     return written
 

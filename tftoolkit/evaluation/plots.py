@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path,
@@ -17,7 +14,8 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.65 * k, 0.8 + 0.6 * k))
+    fig = Figure(figsize=(1.0 + 0.65 * k, 0.8 + 0.6 * k))
+    ax = fig.subplots()
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=9)
     ax.set_yticks(range(k), class_names, fontsize=9)
@@ -32,7 +30,6 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -44,7 +41,8 @@ def plot_top_losses(images: np.ndarray, labels: np.ndarray, probabilities: np.nd
     order = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:count]
     cols = 4
     rows = max(1, int(np.ceil(len(order) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(3.0 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), order):
@@ -55,5 +53,4 @@ def plot_top_losses(images: np.ndarray, labels: np.ndarray, probabilities: np.nd
                  else "top losses: no misclassified images")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -1,27 +1,30 @@
-"""From-scratch builders: linear model, multi-layer perceptron, small CNN."""
+"""From-scratch builders: linear model, multi-layer perceptron, small CNN (registered)."""
 
 from __future__ import annotations
 
 import keras
 
 from tftoolkit.errors import RecipeError
+from tftoolkit.labels import LabelEncoding
+from tftoolkit.models.layout import FEATURES, OUTPUT
+from tftoolkit.models.registry import ArchitectureSpec, register_architecture
 
 
-def output_layer(num_outputs: int, encoding: str) -> keras.layers.Dense:
+def output_layer(num_outputs: int, encoding: LabelEncoding) -> keras.layers.Dense:
     """The output layer for a label encoding (float32 even under mixed precision)."""
-    activation = {"regression": None, "binary": "sigmoid"}.get(encoding, "softmax")
-    return keras.layers.Dense(num_outputs, activation=activation, dtype="float32",
-                              name="predictions")
+    return keras.layers.Dense(num_outputs, activation=encoding.activation, dtype="float32",
+                              name=OUTPUT)
 
 
-def linear(input_shape: tuple[int, ...], num_outputs: int, encoding: str) -> keras.Model:
+def linear(*, input_shape: tuple[int, ...], num_outputs: int, encoding: LabelEncoding,
+           **_) -> keras.Model:
     """y = Wx + b (logistic/softmax regression for class labels)."""
     inputs = keras.Input(input_shape, name="features")
     return keras.Model(inputs, output_layer(num_outputs, encoding)(inputs), name="linear")
 
 
-def mlp(input_shape: tuple[int, ...], num_outputs: int, encoding: str, hidden: list[int],
-        activation: str, dropout: float = 0.0) -> keras.Model:
+def mlp(*, input_shape: tuple[int, ...], num_outputs: int, encoding: LabelEncoding,
+        hidden: list[int], activation: str, dropout: float = 0.0, **_) -> keras.Model:
     """Fully connected layers of sizes ``hidden`` with ``activation``, then the output."""
     inputs = keras.Input(input_shape, name="features")
     x = keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
@@ -32,8 +35,8 @@ def mlp(input_shape: tuple[int, ...], num_outputs: int, encoding: str, hidden: l
     return keras.Model(inputs, output_layer(num_outputs, encoding)(x), name="mlp")
 
 
-def cnn(input_shape: tuple[int, ...], num_outputs: int, encoding: str, filters: list[int],
-        activation: str, dropout: float = 0.0) -> keras.Model:
+def cnn(*, input_shape: tuple[int, ...], num_outputs: int, encoding: LabelEncoding,
+        filters: list[int], activation: str, dropout: float = 0.0, **_) -> keras.Model:
     """Conv-BatchNorm-activation-pool blocks on raw 0-255 pixels, pooled, then the output."""
     if len(input_shape) != 3:
         raise RecipeError(f"model.architecture='cnn' needs images, got inputs of shape "
@@ -45,7 +48,14 @@ def cnn(input_shape: tuple[int, ...], num_outputs: int, encoding: str, filters: 
         x = keras.layers.BatchNormalization(name=f"bn_{i}")(x)
         x = keras.layers.Activation(activation)(x)
         x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=FEATURES)(x)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
     return keras.Model(inputs, output_layer(num_outputs, encoding)(x), name="cnn")
+
+
+SCRATCH_ARCHITECTURES = tuple(register_architecture(spec).name for spec in (
+    ArchitectureSpec("linear", "tabular", None, ("scratch",), linear),
+    ArchitectureSpec("mlp", "tabular", None, ("scratch",), mlp),
+    ArchitectureSpec("cnn", "image", 0, ("scratch",), cnn),
+))

@@ -17,11 +17,14 @@ from pathlib import Path
 import keras
 
 from tftoolkit.errors import RecipeError, WeightsError
-from tftoolkit.models.backbones import BACKBONES, Preprocess
+from tftoolkit.labels import LabelEncoding
+from tftoolkit.layers import Preprocess
+from tftoolkit.models.layout import BACKBONE, FEATURES, HEAD_DROPOUT, PREPROCESS
+from tftoolkit.models.registry import ArchitectureSpec
+from tftoolkit.models.saving import load_keras_model
 from tftoolkit.models.scratch import output_layer
 from tftoolkit.models.weights import build_backbone
 
-BACKBONE = "backbone"
 # Block prefixes of keras.applications layer names: block_13_expand, block6a_se,
 # conv5_block3_1_conv, convnext_tiny_stage_3_block_2_..., mixed7, block14_sepconv2.
 _BLOCK = re.compile(r"^(.*?(?:stage_\d+_block_\d+|block_?\d+[a-z]?|mixed\d+))(?:_|$)")
@@ -37,8 +40,6 @@ def _load_keras_backbone(path: Path, layer_name: str) -> keras.Model:
     """A backbone cut from a saved ``.keras`` model (a named layer, or all but the last)."""
     if not path.is_file():
         raise WeightsError(f"model.architecture={str(path)!r}: no such .keras file")
-    from tftoolkit.models import load_keras_model
-
     model = load_keras_model(path)
     if layer_name:
         try:
@@ -52,26 +53,36 @@ def _load_keras_backbone(path: Path, layer_name: str) -> keras.Model:
     return keras.Model(model.inputs, output, name=BACKBONE)
 
 
-def build_transfer_model(architecture: str, weights: str, mode: str, unfreeze,
-                         input_shape: tuple[int, int, int], num_outputs: int, encoding: str,
-                         dropout: float = 0.0, backbone_layer: str = "") -> keras.Model:
-    """The inference model: raw RGB 0-255 in, class probabilities out."""
-    if architecture.endswith(".keras"):
-        backbone, preprocessing = _load_keras_backbone(Path(architecture), backbone_layer), "none"
+def build_transfer_model(spec: ArchitectureSpec, *, weights: str, mode: str,
+                         unfreeze: int | float | str, input_shape: tuple[int, int, int],
+                         num_outputs: int, encoding: LabelEncoding, dropout: float = 0.0,
+                         backbone_layer: str = "") -> keras.Model:
+    """The inference model: raw RGB 0-255 in, class probabilities out.
+
+    Args:
+        spec: the backbone's registry entry (or that of a ``.keras`` file).
+        weights: ``model.weights`` (ignored for ``scratch``: random initialisation).
+        mode: ``model.mode``; the backbone is frozen for the first stage.
+        unfreeze: ``model.unfreeze``, the top of the backbone that fine-tuning trains.
+        backbone_layer: for a ``.keras`` file, the layer whose output is the backbone's.
+    """
+    if spec.name.endswith(".keras"):
+        backbone = _load_keras_backbone(Path(spec.name), backbone_layer)
+        preprocessing = "none"
     else:
         backbone, preprocessing = build_backbone(
-            architecture, "none" if mode == "scratch" else weights, input_shape)
+            spec, "none" if mode == "scratch" else weights, input_shape)
     inputs = keras.Input(input_shape, name="image")
-    x = Preprocess(preprocessing, name="preprocess")(inputs)
+    x = Preprocess(preprocessing, name=PREPROCESS)(inputs)
     # Frozen or fine-tuned backbones always run in inference mode (BatchNorm statistics
     # stay as pretrained); a scratch backbone follows the training flag.
     x = backbone(x, training=False) if mode != "scratch" else backbone(x)
     if len(x.shape) == 4:
-        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(name=FEATURES)(x)
     if dropout:
-        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+        x = keras.layers.Dropout(dropout, name=HEAD_DROPOUT)(x)
     model = keras.Model(inputs, output_layer(num_outputs, encoding)(x),
-                        name=f"{Path(architecture).stem}_{mode}")
+                        name=f"{Path(spec.name).stem}_{mode}")
     set_trainable(model, "feature_extraction" if mode == "two_stage" else mode, unfreeze)
     return model
 
@@ -125,9 +136,3 @@ def set_trainable(model: keras.Model, mode: str, unfreeze: int | float | str = 0
     for i, layer in enumerate(backbone.layers):
         layer.trainable = i >= start and not isinstance(layer,
                                                         keras.layers.BatchNormalization)
-
-
-def default_input_size(architecture: str) -> int:
-    """The backbone's default square input size (224 when unknown)."""
-    spec = BACKBONES.get(architecture)
-    return spec.default_size if spec else 224

@@ -17,9 +17,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tftoolkit.data.sources import keras_home
 from tftoolkit.errors import WeightsError
-from tftoolkit.models.backbones import BACKBONES, BackboneSpec
+from tftoolkit.paths import imported_weights_dir, keras_models_dir
+from tftoolkit.models.registry import ArchitectureSpec
 from tftoolkit.models.torch_checkpoint import read_state_dict
 
 TORCHVISION = "imagenet-torchvision"
@@ -29,14 +29,9 @@ IMPORTABLE = ("mobilenet_v2",)
 KERAS_BN_EPSILON, TORCH_BN_EPSILON = 1e-3, 1e-5
 
 
-def imported_dir() -> Path:
-    """Where imported weights live: ``$KERAS_HOME/models/tftoolkit``."""
-    return keras_home() / "models" / "tftoolkit"
-
-
 def imported_paths(architecture: str) -> dict[str, Path]:
     """Files of imported torchvision weights: ``top``, ``notop`` and ``meta``."""
-    stem = imported_dir() / f"{architecture}_{TORCHVISION.replace('-', '_')}"
+    stem = imported_weights_dir() / f"{architecture}_{TORCHVISION.replace('-', '_')}"
     return {"top": stem.with_suffix(".weights.h5"),
             "notop": Path(f"{stem}_notop.weights.h5"),
             "meta": stem.with_suffix(".json")}
@@ -126,7 +121,7 @@ def _imported_notop(architecture: str, *, auto_import: bool) -> Path | None:
         return paths["notop"]
     if auto_import and architecture in IMPORTABLE and wheel_checkpoint() is not None:
         print(f"tftoolkit: importing torchvision ImageNet weights for {architecture} "
-              f"into {imported_dir()}")
+              f"into {imported_weights_dir()}")
         return import_torchvision(architecture)["notop"]
     return None
 
@@ -134,7 +129,7 @@ def _imported_notop(architecture: str, *, auto_import: bool) -> Path | None:
 def _missing_imagenet_message(architecture: str, error: Exception) -> str:
     detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
     lines = [f"ImageNet weights for {architecture!r} are not available offline.",
-             f"  Keras tried to fetch them into {keras_home() / 'models'} and failed: {detail}",
+             f"  Keras tried to fetch them into {keras_models_dir()} and failed: {detail}",
              "  Fix: run once with internet (Keras caches the file there), or copy the file "
              "named in the URL above into that folder,"]
     if architecture in IMPORTABLE:
@@ -144,12 +139,12 @@ def _missing_imagenet_message(architecture: str, error: Exception) -> str:
     return "\n".join(lines)
 
 
-def build_backbone(architecture: str, weights: str,
+def build_backbone(spec: ArchitectureSpec, weights: str,
                    input_shape: tuple[int, int, int]) -> tuple[keras.Model, str]:
-    """The headless backbone with its weights loaded, and its preprocessing mode."""
-    spec: BackboneSpec = BACKBONES[architecture]
+    """The headless backbone of ``spec`` with ``weights`` loaded, and its preprocessing."""
+    architecture = spec.name
     if weights == "none":
-        return spec.build(None, input_shape), spec.preprocessing
+        return spec.build(weights=None, input_shape=input_shape), spec.preprocessing
     if weights == TORCHVISION:
         path = _imported_notop(architecture, auto_import=True)
         if path is None:
@@ -157,13 +152,13 @@ def build_backbone(architecture: str, weights: str,
                     if architecture in IMPORTABLE else
                     f"torchvision import exists only for {', '.join(IMPORTABLE)}")
             raise WeightsError(f"no imported torchvision weights for {architecture!r} in "
-                               f"{imported_dir()}: {hint}")
-        backbone = spec.build(None, input_shape)
+                               f"{imported_weights_dir()}: {hint}")
+        backbone = spec.build(weights=None, input_shape=input_shape)
         backbone.load_weights(path)
         return backbone, "torch"
     if weights == "imagenet":
         try:
-            return spec.build("imagenet", input_shape), spec.preprocessing
+            return spec.build(weights="imagenet", input_shape=input_shape), spec.preprocessing
         except Exception as exc:  # keras.utils.get_file raises a bare Exception offline
             path = _imported_notop(architecture, auto_import=True)
             if path is None:
@@ -171,14 +166,14 @@ def build_backbone(architecture: str, weights: str,
             print(f"tftoolkit: Keras ImageNet weights for {architecture} unavailable "
                   f"offline; using imported torchvision ImageNet weights ({path.name}) "
                   "with torchvision preprocessing")
-            backbone = spec.build(None, input_shape)
+            backbone = spec.build(weights=None, input_shape=input_shape)
             backbone.load_weights(path)
             return backbone, "torch"
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(f"model.weights={weights!r}: no such file (expected imagenet, "
                            f"{TORCHVISION}, none, or a path to a .weights.h5/.h5 file)")
-    backbone = spec.build(None, input_shape)
+    backbone = spec.build(weights=None, input_shape=input_shape)
     try:
         backbone.load_weights(path)
     except Exception as exc:

@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.errors import ExportError
+from tftoolkit.recipe import ONNX_UNAVAILABLE
+from tftoolkit.serving.outputs import expected_output, served_key
 
 FORMATS = ("tflite", "onnx")
 
@@ -25,11 +27,7 @@ def check_formats(formats: list[str]) -> None:
     if unknown:
         raise ExportError(f"export.formats has {unknown}; choices: {', '.join(FORMATS)}")
     if "onnx" in formats:
-        raise ExportError(
-            "export.formats includes 'onnx', which needs tf2onnx and onnxruntime; their "
-            "releases do not support TensorFlow 2.21 / Keras 3.15, so tftoolkit cannot "
-            "produce a checked ONNX file. Nothing was exported; use 'tflite' or the "
-            "SavedModel.")
+        raise ExportError(f"{ONNX_UNAVAILABLE}. Nothing was exported.")
 
 
 def write_tflite(savedmodel: Path, target: Path, model: keras.Model, inputs: np.ndarray,
@@ -44,15 +42,10 @@ def write_tflite(savedmodel: Path, target: Path, model: keras.Model, inputs: np.
     target.write_bytes(flatbuffer)
     runner = tf.lite.Interpreter(model_content=flatbuffer).get_signature_runner(
         "serving_default")
-    key = next(k for k in ("probabilities", "outputs")
-               if k in runner.get_output_details())
+    key = served_key(runner.get_output_details())
     got = np.asarray(runner(**{next(iter(runner.get_input_details())):
                                inputs.astype(np.float32)})[key])
-    expected = np.asarray(model(inputs, training=False), dtype=np.float32)
-    if key == "probabilities":
-        from tftoolkit.serving.savedmodel import two_column
-
-        expected = two_column(expected)
+    expected = expected_output(model, inputs, key)
     diff = float(np.abs(got - expected).max())
     if diff > tolerance:
         raise ExportError(f"LiteRT parity check failed: max abs diff {diff:.3g} > "

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from tftoolkit.errors import ExportError
+from tftoolkit.serving.savedmodel import LABELS
 
 
 def predict(export_dir: str | Path, images: list[str | Path],
@@ -24,7 +25,7 @@ def predict(export_dir: str | Path, images: list[str | Path],
     loaded = tf.saved_model.load(str(export_dir))
     if "serve_bytes" not in loaded.signatures:
         raise ExportError(f"{export_dir} is not an image classifier export (no serve_bytes)")
-    names = (export_dir / "labels.txt").read_text().splitlines()
+    names = (export_dir / LABELS).read_text().splitlines()
     data = tf.constant([Path(p).read_bytes() for p in images])
     try:
         probabilities = loaded.signatures["serve_bytes"](image_bytes=data)["probabilities"]

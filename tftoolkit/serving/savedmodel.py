@@ -16,6 +16,7 @@ BatchNorm update can reach a served prediction.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -31,30 +32,16 @@ from tftoolkit.data import DataInfo
 from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
 from tftoolkit.errors import ExportError
 from tftoolkit.serving.formats import check_formats, write_tflite
+from tftoolkit.serving.outputs import classifier_outputs, expected_output, served_key
 
 MIXED_PRECISION_TOLERANCE = 1e-2
+MODEL_CARD, LABELS = "model_card.json", "labels.txt"
 
 
 def next_version(root: Path) -> int:
     """One more than the highest numbered version under ``root`` (1 when none)."""
     versions = [int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
-
-
-def two_column(probabilities: np.ndarray) -> np.ndarray:
-    """Class probabilities as served: a single sigmoid column P(1) becomes [P(0), P(1)]."""
-    if probabilities.shape[-1] == 1:
-        return np.concatenate([1 - probabilities, probabilities], axis=-1)
-    return probabilities
-
-
-def _classifier_outputs(probabilities: tf.Tensor, class_names: tf.Tensor) -> dict:
-    probabilities = tf.cast(probabilities, tf.float32)
-    if probabilities.shape[-1] == 1:  # one sigmoid unit: P(class 1)
-        probabilities = tf.concat([1.0 - probabilities, probabilities], axis=-1)
-    class_id = tf.argmax(probabilities, axis=-1)
-    return {"probabilities": probabilities, "class_id": class_id,
-            "class_name": tf.gather(class_names, class_id)}
 
 
 def write_savedmodel(model: keras.Model, info: DataInfo, path: Path) -> None:
@@ -70,14 +57,14 @@ def write_savedmodel(model: keras.Model, info: DataInfo, path: Path) -> None:
         def serve_images(images):
             # resizing to the same size is exact: served == predicted at the model's size
             x = tf.image.resize(images, (size, size))
-            return _classifier_outputs(model(x, training=False), names)
+            return classifier_outputs(model(x, training=False), names)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve_bytes(image_bytes):
             images = tf.map_fn(lambda b: to_rgb_image(decode_image_bytes(b), size),
                                image_bytes,
                                fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-            return _classifier_outputs(model(images, training=False), names)
+            return classifier_outputs(model(images, training=False), names)
 
         archive.add_endpoint("serving_default", serve_images)
         archive.add_endpoint("serve_bytes", serve_bytes)
@@ -99,10 +86,8 @@ def parity_check(path: Path, model: keras.Model, inputs: np.ndarray,
     x = tf.constant(inputs, tf.float32)
     first = served(x)
     second = served(x)
-    key = "probabilities" if "probabilities" in first else "outputs"
-    expected = np.asarray(model(x, training=False), dtype=np.float32)
-    if key == "probabilities":
-        expected = two_column(expected)
+    key = served_key(first)
+    expected = expected_output(model, inputs, key)
     got = first[key].numpy()
     if not np.array_equal(got, second[key].numpy()):
         raise ExportError(f"parity check failed: two calls of serving_default on the same "
@@ -116,9 +101,7 @@ def parity_check(path: Path, model: keras.Model, inputs: np.ndarray,
 
 
 def _versions() -> dict[str, str]:
-    import tftoolkit
-
-    return {"tftoolkit": tftoolkit.__version__, "tensorflow": tf.__version__,
+    return {"tftoolkit": importlib.metadata.version("tftoolkit"), "tensorflow": tf.__version__,
             "keras": keras.__version__, "python": platform.python_version()}
 
 
@@ -143,7 +126,7 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
             extra["tflite"] = {"file": "model.tflite", "max_abs_diff": write_tflite(
                 tmp, tmp / "model.tflite", model, parity_inputs, tolerance)}
         if info.class_names:
-            (tmp / "labels.txt").write_text("".join(f"{n}\n" for n in info.class_names))
+            (tmp / LABELS).write_text("".join(f"{n}\n" for n in info.class_names))
         model.save(tmp / "model.keras")
         card = {**card, "version": version, "class_names": info.class_names,
                 "input_shape": list(info.input_shape), "task": info.task,
@@ -153,7 +136,7 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
                            else "float32"},
                 "formats": extra,
                 "versions": _versions()}
-        (tmp / "model_card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
+        (tmp / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
         if target.exists():
             raise ExportError(f"export version {target} appeared meanwhile; not overwriting")
         os.rename(tmp, target)

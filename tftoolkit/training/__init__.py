@@ -1,5 +1,7 @@
-"""Training: runtime set-up, the fit loop over one or two stages, run directories."""
+"""Training: runtime set-up, stages of fitting, checkpoints and resume, run directories."""
 
-from tftoolkit.training.runner import TrainResult, compile_model, train
+from tftoolkit.training.compare import Comparison, compare
+from tftoolkit.training.optim import compile_model
+from tftoolkit.training.runner import TrainResult, train
 
-__all__ = ["TrainResult", "compile_model", "train"]
+__all__ = ["Comparison", "TrainResult", "compare", "compile_model", "train"]

@@ -2,7 +2,7 @@
 
 After every epoch the state of what trains (weights, optimizer and random-generator
 states) is copied to host memory and written in the background to
-``checkpoints/state-<stage>-<epoch>.npz``; ``progress.json`` (stage, next epoch, state
+``checkpoints/state-<stage>-<epoch>.npz``; the progress marker (stage, next epoch, state
 file) is replaced atomically only once that file is complete, and the older state files
 are removed after it. So a run killed at any moment leaves a progress marker that names a
 whole state file. At the end of each stage the inference model's weights are kept too. A
@@ -13,57 +13,21 @@ depends only on (seed, epoch), so a resumed run sees the same batches.
 
 from __future__ import annotations
 
-import json
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import keras
 import numpy as np
 
 from tftoolkit.errors import RecipeError
+from tftoolkit.rundir import Progress, RunDir, replace_atomically
 
-PROGRESS, STAGE_WEIGHTS = "progress.json", "checkpoints/stage_end.npz"
-FINISHED = "metrics.json"
 PATHS_KEY = "variable_paths"
-
-
-def _replace_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_progress(run_dir: Path, stage: int, next_epoch: int, state: str | None = None) -> None:
-    _replace_atomically(run_dir / PROGRESS, lambda p: p.write_text(json.dumps(
-        {"stage": stage, "next_epoch": next_epoch, "state": state})))
-
-
-def load_progress(run_dir: Path) -> dict | None:
-    path = run_dir / PROGRESS
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def find_resumable(root: Path, resolved_recipe: dict) -> Path | None:
-    """The latest unfinished run directory under ``root`` of this very recipe."""
-    if not root.is_dir():
-        return None
-    for run_dir in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
-        if (run_dir / FINISHED).exists() or not (run_dir / PROGRESS).is_file():
-            continue
-        try:
-            saved = json.loads((run_dir / "recipe.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if saved == json.loads(json.dumps(resolved_recipe, default=str)):
-            return run_dir
-    return None
 
 
 def _state_variables(model: keras.Model) -> list:
     """Everything a resumed epoch needs, in a fixed order: the model's variables (BatchNorm
     statistics and the seed-generator states of dropout and augmentation included), then
-    the optimizer's."""
+    the optimizer's (its step count, so the schedule, and any weight average included)."""
     return [*model.variables, *model.optimizer.variables]
 
 
@@ -73,9 +37,9 @@ class SaveProgress(keras.callbacks.Callback):
     snapshot (and the end of training) waits for the previous write and re-raises its
     error, if any."""
 
-    def __init__(self, run_dir: Path, stage: int):
+    def __init__(self, run: RunDir, stage: int):
         super().__init__()
-        self.run_dir, self.stage = run_dir, stage
+        self.run, self.stage = run, stage
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: Future | None = None
 
@@ -96,32 +60,32 @@ class SaveProgress(keras.callbacks.Callback):
             self._pending = None
 
     def _write(self, arrays: list[np.ndarray], paths: np.ndarray, next_epoch: int) -> None:
-        name = f"state-{self.stage}-{next_epoch}.npz"
-        checkpoints = self.run_dir / "checkpoints"
-        _replace_atomically(checkpoints / name,
-                            lambda p: np.savez(p, *arrays, **{PATHS_KEY: paths}))
-        write_progress(self.run_dir, self.stage, next_epoch, f"checkpoints/{name}")
-        for old in checkpoints.glob("state-*.npz"):
-            if old.name != name:
+        name = f"{RunDir.CHECKPOINTS}/state-{self.stage}-{next_epoch}.npz"
+        replace_atomically(self.run / name,
+                           lambda p: np.savez(p, *arrays, **{PATHS_KEY: paths}))
+        self.run.write_progress(Progress(self.stage, next_epoch, name))
+        for old in (self.run / RunDir.CHECKPOINTS).glob("state-*.npz"):
+            if f"{RunDir.CHECKPOINTS}/{old.name}" != name:
                 old.unlink()
 
 
-def finish_stage(run_dir: Path, stage: int, next_epoch: int, model: keras.Model) -> None:
+def finish_stage(run: RunDir, stage: int, next_epoch: int, model: keras.Model) -> None:
     """Keep the inference model's weights at the end of a stage; mark the stage done."""
-    _replace_atomically(run_dir / STAGE_WEIGHTS, lambda p: np.savez(p, *model.get_weights()))
-    write_progress(run_dir, stage + 1, next_epoch)
+    replace_atomically(run / RunDir.STAGE_WEIGHTS, lambda p: np.savez(p, *model.get_weights()))
+    run.write_progress(Progress(stage + 1, next_epoch))
 
 
-def restore_stage_weights(run_dir: Path, model: keras.Model) -> None:
-    with np.load(run_dir / STAGE_WEIGHTS) as saved:
+def restore_stage_weights(run: RunDir, model: keras.Model) -> None:
+    """The inference model's weights as the last finished stage left them."""
+    with np.load(run / RunDir.STAGE_WEIGHTS) as saved:
         model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
 
 
-def restore_state(run_dir: Path, progress: dict, fit_model: keras.Model) -> None:
+def restore_state(run: RunDir, progress: Progress, fit_model: keras.Model) -> None:
     """Load the weights, optimizer and random-generator states saved by
     :class:`SaveProgress` into the compiled ``fit_model``."""
     fit_model.optimizer.build(fit_model.trainable_variables)
-    path = run_dir / progress["state"]
+    path = run / progress.state
     variables = _state_variables(fit_model)
     with np.load(path) as saved:
         arrays = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]

@@ -1,4 +1,8 @@
-"""Run one recipe once per transfer mode on the same data, seed and budget."""
+"""Run one recipe once per transfer mode on the same data, seed and budget.
+
+The mode exported is chosen on the validation split alone; each row also shows the test
+figure, read once per run for the report, never for the choice.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tftoolkit.errors import RecipeError
+from tftoolkit.models.registry import MODES, check_architecture
 from tftoolkit.recipe import Recipe
 from tftoolkit.serving import export_run
 from tftoolkit.training.runner import TrainResult, train
-
-MODES = ("scratch", "feature_extraction", "fine_tune", "two_stage")
 
 
 @dataclass
@@ -19,52 +22,67 @@ class ModeRow:
     """One line of the comparison."""
 
     mode: str
-    metric: float
+    validation: float             # the metric that chooses
+    test: float | None            # reported only
     train_seconds: float
     run_dir: Path
 
 
 @dataclass
 class Comparison:
-    """The rows, the metric they are ranked by, and where the best was exported."""
+    """The rows, the validation metric that ranks them, and where the best was exported."""
 
-    metric_name: str
+    metric_name: str              # val_accuracy (higher is better) or val_loss (lower)
     rows: list[ModeRow]
     export_dir: Path | None = None
 
     @property
     def best(self) -> ModeRow:
-        return max(self.rows, key=lambda r: r.metric)
+        """The row with the best validation figure."""
+        if self.metric_name.endswith("loss"):
+            return min(self.rows, key=lambda r: r.validation)
+        return max(self.rows, key=lambda r: r.validation)
 
     def render(self) -> str:
-        head = f"{'mode':20s} {self.metric_name:>14s} {'train time (s)':>15s}"
+        test_name = self.metric_name.replace("val_", "test_")
+        head = (f"{'mode':20s} {self.metric_name:>14s} {test_name:>14s} "
+                f"{'train time (s)':>15s}")
         lines = [head, "-" * len(head)]
         for row in self.rows:
-            lines.append(f"{row.mode:20s} {row.metric:14.4f} {row.train_seconds:15.1f}")
+            test = f"{row.test:14.4f}" if row.test is not None else f"{'-':>14s}"
+            mark = "  <- best by " + self.metric_name if row is self.best else ""
+            lines.append(f"{row.mode:20s} {row.validation:14.4f} {test} "
+                         f"{row.train_seconds:15.1f}{mark}")
         return "\n".join(lines)
 
 
-def _score(result: TrainResult) -> tuple[str, float]:
-    for key in ("test_accuracy", "val_accuracy"):
+def _validation_metric(result: TrainResult) -> str:
+    for key in ("val_accuracy", "val_loss"):
         if key in result.metrics:
-            return key, result.metrics[key]
-    raise RecipeError("compare needs a classification recipe (no accuracy was measured)")
+            return key
+    raise RecipeError("compare chooses on the validation split, and this recipe has none: "
+                      "set data.validation_fraction > 0 (or data.val_split for TFDS)")
 
 
 def compare(recipe: Recipe, modes: list[str]) -> Comparison:
-    """Train ``recipe`` once per mode (export off), then export the best run."""
+    """Train ``recipe`` once per mode (export off), then export the run with the best
+    validation figure."""
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise RecipeError(f"--modes {','.join(modes)}: unknown mode(s) {unknown} "
                           f"(choices: {', '.join(MODES)})")
+    for mode in modes:  # before anything trains
+        check_architecture(recipe.model.architecture, mode)
     rows, metric_name = [], ""
     for mode in modes:
         run = dataclasses.replace(
             recipe, model=dataclasses.replace(recipe.model, mode=mode),
             export=dataclasses.replace(recipe.export, enabled=False))
         result = train(run)
-        metric_name, value = _score(result)
-        rows.append(ModeRow(mode, value, result.train_seconds, result.run_dir))
+        metric_name = _validation_metric(result)
+        rows.append(ModeRow(mode, result.metrics[metric_name],
+                            result.metrics.get(metric_name.replace("val_", "test_")),
+                            result.train_seconds, result.run_dir))
     comparison = Comparison(metric_name, rows)
     if recipe.export.enabled:
         comparison.export_dir = export_run(comparison.best.run_dir)

@@ -1,4 +1,7 @@
-"""A distributed training loop for strategies where Keras' ``fit`` fails.
+"""Fitting and evaluating under any strategy: Keras' own, or a loop where it fails.
+
+:func:`fit` and :func:`evaluate` are the one place where a multi-worker run differs
+from a single-process one.
 
 Under ``MultiWorkerMirroredStrategy`` Keras 3's ``fit`` raises on ``PerReplica`` values
 (keras-team/keras#20585). This loop does the same work with ``strategy.run``: a
@@ -131,3 +134,35 @@ def fit_distributed(model: keras.Model, train_ds: tf.data.Dataset, *, strategy,
         if model.stop_training:
             break
     callback_list.on_train_end()
+
+
+def needs_own_loop(strategy: tf.distribute.Strategy) -> bool:
+    """Whether Keras' ``fit``/``evaluate``/``predict`` fail under ``strategy``."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def fit(model: keras.Model, train_ds: tf.data.Dataset, *, strategy, global_batch_size: int,
+        epochs: int, initial_epoch: int, steps_per_epoch: int,
+        validation_data: tf.data.Dataset | None = None,
+        callbacks: list[keras.callbacks.Callback] = (), verbose: int = 1) -> None:
+    """``model.fit`` (endless training datasets, ``steps_per_epoch`` steps an epoch), or
+    :func:`fit_distributed` where Keras' ``fit`` fails."""
+    if needs_own_loop(strategy):
+        fit_distributed(model, train_ds, strategy=strategy,
+                        global_batch_size=global_batch_size, epochs=epochs,
+                        initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                        validation_data=validation_data, callbacks=callbacks,
+                        verbose=verbose)
+    else:
+        model.fit(train_ds, validation_data=validation_data, epochs=epochs,
+                  initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                  callbacks=list(callbacks), verbose=verbose, shuffle=False)
+
+
+def evaluate(model: keras.Model, dataset: tf.data.Dataset, *, strategy,
+             global_batch_size: int) -> dict[str, float]:
+    """Loss and metric of a compiled ``model`` over ``dataset``, under any strategy."""
+    if needs_own_loop(strategy):
+        return evaluate_distributed(model, dataset, strategy, global_batch_size)
+    values = model.evaluate(dataset, verbose=0, return_dict=True)
+    return {k: float(v) for k, v in values.items()}

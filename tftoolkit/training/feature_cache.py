@@ -18,8 +18,9 @@ import numpy as np
 from tftoolkit.augment import Augmenter
 from tftoolkit.data import DataBundle
 from tftoolkit.data.sources import Examples
+from tftoolkit.models.layout import FEATURES
+from tftoolkit.training.stages import StageInputs
 
-FEATURES = "pool"                  # the pooled-features layer of transfer models
 MAX_CACHE_BYTES = 4 * 1024 ** 3
 
 
@@ -61,9 +62,9 @@ def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: 
 
 
 def cached_datasets(model: keras.Model, data: DataBundle, augmenter: Augmenter, views: int,
-                    batch_size: int, first_epoch: int = 0):
-    """(head model, training dataset, validation dataset or None, steps per epoch) on
-    cached features; None when the features would not fit in memory."""
+                    batch_size: int, first_epoch: int = 0) -> StageInputs | None:
+    """The head and its training and validation datasets on cached features; None when
+    the features would not fit in memory."""
     extractor, head = split_at_features(model)
     train = data.splits["train"]
     dim = int(extractor.output.shape[-1])
@@ -85,4 +86,4 @@ def cached_datasets(model: keras.Model, data: DataBundle, augmenter: Augmenter, 
     train_ds = cached.dataset("train", training=True, batch_size=batch_size,
                               first_epoch=first_epoch)
     val_ds = cached.dataset("val", batch_size=batch_size) if "val" in cached.splits else None
-    return head, train_ds, val_ds, cached.steps_per_epoch("train", batch_size)
+    return StageInputs(head, train_ds, val_ds, cached.steps_per_epoch("train", batch_size))

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def plot_history(history: dict[str, list[float]], path: Path, title: str = "") -> Path:
     """One panel per quantity (loss, then each metric), train and validation together."""
     names = [k for k in history if not k.startswith("val_")]
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
+    fig = Figure(figsize=(5 * len(names), 3.8))
+    axes = fig.subplots(1, len(names), squeeze=False)
     for ax, name in zip(axes[0], names):
         epochs = range(1, len(history[name]) + 1)
         ax.plot(epochs, history[name], marker="o", ms=3, label=f"train {name}")
@@ -26,5 +24,4 @@ def plot_history(history: dict[str, list[float]], path: Path, title: str = "") -
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from typing import Iterator
 
 import keras
 import tensorflow as tf
@@ -23,9 +25,16 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def set_precision(precision: str) -> None:
-    """Set Keras' global dtype policy (the output layers stay float32)."""
+@contextlib.contextmanager
+def precision_policy(precision: str) -> Iterator[None]:
+    """Keras' global dtype policy set to ``precision`` (output layers stay float32)
+    inside the block, and restored after it."""
+    previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _tf_config_workers() -> int:
@@ -77,7 +86,16 @@ def choose_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
 
 
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
-    """The public name of a strategy (MultiWorkerMirroredStrategy's class is internal)."""
+    """A person's name for a strategy and its size: ``single device``, ``MirroredStrategy
+    over 2 GPUs``, ``MultiWorkerMirroredStrategy, 2 workers``."""
+    replicas = strategy.num_replicas_in_sync
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return "MultiWorkerMirroredStrategy"
-    return type(strategy).__name__
+        workers = strategy.extended._num_workers  # noqa: SLF001 (no public accessor)
+        return f"MultiWorkerMirroredStrategy, {workers} worker{'s' * (workers != 1)}"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        devices = strategy.extended.worker_devices
+        kind = "GPU" if any("GPU" in d.upper() for d in devices) else "CPU device"
+        return f"MirroredStrategy over {replicas} {kind}{'s' * (replicas != 1)}"
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return f"TPUStrategy over {replicas} TPU cores"
+    return "single device"
