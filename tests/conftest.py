@@ -69,3 +69,10 @@ def make_image_folder(root: Path, classes=("circle", "square"), per_class: int =
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "shapes")
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own folder: default run and export folders (``runs/``,
+    ``saved_models/``) land there, never in the checkout."""
+    monkeypatch.chdir(tmp_path)

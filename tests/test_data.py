@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -200,3 +202,88 @@ def test_autotune_switch_reaches_the_pipeline_and_leaves_the_batches_alone(image
         batches[autotune] = [x.numpy() for x, _ in dataset.take(6)]
     for off, on in zip(batches[False], batches[True]):
         np.testing.assert_array_equal(off, on)
+
+
+def _write_idx(folder: Path, images_per_split: dict[str, int]) -> None:
+    """Tiny gzip'd IDX files with Fashion-MNIST's names: image i of a split is filled
+    with the value i and labelled i % 10."""
+    import gzip
+    import struct
+
+    from tftoolkit.data.sources import FASHION_MNIST_FILES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, (image_file, label_file) in FASHION_MNIST_FILES.items():
+        n = images_per_split[split]
+        pixels = np.repeat(np.arange(n, dtype=np.uint8), 28 * 28)
+        with gzip.open(folder / image_file, "wb") as f:
+            f.write(struct.pack(">IIII", 2051, n, 28, 28) + pixels.tobytes())
+        with gzip.open(folder / label_file, "wb") as f:
+            f.write(struct.pack(">II", 2049, n) + (np.arange(n) % 10).astype(np.uint8).tobytes())
+
+
+def _fashion_recipe(**data) -> Recipe:
+    return Recipe(name="fashion", data=DataConfig(source="fashion_mnist", image_size=32,
+                                                  validation_fraction=0.2, **data),
+                  model=ModelConfig(architecture="cnn"))
+
+
+def test_fashion_mnist_reads_the_keras_cache_before_the_debian_folder(tmp_path, monkeypatch,
+                                                                       keras_home):
+    from tftoolkit.data import sources
+
+    debian = tmp_path / "debian"
+    _write_idx(debian, {"train": 30, "test": 20})
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", debian)
+    data = load_data(_fashion_recipe(), 32)
+    assert str(debian) in data.info.description
+    # 3 examples per class: stratified, one of each class is held out for validation
+    assert data.info.counts == {"train": 20, "val": 10, "test": 20}
+    assert data.info.class_names[9] == "Ankle boot"
+    test = data.splits["test"]
+    assert test.arrays.shape == (20, 28, 28)
+    np.testing.assert_array_equal(test.arrays[:, 0, 0], np.arange(20))  # order kept
+    np.testing.assert_array_equal(test.labels, np.arange(20) % 10)
+
+    cache = keras_home / "datasets" / "fashion-mnist"
+    _write_idx(cache, {"train": 40, "test": 10})
+    try:
+        data = load_data(_fashion_recipe(), 32)
+        assert str(cache) in data.info.description
+        assert data.info.counts["test"] == 10
+    finally:
+        for f in cache.iterdir():
+            f.unlink()
+
+
+def test_fashion_mnist_offline_without_files_says_where_to_put_them(tmp_path, monkeypatch):
+    import keras
+
+    from tftoolkit.data import sources
+
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "nothing")
+
+    def offline():
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...")
+
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
+    with pytest.raises(DataError) as err:
+        load_data(_fashion_recipe(), 32)
+    message = str(err.value)
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert str(tmp_path / "nothing") in message and "fashion-mnist" in message
+
+
+def test_max_examples_caps_each_source_split_before_validation_is_held_out():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (200, 4)).astype("float32")
+    y = np.arange(200) % 4
+    recipe = Recipe(name="cap", data=DataConfig(
+        source="arrays", arrays={"train": (x, y), "test": (x[:50], y[:50])},
+        max_examples=40, validation_fraction=0.25), model=ModelConfig(architecture="mlp"))
+    data = load_data(recipe)
+    counts = data.info.counts
+    assert counts["test"] == 40 and counts["train"] + counts["val"] == 40
+    # 10 per class kept by the cap; a quarter of each class (rounded) held out
+    assert np.bincount(data.splits["val"].labels).tolist() == [2, 2, 2, 2]
+    assert np.bincount(data.splits["train"].labels).tolist() == [8, 8, 8, 8]

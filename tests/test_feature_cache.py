@@ -45,8 +45,8 @@ def test_augmentation_turns_the_cache_off_and_says_so():
     assert cache_plan(plain, 0)[0] is True
     use, why = cache_plan(rotating, 0)
     assert not use and "augment.cached_views=K" in why
-    assert cache_plan(rotating, 3) == (True, cache_plan(rotating, 3)[1])
-    assert "3 augmented copies" in cache_plan(rotating, 3)[1]
+    use, why = cache_plan(rotating, 3)
+    assert use is True and "3 augmented copies" in why
     assert cache_plan(mixing, 3)[0] is False
 
 

@@ -13,12 +13,6 @@ import pytest
 import tftoolkit
 
 
-@pytest.fixture
-def restore_float32():
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
 def test_two_seeded_deterministic_runs_give_identical_weights(quiet):
     overrides = {**quiet, "train.deterministic": True, "train.epochs": 5}
     first = tftoolkit.train("mlp", overrides)
@@ -30,7 +24,9 @@ def test_two_seeded_deterministic_runs_give_identical_weights(quiet):
     assert runtime["strategy"] == "single device"
 
 
-def test_mixed_bfloat16_trains_and_exports(image_folder, quiet, restore_float32):
+def test_mixed_bfloat16_trains_and_exports(image_folder, quiet):
+    import tensorflow as tf
+
     from tftoolkit.recipe import DataConfig, ModelConfig, Recipe, TrainConfig
 
     recipe = Recipe(name="bf16", data=DataConfig(source="folder", dir=str(image_folder),
@@ -40,10 +36,20 @@ def test_mixed_bfloat16_trains_and_exports(image_folder, quiet, restore_float32)
     result = tftoolkit.train(recipe, quiet)
     assert result.model.get_layer("conv_0").compute_dtype == "bfloat16"
     assert result.model.get_layer("predictions").compute_dtype == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
     card = json.loads((result.export_dir / "model_card.json").read_text())
-    assert card["parity"]["tolerance"] == 1e-2
-    assert card["parity"]["max_abs_diff"] <= 1e-2
     assert "mixed precision" in card["parity"]["note"]
+    # The same weights computed in float32 differ from the bf16 model (bf16 really ran)...
+    float_model = tftoolkit.build_model(recipe, result.info)  # the policy is float32 again
+    float_model.set_weights(result.model.get_weights())
+    x = np.load(result.run_dir / "parity_inputs.npy")
+    bf16, f32 = np.asarray(result.model(x)), np.asarray(float_model(x))
+    assert float_model.get_layer("conv_0").compute_dtype == "float32"
+    assert 1e-6 < np.abs(bf16 - f32).max() < 5e-2
+    # ...and the export serves the bf16 model's classes.
+    served = tf.saved_model.load(str(result.export_dir)).signatures["serving_default"]
+    np.testing.assert_array_equal(served(images=tf.constant(x))["class_id"].numpy(),
+                                  bf16.argmax(axis=1))
 
 
 MIRRORED = """
@@ -53,8 +59,10 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import tftoolkit
 result = tftoolkit.train("mlp", {"train.distribute": "mirrored", "train.epochs": 3,
-                                  "train.run_dir": sys.argv[1], "train.verbose": 0})
-print(json.dumps({"notes": result.notes, "loss": result.history["loss"]}))
+                                  "train.run_dir": sys.argv[1], "train.verbose": 0,
+                                  "train.scale_lr": True, "train.learning_rate": 0.1})
+print(json.dumps({"notes": result.notes, "loss": result.history["loss"],
+                  "learning_rate": float(result.model.optimizer.learning_rate.numpy())}))
 """
 
 
@@ -65,6 +73,9 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "strategy: MirroredStrategy over 2 CPU devices" in out["notes"]
     assert out["loss"][-1] < out["loss"][0]
+    # train.scale_lr: 0.1 times 2 replicas
+    assert out["learning_rate"] == pytest.approx(0.2)
+    assert "learning rates scaled by 2 replicas (train.scale_lr)" in out["notes"]
 
 
 RESUMABLE = '''

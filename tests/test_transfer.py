@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import pickle
 import struct
@@ -13,7 +15,7 @@ import pytest
 
 import keras
 import tftoolkit
-from tftoolkit.errors import WeightsError
+from tftoolkit.errors import RecipeError, WeightsError
 from tftoolkit.labels import ENCODINGS
 from tftoolkit.models import backbones
 from tftoolkit.models.torch_checkpoint import LEGACY_MAGIC, read_state_dict
@@ -210,13 +212,15 @@ def test_unfreeze_moves_to_a_block_boundary():
     backbone = keras.applications.MobileNetV2(weights=None, include_top=False,
                                               input_shape=(32, 32, 3))
     names = [layer.name for layer in backbone.layers]
-    start = unfreeze_start(backbone, 12)  # 12 layers from the top lands mid-block
-    assert names[start] == "block_16_expand" or block_of(names[start]) != block_of(
-        names[start - 1])
-    assert block_of(names[start]) != block_of(names[start - 1])
+    # The 12th layer from the top is block_15_add, inside block_15: the boundary moves
+    # down to that block's first layer, so no block is ever half trained.
+    assert names[len(names) - 12] == "block_15_add"
+    assert names[unfreeze_start(backbone, 12)] == "block_15_expand"
+    assert names[unfreeze_start(backbone, 11)] == "block_16_expand"  # already a boundary
     assert names[unfreeze_start(backbone, "block_13")] == "block_13_expand"
-    frac = unfreeze_start(backbone, 0.25)
-    assert block_of(names[frac]) != block_of(names[frac - 1])
+    assert names[unfreeze_start(backbone, "block_13_depthwise")] == "block_13_expand"
+    assert names[unfreeze_start(backbone, 0.25)] == "block_13_expand"  # 38 of 154 layers
+    assert unfreeze_start(backbone, 0) == len(names) and unfreeze_start(backbone, 1.0) == 0
     assert block_of("conv5_block3_1_conv") == "conv5_block3"
     assert block_of("block6a_expand_conv") == "block6a"
 
@@ -240,6 +244,7 @@ def test_feature_extraction_leaves_every_backbone_weight_bit_identical(image_fol
     recipe = _tiny_transfer("feature_extraction", data={"dir": str(image_folder)})
     model = tftoolkit.build_model(recipe)
     before = _backbone_state(model)
+    head_before = model.get_layer("predictions").kernel.numpy().copy()
     # Train through the public path, starting from these exact weights.
     result = tftoolkit.train(replace(recipe, model_fn=lambda r, info: model), quiet)
     after = _backbone_state(result.model)
@@ -249,7 +254,7 @@ def test_feature_extraction_leaves_every_backbone_weight_bit_identical(image_fol
         np.testing.assert_array_equal(before[key], after[key], err_msg=key)
     head = result.model.get_layer("predictions").kernel.numpy()
     assert result.history["loss"][0] != result.history["loss"][-1]
-    assert np.abs(head).sum() > 0
+    assert np.abs(head - head_before).max() > 1e-4  # the head did train
 
 
 def test_fine_tune_changes_only_unfrozen_layers_and_never_batchnorm(image_folder, quiet):
@@ -297,6 +302,38 @@ def test_a_saved_keras_model_can_be_the_next_backbone(image_folder, quiet, tmp_p
     x = np.random.default_rng(0).uniform(0, 255, (2, 33, 33, 3)).astype("float32")
     pooled = keras.Model(first.model.inputs, first.model.get_layer("pool").output)
     np.testing.assert_allclose(backbone(x), pooled(x), rtol=1e-5, atol=1e-5)
+
+    # model.backbone_layer cuts the saved model at a named layer instead
+    cut = tftoolkit.build_model(dataclasses.replace(recipe, model=dataclasses.replace(
+        recipe.model, backbone_layer="bn_0")))
+    bn_0 = keras.Model(first.model.inputs, first.model.get_layer("bn_0").output)
+    np.testing.assert_allclose(backbone_of(cut)(x), bn_0(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RecipeError, match="backbone_layer='bn_9' is not a layer.*conv_0"):
+        tftoolkit.build_model(dataclasses.replace(recipe, model=dataclasses.replace(
+            recipe.model, backbone_layer="bn_9")))
+
+
+def test_weights_from_a_local_file(image_folder, tmp_path):
+    source = keras.applications.MobileNetV2(weights=None, include_top=False,
+                                            input_shape=(33, 33, 3))
+    path = tmp_path / "mine.weights.h5"
+    source.save_weights(path)
+    recipe = _tiny_transfer("feature_extraction", weights=str(path),
+                            data={"dir": str(image_folder)})
+    model = tftoolkit.build_model(recipe)
+    for a, b in zip(source.get_weights(), backbone_of(model).get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert model.get_layer("preprocess").mode == "tf"  # the architecture's own
+
+    other = tmp_path / "resnet.weights.h5"
+    keras.applications.ResNet50(weights=None, include_top=False,
+                                input_shape=(33, 33, 3)).save_weights(other)
+    with pytest.raises(WeightsError, match="does not fit a headless mobilenet_v2"):
+        tftoolkit.build_model(dataclasses.replace(recipe, model=dataclasses.replace(
+            recipe.model, weights=str(other))))
+    with pytest.raises(WeightsError, match="no such file"):
+        tftoolkit.build_model(dataclasses.replace(recipe, model=dataclasses.replace(
+            recipe.model, weights=str(tmp_path / "missing.h5"))))
 
 
 def test_saved_transfer_models_load_in_a_fresh_process(tmp_path):

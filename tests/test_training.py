@@ -1,0 +1,188 @@
+"""Training: stages, model selection, early stopping, losses, resume, saved files."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import tftoolkit
+from tftoolkit.errors import RecipeError
+from tftoolkit.recipe import (DataConfig, ExportConfig, ModelConfig, Recipe, RegularizeConfig,
+                              TrainConfig)
+from tftoolkit.training import comparison as compare_module
+from tftoolkit.training import runner
+from tftoolkit.training.runner import TrainResult
+from tftoolkit.training.stages import plan_stages
+
+
+def _tiny_two_stage(folder: Path, **train) -> Recipe:
+    return Recipe(name="tiny_two_stage",
+                  data=DataConfig(source="folder", dir=str(folder), image_size=33),
+                  model=ModelConfig(architecture="mobilenet_v2", weights="none",
+                                    mode="two_stage", unfreeze="block_16"),
+                  train=TrainConfig(epochs=2, fine_tune_epochs=2, batch_size=8,
+                                    learning_rate=0.01, deterministic=True, **train),
+                  export=ExportConfig(enabled=False))
+
+
+def test_compare_chooses_on_validation_never_on_test(monkeypatch, tmp_path):
+    # fine_tune wins on test but loses on validation: the choice must ignore test.
+    figures = {"feature_extraction": (0.80, 0.70), "fine_tune": (0.75, 0.95),
+               "scratch": (0.50, 0.40)}
+    exported = []
+
+    def fake_train(recipe):
+        val, test = figures[recipe.model.mode]
+        assert recipe.export.enabled is False
+        return TrainResult(recipe, None, {}, tmp_path / recipe.model.mode, None,
+                           {"val_accuracy": val, "test_accuracy": test}, 1.0)
+
+    monkeypatch.setattr(compare_module, "train", fake_train)
+    monkeypatch.setattr(compare_module, "export_run", lambda run_dir: exported.append(run_dir)
+                        or tmp_path / "exported")
+    recipe = tftoolkit.load_recipe("fashion_transfer")
+    table = compare_module.compare(recipe, list(figures))
+    assert table.metric_name == "val_accuracy"
+    assert table.best.mode == "feature_extraction"
+    assert exported == [tmp_path / "feature_extraction"]
+    text = table.render()
+    assert "val_accuracy" in text and "test_accuracy" in text
+    best_line = next(line for line in text.splitlines() if "best" in line)
+    assert best_line.startswith("feature_extraction") and "best by val_accuracy" in best_line
+
+
+def test_compare_refuses_a_mode_the_architecture_lacks_before_training(monkeypatch):
+    monkeypatch.setattr(compare_module, "train", lambda r: pytest.fail("trained"))
+    with pytest.raises(RecipeError, match="needs a pretrained backbone"):
+        compare_module.compare(tftoolkit.load_recipe("mlp"), ["scratch", "fine_tune"])
+
+
+def test_plan_stages_scales_rates_and_numbers_epochs_across_stages():
+    recipe = tftoolkit.load_recipe("fashion_transfer", {
+        "model.mode": "two_stage", "train.epochs": 2, "train.fine_tune_epochs": 3,
+        "train.learning_rate": 0.01, "train.fine_tune_learning_rate": 0.001})
+    first, second = plan_stages(recipe, lr_scale=2)
+    assert (first.mode, first.first_epoch, first.end, first.learning_rate) == (
+        "feature_extraction", 0, 2, 0.02)
+    assert (second.mode, second.first_epoch, second.end, second.learning_rate) == (
+        "fine_tune", 2, 5, 0.002)
+
+
+def test_a_run_killed_at_the_stage_boundary_resumes_into_fine_tuning(image_folder, tmp_path,
+                                                                     monkeypatch):
+    recipe = _tiny_two_stage(image_folder)
+    whole = tftoolkit.train(recipe, {"train.run_dir": str(tmp_path / "whole"),
+                                     "train.verbose": 0})
+
+    real_run_stage = runner._run_stage
+
+    def dies_in_fine_tuning(run, stage):
+        if stage.index == 1:
+            raise KeyboardInterrupt("killed at the stage boundary")
+        real_run_stage(run, stage)
+
+    overrides = {"train.run_dir": str(tmp_path / "killed"), "train.verbose": 0}
+    monkeypatch.setattr(runner, "_run_stage", dies_in_fine_tuning)
+    with pytest.raises(KeyboardInterrupt):
+        tftoolkit.train(recipe, overrides)
+    monkeypatch.setattr(runner, "_run_stage", real_run_stage)
+    resumed = tftoolkit.train(recipe, overrides)
+    assert any("resuming" in note and "stage 2" in note for note in resumed.notes)
+    assert not any("feature cache" in note for note in resumed.notes)  # stage 1 not rerun
+    assert len(resumed.history["loss"]) == 4
+    for a, b in zip(whole.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _arrays_recipe(arrays: dict, **train) -> Recipe:
+    return Recipe(name="arrays", data=DataConfig(source="arrays", arrays=arrays),
+                  model=ModelConfig(architecture="linear"),
+                  train=TrainConfig(batch_size=16, optimizer="sgd", verbose=0, **train),
+                  export=ExportConfig(enabled=False))
+
+
+def test_early_stopping_ends_when_validation_worsens_and_keeps_the_best_epoch(quiet):
+    # Validation targets run the other way: the better the fit, the worse val_loss.
+    x = np.linspace(-1, 1, 64, dtype="float32")[:, None]
+    recipe = _arrays_recipe({"train": (x, 2 * x), "val": (x, -2 * x)}, epochs=20,
+                            learning_rate=0.05, early_stopping=1, loss="mse")
+    result = tftoolkit.train(recipe, quiet)
+    assert len(result.history["val_loss"]) < 20
+    assert result.metrics["val_loss"] == pytest.approx(min(result.history["val_loss"]),
+                                                       rel=1e-5)
+
+
+def test_label_smoothing_reaches_the_loss(quiet):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype("float32")
+    y = (np.arange(40) % 4).astype("int64")
+    recipe = dataclasses.replace(
+        _arrays_recipe({"train": (x, y), "val": (x, y)}, epochs=1, learning_rate=0.0),
+        regularize=RegularizeConfig(label_smoothing=0.2))
+    result = tftoolkit.train(recipe, quiet)
+    probabilities = result.model.predict(x, verbose=0)
+    smoothed = np.eye(4)[y] * 0.8 + 0.2 / 4
+    expected = -np.mean(np.sum(smoothed * np.log(probabilities), axis=1))
+    assert result.metrics["val_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_label_smoothing_with_a_sparse_loss_is_refused_before_anything_runs():
+    with pytest.raises(RecipeError, match="label_smoothing=0.1 needs one-hot"):
+        tftoolkit.load_recipe("fashion_transfer", {
+            "regularize.label_smoothing": 0.1,
+            "train.loss": "sparse_categorical_crossentropy"})
+
+
+def test_batchnorm_recalibration_sets_the_mean_of_the_batch_statistics():
+    from tftoolkit.training.batchnorm import recalibrate_batchnorm
+    import tensorflow as tf
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.99)(inputs))
+    batches = [np.random.default_rng(i).normal(i, 1 + i, (8, 4)).astype("float32")
+               for i in range(3)]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.concatenate(batches), np.zeros(24))).batch(8)
+    layer = model.layers[-1]
+    assert recalibrate_batchnorm(model, dataset) == 3
+    np.testing.assert_allclose(layer.moving_mean.numpy(),
+                               np.mean([b.mean(axis=0) for b in batches], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance.numpy(),
+                               np.mean([b.var(axis=0) for b in batches], axis=0), rtol=1e-4)
+    assert layer.momentum == 0.99  # restored
+
+
+LOAD_EVERY_KERAS_FILE = """
+import sys
+import keras
+import tftoolkit
+for path in sys.argv[1:]:
+    model = keras.models.load_model(path)
+    print(path, model.name)
+"""
+
+
+def test_every_keras_file_the_toolkit_writes_loads_after_import_tftoolkit(image_folder, quiet):
+    recipe = Recipe(name="files", data=DataConfig(source="folder", dir=str(image_folder),
+                                                  image_size=33),
+                    model=ModelConfig(architecture="mobilenet_v2", weights="none",
+                                      mode="feature_extraction"),
+                    augment=tftoolkit.recipe.AugmentConfig(enabled=True, fused=True,
+                                                           rotation=0.1, crop=0.1),
+                    train=TrainConfig(epochs=1, batch_size=8))
+    result = tftoolkit.train(recipe, quiet)
+    files = [result.run_dir / "model.keras", result.export_dir / "model.keras"]
+    graph = keras.Sequential([keras.Input((33, 33, 3)),
+                              tftoolkit.layers.RandomResizedCrop(33), result.model])
+    graph.save(Path(quiet["train.run_dir"]) / "graph.keras")
+    files.append(Path(quiet["train.run_dir"]) / "graph.keras")
+    proc = subprocess.run([sys.executable, "-c", LOAD_EVERY_KERAS_FILE, *map(str, files)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(proc.stdout.strip().splitlines()) == 3
