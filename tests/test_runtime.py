@@ -230,8 +230,10 @@ RECIPE = Recipe(
     data=DataConfig(source="synthetic", name="sine_product", num_examples=1024,
                     validation_fraction=0.25),
     model=ModelConfig(architecture="mlp", hidden=[16], activation="tanh"),
-    train=TrainConfig(optimizer="sgd", learning_rate=0.1, batch_size=64, epochs=3,
-                      loss="mse", verbose=0),
+    train=TrainConfig(optimizer="adamw", weight_decay=0.01, learning_rate=0.02,
+                      schedule="cosine", warmup_epochs=0.5, clip_norm=1.0, ema=0.9,
+                      select_best="val_loss", batch_size=64, epochs=3, loss="mse",
+                      verbose=0),
     export=ExportConfig(enabled=False))
 '''
 
@@ -241,6 +243,7 @@ import tftoolkit
 result = tftoolkit.train(sys.argv[1], {"train.run_dir": sys.argv[2]})
 json.dump({"notes": result.notes, "loss": result.history["loss"],
            "val_loss": result.history["val_loss"],
+           "val_ema_loss": result.history["val_ema_loss"],
            "weights": [w.tolist() for w in result.model.get_weights()]}, open(sys.argv[3], "w"))
 """
 
@@ -288,6 +291,71 @@ def test_two_workers_on_localhost_train_like_one_process(tmp_path):
                                 k: v for k, v in os.environ.items() if k != "TF_CONFIG"})
     assert single.returncode == 0, single.stderr[-3000:]
     alone = json.loads((tmp_path / "single.json").read_text())
-    # Same global batch of 64, same data order: the curves agree to float32 rounding.
+    # Same global batch of 64, same data order, same schedule, weight decay, clipping and
+    # weight average: the curves agree to float32 rounding.
     np.testing.assert_allclose(chief["loss"], alone["loss"], rtol=1e-3)
     np.testing.assert_allclose(chief["val_loss"], alone["val_loss"], rtol=1e-3)
+    np.testing.assert_allclose(chief["val_ema_loss"], alone["val_ema_loss"], rtol=1e-3)
+    assert [n for n in chief["notes"] if "kept epoch" in n] == [
+        n for n in alone["notes"] if "kept epoch" in n]
+    for a, b in zip(chief["weights"], alone["weights"]):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def _start_workers(recipe, run_dir, out_dir, ports):
+    import os
+
+    workers = [f"127.0.0.1:{p}" for p in ports]
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(recipe), str(run_dir),
+             str(out_dir / f"worker{index}.json")], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def test_killed_two_worker_run_resumes_on_both_and_matches_an_uninterrupted_one(tmp_path):
+    import time
+
+    recipe = tmp_path / "two_workers.py"
+    recipe.write_text(MULTI_WORKER_RECIPE.replace("num_examples=1024", "num_examples=8192")
+                      .replace("epochs=3", "epochs=5, deterministic=True"))
+    (tmp_path / "whole").mkdir()
+    for proc in _start_workers(recipe, tmp_path / "whole_runs", tmp_path / "whole",
+                               _free_ports(2)):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+
+    (tmp_path / "killed").mkdir()
+    procs = _start_workers(recipe, tmp_path / "runs", tmp_path / "killed", _free_ports(2))
+    deadline = time.time() + 240
+    progress = None
+    while time.time() < deadline:
+        markers = list((tmp_path / "runs").rglob("progress.json"))
+        if markers and json.loads(markers[0].read_text())["next_epoch"] >= 2:
+            progress = markers[0]
+            break
+        time.sleep(0.05)
+    assert progress is not None, "the run never reached epoch 2"
+    procs[1].kill()  # the non-chief dies; the chief's collectives can no longer finish,
+    procs[0].kill()  # so the job is restarted as a whole, as a scheduler would
+    for proc in procs:
+        proc.communicate(timeout=60)
+        assert proc.returncode == -9, "the run finished before it was killed"
+
+    (tmp_path / "resumed").mkdir()
+    for proc in _start_workers(recipe, tmp_path / "runs", tmp_path / "resumed",
+                               _free_ports(2)):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    whole = json.loads((tmp_path / "whole" / "worker0.json").read_text())
+    chief, other = (json.loads((tmp_path / "resumed" / f"worker{i}.json").read_text())
+                    for i in range(2))
+    assert any("resuming" in note for note in chief["notes"])
+    assert any("resuming" in note for note in other["notes"])  # from the chief's directory
+    for a, b, c in zip(whole["weights"], chief["weights"], other["weights"]):
+        np.testing.assert_array_equal(b, c)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -20,7 +20,7 @@ from tftoolkit.models import build_model as _build_model
 from tftoolkit.models import input_size
 from tftoolkit.recipe import Recipe, load_recipe
 from tftoolkit.serving import export_run, predict
-from tftoolkit.training import TrainResult, compare, train
+from tftoolkit.training import TrainResult, compare, lr_find, train
 
 
 def build_model(recipe: Recipe | str, info: DataInfo | None = None) -> keras.Model:
@@ -43,4 +43,4 @@ def export(run_dir: str | Path, to: str | Path | None = None) -> Path:
 
 __all__ = ["DataError", "ExportError", "Recipe", "RecipeError", "TftoolkitError",
            "TrainResult", "WeightsError", "build_model", "compare", "evaluate", "explain",
-           "export", "load_recipe", "predict", "train"]
+           "export", "load_recipe", "lr_find", "predict", "train"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Sequence
 
@@ -44,6 +43,7 @@ def _print_result(result) -> None:
         print(result.recipe.report(result))
     if result.export_dir is not None:
         print(f"exported: {result.export_dir}")
+        _print_formats(result.export_dir)
 
 
 def _cmd_train(args) -> int:
@@ -67,10 +67,32 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_lr_find(args) -> int:
+    from tftoolkit.training import lr_find
+
+    result = lr_find(args.recipe, args.overrides, steps=args.steps, out=args.out)
+    ending = "stopped when the loss diverged" if result.diverged else "no divergence"
+    print(f"swept {len(result.learning_rates)} steps from {result.learning_rates[0]:.2g} to "
+          f"{result.learning_rates[-1]:.2g} ({ending})")
+    print(f"suggested learning rate (valley): {result.suggestion:.3g}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _print_formats(version) -> None:
+    from tftoolkit.serving import formats_table
+
+    table = formats_table(version)
+    if table:
+        print(table)
+
+
 def _cmd_export(args) -> int:
     from tftoolkit.serving import export_run
 
-    print(f"exported: {export_run(args.run_dir, args.to)}")
+    version = export_run(args.run_dir, args.to)
+    print(f"exported: {version}")
+    _print_formats(version)
     return 0
 
 
@@ -88,6 +110,8 @@ def _cmd_evaluate(args) -> int:
     from tftoolkit.evaluation import evaluate, render_report
 
     report, out = evaluate(args.path, args.split, args.tta, args.out)
+    if "note" in report:
+        print(f"tftoolkit: {report['note']}")
     print(render_report(report))
     if "tta" in report:
         print(f"accuracy with TTA ({report['tta']['views']} views): "
@@ -135,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tftoolkit",
         description="Transfer learning and image augmentation recipes for Keras 3.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TensorFlow's start-up logs (also TFTOOLKIT_VERBOSE=1)")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = verbs.add_parser("recipes", help="list bundled recipes")
@@ -154,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default="feature_extraction,fine_tune,scratch",
                    help="comma-separated model.mode values")
     p.set_defaults(fn=_cmd_compare)
+
+    p = verbs.add_parser("lr-find", help="sweep the learning rate over a few hundred steps "
+                                         "and suggest one (fastai's valley rule)")
+    _add_recipe_args(p)
+    p.add_argument("--steps", type=int, default=100, help="sweep length in batches")
+    p.add_argument("--out", default="lr_find.png", help="loss-vs-learning-rate plot")
+    p.set_defaults(fn=_cmd_lr_find)
 
     p = verbs.add_parser("evaluate", help="metrics, confusion matrix and top losses of a "
                                           "run directory or an export")
@@ -206,7 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tftoolkit`` console script."""
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return args.fn(args)
     except TftoolkitError as exc:

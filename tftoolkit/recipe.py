@@ -26,9 +26,10 @@ BUNDLED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def _opt(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-         cli: bool = True) -> Any:
-    """A recipe field with its help text and allowed range."""
-    meta = {"help": help, "min": min, "max": max, "cli": cli}
+         cli: bool = True, aliases: dict | None = None) -> Any:
+    """A recipe field with its help text, allowed range, and older values it accepts
+    (``aliases``: old value -> the choice it now means)."""
+    meta = {"help": help, "min": min, "max": max, "cli": cli, "aliases": aliases or {}}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -55,10 +56,25 @@ class DataConfig:
                                 "validation is held out of it), for quick runs; 0: all", min=0)
     validation_fraction: float = _opt(0.2, "share of training data held out when the source "
                                            "has no validation split", min=0.0, max=0.9)
+    test_fraction: float = _opt(0.1, "share of the data held out as a test split when the "
+                                     "source has none (image folders, arrays), stratified "
+                                     "and seeded; 0: no test split", min=0.0, max=0.5)
     on_bad_file: Literal["error", "skip"] = _opt(
         "error", "undecodable image files: stop with their list, or skip and record them")
     class_weight: Literal["none", "balanced"] = _opt("none", "per-class loss weights")
-    cache: bool = _opt(True, "cache decoded examples in memory")
+    cache: Literal["auto", "memory", "disk", "off"] = _opt(
+        "auto", "keep decoded examples between epochs: memory (images as uint8 at the model's "
+                "input size), disk (tf.data file cache, reused by runs of the same data and "
+                "size), auto (memory when a split fits data.memory_budget_mb, else disk), "
+                "off; true/false mean memory/off", aliases={True: "memory", False: "off"})
+    cache_dir: str = _opt("", "folder of disk caches; empty: <train.run_dir>/<recipe>/"
+                              "data_cache")
+    memory_budget_mb: int = _opt(0, "memory one split may take under data.cache=auto; 0: a "
+                                    "quarter of the memory available when the run starts",
+                                 min=0)
+    shuffle_buffer: int = _opt(2048, "training examples shuffled at a time, from a cache "
+                                     "kept in a seeded random order; 0: the whole split",
+                               min=0)
     autotune: bool = _opt(False, "tf.data's autotuning thread; off by default because ending "
                                  "an iterator waits for it (a 2-4 s stall after 1 to 3 of "
                                  "every 8 fit calls); parallel maps then use the default "
@@ -133,12 +149,32 @@ class TrainConfig:
     epochs: int = _opt(5, "training epochs (first stage of two_stage)", min=1)
     batch_size: int = _opt(32, "global batch size; 0 for gd means the whole training set",
                            min=0)
-    learning_rate: float = _opt(1e-3, "learning rate", min=0.0)
+    learning_rate: float | str = _opt(1e-3, "peak learning rate; auto: run the learning-rate "
+                                            "finder first and use its suggestion", min=0.0)
     scale_lr: bool = _opt(False, "multiply the learning rates by the number of replicas "
                                  "(batch_size is the global batch)")
-    optimizer: Literal["gd", "sgd", "adam"] = _opt(
-        "adam", "gd: full-batch gradient descent; sgd: mini-batch (momentum option); adam")
-    momentum: float = _opt(0.0, "momentum for gd/sgd", min=0.0, max=0.999)
+    optimizer: Literal["gd", "sgd", "adam", "adamw", "rmsprop"] = _opt(
+        "adam", "gd: full-batch gradient descent; sgd: mini-batch (momentum option); adam; "
+                "adamw; rmsprop")
+    momentum: float = _opt(0.0, "momentum for gd/sgd/rmsprop", min=0.0, max=0.999)
+    weight_decay: float = _opt(0.0, "decoupled weight decay, never on BatchNorm parameters, "
+                                    "biases or other 1-D weights", min=0.0)
+    clip_norm: float = _opt(0.0, "clip the global gradient norm to this value; 0: off",
+                            min=0.0)
+    schedule: Literal["constant", "cosine", "one_cycle"] = _opt(
+        "constant", "learning rate per step within each stage: constant, cosine decay to 0, "
+                    "or one-cycle")
+    warmup_epochs: float = _opt(0.0, "linear warmup from 0 at the start of each stage, in "
+                                     "epochs (fractions allowed)", min=0.0)
+    layer_decay: float = _opt(1.0, "fine-tuning: the k-th unfrozen backbone block from the "
+                                   "top learns at lr * layer_decay**k; 1: off", min=1e-6,
+                              max=1.0)
+    ema: float = _opt(0.0, "decay of an exponential moving average of the trainable "
+                           "weights, validated every epoch and kept when it validates "
+                           "better; 0: off", min=0.0, max=0.99999)
+    select_best: str = _opt("", "validation metric (val_accuracy, val_loss, ...) whose best "
+                                "epoch's weights are kept, per stage and overall; empty: the "
+                                "last epoch")
     loss: Literal["auto", "mse", "binary_crossentropy", "categorical_crossentropy",
                   "sparse_categorical_crossentropy"] = _opt(
         "auto", "loss; auto: mse for regression, cross-entropy from the labels otherwise")
@@ -173,9 +209,21 @@ class ExportConfig:
     enabled: bool = _opt(True, "export a SavedModel after training")
     dir: str = _opt("saved_models", "root of exports: <dir>/<recipe>/<version>/")
     tolerance: float = _opt(1e-5, "max abs difference allowed by the parity check", min=0.0)
-    formats: list[Literal["tflite", "onnx"]] = _opt(
-        [], "extra formats beside the SavedModel: tflite (LiteRT); onnx is refused with the "
-            "reason")
+    formats: list[Literal["tflite", "tflite_dynamic", "tflite_float16", "tflite_int8",
+                          "onnx"]] = _opt(
+        [], "extra formats beside the SavedModel: tflite (LiteRT, float), tflite_dynamic, "
+            "tflite_float16, tflite_int8 (quantized, each measured on the validation and "
+            "test splits); onnx is refused with the reason")
+    int8_io: Literal["float", "uint8", "int8"] = _opt(
+        "float", "input and output type of tflite_int8 (float: the same pre-processing as "
+                 "every other format)")
+    calibration_steps: int = _opt(8, "training batches (no augmentation) that calibrate "
+                                     "tflite_int8", min=1)
+    eval_examples: int = _opt(0, "validation and test examples each quantized file is "
+                                 "measured on; 0: all", min=0)
+    max_accuracy_drop: float = _opt(0.02, "a quantized file that loses more accuracy than "
+                                          "this against the float model (or gains more "
+                                          "loss, for regression) is not written", min=0.0)
 
 
 SECTIONS = {
@@ -300,6 +348,9 @@ def _coerce(dotted: str, fld: dataclasses.Field, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin is Literal:
         choices = typing.get_args(hint)
+        aliases = fld.metadata.get("aliases", {})
+        if isinstance(value, bool) and value in aliases:
+            value = aliases[value]
         if value not in choices:
             raise RecipeError(f"{dotted}={value!r} is not a valid choice"
                               f"{did_you_mean(str(value), [str(c) for c in choices])} "
@@ -345,7 +396,9 @@ def _coerce_scalar(dotted: str, fld: dataclasses.Field, value: Any,
 
 
 def validate(recipe: Recipe) -> Recipe:
-    """Check every field of ``recipe`` (types, ranges, choices) and cross-field rules."""
+    """Check every field of ``recipe`` (types, ranges, choices) and cross-field rules;
+    returns the recipe with each value in its field's type (``1`` -> ``1.0`` for a float,
+    an older alias -> the choice it means)."""
     if not isinstance(recipe, Recipe):
         raise RecipeError(f"expected a Recipe, got {type(recipe).__name__}")
     for section_name, cls in SECTIONS.items():
@@ -354,10 +407,13 @@ def validate(recipe: Recipe) -> Recipe:
             raise RecipeError(f"recipe {recipe.name!r}: section {section_name!r} must be a "
                               f"{cls.__name__}, got {type(section).__name__}")
         hints = section_types(cls)
-        for fld in dataclasses.fields(section):
-            if fld.metadata.get("cli", True):
-                _coerce(f"{section_name}.{fld.name}", fld, getattr(section, fld.name),
-                        hints[fld.name])
+        coerced = {fld.name: _coerce(f"{section_name}.{fld.name}", fld,
+                                     getattr(section, fld.name), hints[fld.name])
+                   for fld in dataclasses.fields(section) if fld.metadata.get("cli", True)}
+        changed = {k: v for k, v in coerced.items() if v is not getattr(section, k)}
+        if changed:
+            recipe = dataclasses.replace(recipe, **{
+                section_name: dataclasses.replace(section, **changed)})
     _check_combinations(recipe)
     return recipe
 
@@ -379,6 +435,13 @@ def _check_combinations(recipe: Recipe) -> None:
                           f"needs one-hot labels, but train.loss={recipe.train.loss!r}; use "
                           "train.loss=categorical_crossentropy (or auto)")
     t = recipe.train
+    if isinstance(t.learning_rate, str) and t.learning_rate != "auto":
+        raise RecipeError(f"train.learning_rate={t.learning_rate!r}: expected a number or "
+                          "'auto' (the learning-rate finder's suggestion)")
+    if t.select_best and not t.select_best.startswith("val_"):
+        raise RecipeError(f"train.select_best={t.select_best!r}: epochs are selected on a "
+                          "validation metric (val_accuracy, val_loss, ...), never on "
+                          "training or test figures")
     if t.batch_size == 0 and t.optimizer != "gd":
         raise RecipeError("train.batch_size=0 (whole training set) is only for "
                           "train.optimizer='gd'")

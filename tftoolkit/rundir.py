@@ -49,7 +49,8 @@ class RunDir:
     LOGS = "logs"
     CHECKPOINTS = "checkpoints"
     PROGRESS = "progress.json"
-    STAGE_WEIGHTS = "checkpoints/stage_end.npz"
+    LR_FIND = "lr_find.json"        # train.learning_rate=auto: the sweep and suggestion
+    LR_FIND_PLOT = "lr_find.png"
     MODEL = "model.keras"
     PARITY_INPUTS = "parity_inputs.npy"
     SKIPPED_FILES = "skipped_files.txt"
@@ -108,6 +109,15 @@ class RunDir:
             if saved == wanted:
                 return run
         return None
+
+    def stage_weights(self, stage: int) -> Path:
+        """The inference model's weights as stage ``stage`` (0-based) left them."""
+        return self.path / self.CHECKPOINTS / f"stage-{stage}.npz"
+
+    def best_record(self, stage: int) -> dict | None:
+        """The best epoch of stage ``stage`` by ``train.select_best``, if recorded."""
+        path = self.path / self.CHECKPOINTS / f"best-{stage}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
     @classmethod
     def is_run_dir(cls, path: str | Path) -> bool:

@@ -2,6 +2,8 @@
 
 from tftoolkit.training.comparison import Comparison, compare
 from tftoolkit.training.optim import compile_model
-from tftoolkit.training.runner import TrainResult, train
+from tftoolkit.training.lr_find import LrFindResult
+from tftoolkit.training.runner import TrainResult, lr_find, train
 
-__all__ = ["Comparison", "TrainResult", "compare", "compile_model", "train"]
+__all__ = ["Comparison", "LrFindResult", "TrainResult", "compare", "compile_model", "lr_find",
+           "train"]

@@ -1,8 +1,15 @@
-"""Keras callbacks the training loop adds to every run."""
+"""Keras callbacks the training loop adds to runs: epoch-only TensorBoard, validation of
+the weights' moving average, best-epoch keeping, honest validation of scratch BatchNorm."""
 
 from __future__ import annotations
 
+import json
+
 import keras
+import numpy as np
+
+from tftoolkit.rundir import replace_atomically
+from tftoolkit.training.batchnorm import recalibrate_batchnorm
 
 
 class EpochTensorBoard(keras.callbacks.TensorBoard):
@@ -22,3 +29,120 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
 
     def __init__(self, log_dir: str):
         super().__init__(log_dir, write_graph=False, update_freq="epoch", profile_batch=0)
+
+
+def _ema_values(model: keras.Model) -> dict[int, object]:
+    """id(variable) -> its moving average, for the variables the optimizer averages."""
+    optimizer = model.optimizer
+    return {id(v): avg for v, avg in zip(optimizer._trainable_variables,
+                                         optimizer._model_variables_moving_average)
+            if avg is not None}
+
+
+class EmaValidation(keras.callbacks.Callback):
+    """After each epoch, validate the weights' moving average too: logs ``val_ema_<k>``
+    beside the ``val_<k>`` of the weights themselves."""
+
+    def __init__(self, validation_data, evaluate):
+        super().__init__()
+        self.validation_data, self.evaluate = validation_data, evaluate
+
+    def on_epoch_end(self, epoch, logs=None):
+        averages = _ema_values(self.model)
+        variables = [v for v in self.model.trainable_variables if id(v) in averages]
+        current = [v.value.numpy() for v in variables]
+        for variable in variables:
+            variable.assign(averages[id(variable)])
+        try:
+            figures = self.evaluate(self.model, self.validation_data)
+        finally:
+            for variable, value in zip(variables, current):
+                variable.assign(value)
+        if logs is not None:
+            logs.update({f"val_ema_{k}": v for k, v in figures.items()})
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Keep the weights (or their moving average) that score best on ``monitor``.
+
+    After each epoch the candidates are the weights (``monitor``) and, with EMA, their
+    average (``val_ema_...``). An improvement is written to ``checkpoints/best-<stage>``
+    (so a resumed stage still knows its best); at the end of the stage the best is put
+    back into the model. ``across_epochs=False`` compares only the last epoch's weights
+    with their average.
+    """
+
+    def __init__(self, run, stage: int, monitor: str, *, ema: bool, across_epochs: bool):
+        super().__init__()
+        self.run, self.stage, self.monitor = run, stage, monitor
+        self.ema, self.across_epochs = ema, across_epochs
+        self.lower_is_better = monitor.endswith("loss")
+        self.best: dict | None = None
+        self._weights: list | None = None
+
+    @property
+    def _files(self):
+        stem = f"checkpoints/best-{self.stage}"
+        return self.run / f"{stem}.json", self.run / f"{stem}.npz"
+
+    def on_train_end(self, logs=None):
+        if self._weights is not None:
+            self.model.set_weights(self._weights)
+            if not self.across_epochs:
+                self._save()
+
+    def _better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        best = self.best["value"]
+        return value < best if self.lower_is_better else value > best
+
+    def on_train_begin(self, logs=None):
+        record, weights = self._files
+        if self.across_epochs and record.is_file() and weights.is_file():  # a resumed stage
+            self.best = json.loads(record.read_text())
+            with np.load(weights) as saved:
+                self._weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if not self.across_epochs:
+            self.best = self._weights = None
+        candidates = [("weights", self.monitor)]
+        if self.ema:
+            candidates.append(("ema", self.monitor.replace("val_", "val_ema_", 1)))
+        for source, key in candidates:
+            value = logs.get(key)
+            if value is None or not np.isfinite(value) or not self._better(float(value)):
+                continue
+            self.best = {"stage": self.stage, "epoch": epoch + 1, "weights": source,
+                         "metric": self.monitor, "value": float(value)}
+            self._weights = self._snapshot(source)
+            if self.across_epochs:
+                self._save()
+
+    def _snapshot(self, source: str) -> list[np.ndarray]:
+        if source == "weights":
+            return self.model.get_weights()
+        averages = _ema_values(self.model)
+        return [np.asarray(averages[id(v)].numpy() if id(v) in averages else v.numpy())
+                for v in self.model.weights]
+
+    def _save(self) -> None:
+        record, weights = self._files
+        replace_atomically(weights, lambda p: np.savez(p, *self._weights))
+        replace_atomically(record, lambda p: p.write_text(json.dumps(self.best)))
+
+
+
+class RecalibrateBeforeValidation(keras.callbacks.Callback):
+    """Before each validation pass, re-estimate the BatchNorm statistics of ``model`` from
+    un-augmented training batches, so a from-scratch network validates honestly while its
+    moving averages still lag behind its weights."""
+
+    def __init__(self, model: keras.Model, batches):
+        super().__init__()
+        self.inference_model, self.batches = model, batches
+
+    def on_test_begin(self, logs=None):
+        recalibrate_batchnorm(self.inference_model, self.batches)

@@ -71,13 +71,13 @@ class SaveProgress(keras.callbacks.Callback):
 
 def finish_stage(run: RunDir, stage: int, next_epoch: int, model: keras.Model) -> None:
     """Keep the inference model's weights at the end of a stage; mark the stage done."""
-    replace_atomically(run / RunDir.STAGE_WEIGHTS, lambda p: np.savez(p, *model.get_weights()))
+    replace_atomically(run.stage_weights(stage), lambda p: np.savez(p, *model.get_weights()))
     run.write_progress(Progress(stage + 1, next_epoch))
 
 
-def restore_stage_weights(run: RunDir, model: keras.Model) -> None:
-    """The inference model's weights as the last finished stage left them."""
-    with np.load(run / RunDir.STAGE_WEIGHTS) as saved:
+def restore_stage_weights(run: RunDir, stage: int, model: keras.Model) -> None:
+    """The inference model's weights as stage ``stage`` left them."""
+    with np.load(run.stage_weights(stage)) as saved:
         model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
 
 

@@ -72,6 +72,15 @@ class _Steps:
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
         grads = tape.gradient(loss, model.trainable_variables)
+        clip = model.optimizer.global_clipnorm
+        if clip:
+            # Keras clips the gradient it is given, before its all-reduce: each replica's
+            # share. Clip the whole batch's gradient instead, then hand the optimizer this
+            # replica's 1/N of it (whose norm is below the bound, so Keras leaves it).
+            context = tf.distribute.get_replica_context()
+            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            grads, _ = tf.clip_by_global_norm(grads, clip)
+            grads = [g / context.num_replicas_in_sync for g in grads]
         model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss, tf.reduce_sum(hits), tf.cast(tf.shape(hits)[0], tf.float32)
 

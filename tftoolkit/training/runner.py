@@ -9,6 +9,7 @@ evaluates, saves, plots and exports.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +29,18 @@ from tftoolkit.rundir import Progress, RunDir
 from tftoolkit.serving import export_run, save_parity_inputs
 from tftoolkit.training import distributed
 from tftoolkit.training.batchnorm import recalibrate_batchnorm
-from tftoolkit.training.callbacks import EpochTensorBoard
+from tftoolkit.training.callbacks import (EmaValidation, EpochTensorBoard, KeepBest,
+                                          RecalibrateBeforeValidation)
 from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, restore_stage_weights,
                                            restore_state)
 from tftoolkit.training.distributed import is_chief
 from tftoolkit.training.feature_cache import cache_plan, cached_datasets, split_at_features
-from tftoolkit.training.optim import compile_model
+from tftoolkit.training.lr_find import LrFindResult, sweep
+from tftoolkit.training.optim import compile_model, learning_rate_schedule
 from tftoolkit.training.plots import plot_history
 from tftoolkit.training.runtime import (choose_strategy, precision_policy, seed_everything,
                                         strategy_name)
-from tftoolkit.training.stages import Stage, StageInputs, plan_stages
+from tftoolkit.training.stages import Stage, StageInputs, plan_stages, stage_modes
 
 
 @dataclass
@@ -56,20 +59,26 @@ class TrainResult:
 
 
 @dataclass
-class _Run:
-    """Everything the stages of one run share."""
+class _Setup:
+    """The data and the models of a run, before any run directory."""
 
     recipe: Recipe
     strategy: tf.distribute.Strategy
     data: DataBundle
     batch_size: int
-    run: RunDir                     # where this process writes
-    resume_from: RunDir | None      # the unfinished run continued, if any
-    progress: Progress | None
     model: keras.Model              # the inference model
     graph: keras.Model              # augmentation -> model, what trains on images
     augmenter: Augmenter
     notes: list[str]
+
+
+@dataclass
+class _Run(_Setup):
+    """Everything the stages of one run share."""
+
+    run: RunDir = None              # where this process writes
+    resume_from: RunDir | None = None   # the unfinished run continued, if any
+    progress: Progress | None = None
 
     def resumes(self, stage: Stage) -> bool:
         """Whether ``stage`` continues from a saved epoch of the resumed run."""
@@ -96,9 +105,13 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None) -> Tr
         if lr_scale > 1:
             run.notes.append(f"learning rates scaled by {lr_scale} replicas (train.scale_lr)")
         start = time.perf_counter()
-        for stage in plan_stages(recipe, lr_scale):
+        if t.learning_rate == "auto":
+            run.recipe = _found_learning_rate(run)
+        stages = plan_stages(run.recipe, lr_scale)
+        for stage in stages:
             if not run.finished_before(stage):
                 _run_stage(run, stage)
+        _keep_best_stage(run, stages)
         if recipe.model.mode == "scratch":
             used = recalibrate_batchnorm(run.model, run.data.dataset(
                 "train", batch_size=run.batch_size))
@@ -120,14 +133,24 @@ def _batch_size(recipe: Recipe, data: DataBundle) -> int:
     return n
 
 
-def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy) -> _Run:
-    """Load the data, build the model, and create the run directory or find the one to
-    resume. Only the chief writes the run directory; the other workers of a multi-worker
-    run resume from the chief's (a shared filesystem) and write scratch files elsewhere."""
-    t = recipe.train
+def _prepare(recipe: Recipe, strategy: tf.distribute.Strategy) -> _Setup:
+    """Load the data; build the augmentation, the inference model and the training graph."""
     data = load_data(recipe, input_size(recipe))
-    info = data.info
-    notes = [f"strategy: {strategy_name(strategy)}"]
+    augmenter = build_augmenter(recipe.augment, data.info.image_size, recipe.train.seed)
+    with strategy.scope():
+        model = build_model(recipe, data.info)
+        graph = training_model(model, augmenter)
+    return _Setup(recipe, strategy, data, _batch_size(recipe, data), model, graph, augmenter,
+                  [f"strategy: {strategy_name(strategy)}"])
+
+
+def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy) -> _Run:
+    """Prepare data and model, and create the run directory or find the one to resume.
+    Only the chief writes the run directory; the other workers of a multi-worker run
+    resume from the chief's (a shared filesystem) and write scratch files elsewhere."""
+    t = recipe.train
+    setup = _prepare(recipe, strategy)
+    info, notes = setup.data.info, setup.notes
     resume_from = RunDir.find_resumable(t.run_dir, recipe) if t.resume else None
     progress = resume_from.progress() if resume_from else None
     if progress:
@@ -150,17 +173,12 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy) -> _Run:
                 "".join(f"{path}\t{why}\n" for path, why in info.bad_files))
             notes.append(f"skipped {len(info.bad_files)} unreadable file(s); list in "
                          f"{run / RunDir.SKIPPED_FILES}")
-    augmenter = build_augmenter(recipe.augment, info.image_size, t.seed)
-    with strategy.scope():
-        model = build_model(recipe, info)
-        graph = training_model(model, augmenter)
     if progress and progress.stage > 0:
-        restore_stage_weights(resume_from, model)
-    return _Run(recipe, strategy, data, _batch_size(recipe, data), run, resume_from,
-                progress, model, graph, augmenter, notes)
+        restore_stage_weights(resume_from, progress.stage - 1, setup.model)
+    return _Run(**vars(setup), run=run, resume_from=resume_from, progress=progress)
 
 
-def _stage_inputs(run: _Run, stage: Stage, first_epoch: int) -> StageInputs:
+def _stage_inputs(run: _Setup, stage: Stage, first_epoch: int) -> StageInputs:
     """The training graph on images, or the head alone on cached backbone features when
     the stage freezes the backbone and the cache applies."""
     recipe, data = run.recipe, run.data
@@ -183,11 +201,30 @@ def _stage_inputs(run: _Run, stage: Stage, first_epoch: int) -> StageInputs:
         data.steps_per_epoch("train", run.batch_size))
 
 
-def _callbacks(run: _Run, stage: Stage, has_validation: bool) -> list[keras.callbacks.Callback]:
+def _monitor(run: _Run) -> str:
+    """The validation metric that keeps epochs: ``train.select_best``, or for comparing
+    weights with their average, the task's own."""
+    return run.recipe.train.select_best or (
+        "val_accuracy" if run.data.info.label_encoding.is_classification else "val_loss")
+
+
+def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callbacks.Callback]:
+    """Callbacks that change the logs first (EMA validation, best-epoch keeping), then
+    those that record them, then the per-epoch resume state."""
     t = run.recipe.train
-    callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.CSVLogger(str(run.run / RunDir.HISTORY), append=True),
-        EpochTensorBoard(str(run.run / RunDir.LOGS))]
+    has_validation = inputs.val is not None
+    callbacks: list[keras.callbacks.Callback] = []
+    if run.recipe.model.mode == "scratch" and has_validation:
+        callbacks.append(RecalibrateBeforeValidation(
+            run.model, run.data.dataset("train", batch_size=run.batch_size)))
+    if t.ema and has_validation:
+        callbacks.append(EmaValidation(inputs.val, lambda model, data: distributed.evaluate(
+            model, data, strategy=run.strategy, global_batch_size=run.batch_size)))
+    if has_validation and (t.select_best or t.ema):
+        callbacks.append(KeepBest(run.run, stage.index, _monitor(run), ema=bool(t.ema),
+                                  across_epochs=bool(t.select_best)))
+    callbacks += [keras.callbacks.CSVLogger(str(run.run / RunDir.HISTORY), append=True),
+                  EpochTensorBoard(str(run.run / RunDir.LOGS))]
     if t.early_stopping and has_validation:
         callbacks.append(keras.callbacks.EarlyStopping(
             patience=t.early_stopping, restore_best_weights=True))
@@ -201,21 +238,105 @@ def _run_stage(run: _Run, stage: Stage) -> None:
     """Freeze or unfreeze for the stage's mode, compile, restore a saved epoch if this
     stage is being resumed, fit, and keep the stage's end state."""
     recipe = run.recipe
+    t = recipe.train
     first_epoch = run.progress.next_epoch if run.resumes(stage) else stage.first_epoch
     set_trainable(run.model, stage.mode, recipe.model.unfreeze)
     inputs = _stage_inputs(run, stage, first_epoch)
+    steps = t.steps_per_epoch or inputs.steps_per_epoch
+    # The schedule spans the whole stage; a resumed stage continues it from the
+    # optimizer's restored step count.
+    learning_rate = learning_rate_schedule(t, stage.learning_rate, stage.epochs * steps, steps)
+    fine_tuning = stage.mode == "fine_tune" and inputs.model is run.graph
     with run.strategy.scope():
-        compile_model(inputs.model, recipe, run.data.info, stage.learning_rate)
+        compile_model(inputs.model, recipe, run.data.info, learning_rate,
+                      layer_decay_model=run.model if fine_tuning else None)
         if run.resumes(stage):
             restore_state(run.resume_from, run.progress, inputs.model)
     distributed.fit(inputs.model, inputs.train, strategy=run.strategy,
                     global_batch_size=run.batch_size, epochs=stage.end,
-                    initial_epoch=first_epoch,
-                    steps_per_epoch=recipe.train.steps_per_epoch or inputs.steps_per_epoch,
-                    validation_data=inputs.val,
-                    callbacks=_callbacks(run, stage, inputs.val is not None),
-                    verbose=recipe.train.verbose)
+                    initial_epoch=first_epoch, steps_per_epoch=steps,
+                    validation_data=inputs.val, callbacks=_callbacks(run, stage, inputs),
+                    verbose=t.verbose)
+    best = run.run.best_record(stage.index)
+    if best is not None:
+        source = "the weights' moving average" if best["weights"] == "ema" else "the weights"
+        run.notes.append(f"stage {stage.index + 1} ({stage.mode}): kept epoch "
+                         f"{best['epoch']} ({source}), {best['metric']} {best['value']:.4f}")
     finish_stage(run.run, stage.index, stage.end, run.model)
+
+
+def _keep_best_stage(run: _Run, stages: list[Stage]) -> None:
+    """With ``train.select_best``, end with the best stage's weights: fine-tuning that
+    validates worse than the stage before it is not kept."""
+    if not run.recipe.train.select_best or len(stages) < 2:
+        return
+    records = {s.index: run.run.best_record(s.index) for s in stages}
+    records = {i: r for i, r in records.items() if r is not None}
+    if len(records) < 2:
+        return
+    sign = -1 if run.recipe.train.select_best.endswith("loss") else 1
+    best = max(records, key=lambda i: (sign * records[i]["value"], i))
+    last = stages[-1].index
+    if best != last:
+        restore_stage_weights(run.run, best, run.model)
+        run.notes.append(f"kept stage {best + 1} ({stages[best].mode}): its "
+                         f"{records[best]['metric']} {records[best]['value']:.4f} beats the "
+                         f"last stage's {records[last]['value']:.4f}")
+
+
+def _found_learning_rate(run: _Run) -> Recipe:
+    """``train.learning_rate=auto``: the finder's suggestion (found once per run and kept
+    in the run directory, so a resumed run uses the same)."""
+    if distributed.needs_own_loop(run.strategy):
+        raise RecipeError("train.learning_rate=auto sweeps with Keras' fit, which fails "
+                          "under MultiWorkerMirroredStrategy: run `tftoolkit lr-find` on one "
+                          "machine and set train.learning_rate to its suggestion")
+    saved = run.resume_from and (run.resume_from / RunDir.LR_FIND).is_file()
+    if saved:
+        found = run.resume_from.read_json(RunDir.LR_FIND)
+    else:
+        finder = _sweep_first_stage(run)
+        found = finder.to_dict()
+        run.run.write_json(RunDir.LR_FIND, found)
+        finder.plot(run.run / RunDir.LR_FIND_PLOT)
+    run.notes.append(f"train.learning_rate=auto: {found['suggestion']:.3g} (learning-rate "
+                     f"finder, {len(found['learning_rates'])} steps)")
+    t = run.recipe.train
+    fine_tune_first = run.recipe.model.mode == "fine_tune"
+    return dataclasses.replace(run.recipe, train=dataclasses.replace(
+        t, learning_rate=found["suggestion"],
+        fine_tune_learning_rate=(found["suggestion"] if fine_tune_first
+                                 and not t.fine_tune_learning_rate
+                                 else t.fine_tune_learning_rate)))
+
+
+def _sweep_first_stage(setup: _Setup, steps: int = 100) -> LrFindResult:
+    """The learning-rate sweep on what the first stage trains (the head alone on cached
+    features when the backbone is frozen); the models' weights are put back after."""
+    stage = Stage(0, stage_modes(setup.recipe)[0], 0, setup.recipe.train.epochs, 0.0)
+    set_trainable(setup.model, stage.mode, setup.recipe.model.unfreeze)
+    inputs = _stage_inputs(setup, stage, 0)
+    weights = inputs.model.get_weights()
+    with setup.strategy.scope():
+        compile_model(inputs.model, setup.recipe, setup.data.info, 1e-7)
+    try:
+        return sweep(inputs.model, inputs.train, steps=steps)
+    finally:
+        inputs.model.set_weights(weights)
+
+
+def lr_find(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
+            steps: int = 100, out: str | Path | None = None) -> LrFindResult:
+    """Sweep the learning rate over ``steps`` batches of the recipe's first stage and
+    suggest one (writes the loss-vs-rate plot to ``out`` when given)."""
+    recipe = load_recipe(recipe, overrides)
+    strategy = choose_strategy(recipe.train)
+    with precision_policy(recipe.train.precision):
+        seed_everything(recipe.train.seed, recipe.train.deterministic)
+        result = _sweep_first_stage(_prepare(recipe, strategy), steps)
+    if out is not None:
+        result.plot(out)
+    return result
 
 
 def evaluate_model(model: keras.Model, data: DataBundle, recipe: Recipe, batch_size: int,
@@ -276,8 +397,9 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
     plot_history(history, run.run / RunDir.CURVES, title=recipe.name)
     save_parity_inputs(run.run, run.data)
     run.run.write_json(RunDir.METRICS, metrics)
+    run.notes.extend(note for note in run.data.notes if note not in run.notes)
     result = TrainResult(recipe, model, history, run.run.path, run.data.info, metrics,
                          train_seconds, notes=run.notes)
     if recipe.export.enabled and is_chief(run.strategy):
-        result.export_dir = export_run(run.run.path, model=model)
+        result.export_dir = export_run(run.run.path, model=model, data=run.data)
     return result

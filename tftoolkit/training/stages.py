@@ -42,6 +42,12 @@ class StageInputs:
     steps_per_epoch: int
 
 
+def stage_modes(recipe: Recipe) -> list[str]:
+    """The transfer mode of each stage of ``recipe``, in order."""
+    mode = recipe.model.mode
+    return ["feature_extraction", "fine_tune"] if mode == "two_stage" else [mode]
+
+
 def plan_stages(recipe: Recipe, lr_scale: float = 1.0) -> list[Stage]:
     """The stages of ``recipe``; learning rates multiplied by ``lr_scale``."""
     t, mode = recipe.train, recipe.model.mode
