@@ -61,7 +61,8 @@ def test_default_run_stops_before_training_and_names_exactly_the_bad_files(messy
 def test_skip_trains_on_the_good_files_and_records_the_bad_ones(messy_folder, quiet):
     root, bad = messy_folder
     result = tftoolkit.train(_folder_recipe(root, on_bad_file="skip",
-                                            validation_fraction=0.0), quiet)
+                                            validation_fraction=0.0, test_fraction=0.0),
+                             quiet)
     assert result.info.counts["train"] == 12 + 5  # every good file, odd formats included
     skipped = (result.run_dir / "skipped_files.txt").read_text()
     assert sorted(line.split("\t")[0] for line in skipped.splitlines()) == bad
@@ -124,7 +125,7 @@ def test_balanced_class_weights_change_the_loss():
     x = np.random.default_rng(0).normal(size=(40, 2)).astype("float32")
     y = np.array([0] * 36 + [1] * 4)
     base = Recipe(name="imb", data=DataConfig(source="arrays", arrays={"train": (x, y)},
-                                              validation_fraction=0.0),
+                                              validation_fraction=0.0, test_fraction=0.0),
                   model=ModelConfig(architecture="linear"),
                   train=TrainConfig(batch_size=40, loss="categorical_crossentropy"))
     balanced = replace(base, data=replace(base.data, class_weight="balanced"))
@@ -287,3 +288,17 @@ def test_max_examples_caps_each_source_split_before_validation_is_held_out():
     # 10 per class kept by the cap; a quarter of each class (rounded) held out
     assert np.bincount(data.splits["val"].labels).tolist() == [2, 2, 2, 2]
     assert np.bincount(data.splits["train"].labels).tolist() == [8, 8, 8, 8]
+
+
+def test_a_folder_gets_a_stratified_seeded_test_split(image_folder):
+    recipe = _folder_recipe(image_folder, validation_fraction=0.25, test_fraction=0.25)
+    data = load_data(recipe, 32)
+    assert data.info.counts == {"train": 14, "test": 6, "val": 4}
+    for split in ("train", "val", "test"):  # both classes in every split
+        assert set(data.splits[split].labels.tolist()) == {0, 1}
+    again = load_data(recipe, 32)
+    np.testing.assert_array_equal(data.splits["test"].paths, again.splits["test"].paths)
+    assert not set(data.splits["test"].paths) & set(data.splits["train"].paths)
+    assert not set(data.splits["test"].paths) & set(data.splits["val"].paths)
+    none = load_data(_folder_recipe(image_folder, test_fraction=0.0), 32)
+    assert "test" not in none.splits

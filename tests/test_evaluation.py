@@ -107,9 +107,23 @@ def test_evaluate_writes_tables_and_figures(tmp_path, image_folder, quiet):
     assert sum(map(sum, report["confusion_matrix"])) == result.info.counts["val"]
     for name in ("per_class.csv", "confusion_matrix.png", "top_losses.png"):
         assert (out / name).stat().st_size > 0
-    bad = subprocess.run([sys.executable, "-m", "tftoolkit", "evaluate", str(result.run_dir),
-                          "--split", "test"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "split 'test' does not exist" in bad.stderr
+    # The folder got a held-out test split (data.test_fraction), so the default works...
+    tested = subprocess.run(["tftoolkit", "evaluate", str(result.export_dir)],
+                            capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stderr
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["split"] == "test" and report["examples"] == result.info.counts["test"]
+    # ...and without one, evaluation falls back to validation and says so.
+    no_test = tftoolkit.train(recipe, {**quiet, "data.test_fraction": 0.0,
+                                       "export.enabled": False})
+    fallback = subprocess.run(["tftoolkit", "evaluate", str(no_test.run_dir)],
+                              capture_output=True, text=True)
+    assert fallback.returncode == 0, fallback.stderr
+    assert "no test split" in fallback.stdout and "evaluated on the val split" in fallback.stdout
+    bad = subprocess.run(["tftoolkit", "evaluate", str(result.run_dir), "--split", "holdout"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "split 'holdout' does not exist" in bad.stderr
+    assert "oneDNN" not in bad.stderr and "absl" not in bad.stderr  # no TensorFlow banner
     shown = subprocess.run([sys.executable, "-m", "tftoolkit", "explain",
                             str(result.run_dir), str(next(image_folder.rglob("*.png"))),
                             "--out", str(tmp_path / "cams")], capture_output=True, text=True)

@@ -117,11 +117,13 @@ def test_existing_versions_are_never_overwritten(tmp_path, monkeypatch):
     (root / "1" / "keep.txt").write_text("v1")
     model = _model_with_augmentation_inside()
     assert _export(model, root).name == "2"
-    monkeypatch.setattr(savedmodel, "next_version", lambda r: 1)  # a racing writer
-    with pytest.raises(ExportError, match="not overwriting"):
-        _export(model, root)
+    # A racing writer: this export computed version 1 while another took it.
+    monkeypatch.setattr(savedmodel, "next_version", lambda r: 1)
+    third = _export(model, root)
+    assert third.name == "3"
+    assert json.loads((third / "model_card.json").read_text())["version"] == 3
     assert (root / "1" / "keep.txt").read_text() == "v1"
-    assert sorted(p.name for p in root.iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in root.iterdir()) == ["1", "2", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +165,21 @@ def test_export_verb_writes_the_next_version(trained_export, tmp_path):
                           text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "elsewhere" / "1" / "saved_model.pb").is_file()
+
+
+def test_two_exports_at_once_each_get_their_own_version(trained_export, tmp_path):
+    result, _ = trained_export
+    command = [sys.executable, "-m", "tftoolkit", "export", str(result.run_dir), "--to",
+               str(tmp_path / "shared")]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-2000:]
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["1", "2"]
+    for version in ("1", "2"):
+        card = json.loads((tmp_path / "shared" / version / "model_card.json").read_text())
+        assert card["version"] == int(version)
 
 
 def test_saved_model_cli_lists_and_runs_the_signatures(trained_export, tmp_path):

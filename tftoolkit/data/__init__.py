@@ -8,10 +8,12 @@ a :class:`DataBundle`; ``DataBundle.dataset(split, ...)`` builds a batched pipel
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from tftoolkit.data.cache import plan_cache
 from tftoolkit.data.pipeline import make_dataset
 from tftoolkit.data.sources import Examples, load_source
 from tftoolkit.data.splits import stratified_cap, stratified_split
@@ -19,6 +21,10 @@ from tftoolkit.errors import DataError
 from tftoolkit.labels import ENCODING_OF_LOSS, ENCODINGS, LabelEncoding
 from tftoolkit.models.registry import get_architecture
 from tftoolkit.recipe import Recipe
+
+# Sources a test split is held out of (data.test_fraction) when they have none; TFDS
+# splits are named by the user, and synthetic data is a teaching example.
+SOURCES_WITHOUT_TEST_SPLIT = ("folder", "arrays")
 
 
 @dataclass
@@ -70,6 +76,7 @@ class DataBundle:
     recipe: Recipe
     splits: dict[str, Examples]
     info: DataInfo
+    notes: list[str] = field(default_factory=list)   # how each split is cached
 
     def class_weights(self) -> np.ndarray | None:
         """Per-class weights n / (k * n_c) when ``data.class_weight = 'balanced'``."""
@@ -87,14 +94,32 @@ class DataBundle:
         """A batched ``tf.data.Dataset`` of ``split``; for training an endless, per-epoch
         shuffled (and augmented) stream starting at ``first_epoch``."""
         cfg, train = self.recipe.data, self.recipe.train
+        examples = self.splits[split]
+        if training and examples.dataset is None:  # a seeded random order, so that a
+            # bounded shuffle buffer mixes classes (TFDS files are shuffled by TFDS)
+            examples = examples.subset(np.random.default_rng(train.seed).permutation(
+                len(examples)))
+        cache = plan_cache(cfg.cache, examples, split=split, image_size=self.info.image_size,
+                           settings={"resize": cfg.resize_method,
+                                     "order": f"seed {train.seed}" if training else "read"},
+                           cache_root=self.cache_root(), budget_mb=cfg.memory_budget_mb)
+        if not any(n.startswith(f"data cache for {split}:") for n in self.notes):
+            self.notes.append(cache.note)
         return make_dataset(
-            self.splits[split], batch_size=train.batch_size if batch_size is None
-            else batch_size, image_size=self.info.image_size,
-            encoding=self.info.label_encoding,
+            examples, batch_size=train.batch_size if batch_size is None else batch_size,
+            image_size=self.info.image_size, encoding=self.info.label_encoding,
             num_classes=self.info.num_classes, training=training, seed=train.seed,
-            resize_method=cfg.resize_method, cache=cfg.cache, autotune=cfg.autotune,
+            resize_method=cfg.resize_method, cache=cache.mode, cache_path=cache.path,
+            shuffle_buffer=cfg.shuffle_buffer, autotune=cfg.autotune,
             class_weights=self.class_weights() if training else None,
             augment=augment, first_epoch=first_epoch)
+
+    def cache_root(self) -> Path:
+        """The folder of this data's disk caches."""
+        cfg = self.recipe.data
+        if cfg.cache_dir:
+            return Path(cfg.cache_dir).expanduser()
+        return Path(self.recipe.train.run_dir) / self.recipe.name / "data_cache"
 
 
 def _label_encoding(recipe: Recipe, task: str, num_classes: int) -> str:
@@ -130,6 +155,11 @@ def load_data(recipe: Recipe, image_size: int | None = None) -> DataBundle:
         for name, examples in splits.items():
             splits[name] = examples.subset(stratified_cap(examples.labels, cfg.max_examples,
                                                           seed))
+    if ("test" not in splits and cfg.test_fraction > 0
+            and cfg.source in SOURCES_WITHOUT_TEST_SPLIT):
+        keep, held = stratified_split(splits["train"].labels, cfg.test_fraction, seed + 1)
+        splits["test"] = splits["train"].subset(held)
+        splits["train"] = splits["train"].subset(keep)
     if "val" not in splits and cfg.validation_fraction > 0:
         keep, held = stratified_split(splits["train"].labels, cfg.validation_fraction, seed)
         splits["val"] = splits["train"].subset(held)

@@ -25,14 +25,23 @@ from tftoolkit.evaluation.plots import plot_confusion_matrix, plot_top_losses
 from tftoolkit.models import load_keras_model
 from tftoolkit.recipe import Recipe, recipe_from_dict
 from tftoolkit.rundir import RunDir
+from tftoolkit.serving.litert import LiteRTModel
 from tftoolkit.serving.outputs import class_probabilities
 from tftoolkit.serving.savedmodel import MODEL_CARD
 
 
-def load_trained(path: str | Path) -> tuple[keras.Model, Recipe, DataInfo, Path]:
-    """Model, recipe and data description of a run directory or an export version,
-    and the default folder for evaluation output."""
+def load_trained(path: str | Path) -> tuple[keras.Model | LiteRTModel, Recipe, DataInfo, Path]:
+    """Model, recipe and data description of a run directory, an export version or a
+    LiteRT file in one, and the default folder for evaluation output."""
     path = Path(path)
+    if path.suffix == ".tflite":  # a LiteRT file of an export version
+        if not (path.parent / MODEL_CARD).is_file():
+            raise TftoolkitError(f"{path} is not inside an export version (no {MODEL_CARD} "
+                                 "beside it)")
+        card = json.loads((path.parent / MODEL_CARD).read_text())
+        return (LiteRTModel(path), recipe_from_dict(card["resolved_recipe"]),
+                DataInfo.from_dict(card["data_info"]),
+                path.parent.parent / f"{path.parent.name}-{path.stem}-eval")
     if (path / MODEL_CARD).is_file():  # an export version
         card = json.loads((path / MODEL_CARD).read_text())
         recipe, info = recipe_from_dict(card["resolved_recipe"]), DataInfo.from_dict(
@@ -49,8 +58,13 @@ def load_trained(path: str | Path) -> tuple[keras.Model, Recipe, DataInfo, Path]
     return load_keras_model(path / RunDir.MODEL), recipe, info, out
 
 
-def _split_arrays(recipe: Recipe, info: DataInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _split_arrays(recipe: Recipe, info: DataInfo,
+                  split: str) -> tuple[str, np.ndarray, np.ndarray]:
+    """The split evaluated (validation when the data has no test split and the test split
+    was asked for), its images and class ids."""
     data = load_data(recipe, info.image_size)
+    if split == "test" and split not in data.splits and "val" in data.splits:
+        split = "val"
     if split not in data.splits:
         raise DataError(f"split {split!r} does not exist for {data.info.description} "
                         f"(splits: {', '.join(data.splits)})")
@@ -58,7 +72,7 @@ def _split_arrays(recipe: Recipe, info: DataInfo, split: str) -> tuple[np.ndarra
     for batch in data.dataset(split, batch_size=64):
         images.append(np.asarray(batch[0]))
         labels.append(info.label_encoding.class_ids(batch[1]))
-    return np.concatenate(images), np.concatenate(labels)
+    return split, np.concatenate(images), np.concatenate(labels)
 
 
 def _probabilities(model: keras.Model, images: np.ndarray, tta: int) -> np.ndarray:
@@ -77,9 +91,13 @@ def evaluate(path: str | Path, split: str = "test", tta: int = 0,
                              "is a regression")
     out = Path(out) if out else default_out
     out.mkdir(parents=True, exist_ok=True)
-    images, labels = _split_arrays(recipe, info, split)
+    evaluated, images, labels = _split_arrays(recipe, info, split)
     probabilities = _probabilities(model, images, 0)
-    report = {"split": split, **classification_report(labels, probabilities, info.class_names)}
+    report = {"split": evaluated,
+              **classification_report(labels, probabilities, info.class_names)}
+    if evaluated != split:
+        report["note"] = (f"the data has no {split} split (data.test_fraction=0?); "
+                          f"evaluated on the {evaluated} split instead")
     if tta:
         tta_probs = _probabilities(model, images, tta)
         report["tta"] = {"views": tta,
@@ -91,7 +109,7 @@ def evaluate(path: str | Path, split: str = "test", tta: int = 0,
         writer.writerows(report["per_class"])
     plot_confusion_matrix(np.array(report["confusion_matrix"]), info.class_names,
                           out / "confusion_matrix.png",
-                          f"{recipe.name} ({split}): confusion matrix, row-normalised")
+                          f"{recipe.name} ({evaluated}): confusion matrix, row-normalised")
     plot_top_losses(images, labels, probabilities, info.class_names, out / "top_losses.png")
     return report, out
 
@@ -99,6 +117,9 @@ def evaluate(path: str | Path, split: str = "test", tta: int = 0,
 def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list[Path]:
     """One Grad-CAM overlay PNG per image file, titled with the predicted class."""
     model, _, info, _ = load_trained(path)
+    if isinstance(model, LiteRTModel):
+        raise TftoolkitError(f"{path}: Grad-CAM needs gradients, which a LiteRT file does not "
+                             "give; explain the export version folder instead")
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         raise TftoolkitError(f"image file(s) not found: {', '.join(missing)}")

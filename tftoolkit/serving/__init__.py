@@ -6,18 +6,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from tftoolkit.data import DataBundle, DataInfo
+from tftoolkit.data import DataBundle, DataInfo, load_data
 from tftoolkit.errors import ExportError
 from tftoolkit.models import load_keras_model
 from tftoolkit.models.layout import PREPROCESS
 from tftoolkit.rundir import RunDir
 from tftoolkit.serving.predict import predict
-from tftoolkit.serving.savedmodel import export_model
+from tftoolkit.serving.litert import QUANTIZED
+from tftoolkit.serving.savedmodel import MODEL_CARD, Quantization, export_model
 
 PARITY_EXAMPLES = 16
 
@@ -46,10 +48,44 @@ def save_parity_inputs(run: RunDir, data: DataBundle) -> None:
     np.save(run / RunDir.PARITY_INPUTS, np.asarray(batch[0], dtype=np.float32))
 
 
+def _split_arrays(data: DataBundle, split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``limit`` (0: all) inputs of ``split`` and their class ids (or targets)."""
+    inputs, labels, encoding = [], [], data.info.label_encoding
+    for batch in data.dataset(split, batch_size=64):
+        inputs.append(np.asarray(batch[0]))
+        labels.append(encoding.class_ids(batch[1]) if encoding.is_classification
+                      else np.asarray(batch[1]))
+        if limit and sum(map(len, inputs)) >= limit:
+            break
+    x, y = np.concatenate(inputs), np.concatenate(labels)
+    return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+def quantization_inputs(data: DataBundle) -> Quantization:
+    """What quantized LiteRT files are measured (validation and test splits) and
+    calibrated (training images through the evaluation pipeline) on."""
+    cfg = data.recipe.export
+    splits = {s: _split_arrays(data, s, cfg.eval_examples) for s in ("val", "test")
+              if s in data.splits}
+    if not splits:
+        raise ExportError("quantized LiteRT formats are measured on the validation or test "
+                          "split, and this data has neither")
+    batch_size = data.recipe.train.batch_size or 32
+    calibration = [np.asarray(b[0]) for b in
+                   data.dataset("train", batch_size=batch_size).take(cfg.calibration_steps)]
+    return Quantization(splits, calibration, cfg.int8_io, cfg.max_accuracy_drop)
+
+
 def export_run(run_dir: str | Path, to: str | Path | None = None,
-               model: keras.Model | None = None) -> Path:
+               model: keras.Model | None = None, data: DataBundle | None = None) -> Path:
     """Export the model of ``run_dir`` as the next version under ``to`` (default: the
-    recipe's ``export.dir/<recipe>``). Returns the version directory."""
+    recipe's ``export.dir/<recipe>``). Returns the version directory.
+
+    Args:
+        model: the trained model, when it is in memory (else read from the run).
+        data: the run's data, when it is in memory (else read again from the recipe,
+            for quantized formats only).
+    """
     run = RunDir(run_dir)
     missing = run.missing([RunDir.RECIPE, RunDir.DATA_INFO, RunDir.METRICS, RunDir.MODEL,
                            RunDir.PARITY_INPUTS])
@@ -62,10 +98,36 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
         model = load_keras_model(run / RunDir.MODEL)
     root = Path(to) if to else Path(recipe["export"]["dir"]) / recipe["name"]
     card = {**_card(model, recipe, info, metrics), "run_dir": str(run)}
+    formats = recipe["export"].get("formats", [])
+    quantization = None
+    if any(f in QUANTIZED for f in formats):
+        quantization = quantization_inputs(data or load_data(run.read_recipe(),
+                                                             info.image_size))
     return export_model(model, info, root, parity_inputs=np.load(run / RunDir.PARITY_INPUTS),
                         card=card, tolerance=recipe["export"]["tolerance"],
                         mixed_precision=recipe["train"]["precision"] != "float32",
-                        formats=recipe["export"].get("formats", []))
+                        formats=formats, quantization=quantization)
 
 
-__all__ = ["export_model", "export_run", "predict", "save_parity_inputs"]
+def formats_table(version: Path) -> str:
+    """The extra formats of an export version as a table (refused variants included)."""
+    card = json.loads((version / MODEL_CARD).read_text())
+    rows = {**card.get("formats", {}), **card.get("formats_refused", {})}
+    if not any(f in QUANTIZED for f in rows):
+        return ""
+    lines = [f"{'format':16s} {'size (KB)':>10s} {'x float':>8s} {'val acc':>8s} "
+             f"{'test acc':>9s} {'agree':>7s} {'ms/img':>7s} {'x float':>8s}  file"]
+    for fmt, row in rows.items():
+        if fmt not in QUANTIZED:
+            continue
+        lines.append(
+            f"{fmt:16s} {row['size_bytes'] / 1024:10.0f} {row['size_vs_float_tflite']:8.2f} "
+            f"{row.get('val_accuracy', float('nan')):8.4f} "
+            f"{row.get('test_accuracy', float('nan')):9.4f} "
+            f"{row.get('test_agreement', row.get('val_agreement', float('nan'))):7.4f} "
+            f"{row['latency_ms']:7.2f} {row['latency_vs_float_tflite']:8.2f}  "
+            f"{row['file'] or 'not written: ' + row['reason']}")
+    return "\n".join(lines)
+
+
+__all__ = ["export_model", "export_run", "formats_table", "predict", "save_parity_inputs"]

@@ -2,6 +2,8 @@
 
 - ``tflite``: LiteRT flatbuffer of the ``serving_default`` signature (``model.tflite``),
   run through the LiteRT interpreter on the parity inputs.
+- ``tflite_dynamic``, ``tflite_float16``, ``tflite_int8``: quantized LiteRT files, measured
+  against the float model before they are kept (``tftoolkit.serving.litert``).
 - ``onnx``: needs ``tf2onnx`` and ``onnxruntime``, which this stack does not provide;
   asking for it stops the export before anything is written.
 """
@@ -16,9 +18,10 @@ import tensorflow as tf
 
 from tftoolkit.errors import ExportError
 from tftoolkit.recipe import ONNX_UNAVAILABLE
+from tftoolkit.serving.litert import QUANTIZED
 from tftoolkit.serving.outputs import expected_output, served_key
 
-FORMATS = ("tflite", "onnx")
+FORMATS = ("tflite", *QUANTIZED, "onnx")
 
 
 def check_formats(formats: list[str]) -> None:

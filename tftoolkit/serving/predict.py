@@ -10,18 +10,46 @@ from tftoolkit.errors import ExportError
 from tftoolkit.serving.savedmodel import LABELS
 
 
+def _predict_litert(path: Path, images: list[str | Path]) -> tuple[np.ndarray, list[str]]:
+    """Class probabilities from a LiteRT file of an export version, and its labels."""
+    import tensorflow as tf
+
+    from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
+    from tftoolkit.serving.litert import LiteRTModel
+    from tftoolkit.serving.outputs import class_probabilities
+
+    labels = path.parent / LABELS
+    if not labels.is_file():
+        raise ExportError(f"{path} is not inside an export version: no {LABELS} beside it")
+    model = LiteRTModel(path)
+    size = model.input_shape[0]
+    try:
+        batch = np.stack([np.asarray(to_rgb_image(decode_image_bytes(
+            tf.io.read_file(str(p))), size)) for p in images])
+    except tf.errors.InvalidArgumentError as exc:
+        raise ExportError(f"cannot decode one of {', '.join(map(str, images))} as an image: "
+                          f"{exc.message.splitlines()[0][:160]}") from None
+    return class_probabilities(model.predict(batch)), labels.read_text().splitlines()
+
+
 def predict(export_dir: str | Path, images: list[str | Path],
             top_k: int = 3) -> list[list[tuple[str, float]]]:
-    """Top-``k`` ``(class_name, probability)`` per image file, via ``serve_bytes``."""
+    """Top-``k`` ``(class_name, probability)`` per image file, from an export version's
+    SavedModel (``serve_bytes``) or one of its LiteRT files (``.tflite``)."""
     import tensorflow as tf
 
     export_dir = Path(export_dir)
-    if not (export_dir / "saved_model.pb").is_file():
+    litert_file = export_dir.suffix == ".tflite" and export_dir.is_file()
+    if not litert_file and not (export_dir / "saved_model.pb").is_file():
         raise ExportError(f"{export_dir} holds no SavedModel (saved_model.pb); give a "
-                          "version directory such as saved_models/<recipe>/1")
+                          "version directory such as saved_models/<recipe>/1, or a .tflite "
+                          "file in one")
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         raise ExportError(f"image file(s) not found: {', '.join(missing)}")
+    if litert_file:
+        probabilities, names = _predict_litert(export_dir, images)
+        return _top(probabilities, names, top_k)
     loaded = tf.saved_model.load(str(export_dir))
     if "serve_bytes" not in loaded.signatures:
         raise ExportError(f"{export_dir} is not an image classifier export (no serve_bytes)")
@@ -32,8 +60,13 @@ def predict(export_dir: str | Path, images: list[str | Path],
     except tf.errors.InvalidArgumentError as exc:
         raise ExportError(f"cannot decode one of {', '.join(map(str, images))} as an image: "
                           f"{exc.message.splitlines()[0][:160]}") from None
+    return _top(probabilities.numpy(), names, top_k)
+
+
+def _top(probabilities: np.ndarray, names: list[str],
+         top_k: int) -> list[list[tuple[str, float]]]:
     results = []
-    for row in probabilities.numpy():
+    for row in probabilities:
         order = np.argsort(row)[::-1][:top_k]
         results.append([(names[i], float(row[i])) for i in order])
     return results

@@ -16,11 +16,14 @@ BatchNorm update can reach a served prediction.
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import json
 import os
 import platform
 import shutil
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ import tensorflow as tf
 from tftoolkit.data import DataInfo
 from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
 from tftoolkit.errors import ExportError
+from tftoolkit.serving import litert
 from tftoolkit.serving.formats import check_formats, write_tflite
 from tftoolkit.serving.outputs import classifier_outputs, expected_output, served_key
 
@@ -105,17 +109,69 @@ def _versions() -> dict[str, str]:
             "keras": keras.__version__, "python": platform.python_version()}
 
 
+@dataclass
+class Quantization:
+    """What the quantized LiteRT variants are measured and calibrated on.
+
+    Attributes:
+        splits: ``{split: (inputs, class ids or targets)}`` to measure each file on.
+        calibration: batches of training inputs for ``tflite_int8``.
+        int8_io: ``float``, ``uint8`` or ``int8`` input/output of ``tflite_int8``.
+        max_accuracy_drop: the most accuracy a variant may lose against the float model.
+    """
+
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    calibration: list[np.ndarray]
+    int8_io: str = "float"
+    max_accuracy_drop: float = 0.02
+
+
+def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
+                        quantization: Quantization, tmp: Path) -> tuple[dict, dict]:
+    """Write each quantized variant that keeps its accuracy into ``tmp``; returns the
+    card entries of the written ones and of the refused ones (with the reason)."""
+    classification = info.task == "classification"
+    float_file = litert.convert(model, "tflite", info.input_shape)
+    reference = litert.LiteRTModel(float_file)
+    first = next(iter(quantization.splits.values()))[0]
+    float_latency = reference.latency_ms(first)
+    written, refused = {}, {}
+    for fmt in (f for f in formats if f in litert.QUANTIZED):
+        flatbuffer = litert.convert(model, fmt, info.input_shape, quantization.calibration,
+                                    quantization.int8_io)
+        measured = litert.measure(litert.LiteRTModel(flatbuffer), model,
+                                  quantization.splits, classification)
+        entry = {"file": litert.file_name(fmt), "size_bytes": len(flatbuffer),
+                 "size_vs_float_tflite": len(flatbuffer) / len(float_file),
+                 **measured.figures, "accuracy_drop" if classification else "loss_rise":
+                     measured.drop,
+                 "latency_ms": measured.latency_ms,
+                 "latency_vs_float_tflite": measured.latency_ms / float_latency,
+                 "examples": {s: int(len(x)) for s, (x, _) in quantization.splits.items()}}
+        if fmt == "tflite_int8":
+            entry["io"] = quantization.int8_io
+        if measured.drop > quantization.max_accuracy_drop:
+            what = "accuracy" if classification else "loss"
+            refused[fmt] = {**entry, "file": None, "reason": (
+                f"{fmt} changes {what} by {measured.drop:.4f} against the float model, more "
+                f"than export.max_accuracy_drop={quantization.max_accuracy_drop}; not "
+                "written")}
+            continue
+        (tmp / entry["file"]).write_bytes(flatbuffer)
+        written[fmt] = entry
+    return written, refused
+
+
 def export_model(model: keras.Model, info: DataInfo, root: Path, *,
                  parity_inputs: np.ndarray, card: dict[str, Any],
                  tolerance: float = 1e-5, mixed_precision: bool = False,
-                 formats: list[str] = ()) -> Path:
+                 formats: list[str] = (), quantization: Quantization | None = None) -> Path:
     """Export ``model`` as the next numbered version under ``root`` (plus ``formats``,
-    each parity-checked); returns its path."""
+    the float ones parity-checked, the quantized ones measured with ``quantization``);
+    returns its path."""
     check_formats(list(formats))
     root.mkdir(parents=True, exist_ok=True)
-    version = next_version(root)
-    target = root / str(version)
-    tmp = root / f".tmp-{version}-{os.getpid()}"
+    tmp = root / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if mixed_precision:
         tolerance = max(tolerance, MIXED_PRECISION_TOLERANCE)
     try:
@@ -125,22 +181,43 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
         if "tflite" in formats:
             extra["tflite"] = {"file": "model.tflite", "max_abs_diff": write_tflite(
                 tmp, tmp / "model.tflite", model, parity_inputs, tolerance)}
+        refused = {}
+        if any(f in litert.QUANTIZED for f in formats):
+            if quantization is None:
+                raise ExportError("quantized LiteRT formats need data to be measured on "
+                                  "(export a run directory, or pass quantization=)")
+            written, refused = _quantized_variants(model, info, list(formats), quantization,
+                                                   tmp)
+            extra.update(written)
         if info.class_names:
             (tmp / LABELS).write_text("".join(f"{n}\n" for n in info.class_names))
         model.save(tmp / "model.keras")
-        card = {**card, "version": version, "class_names": info.class_names,
+        card = {**card, "class_names": info.class_names,
                 "input_shape": list(info.input_shape), "task": info.task,
                 "parity": {"max_abs_diff": diff, "tolerance": tolerance,
                            "examples": int(len(parity_inputs)),
                            "note": "mixed precision: looser tolerance" if mixed_precision
                            else "float32"},
-                "formats": extra,
+                "formats": extra, "formats_refused": refused,
                 "versions": _versions()}
-        (tmp / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
-        if target.exists():
-            raise ExportError(f"export version {target} appeared meanwhile; not overwriting")
-        os.rename(tmp, target)
+        return _publish(tmp, root, card)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
+
+
+def _publish(tmp: Path, root: Path, card: dict[str, Any]) -> Path:
+    """Rename the finished ``tmp`` to the next free version number. A rename onto a
+    version another exporter took meanwhile fails, and the next number is tried: two
+    exports to one folder each get their own version, and none is overwritten."""
+    version = next_version(root)
+    while True:
+        (tmp / MODEL_CARD).write_text(
+            json.dumps({**card, "version": version}, indent=2, default=str) + "\n")
+        try:
+            os.rename(tmp, root / str(version))
+            return root / str(version)
+        except OSError as exc:  # taken: a non-empty directory, or a file, of that name
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                raise
+            version += 1

@@ -1,0 +1,106 @@
+"""Where a split's decoded examples are kept between epochs: memory, disk, or nowhere.
+
+``data.cache``: ``memory`` keeps images as uint8 pixels at the model's input size (a
+quarter of float32); ``disk`` writes tf.data's file cache to a folder named by a
+fingerprint of the data and of everything that shapes a decoded example (reused by
+every run of the same data and size, and never by another); ``auto`` chooses memory
+when the split fits ``data.memory_budget_mb`` and disk otherwise; ``off`` decodes every
+epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tftoolkit.data.sources import Examples
+
+DEFAULT_BUDGET_SHARE = 0.25       # of the memory available when the run starts
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """How one split is cached, and the line that says so."""
+
+    mode: str                     # memory | disk | off
+    path: Path | None             # the disk cache's file prefix
+    note: str
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (MemAvailable), or the physical total."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def example_bytes(examples: Examples, image_size: int | None) -> int:
+    """Bytes one cached example takes: uint8 pixels, or float32 features."""
+    if image_size:
+        return image_size * image_size * 3
+    return int(np.prod(examples.arrays.shape[1:])) * 4
+
+
+def fingerprint(examples: Examples) -> str:
+    """A digest of a split's content: its labels and, per kind of example, the image
+    files (paths, sizes, modification times), the arrays' bytes, or the TFDS spec."""
+    digest = hashlib.sha1(np.ascontiguousarray(examples.labels).tobytes())
+    if examples.paths is not None:
+        for path in examples.paths:
+            stat = os.stat(path)
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    elif examples.arrays is not None:
+        digest.update(str(examples.arrays.shape).encode())
+        digest.update(np.ascontiguousarray(examples.arrays).tobytes())
+    else:
+        digest.update(repr(examples.dataset.element_spec).encode())
+    return digest.hexdigest()
+
+
+def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | None,
+               settings: dict, cache_root: Path, budget_mb: int) -> CachePlan:
+    """The cache of one split: ``mode`` as asked, or what ``auto`` chooses.
+
+    Args:
+        settings: everything else that shapes a decoded example (resize method, order).
+        cache_root: the folder disk caches live in.
+        budget_mb: the memory a split may take under ``auto``; 0: a quarter of what is
+            available now.
+    """
+    size = len(examples) * example_bytes(examples, image_size)
+    megabytes = size / 2 ** 20
+    if mode == "auto":
+        budget = budget_mb * 2 ** 20 if budget_mb else DEFAULT_BUDGET_SHARE * available_memory()
+        mode = "memory" if size <= budget else "disk"
+        why = (f"{megabytes:.0f} MB {'fits' if mode == 'memory' else 'exceeds'} the memory "
+               f"budget of {budget / 2 ** 20:.0f} MB")
+    else:
+        why = f"data.cache={mode}"
+    if mode == "off":
+        return CachePlan("off", None, f"data cache for {split}: off ({why})")
+    if mode == "memory":
+        kind = "uint8 pixels" if image_size else "float32 features"
+        return CachePlan("memory", None, f"data cache for {split}: memory, {kind}, "
+                                         f"{megabytes:.0f} MB ({why})")
+    key = hashlib.sha1(json.dumps({"content": fingerprint(examples), "split": split,
+                                   "image_size": image_size, **settings},
+                                  sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_root / key
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = folder / "cache"
+    reused = prefix.with_suffix(".index").is_file()
+    if not reused:
+        for stale in folder.glob("*.lockfile"):  # left by a run that died while writing
+            stale.unlink()
+    return CachePlan("disk", prefix, f"data cache for {split}: disk, {folder} "
+                                     f"({'reused' if reused else 'written this run'}; {why})")

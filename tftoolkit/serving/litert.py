@@ -1,0 +1,171 @@
+"""Quantized LiteRT files, each measured before it is kept.
+
+Variants of the inference model (fixed input size, float RGB 0-255 in, predictions out):
+
+- ``tflite_dynamic``: weights stored as int8, activations float (no calibration);
+- ``tflite_float16``: weights stored as float16;
+- ``tflite_int8``: full integer, calibrated on training images through the evaluation
+  pipeline (no augmentation); input and output float, uint8 or int8 (``export.int8_io``).
+
+Every variant is run with the LiteRT interpreter on the validation and test examples and
+compared with the float model on the same examples: accuracy (loss for regression),
+agreement of its top-1 class with the float model's, file size, and the median latency
+of one image on this machine. A variant that loses more than ``export.max_accuracy_drop``
+is not written.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tftoolkit.errors import ExportError
+
+QUANTIZED = ("tflite_dynamic", "tflite_float16", "tflite_int8")
+IO_TYPES = {"float": tf.float32, "uint8": tf.uint8, "int8": tf.int8}
+LATENCY_IMAGES = 30
+
+
+def file_name(fmt: str) -> str:
+    return f"model_{fmt.removeprefix('tflite_')}.tflite"
+
+
+def convert(model: keras.Model, fmt: str, input_shape: tuple[int, ...],
+            calibration: Iterable[np.ndarray] = (), int8_io: str = "float") -> bytes:
+    """The LiteRT flatbuffer of ``model`` quantized as ``fmt`` (``tflite``: float)."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda inputs: {"outputs": tf.cast(
+        model(inputs, training=False), tf.float32)},
+        input_signature=[tf.TensorSpec([None, *input_shape], tf.float32, name="inputs")])
+    with tempfile.TemporaryDirectory() as folder:
+        archive.write_out(folder, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serve"])
+        return _convert(converter, fmt, calibration, int8_io)
+
+
+def _convert(converter, fmt: str, calibration: Iterable[np.ndarray], int8_io: str) -> bytes:
+    if fmt != "tflite":  # "tflite": the float file the variants are compared with
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if fmt == "tflite_float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif fmt == "tflite_int8":
+        batches = [np.asarray(b, np.float32) for b in calibration]
+        if not batches:
+            raise ExportError("tflite_int8 needs calibration images: the training split "
+                              "gave none")
+
+        def representative():
+            for batch in batches:
+                for image in batch:
+                    yield [image[None]]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = IO_TYPES[int8_io]
+        converter.inference_output_type = IO_TYPES[int8_io]
+    try:
+        return converter.convert()
+    except Exception as exc:  # the converter raises ConverterError and plain errors
+        raise ExportError(f"LiteRT {fmt} conversion failed: "
+                          f"{str(exc).splitlines()[0][:300]}") from None
+
+
+class LiteRTModel:
+    """A LiteRT file behind ``predict(images)``, quantizing inputs and dequantizing
+    outputs when its I/O is integer."""
+
+    def __init__(self, flatbuffer: bytes | str | Path):
+        if isinstance(flatbuffer, (str, Path)):
+            flatbuffer = Path(flatbuffer).read_bytes()
+        self.interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self._batch = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.input["shape"][1:])
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        if self._batch != len(images):
+            self.interpreter.resize_tensor_input(self.input["index"], [len(images),
+                                                                      *self.input_shape])
+            self.interpreter.allocate_tensors()
+            self.input = self.interpreter.get_input_details()[0]
+            self.output = self.interpreter.get_output_details()[0]
+            self._batch = len(images)
+        x = np.asarray(images, np.float32)
+        if self.input["dtype"] != np.float32:
+            scale, zero = self.input["quantization"]
+            info = np.iinfo(self.input["dtype"])
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
+        self.interpreter.invoke()
+        y = self.interpreter.get_tensor(self.output["index"])
+        if self.output["dtype"] != np.float32:
+            scale, zero = self.output["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        return y.astype(np.float32)
+
+    def predict(self, images: np.ndarray, batch_size: int = 64, verbose: int = 0) -> np.ndarray:
+        """Predictions for ``images``, ``batch_size`` at a time (Keras' signature)."""
+        return np.concatenate([self._run(images[i:i + batch_size])
+                               for i in range(0, len(images), batch_size)])
+
+    def latency_ms(self, images: np.ndarray) -> float:
+        """Median milliseconds to run one image."""
+        self._run(images[:1])  # warm-up
+        times = []
+        for image in images[:LATENCY_IMAGES]:
+            start = time.perf_counter()
+            self._run(image[None])
+            times.append((time.perf_counter() - start) * 1e3)
+        return float(np.median(times))
+
+
+@dataclass
+class Measured:
+    """A LiteRT file's figures against the float model on the same examples."""
+
+    figures: dict[str, float]     # per split: accuracy (or loss), agreement
+    drop: float                   # largest loss of accuracy (or rise of loss) vs float
+    latency_ms: float
+
+
+def measure(candidate, reference, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+            classification: bool) -> Measured:
+    """Compare ``candidate`` with the ``reference`` model (both with ``predict``) on each
+    split's ``(inputs, class ids or targets)``."""
+    figures: dict[str, float] = {}
+    drop = 0.0
+    for split, (x, y) in splits.items():
+        got, want = candidate.predict(x), np.asarray(reference.predict(x, verbose=0))
+        if classification:
+            top, ref_top = _top1(got), _top1(want)
+            accuracy, ref_accuracy = float(np.mean(top == y)), float(np.mean(ref_top == y))
+            figures[f"{split}_accuracy"] = accuracy
+            figures[f"{split}_float_accuracy"] = ref_accuracy
+            figures[f"{split}_agreement"] = float(np.mean(top == ref_top))
+            drop = max(drop, ref_accuracy - accuracy)
+        else:
+            loss, ref_loss = (float(np.mean((p.reshape(y.shape) - y) ** 2)) for p in (got, want))
+            figures[f"{split}_loss"], figures[f"{split}_float_loss"] = loss, ref_loss
+            drop = max(drop, loss - ref_loss)
+    first = next(iter(splits.values()))[0]
+    latency = candidate.latency_ms(first) if hasattr(candidate, "latency_ms") else float("nan")
+    return Measured(figures, drop, latency)
+
+
+def _top1(predictions: np.ndarray) -> np.ndarray:
+    predictions = np.asarray(predictions)
+    if predictions.shape[-1] == 1:
+        return (predictions[:, 0] > 0.5).astype(int)
+    return predictions.argmax(axis=1)
