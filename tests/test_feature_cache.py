@@ -31,6 +31,8 @@ def test_cached_and_uncached_head_training_give_the_same_model(image_folder, qui
                                plain.model.predict(x, verbose=0), atol=1e-4)
     np.testing.assert_allclose(cached.history["loss"], plain.history["loss"], rtol=1e-4)
     assert cached.metrics["val_accuracy"] == pytest.approx(plain.metrics["val_accuracy"])
+    # evaluated by the head on the cached validation features: the full model's figures
+    assert cached.metrics["val_loss"] == pytest.approx(plain.metrics["val_loss"], rel=1e-4)
     # the assembled model exports through the same code and passes the parity check
     assert (cached.export_dir / "saved_model.pb").is_file()
 

@@ -321,8 +321,8 @@ def test_killed_two_worker_run_resumes_on_both_and_matches_an_uninterrupted_one(
     import time
 
     recipe = tmp_path / "two_workers.py"
-    recipe.write_text(MULTI_WORKER_RECIPE.replace("num_examples=1024", "num_examples=8192")
-                      .replace("epochs=3", "epochs=5, deterministic=True"))
+    recipe.write_text(MULTI_WORKER_RECIPE.replace("num_examples=1024", "num_examples=4096")
+                      .replace("epochs=3", "epochs=4, deterministic=True"))
     (tmp_path / "whole").mkdir()
     for proc in _start_workers(recipe, tmp_path / "whole_runs", tmp_path / "whole",
                                _free_ports(2)):

@@ -38,7 +38,8 @@ def _print_result(result) -> None:
         print(f"tftoolkit: {note}")
     print(f"run directory: {result.run_dir}")
     for key, value in result.metrics.items():
-        print(f"  {key}: {value:.4f}")
+        print(f"  {key}: {value:.4f}" if abs(value) >= 1e-3 or value == 0 else
+              f"  {key}: {value:.3g}")
     if result.recipe.report is not None:
         print(result.recipe.report(result))
     if result.export_dir is not None:
@@ -64,6 +65,20 @@ def _cmd_compare(args) -> int:
     if table.export_dir is not None:
         print(f"exported the best by {table.metric_name} ({table.best.mode}): "
               f"{table.export_dir}")
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    from tftoolkit.training.search import search
+
+    result = search(args.recipe, args.space, trials=args.trials, tuner=args.tuner,
+                    objective=args.objective, overrides=args.overrides, resume=args.resume)
+    print(result.render())
+    print(f"best by {result.objective}: {result.best_values}")
+    print(f"best recipe: {result.recipe_file}  (tftoolkit train {result.recipe_file})")
+    print(f"trials: {result.folder / 'trials.csv'}, plot: {result.folder / 'objective.png'}")
+    for key, value in result.final.metrics.items():
+        print(f"  best recipe, retrained: {key}: {value:.4f}")
     return 0
 
 
@@ -180,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default="feature_extraction,fine_tune,scratch",
                    help="comma-separated model.mode values")
     p.set_defaults(fn=_cmd_compare)
+
+    p = verbs.add_parser("tune", help="search recipe keys with KerasTuner (both transfer "
+                                      "stages), write the best recipe")
+    _add_recipe_args(p)
+    p.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
+                   help="a searched key: LOW:HIGH[:log][:int] or a|b|c (repeatable)")
+    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--tuner", default="random", choices=["random", "bayesian", "hyperband"])
+    p.add_argument("--objective", default="val_accuracy",
+                   help="validation metric to optimise (val_accuracy, val_loss, ...)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the latest search of this recipe")
+    p.set_defaults(fn=_cmd_tune)
 
     p = verbs.add_parser("lr-find", help="sweep the learning rate over a few hundred steps "
                                          "and suggest one (fastai's valley rule)")

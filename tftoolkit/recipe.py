@@ -226,6 +226,23 @@ class ExportConfig:
                                           "loss, for regression) is not written", min=0.0)
 
 
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Differentially private training (DP-SGD) and its privacy budget."""
+
+    enabled: bool = _opt(False, "train with DP-SGD: per-example gradients clipped, Gaussian "
+                                "noise added, Poisson-sampled batches, (epsilon, delta) "
+                                "accounted")
+    l2_clip: float = _opt(1.0, "bound on each example's gradient norm", min=1e-9)
+    noise_multiplier: float = _opt(0.0, "noise standard deviation / l2_clip; 0: found for "
+                                        "privacy.target_epsilon", min=0.0)
+    target_epsilon: float = _opt(0.0, "the epsilon not to exceed (the noise is found for the "
+                                      "planned epochs; training stops before exceeding it); "
+                                      "0: none", min=0.0)
+    delta: float = _opt(0.0, "delta of the (epsilon, delta) guarantee; 0: 1 / (10 N)",
+                        min=0.0, max=1.0)
+
+
 SECTIONS = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -233,6 +250,7 @@ SECTIONS = {
     "regularize": RegularizeConfig,
     "train": TrainConfig,
     "export": ExportConfig,
+    "privacy": PrivacyConfig,
 }
 
 ModelFn = Callable[["Recipe", Any], Any]
@@ -250,6 +268,7 @@ class Recipe:
     regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     # Optional code hooks: build_model(recipe, data_info) -> keras.Model, and
     # report(train_result) -> text printed after training.
     model_fn: ModelFn | None = None
@@ -442,9 +461,37 @@ def _check_combinations(recipe: Recipe) -> None:
         raise RecipeError(f"train.select_best={t.select_best!r}: epochs are selected on a "
                           "validation metric (val_accuracy, val_loss, ...), never on "
                           "training or test figures")
+    if recipe.privacy.enabled:
+        _check_private(recipe)
     if t.batch_size == 0 and t.optimizer != "gd":
         raise RecipeError("train.batch_size=0 (whole training set) is only for "
                           "train.optimizer='gd'")
+
+
+def _check_private(recipe: Recipe) -> None:
+    """What DP-SGD cannot bound: statistics or mixing across the examples of a batch."""
+    p, a = recipe.privacy, recipe.augment
+    if not p.noise_multiplier and not p.target_epsilon:
+        raise RecipeError("privacy.enabled needs privacy.noise_multiplier or "
+                          "privacy.target_epsilon")
+    if recipe.model.mode == "scratch" and recipe.model.architecture not in ("linear", "mlp"):
+        raise RecipeError(f"privacy.enabled with model.mode='scratch' on "
+                          f"{recipe.model.architecture!r}: its BatchNorm layers train on batch "
+                          "statistics, which mix examples, so no example's influence is "
+                          "bounded; use a transfer mode (BatchNorm frozen) or linear/mlp")
+    if a.enabled and (a.mixup or a.cutmix):
+        raise RecipeError("privacy.enabled with augment.mixup/cutmix: mixing examples breaks "
+                          "the per-example bound; turn them off")
+    if a.enabled and a.placement == "pipeline":
+        raise RecipeError("privacy.enabled samples examples itself: use "
+                          "augment.placement=model")
+    if a.enabled and a.cached_views:
+        raise RecipeError("privacy.enabled with augment.cached_views: several cached copies "
+                          "of one image would each count as an example; set "
+                          "augment.cached_views=0")
+    if recipe.data.class_weight != "none":
+        raise RecipeError("privacy.enabled with data.class_weight: the weights are computed "
+                          "from the private labels; set data.class_weight=none")
 
 
 def _module_from_path(path: Path) -> Any:

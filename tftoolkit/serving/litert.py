@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -85,7 +86,9 @@ class LiteRTModel:
     def __init__(self, flatbuffer: bytes | str | Path):
         if isinstance(flatbuffer, (str, Path)):
             flatbuffer = Path(flatbuffer).read_bytes()
-        self.interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+        with warnings.catch_warnings():  # tf.lite.Interpreter announces its successor
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+            self.interpreter = tf.lite.Interpreter(model_content=flatbuffer)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self._batch = None

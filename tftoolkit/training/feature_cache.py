@@ -10,13 +10,16 @@ so the head sees the same batches in the same order as the uncached path.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from collections import OrderedDict
+from dataclasses import asdict, replace
 
 import keras
 import numpy as np
 
 from tftoolkit.augment import Augmenter
 from tftoolkit.data import DataBundle
+from tftoolkit.data.cache import fingerprint
 from tftoolkit.data.sources import Examples
 from tftoolkit.models.layout import FEATURES
 from tftoolkit.training.stages import StageInputs
@@ -52,13 +55,47 @@ def cache_plan(augmenter: Augmenter, views: int) -> tuple[bool, str]:
                    "cache K augmented copies per image)")
 
 
+# Features computed in this process, by what determines them (a few at a time): runs of
+# one recipe that differ only in what trains on the features (search trials, compare)
+# share them.
+_COMPUTED: OrderedDict[str, np.ndarray] = OrderedDict()
+_KEEP = 4
+
+
+def _memo_key(data: DataBundle, split: str, views: int, batch_size: int) -> str | None:
+    """What the frozen features of ``split`` depend on, or None for a custom model."""
+    recipe = data.recipe
+    if recipe.model_fn is not None:
+        return None
+    m = recipe.model
+    return json.dumps({
+        "content": fingerprint(data.splits[split]), "split": split,
+        "image_size": data.info.image_size, "resize": recipe.data.resize_method,
+        "backbone": [m.architecture, m.weights, m.backbone_layer],
+        "augment": asdict(recipe.augment) if views else None, "views": views,
+        "seed": recipe.train.seed, "batch_size": batch_size}, sort_keys=True, default=str)
+
+
 def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: int,
-              augment=None) -> np.ndarray:
-    """Features of ``split`` in example order (augmented once if ``augment`` is given)."""
+              augment=None, views: int = 0) -> np.ndarray:
+    """Features of ``split`` in example order; with ``augment``, ``views`` augmented
+    passes, concatenated. Taken from this process's memo when already computed."""
+    key = _memo_key(data, split, views, batch_size)
+    if key is not None and key in _COMPUTED:
+        _COMPUTED.move_to_end(key)
+        return _COMPUTED[key]
     images = data.dataset(split, batch_size=batch_size).map(lambda x, *rest: x)
-    if augment is not None:
-        images = images.map(lambda x: augment(x, training=True))
-    return np.asarray(extractor.predict(images, verbose=0))
+    if augment is None:
+        features = np.asarray(extractor.predict(images, verbose=0))
+    else:
+        augmented = images.map(lambda x: augment(x, training=True))
+        features = np.concatenate([np.asarray(extractor.predict(augmented, verbose=0))
+                                   for _ in range(views)])
+    if key is not None:
+        _COMPUTED[key] = features
+        while len(_COMPUTED) > _KEEP:
+            _COMPUTED.popitem(last=False)
+    return features
 
 
 def cached_datasets(model: keras.Model, data: DataBundle, augmenter: Augmenter, views: int,
@@ -72,8 +109,7 @@ def cached_datasets(model: keras.Model, data: DataBundle, augmenter: Augmenter, 
         return None
     pixels = augmenter.in_model or augmenter.in_pipeline
     if views:
-        features = np.concatenate([_features(extractor, data, "train", batch_size, pixels)
-                                   for _ in range(views)])
+        features = _features(extractor, data, "train", batch_size, pixels, views)
         labels = np.tile(train.labels, views)
     else:
         features, labels = _features(extractor, data, "train", batch_size), train.labels
@@ -86,4 +122,5 @@ def cached_datasets(model: keras.Model, data: DataBundle, augmenter: Augmenter, 
     train_ds = cached.dataset("train", training=True, batch_size=batch_size,
                               first_epoch=first_epoch)
     val_ds = cached.dataset("val", batch_size=batch_size) if "val" in cached.splits else None
-    return StageInputs(head, train_ds, val_ds, cached.steps_per_epoch("train", batch_size))
+    return StageInputs(head, train_ds, val_ds, cached.steps_per_epoch("train", batch_size),
+                       cached.dataset("train", batch_size=batch_size))

@@ -10,6 +10,11 @@ from matplotlib.figure import Figure
 def plot_history(history: dict[str, list[float]], path: Path, title: str = "") -> Path:
     """One panel per quantity (loss, then each metric), train and validation together."""
     names = [k for k in history if not k.startswith("val_")]
+    if not names:  # no epoch was trained (a privacy budget spent before the first)
+        fig = Figure(figsize=(5, 3.8))
+        fig.text(0.5, 0.5, f"{title}: no epoch trained", ha="center", va="center")
+        fig.savefig(path, dpi=100)
+        return path
     fig = Figure(figsize=(5 * len(names), 3.8))
     axes = fig.subplots(1, len(names), squeeze=False)
     for ax, name in zip(axes[0], names):

@@ -27,7 +27,7 @@ from tftoolkit.models.transfer import set_trainable
 from tftoolkit.recipe import Recipe, load_recipe
 from tftoolkit.rundir import Progress, RunDir
 from tftoolkit.serving import export_run, save_parity_inputs
-from tftoolkit.training import distributed
+from tftoolkit.training import distributed, privacy
 from tftoolkit.training.batchnorm import recalibrate_batchnorm
 from tftoolkit.training.callbacks import (EmaValidation, EpochTensorBoard, KeepBest,
                                           RecalibrateBeforeValidation)
@@ -59,6 +59,21 @@ class TrainResult:
 
 
 @dataclass
+class Privacy:
+    """A private run's noise and budget, and the private steps taken so far."""
+
+    noise_multiplier: float
+    delta: float
+    sampling_rate: float
+    steps: int = 0
+
+    @property
+    def epsilon(self) -> float:
+        return privacy.epsilon(self.sampling_rate, self.noise_multiplier, self.steps,
+                               self.delta)
+
+
+@dataclass
 class _Setup:
     """The data and the models of a run, before any run directory."""
 
@@ -79,6 +94,8 @@ class _Run(_Setup):
     run: RunDir = None              # where this process writes
     resume_from: RunDir | None = None   # the unfinished run continued, if any
     progress: Progress | None = None
+    cached_head: StageInputs | None = None  # the last stage, when it trained on features
+    private: Privacy | None = None          # DP-SGD's noise, delta and steps taken
 
     def resumes(self, stage: Stage) -> bool:
         """Whether ``stage`` continues from a saved epoch of the resumed run."""
@@ -89,18 +106,23 @@ class _Run(_Setup):
         return self.progress is not None and stage.index < self.progress.stage
 
 
-def train(recipe: Recipe | str, overrides: dict | list[str] | None = None) -> TrainResult:
+def train(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
+          report_test: bool = True) -> TrainResult:
     """Train ``recipe`` end to end and return the model, history and run directory.
 
     An unfinished run of the same resolved recipe is resumed from its last completed
     epoch unless ``train.resume`` is false.
+
+    Args:
+        report_test: False leaves the test split out of the run entirely (a search
+            trial: nothing is chosen by looking at it).
     """
     recipe = load_recipe(recipe, overrides)
     t = recipe.train
     strategy = choose_strategy(t)  # first: a multi-worker strategy must precede any TF op
     with precision_policy(t.precision):
         seed_everything(t.seed, t.deterministic)
-        run = _open_run(recipe, strategy)
+        run = _open_run(recipe, strategy, report_test)
         lr_scale = strategy.num_replicas_in_sync if t.scale_lr else 1
         if lr_scale > 1:
             run.notes.append(f"learning rates scaled by {lr_scale} replicas (train.scale_lr)")
@@ -108,10 +130,13 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None) -> Tr
         if t.learning_rate == "auto":
             run.recipe = _found_learning_rate(run)
         stages = plan_stages(run.recipe, lr_scale)
+        if recipe.privacy.enabled:
+            run.private = _plan_privacy(run, stages)
         for stage in stages:
             if not run.finished_before(stage):
                 _run_stage(run, stage)
-        _keep_best_stage(run, stages)
+        if _keep_best_stage(run, stages):
+            run.cached_head = None  # an earlier stage's weights: evaluate the whole model
         if recipe.model.mode == "scratch":
             used = recalibrate_batchnorm(run.model, run.data.dataset(
                 "train", batch_size=run.batch_size))
@@ -133,9 +158,13 @@ def _batch_size(recipe: Recipe, data: DataBundle) -> int:
     return n
 
 
-def _prepare(recipe: Recipe, strategy: tf.distribute.Strategy) -> _Setup:
+def _prepare(recipe: Recipe, strategy: tf.distribute.Strategy,
+             report_test: bool = True) -> _Setup:
     """Load the data; build the augmentation, the inference model and the training graph."""
     data = load_data(recipe, input_size(recipe))
+    if not report_test:
+        data.splits.pop("test", None)
+        data.info.counts.pop("test", None)
     augmenter = build_augmenter(recipe.augment, data.info.image_size, recipe.train.seed)
     with strategy.scope():
         model = build_model(recipe, data.info)
@@ -144,12 +173,13 @@ def _prepare(recipe: Recipe, strategy: tf.distribute.Strategy) -> _Setup:
                   [f"strategy: {strategy_name(strategy)}"])
 
 
-def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy) -> _Run:
+def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
+              report_test: bool = True) -> _Run:
     """Prepare data and model, and create the run directory or find the one to resume.
     Only the chief writes the run directory; the other workers of a multi-worker run
     resume from the chief's (a shared filesystem) and write scratch files elsewhere."""
     t = recipe.train
-    setup = _prepare(recipe, strategy)
+    setup = _prepare(recipe, strategy, report_test)
     info, notes = setup.data.info, setup.notes
     resume_from = RunDir.find_resumable(t.run_dir, recipe) if t.resume else None
     progress = resume_from.progress() if resume_from else None
@@ -198,7 +228,8 @@ def _stage_inputs(run: _Setup, stage: Stage, first_epoch: int) -> StageInputs:
         data.dataset("train", training=True, batch_size=run.batch_size,
                      augment=run.augmenter.pipeline_fn(), first_epoch=first_epoch),
         data.dataset("val", batch_size=run.batch_size) if "val" in data.splits else None,
-        data.steps_per_epoch("train", run.batch_size))
+        data.steps_per_epoch("train", run.batch_size),
+        data.dataset("train", batch_size=run.batch_size))
 
 
 def _monitor(run: _Run) -> str:
@@ -252,28 +283,75 @@ def _run_stage(run: _Run, stage: Stage) -> None:
                       layer_decay_model=run.model if fine_tuning else None)
         if run.resumes(stage):
             restore_state(run.resume_from, run.progress, inputs.model)
-    distributed.fit(inputs.model, inputs.train, strategy=run.strategy,
-                    global_batch_size=run.batch_size, epochs=stage.end,
-                    initial_epoch=first_epoch, steps_per_epoch=steps,
-                    validation_data=inputs.val, callbacks=_callbacks(run, stage, inputs),
-                    verbose=t.verbose)
+    if run.private is not None:
+        _fit_private(run, stage, inputs, first_epoch)
+    else:
+        distributed.fit(inputs.model, inputs.train, strategy=run.strategy,
+                        global_batch_size=run.batch_size, epochs=stage.end,
+                        initial_epoch=first_epoch, steps_per_epoch=steps,
+                        validation_data=inputs.val, callbacks=_callbacks(run, stage, inputs),
+                        verbose=t.verbose)
     best = run.run.best_record(stage.index)
     if best is not None:
         source = "the weights' moving average" if best["weights"] == "ema" else "the weights"
         run.notes.append(f"stage {stage.index + 1} ({stage.mode}): kept epoch "
                          f"{best['epoch']} ({source}), {best['metric']} {best['value']:.4f}")
     finish_stage(run.run, stage.index, stage.end, run.model)
+    run.cached_head = inputs if inputs.model is not run.graph else None
 
 
-def _keep_best_stage(run: _Run, stages: list[Stage]) -> None:
+def _plan_privacy(run: _Run, stages: list[Stage]) -> Privacy:
+    """The noise for the whole run (every stage spends the same budget), and the private
+    steps a resumed run had already taken."""
+    if run.strategy.num_replicas_in_sync > 1 or distributed.needs_own_loop(run.strategy):
+        raise RecipeError("privacy.enabled runs DP-SGD on one device; "
+                          f"{strategy_name(run.strategy)} is not supported: set "
+                          "train.distribute=default")
+    n = len(run.data.splits["train"])
+    epochs = sum(stage.epochs for stage in stages)
+    noise, delta = privacy.planned_noise(run.recipe.privacy, n, run.batch_size, epochs)
+    done = run.progress.next_epoch if run.progress else 0
+    plan = Privacy(noise, delta, min(run.batch_size / n, 1.0),
+                   done * privacy.steps_per_epoch(n, run.batch_size))
+    run.notes.append(f"DP-SGD: noise multiplier {noise:.4g}, clip "
+                     f"{run.recipe.privacy.l2_clip:g}, Poisson sampling rate "
+                     f"{plan.sampling_rate:.4g}, delta {delta:.3g}, {epochs} epochs planned")
+    return plan
+
+
+def _training_arrays(inputs: StageInputs, info: DataInfo) -> tuple[np.ndarray, np.ndarray]:
+    """The stage's training inputs (images as uint8) and encoded labels, in memory."""
+    xs, ys = [], []
+    for batch in inputs.plain_train:
+        x = np.asarray(batch[0])
+        xs.append(x.astype(np.uint8) if info.image_size and x.ndim == 4 else x)
+        ys.append(np.asarray(batch[1]))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _fit_private(run: _Run, stage: Stage, inputs: StageInputs, first_epoch: int) -> None:
+    """DP-SGD for one stage; the privacy spent is logged each epoch as ``epsilon``."""
+    cfg, t = run.recipe.privacy, run.recipe.train
+    x, y = _training_arrays(inputs, run.data.info)
+    run.private.steps = privacy.fit_private(
+        inputs.model, x, y, batch_size=run.batch_size, l2_clip=cfg.l2_clip,
+        noise_multiplier=run.private.noise_multiplier, delta=run.private.delta,
+        epochs=stage.end, initial_epoch=first_epoch,
+        steps_before=first_epoch * privacy.steps_per_epoch(len(x), run.batch_size),
+        target_epsilon=cfg.target_epsilon, validation_data=inputs.val,
+        callbacks=_callbacks(run, stage, inputs), verbose=t.verbose, seed=t.seed)
+
+
+def _keep_best_stage(run: _Run, stages: list[Stage]) -> bool:
     """With ``train.select_best``, end with the best stage's weights: fine-tuning that
-    validates worse than the stage before it is not kept."""
+    validates worse than the stage before it is not kept. Returns whether an earlier
+    stage's weights were put back."""
     if not run.recipe.train.select_best or len(stages) < 2:
-        return
+        return False
     records = {s.index: run.run.best_record(s.index) for s in stages}
     records = {i: r for i, r in records.items() if r is not None}
     if len(records) < 2:
-        return
+        return False
     sign = -1 if run.recipe.train.select_best.endswith("loss") else 1
     best = max(records, key=lambda i: (sign * records[i]["value"], i))
     last = stages[-1].index
@@ -282,6 +360,7 @@ def _keep_best_stage(run: _Run, stages: list[Stage]) -> None:
         run.notes.append(f"kept stage {best + 1} ({stages[best].mode}): its "
                          f"{records[best]['metric']} {records[best]['value']:.4f} beats the "
                          f"last stage's {records[last]['value']:.4f}")
+    return best != last
 
 
 def _found_learning_rate(run: _Run) -> Recipe:
@@ -340,8 +419,15 @@ def lr_find(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
 
 
 def evaluate_model(model: keras.Model, data: DataBundle, recipe: Recipe, batch_size: int,
-                   strategy: tf.distribute.Strategy | None = None) -> dict[str, float]:
-    """Loss and metric of the inference model on the val and test splits (TTA beside)."""
+                   strategy: tf.distribute.Strategy | None = None,
+                   cached_head: StageInputs | None = None) -> dict[str, float]:
+    """Loss and metric of the inference model on the val and test splits (TTA beside).
+
+    Args:
+        cached_head: when the model's last stage trained its head on cached features of
+            a frozen backbone, the head and those validation features: the same figures
+            without running the backbone again.
+    """
     strategy = strategy or tf.distribute.get_strategy()
     if not getattr(model, "compiled", False):  # trained inside an augmentation graph
         compile_model(model, recipe, data.info, 0.0)
@@ -349,8 +435,12 @@ def evaluate_model(model: keras.Model, data: DataBundle, recipe: Recipe, batch_s
     for split in ("val", "test"):
         if split not in data.splits:
             continue
-        values = distributed.evaluate(model, data.dataset(split, batch_size=batch_size),
-                                      strategy=strategy, global_batch_size=batch_size)
+        on_features = (split == "val" and cached_head is not None
+                       and cached_head.val is not None)
+        evaluated, dataset = ((cached_head.model, cached_head.val) if on_features else
+                              (model, data.dataset(split, batch_size=batch_size)))
+        values = distributed.evaluate(evaluated, dataset, strategy=strategy,
+                                      global_batch_size=batch_size)
         metrics.update({f"{split}_{k}": v for k, v in values.items()})
         if (recipe.train.tta and data.info.label_encoding.is_classification
                 and not distributed.needs_own_loop(strategy)):
@@ -390,8 +480,11 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
     """Evaluate, save the model, history plot and parity inputs, mark the run finished
     (metrics last), and export."""
     recipe, model = run.recipe, run.model
-    metrics = evaluate_model(model, run.data, recipe, run.batch_size, run.strategy)
+    metrics = evaluate_model(model, run.data, recipe, run.batch_size, run.strategy,
+                             run.cached_head)
     metrics["train_seconds"] = train_seconds
+    if run.private is not None:
+        metrics.update(epsilon=run.private.epsilon, delta=run.private.delta)
     model.save(run.run / RunDir.MODEL)
     history = read_history(run.run / RunDir.HISTORY)
     plot_history(history, run.run / RunDir.CURVES, title=recipe.name)

@@ -40,6 +40,7 @@ class StageInputs:
     train: tf.data.Dataset
     val: tf.data.Dataset | None
     steps_per_epoch: int
+    plain_train: tf.data.Dataset       # the training split once, in order, not augmented
 
 
 def stage_modes(recipe: Recipe) -> list[str]:

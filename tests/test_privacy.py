@@ -1,0 +1,135 @@
+"""DP-SGD: per-example clipping, calibrated noise, and the accountant's epsilon."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tftoolkit
+from tftoolkit.errors import RecipeError
+from tftoolkit.recipe import (DataConfig, ExportConfig, ModelConfig, PrivacyConfig, Recipe,
+                              TrainConfig)
+from tftoolkit.training import privacy
+
+
+def _compiled(seed=0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.CategoricalCrossentropy())
+    return model
+
+
+def _batch(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(n, 3)) * 3).astype("float32")
+    y = np.eye(2, dtype="float32")[rng.integers(0, 2, n)]
+    return tf.constant(x), tf.constant(y)
+
+
+def _loop_gradients(model, x, y):
+    """Each example's gradient, one tape per example."""
+    loss = keras.losses.CategoricalCrossentropy()
+    out = []
+    for i in range(len(x)):
+        with tf.GradientTape() as tape:
+            value = loss(y[i:i + 1], model(x[i:i + 1], training=True))
+        out.append(tape.gradient(value, model.trainable_variables))
+    return out
+
+
+def test_each_clipped_gradient_is_within_the_bound_and_matches_a_loop():
+    model, (x, y) = _compiled(), _batch()
+    step = privacy.PrivateStep(model, l2_clip=0.5, noise_multiplier=0.0, expected_batch=6,
+                               seed=0)
+    vectorised = step.per_example_gradients(x, y)
+    looped = _loop_gradients(model, x, y)
+    for i, per_example in enumerate(looped):
+        for v, g in zip(vectorised, per_example):
+            np.testing.assert_allclose(v[i], g, rtol=1e-5, atol=1e-6)
+    norms = [np.sqrt(sum(float(np.sum(g ** 2)) for g in grads)) for grads in looped]
+    assert max(norms) > 0.5  # the bound is active for some examples
+    clipped = [[g * min(1.0, 0.5 / n) for g in grads] for grads, n in zip(looped, norms)]
+    assert all(np.sqrt(sum(float(np.sum(g ** 2)) for g in grads)) <= 0.5 + 1e-6
+               for grads in clipped)
+    for total, *parts in zip(step.clipped_sum(x, y), *clipped):
+        np.testing.assert_allclose(total, np.sum(parts, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_without_noise_and_with_a_huge_clip_dp_sgd_is_plain_sgd():
+    x, y = _batch(8, seed=1)
+    private, plain = _compiled(3), _compiled(3)
+    step = privacy.PrivateStep(private, l2_clip=1e6, noise_multiplier=0.0, expected_batch=8,
+                               seed=0)
+    step(x, y)
+    with tf.GradientTape() as tape:
+        loss = plain.loss(y, plain(x, training=True))
+    plain.optimizer.apply_gradients(zip(tape.gradient(loss, plain.trainable_variables),
+                                        plain.trainable_variables))
+    for a, b in zip(private.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_the_noise_has_the_calibrated_standard_deviation():
+    step = privacy.PrivateStep(_compiled(), l2_clip=0.7, noise_multiplier=1.3,
+                               expected_batch=50, seed=0)
+    (noised,) = step.noised_average([tf.zeros([200_000])])
+    assert float(np.std(noised)) == pytest.approx(1.3 * 0.7 / 50, rel=0.02)
+    assert abs(float(np.mean(noised))) < 1e-4
+
+
+def _private_recipe(**privacy_options) -> Recipe:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 4)).astype("float32")
+    y = (x[:, 0] - x[:, 2] > 0).astype("int64")
+    return Recipe(name="private", data=DataConfig(source="arrays", arrays={"train": (x, y)}),
+                  model=ModelConfig(architecture="mlp", hidden=[8]),
+                  train=TrainConfig(epochs=4, batch_size=40, optimizer="sgd",
+                                    learning_rate=0.5, verbose=0),
+                  export=ExportConfig(enabled=False),
+                  privacy=PrivacyConfig(enabled=True, **privacy_options))
+
+
+def test_the_reported_epsilon_is_dp_accountings(quiet):
+    result = tftoolkit.train(_private_recipe(noise_multiplier=1.1, delta=1e-4), quiet)
+    n = result.info.counts["train"]
+    steps = 4 * round(n / 40)
+    import dp_accounting
+    from dp_accounting import rdp
+
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+        40 / n, dp_accounting.GaussianDpEvent(1.1)), steps))
+    assert result.metrics["epsilon"] == pytest.approx(accountant.get_epsilon(1e-4), rel=1e-9)
+    assert result.metrics["delta"] == 1e-4
+    assert len(result.history["epsilon"]) == 4
+    assert result.history["epsilon"] == sorted(result.history["epsilon"])  # it only grows
+    assert result.metrics["val_accuracy"] > 0.7  # still learns
+
+
+def test_a_target_epsilon_is_never_exceeded(quiet):
+    planned = tftoolkit.train(_private_recipe(target_epsilon=2.0), quiet)
+    assert planned.metrics["epsilon"] <= 2.0
+    assert planned.metrics["epsilon"] > 1.9  # the noise was found for the planned epochs
+    # Too little noise for the target: after epoch 1 epsilon is 1.97, epoch 2 would take
+    # it to 2.54, so training stops after one epoch.
+    stopped = tftoolkit.train(_private_recipe(target_epsilon=2.5, noise_multiplier=1.2),
+                              quiet)
+    assert stopped.metrics["epsilon"] <= 2.5
+    assert len(stopped.history["loss"]) == 1
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model.architecture": "cnn", "model.mode": "scratch"}, "BatchNorm"),
+    ({"augment.enabled": True, "augment.mixup": 0.2}, "mixup"),
+    ({"augment.enabled": True, "augment.cached_views": 2}, "cached_views"),
+    ({"data.class_weight": "balanced"}, "class_weight"),
+    ({"privacy.target_epsilon": 0.0, "privacy.noise_multiplier": 0.0}, "noise_multiplier"),
+])
+def test_what_dp_sgd_cannot_bound_is_refused(overrides, message):
+    with pytest.raises(RecipeError, match=message):
+        tftoolkit.load_recipe("fashion_transfer", {"privacy.enabled": True,
+                                                   "privacy.target_epsilon": 8.0,
+                                                   **overrides})
