@@ -114,6 +114,19 @@ class DataBundle:
             class_weights=self.class_weights() if training else None,
             augment=augment, first_epoch=first_epoch)
 
+    def arrays(self, split: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``limit`` (0: all) inputs of ``split``, as the model takes them, in order,
+        and their class ids (or regression targets)."""
+        inputs, labels, encoding = [], [], self.info.label_encoding
+        for batch in self.dataset(split, batch_size=64):
+            inputs.append(np.asarray(batch[0]))
+            labels.append(encoding.class_ids(batch[1]) if encoding.is_classification
+                          else np.asarray(batch[1]))
+            if limit and sum(map(len, inputs)) >= limit:
+                break
+        x, y = np.concatenate(inputs), np.concatenate(labels)
+        return (x[:limit], y[:limit]) if limit else (x, y)
+
     def cache_root(self) -> Path:
         """The folder of this data's disk caches."""
         cfg = self.recipe.data

@@ -68,11 +68,7 @@ def _split_arrays(recipe: Recipe, info: DataInfo,
     if split not in data.splits:
         raise DataError(f"split {split!r} does not exist for {data.info.description} "
                         f"(splits: {', '.join(data.splits)})")
-    images, labels = [], []
-    for batch in data.dataset(split, batch_size=64):
-        images.append(np.asarray(batch[0]))
-        labels.append(info.label_encoding.class_ids(batch[1]))
-    return split, np.concatenate(images), np.concatenate(labels)
+    return split, *data.arrays(split)
 
 
 def _probabilities(model: keras.Model, images: np.ndarray, tta: int) -> np.ndarray:

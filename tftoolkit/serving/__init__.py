@@ -48,24 +48,11 @@ def save_parity_inputs(run: RunDir, data: DataBundle) -> None:
     np.save(run / RunDir.PARITY_INPUTS, np.asarray(batch[0], dtype=np.float32))
 
 
-def _split_arrays(data: DataBundle, split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``limit`` (0: all) inputs of ``split`` and their class ids (or targets)."""
-    inputs, labels, encoding = [], [], data.info.label_encoding
-    for batch in data.dataset(split, batch_size=64):
-        inputs.append(np.asarray(batch[0]))
-        labels.append(encoding.class_ids(batch[1]) if encoding.is_classification
-                      else np.asarray(batch[1]))
-        if limit and sum(map(len, inputs)) >= limit:
-            break
-    x, y = np.concatenate(inputs), np.concatenate(labels)
-    return (x[:limit], y[:limit]) if limit else (x, y)
-
-
 def quantization_inputs(data: DataBundle) -> Quantization:
     """What quantized LiteRT files are measured (validation and test splits) and
     calibrated (training images through the evaluation pipeline) on."""
     cfg = data.recipe.export
-    splits = {s: _split_arrays(data, s, cfg.eval_examples) for s in ("val", "test")
+    splits = {s: data.arrays(s, cfg.eval_examples) for s in ("val", "test")
               if s in data.splits}
     if not splits:
         raise ExportError("quantized LiteRT formats are measured on the validation or test "

@@ -91,7 +91,7 @@ class _Setup:
 class _Run(_Setup):
     """Everything the stages of one run share."""
 
-    run: RunDir = None              # where this process writes
+    run: RunDir | None = None       # where this process writes (always set by _open_run)
     resume_from: RunDir | None = None   # the unfinished run continued, if any
     progress: Progress | None = None
     cached_head: StageInputs | None = None  # the last stage, when it trained on features
