@@ -133,3 +133,95 @@ def test_what_dp_sgd_cannot_bound_is_refused(overrides, message):
         tftoolkit.load_recipe("fashion_transfer", {"privacy.enabled": True,
                                                    "privacy.target_epsilon": 8.0,
                                                    **overrides})
+
+
+MIRRORED_DP = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import tftoolkit
+from tftoolkit.training import privacy
+
+def compiled():
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.CategoricalCrossentropy())
+    return model
+
+rng = np.random.default_rng(1)
+x = (rng.normal(size=(9, 3)) * 3).astype("float32")  # 5 and 4 examples per replica
+y = np.eye(2, dtype="float32")[rng.integers(0, 2, 9)]
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with mirrored.scope():
+    spread = compiled()
+alone = compiled()
+for model, strategy in ((spread, mirrored), (alone, None)):
+    privacy.PrivateStep(model, l2_clip=0.5, noise_multiplier=0.0, expected_batch=9, seed=0,
+                        strategy=strategy)(x, y)
+same = max(float(np.abs(a - b).max()) for a, b in zip(spread.get_weights(),
+                                                       alone.get_weights()))
+noisy = privacy.PrivateStep(spread, l2_clip=0.7, noise_multiplier=1.3, expected_batch=50,
+                            seed=0, strategy=mirrored)
+draws = mirrored.run(lambda: noisy.noised_average([tf.zeros([100_000])])[0])
+a, b = (np.asarray(v) for v in mirrored.experimental_local_results(draws))
+print(json.dumps({"same": same, "std": [float(a.std()), float(b.std())],
+                  "corr": float(np.corrcoef(a, b)[0, 1])}))
+"""
+
+# A process of its own: two MirroredStrategy objects in one process share collective keys.
+MIRRORED_DP_RUN = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import tftoolkit
+result = tftoolkit.train(tftoolkit.load_recipe(sys.argv[1], json.loads(sys.argv[2])))
+print(json.dumps({"notes": result.notes, "epsilon": result.metrics["epsilon"],
+                  "val_accuracy": result.metrics["val_accuracy"]}))
+"""
+
+PRIVATE_RECIPE_FILE = """
+import numpy as np
+from tftoolkit.recipe import (DataConfig, ExportConfig, ModelConfig, PrivacyConfig, Recipe,
+                              TrainConfig)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(400, 4)).astype("float32")
+y = (x[:, 0] - x[:, 2] > 0).astype("int64")
+RECIPE = Recipe(name="private", data=DataConfig(source="arrays", arrays={"train": (x, y)}),
+                model=ModelConfig(architecture="mlp", hidden=[8]),
+                train=TrainConfig(epochs=4, batch_size=40, optimizer="sgd",
+                                  learning_rate=0.5, verbose=0),
+                export=ExportConfig(enabled=False),
+                privacy=PrivacyConfig(enabled=True, noise_multiplier=1.1, delta=1e-4))
+"""
+
+
+def test_dp_sgd_under_mirrored_strategy_matches_one_device(tmp_path, quiet):
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_DP], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["same"] < 1e-6  # clipped sums over two replicas = over one device
+    for std in out["std"]:  # each replica: 1/sqrt(2) of the noise
+        assert std == pytest.approx(1.3 * 0.7 / 50 / 2 ** 0.5, rel=0.02)
+    assert abs(out["corr"]) < 0.02  # independent streams: the sum has the full deviation
+
+    recipe = tmp_path / "private.py"
+    recipe.write_text(PRIVATE_RECIPE_FILE)
+    options = {"train.distribute": "mirrored", "train.run_dir": str(tmp_path / "mirrored")}
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_DP_RUN, str(recipe),
+                           json.dumps(options)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "strategy: MirroredStrategy over 2 CPU devices" in out["notes"]
+    alone = tftoolkit.train(str(recipe), quiet)
+    assert out["epsilon"] == pytest.approx(alone.metrics["epsilon"], rel=1e-12)
+    assert out["val_accuracy"] > 0.7

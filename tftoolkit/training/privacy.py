@@ -57,16 +57,31 @@ def noise_for_epsilon(target: float, sampling_rate: float, steps: int, delta: fl
 
 class PrivateStep:
     """The DP-SGD update of a compiled model: per-example gradients, clipped, summed,
-    noised, averaged over the expected batch size, applied by the model's optimizer."""
+    noised, averaged over the expected batch size, applied by the model's optimizer.
+
+    Under a MirroredStrategy of R replicas each replica clips its slice of the batch and
+    adds noise of standard deviation ``noise_multiplier * l2_clip / sqrt(R)`` from its own
+    random stream; the optimizer's all-reduce sums the replicas' gradients, so the step
+    carries the clipped sum of the whole batch plus noise of the full standard deviation,
+    as on one device.
+    """
 
     def __init__(self, model: keras.Model, *, l2_clip: float, noise_multiplier: float,
-                 expected_batch: float, seed: int):
+                 expected_batch: float, seed: int,
+                 strategy: tf.distribute.Strategy | None = None):
         self.model, self.l2_clip = model, l2_clip
         self.noise_multiplier, self.expected_batch = noise_multiplier, expected_batch
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
         loss = model.loss
         self.loss_fn = loss.__class__(**{**loss.get_config(), "reduction": None})
-        self.generator = tf.random.Generator.from_seed(seed)
+        with self.strategy.scope():  # one random stream per replica
+            self.generator = tf.random.Generator.from_seed(seed)
         self.classify = model.output_shape[-1] > 1
+        # strategy.run inside one tf.function: traced once for all replicas, so their
+        # all-reduces line up
+        self._step = tf.function(lambda x, y, mask: self.strategy.run(
+            self._replica_step, args=(x, y, mask)), reduce_retracing=True)
 
     def per_example_gradients(self, x: tf.Tensor, y: tf.Tensor) -> list[tf.Tensor]:
         """One gradient per example: a list (one per trainable variable) of [B, ...]."""
@@ -80,39 +95,65 @@ class PrivateStep:
 
         return tf.vectorized_map(one, (x, y))
 
-    def clipped_sum(self, x: tf.Tensor, y: tf.Tensor) -> list[tf.Tensor]:
-        """The sum over the batch of each example's gradient clipped to ``l2_clip``."""
+    def clipped_sum(self, x: tf.Tensor, y: tf.Tensor,
+                    mask: tf.Tensor | None = None) -> list[tf.Tensor]:
+        """The sum over the batch of each example's gradient clipped to ``l2_clip``
+        (examples whose ``mask`` is 0, padding, count for nothing)."""
         grads = self.per_example_gradients(x, y)
         norms = tf.sqrt(tf.add_n([tf.reduce_sum(tf.reshape(g, [tf.shape(g)[0], -1]) ** 2,
                                                 axis=1) for g in grads]))
         factors = tf.minimum(1.0, self.l2_clip / tf.maximum(norms, 1e-12))
+        if mask is not None:
+            factors *= mask
         return [tf.tensordot(factors, g, axes=1) for g in grads]
 
     def noised_average(self, sums: list[tf.Tensor]) -> list[tf.Tensor]:
-        """``(sum + N(0, (noise_multiplier * l2_clip)^2)) / expected_batch``."""
-        std = self.noise_multiplier * self.l2_clip
+        """``(sum + N(0, (noise_multiplier * l2_clip)^2 / R)) / expected_batch``: one
+        replica's share (R = 1 on one device)."""
+        std = self.noise_multiplier * self.l2_clip / self.replicas ** 0.5
         return [(s + std * self.generator.normal(tf.shape(s))) / self.expected_batch
                 for s in sums]
 
-    @tf.function(reduce_retracing=True)
-    def __call__(self, x, y):
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+        """One step on the batch ``(x, y)``, split over the replicas; returns the batch's
+        summed loss, correct predictions and size (before the update)."""
+        x, y = np.asarray(x, np.float32), np.asarray(y)
+        if self.replicas == 1:
+            return [float(v) for v in self._step(x, y, np.ones(len(x), np.float32))]
+        # Equal shapes on every replica (padding masked out): one trace serves them all.
+        size = -(-len(x) // self.replicas)
+        slices = []
+        for part in np.array_split(np.arange(len(x)), self.replicas):
+            pad = size - len(part)
+            slices.append((np.concatenate([x[part], np.zeros((pad, *x.shape[1:]), x.dtype)]),
+                           np.concatenate([y[part], np.zeros((pad, *y.shape[1:]), y.dtype)]),
+                           np.concatenate([np.ones(len(part)), np.zeros(pad)]).astype(
+                               np.float32)))
+        values = [self.strategy.experimental_distribute_values_from_function(
+            lambda context, i=i: tf.constant(slices[context.replica_id_in_sync_group][i]))
+            for i in range(3)]
+        results = self._step(*values)
+        return [float(self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None))
+                for v in results]
+
+    def _replica_step(self, x, y, mask):
         if tf.shape(x)[0] > 0:
-            sums = self.clipped_sum(x, y)
+            sums = self.clipped_sum(x, y, mask)
         else:
             sums = [tf.zeros_like(v) for v in self.model.trainable_variables]
         grads = self.noised_average(sums)
         model = self.model
-        if model.losses:  # penalties: the same for every example, not clipped
-            with tf.GradientTape() as tape:
-                penalty = tf.add_n(model.losses)
+        if model.losses:  # penalties: the same for every example, not clipped; each
+            with tf.GradientTape() as tape:  # replica adds 1/R of them
+                penalty = tf.add_n(model.losses) / self.replicas
             grads = [g + (r if r is not None else 0.0) for g, r in
                      zip(grads, tape.gradient(penalty, model.trainable_variables))]
         model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
         predictions = model(x, training=False)
-        losses = self.loss_fn(y, predictions)
+        losses = self.loss_fn(y, predictions) * mask
         hits = (tf.cast(tf.equal(tf.argmax(predictions, -1), tf.argmax(y, -1)), tf.float32)
-                if self.classify else tf.zeros_like(losses))
-        return tf.reduce_sum(losses), tf.reduce_sum(hits), tf.cast(tf.shape(x)[0], tf.float32)
+                * mask if self.classify else tf.zeros_like(losses))
+        return tf.reduce_sum(losses), tf.reduce_sum(hits), tf.reduce_sum(mask)
 
 
 def poisson_batches(n: int, rate: float, steps: int, seed: int, epoch: int):
@@ -126,7 +167,8 @@ def poisson_batches(n: int, rate: float, steps: int, seed: int, epoch: int):
 def fit_private(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int,
                 l2_clip: float, noise_multiplier: float, delta: float, epochs: int,
                 initial_epoch: int, steps_before: int, target_epsilon: float,
-                validation_data=None, callbacks=(), verbose: int = 1, seed: int = 0) -> int:
+                validation_data=None, callbacks=(), verbose: int = 1, seed: int = 0,
+                strategy: tf.distribute.Strategy | None = None) -> int:
     """DP-SGD on a compiled ``model`` over the training arrays ``(x, y)``; logs ``epsilon``
     after each epoch and stops before an epoch would take ε past ``target_epsilon``.
     Returns the number of private steps taken in all (``steps_before`` included)."""
@@ -134,7 +176,7 @@ def fit_private(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size:
     rate = min(batch_size / n, 1.0)
     steps_per_epoch = max(int(round(1 / rate)), 1)
     step = PrivateStep(model, l2_clip=l2_clip, noise_multiplier=noise_multiplier,
-                       expected_batch=rate * n, seed=seed)
+                       expected_batch=rate * n, seed=seed, strategy=strategy)
     callback_list = keras.callbacks.CallbackList(list(callbacks), model=model, epochs=epochs,
                                                  steps=steps_per_epoch, verbose=verbose)
     taken = steps_before
@@ -150,10 +192,8 @@ def fit_private(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size:
         progress = keras.utils.Progbar(steps_per_epoch, verbose=verbose) if verbose else None
         total = hits = seen = 0.0
         for i, batch in enumerate(poisson_batches(n, rate, steps_per_epoch, seed, epoch)):
-            loss_sum, batch_hits, batch_seen = step(tf.constant(x[batch], tf.float32),
-                                                    tf.constant(y[batch]))
-            total, hits = total + float(loss_sum), hits + float(batch_hits)
-            seen += float(batch_seen)
+            loss_sum, batch_hits, batch_seen = step(x[batch], y[batch])
+            total, hits, seen = total + loss_sum, hits + batch_hits, seen + batch_seen
             taken += 1
             logs = {"loss": total / max(seen, 1)}
             if step.classify:

@@ -303,10 +303,11 @@ def _run_stage(run: _Run, stage: Stage) -> None:
 def _plan_privacy(run: _Run, stages: list[Stage]) -> Privacy:
     """The noise for the whole run (every stage spends the same budget), and the private
     steps a resumed run had already taken."""
-    if run.strategy.num_replicas_in_sync > 1 or distributed.needs_own_loop(run.strategy):
-        raise RecipeError("privacy.enabled runs DP-SGD on one device; "
-                          f"{strategy_name(run.strategy)} is not supported: set "
-                          "train.distribute=default")
+    if distributed.needs_own_loop(run.strategy) or isinstance(run.strategy,
+                                                              tf.distribute.TPUStrategy):
+        raise RecipeError("privacy.enabled runs DP-SGD on one machine (one device or "
+                          f"MirroredStrategy); {strategy_name(run.strategy)} is not "
+                          "supported: set train.distribute=default or mirrored")
     n = len(run.data.splits["train"])
     epochs = sum(stage.epochs for stage in stages)
     noise, delta = privacy.planned_noise(run.recipe.privacy, n, run.batch_size, epochs)
@@ -339,7 +340,8 @@ def _fit_private(run: _Run, stage: Stage, inputs: StageInputs, first_epoch: int)
         epochs=stage.end, initial_epoch=first_epoch,
         steps_before=first_epoch * privacy.steps_per_epoch(len(x), run.batch_size),
         target_epsilon=cfg.target_epsilon, validation_data=inputs.val,
-        callbacks=_callbacks(run, stage, inputs), verbose=t.verbose, seed=t.seed)
+        callbacks=_callbacks(run, stage, inputs), verbose=t.verbose, seed=t.seed,
+        strategy=run.strategy)
 
 
 def _keep_best_stage(run: _Run, stages: list[Stage]) -> bool:
