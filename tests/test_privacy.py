@@ -225,3 +225,19 @@ def test_dp_sgd_under_mirrored_strategy_matches_one_device(tmp_path, quiet):
     alone = tftoolkit.train(str(recipe), quiet)
     assert out["epsilon"] == pytest.approx(alone.metrics["epsilon"], rel=1e-12)
     assert out["val_accuracy"] > 0.7
+
+
+def test_both_stages_of_a_private_two_stage_run_spend_one_budget(image_folder, quiet):
+    result = tftoolkit.train("image_folder", {
+        **quiet, "data.dir": str(image_folder), "data.image_size": 33,
+        "model.weights": "none", "model.mode": "two_stage", "model.unfreeze": "block_16",
+        "augment.enabled": False, "train.epochs": 1, "train.fine_tune_epochs": 1,
+        "train.batch_size": 8, "privacy.enabled": True, "privacy.noise_multiplier": 1.0,
+        "export.enabled": False})
+    n = result.info.counts["train"]
+    # frozen-backbone stage on cached features, then fine-tuning through the backbone
+    assert len(result.history["epsilon"]) == 2
+    expected = privacy.epsilon(8 / n, 1.0, 2 * round(n / 8), 1 / (10 * n))
+    assert result.metrics["epsilon"] == pytest.approx(expected, rel=1e-9)
+    assert result.history["epsilon"][0] < result.history["epsilon"][1] == pytest.approx(
+        expected, rel=1e-9)
