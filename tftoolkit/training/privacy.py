@@ -174,24 +174,24 @@ def fit_private(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size:
     Returns the number of private steps taken in all (``steps_before`` included)."""
     n = len(x)
     rate = min(batch_size / n, 1.0)
-    steps_per_epoch = max(int(round(1 / rate)), 1)
+    epoch_steps = steps_per_epoch(n, batch_size)
     step = PrivateStep(model, l2_clip=l2_clip, noise_multiplier=noise_multiplier,
                        expected_batch=rate * n, seed=seed, strategy=strategy)
     callback_list = keras.callbacks.CallbackList(list(callbacks), model=model, epochs=epochs,
-                                                 steps=steps_per_epoch, verbose=verbose)
+                                                 steps=epoch_steps, verbose=verbose)
     taken = steps_before
     model.stop_training = False
     callback_list.on_train_begin()
     for epoch in range(initial_epoch, epochs):
-        spent_next = epsilon(rate, noise_multiplier, taken + steps_per_epoch, delta)
+        spent_next = epsilon(rate, noise_multiplier, taken + epoch_steps, delta)
         if target_epsilon and spent_next > target_epsilon:
             print(f"tftoolkit: privacy budget: another epoch would spend ε={spent_next:.3f} "
                   f"> privacy.target_epsilon={target_epsilon}; stopping")
             break
         callback_list.on_epoch_begin(epoch)
-        progress = keras.utils.Progbar(steps_per_epoch, verbose=verbose) if verbose else None
+        progress = keras.utils.Progbar(epoch_steps, verbose=verbose) if verbose else None
         total = hits = seen = 0.0
-        for i, batch in enumerate(poisson_batches(n, rate, steps_per_epoch, seed, epoch)):
+        for i, batch in enumerate(poisson_batches(n, rate, epoch_steps, seed, epoch)):
             loss_sum, batch_hits, batch_seen = step(x[batch], y[batch])
             total, hits, seen = total + loss_sum, hits + batch_hits, seen + batch_seen
             taken += 1
@@ -217,13 +217,13 @@ def planned_noise(cfg, n: int, batch_size: int, total_epochs: int) -> tuple[floa
     delta = cfg.delta or 1.0 / (10 * n)
     if cfg.noise_multiplier:
         return cfg.noise_multiplier, delta
-    rate = min(batch_size / n, 1.0)
-    steps = total_epochs * max(int(round(1 / rate)), 1)
-    return noise_for_epsilon(cfg.target_epsilon, rate, steps, delta), delta
+    steps = total_epochs * steps_per_epoch(n, batch_size)
+    return noise_for_epsilon(cfg.target_epsilon, min(batch_size / n, 1.0), steps,
+                             delta), delta
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Private steps in one epoch: the expected number of batches, 1 / q."""
+    """Private steps in one epoch: the expected number of batches, 1 / q (rounded)."""
     return max(int(round(n / max(batch_size, 1))), 1) if batch_size < n else 1
 
 
