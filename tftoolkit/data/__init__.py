@@ -99,7 +99,10 @@ class DataBundle:
             # bounded shuffle buffer mixes classes (TFDS files are shuffled by TFDS)
             examples = examples.subset(np.random.default_rng(train.seed).permutation(
                 len(examples)))
-        cache = plan_cache(cfg.cache, examples, split=split, image_size=self.info.image_size,
+        # Planned on the split as read (its fingerprint computed once); the training
+        # order is part of the settings.
+        cache = plan_cache(cfg.cache, self.splits[split], split=split,
+                           image_size=self.info.image_size,
                            settings={"resize": cfg.resize_method,
                                      "order": f"seed {train.seed}" if training else "read"},
                            cache_root=self.cache_root(), budget_mb=cfg.memory_budget_mb)

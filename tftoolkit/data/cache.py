@@ -51,22 +51,6 @@ def example_bytes(examples: Examples, image_size: int | None) -> int:
     return int(np.prod(examples.arrays.shape[1:])) * 4
 
 
-def fingerprint(examples: Examples) -> str:
-    """A digest of a split's content: its labels and, per kind of example, the image
-    files (paths, sizes, modification times), the arrays' bytes, or the TFDS spec."""
-    digest = hashlib.sha1(np.ascontiguousarray(examples.labels).tobytes())
-    if examples.paths is not None:
-        for path in examples.paths:
-            stat = os.stat(path)
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    elif examples.arrays is not None:
-        digest.update(str(examples.arrays.shape).encode())
-        digest.update(np.ascontiguousarray(examples.arrays).tobytes())
-    else:
-        digest.update(repr(examples.dataset.element_spec).encode())
-    return digest.hexdigest()
-
-
 def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | None,
                settings: dict, cache_root: Path, budget_mb: int) -> CachePlan:
     """The cache of one split: ``mode`` as asked, or what ``auto`` chooses.
@@ -92,7 +76,7 @@ def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | N
         kind = "uint8 pixels" if image_size else "float32 features"
         return CachePlan("memory", None, f"data cache for {split}: memory, {kind}, "
                                          f"{megabytes:.0f} MB ({why})")
-    key = hashlib.sha1(json.dumps({"content": fingerprint(examples), "split": split,
+    key = hashlib.sha1(json.dumps({"content": examples.fingerprint, "split": split,
                                    "image_size": image_size, **settings},
                                   sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root / key

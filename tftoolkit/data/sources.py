@@ -7,7 +7,10 @@ paths, or (TFDS) a ``tf.data.Dataset`` whose labels were read up front.
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,23 @@ class Examples:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A digest of the split's content, computed once: its labels and, per kind of
+        example, the image files (paths, sizes, modification times), the arrays' bytes,
+        or the TFDS element spec."""
+        digest = hashlib.sha1(np.ascontiguousarray(self.labels).tobytes())
+        if self.paths is not None:
+            for path in self.paths:
+                stat = os.stat(path)
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        elif self.arrays is not None:
+            digest.update(str(self.arrays.shape).encode())
+            digest.update(np.ascontiguousarray(self.arrays).tobytes())
+        else:
+            digest.update(repr(self.dataset.element_spec).encode())
+        return digest.hexdigest()
 
     def subset(self, indices: np.ndarray) -> "Examples":
         """The examples at ``indices`` (in that order)."""

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.errors import ExportError
+from tftoolkit.serving.outputs import class_probabilities
 
 QUANTIZED = ("tflite_dynamic", "tflite_float16", "tflite_int8")
 IO_TYPES = {"float": tf.float32, "uint8": tf.uint8, "int8": tf.int8}
@@ -168,7 +169,4 @@ def measure(candidate, reference, splits: dict[str, tuple[np.ndarray, np.ndarray
 
 
 def _top1(predictions: np.ndarray) -> np.ndarray:
-    predictions = np.asarray(predictions)
-    if predictions.shape[-1] == 1:
-        return (predictions[:, 0] > 0.5).astype(int)
-    return predictions.argmax(axis=1)
+    return class_probabilities(predictions).argmax(axis=1)

@@ -19,7 +19,6 @@ import numpy as np
 
 from tftoolkit.augment import Augmenter
 from tftoolkit.data import DataBundle
-from tftoolkit.data.cache import fingerprint
 from tftoolkit.data.sources import Examples
 from tftoolkit.models.layout import FEATURES
 from tftoolkit.training.stages import StageInputs
@@ -69,7 +68,7 @@ def _memo_key(data: DataBundle, split: str, views: int, batch_size: int) -> str 
         return None
     m = recipe.model
     return json.dumps({
-        "content": fingerprint(data.splits[split]), "split": split,
+        "content": data.splits[split].fingerprint, "split": split,
         "image_size": data.info.image_size, "resize": recipe.data.resize_method,
         "backbone": [m.architecture, m.weights, m.backbone_layer],
         "augment": asdict(recipe.augment) if views else None, "views": views,
