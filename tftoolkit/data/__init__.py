@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import tensorflow as tf
 
 from tftoolkit.data.cache import plan_cache
 from tftoolkit.data.pipeline import make_dataset
+from tftoolkit.data.scan import WorkerShare
 from tftoolkit.data.sources import Examples, load_source
-from tftoolkit.data.splits import stratified_cap, stratified_split
+from tftoolkit.data.splits import shard_positions, stratified_cap, stratified_split
 from tftoolkit.errors import DataError
 from tftoolkit.labels import ENCODING_OF_LOSS, ENCODINGS, LabelEncoding
 from tftoolkit.models.registry import get_architecture
@@ -89,32 +91,81 @@ class DataBundle:
         """Batches in one pass over ``split``."""
         return -(-len(self.splits[split]) // max(batch_size, 1))
 
+    def shards_by_worker(self, split: str) -> bool:
+        """Whether each worker of a multi-worker run reads its own share of ``split``
+        (image files or TFDS records, sharded before decoding). In-memory arrays are
+        sharded by tf.data after batching instead, so that the global batches are the
+        ones a single process trains on."""
+        return self.splits[split].arrays is None
+
     def dataset(self, split: str, *, training: bool = False, batch_size: int | None = None,
-                augment: Callable | None = None, first_epoch: int = 0):
+                augment: Callable | None = None, first_epoch: int = 0,
+                input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
         """A batched ``tf.data.Dataset`` of ``split``; for training an endless, per-epoch
-        shuffled (and augmented) stream starting at ``first_epoch``."""
+        shuffled (and augmented) stream starting at ``first_epoch``.
+
+        With ``input_context`` (``distribute_datasets_from_function``), the dataset of
+        one worker: only its shard of the examples is read and decoded, in batches of
+        the per-replica size. For training, each local replica gets a shard of its own,
+        all shards padded to one size so that every replica steps through the same
+        number of batches per epoch; evaluation shards are left uneven (tf.distribute
+        pads the last steps and the figures are sums).
+        """
+        batch_size = self.recipe.train.batch_size if batch_size is None else batch_size
+        if input_context is None:
+            return self._pipeline(split, training, batch_size, augment, first_epoch)
+        per_replica = input_context.get_per_replica_batch_size(batch_size)
+        workers, worker = input_context.num_input_pipelines, input_context.input_pipeline_id
+        if not training:
+            return self._pipeline(split, training, per_replica, augment, first_epoch,
+                                  shard=(worker, workers))
+        replicas = input_context.num_replicas_in_sync // workers
+        streams = [self._pipeline(split, training, per_replica, augment, first_epoch,
+                                  shard=(worker * replicas + r, workers * replicas),
+                                  budget_share=1 / replicas)
+                   for r in range(replicas)]
+        if replicas == 1:
+            return streams[0]
+        return tf.data.Dataset.choose_from_datasets(  # one batch per local replica in turn
+            streams, tf.data.Dataset.range(replicas).repeat())
+
+    def _pipeline(self, split: str, training: bool, batch_size: int,
+                  augment: Callable | None, first_epoch: int,
+                  shard: tuple[int, int] | None = None,
+                  budget_share: float = 1.0) -> tf.data.Dataset:
+        """The pipeline of ``split``, or of its shard ``(index, count)``, whose cache
+        takes at most ``budget_share`` of the memory budget under ``data.cache=auto``."""
         cfg, train = self.recipe.data, self.recipe.train
         examples = self.splits[split]
         if training and examples.dataset is None:  # a seeded random order, so that a
             # bounded shuffle buffer mixes classes (TFDS files are shuffled by TFDS)
             examples = examples.subset(np.random.default_rng(train.seed).permutation(
                 len(examples)))
+        settings = {"resize": cfg.resize_method,
+                    "order": f"seed {train.seed}" if training else "read"}
+        if shard is not None:
+            try:
+                positions = shard_positions(len(examples), *shard, equal=training)
+            except ValueError as exc:
+                raise DataError(f"split {split!r}: {exc}") from None
+            examples = examples.subset(positions)
+            settings["shard"] = f"{shard[0] + 1} of {shard[1]}"
         # Planned on the split as read (its fingerprint computed once); the training
-        # order is part of the settings.
+        # order and the shard are part of the settings.
         cache = plan_cache(cfg.cache, self.splits[split], split=split,
-                           image_size=self.info.image_size,
-                           settings={"resize": cfg.resize_method,
-                                     "order": f"seed {train.seed}" if training else "read"},
-                           cache_root=self.cache_root(), budget_mb=cfg.memory_budget_mb)
-        if not any(n.startswith(f"data cache for {split}:") for n in self.notes):
-            self.notes.append(cache.note)
+                           image_size=self.info.image_size, settings=settings,
+                           cache_root=self.cache_root(), budget_mb=cfg.memory_budget_mb,
+                           count=len(examples), budget_share=budget_share)
+        label = f"data cache for {split}" + (f" (shard {settings['shard']}, {len(examples)} "
+                                             "examples)" if shard else "")
+        if not any(n.startswith(label + ":") for n in self.notes):
+            self.notes.append(cache.note.replace(f"data cache for {split}", label, 1))
         return make_dataset(
-            examples, batch_size=train.batch_size if batch_size is None else batch_size,
-            image_size=self.info.image_size, encoding=self.info.label_encoding,
-            num_classes=self.info.num_classes, training=training, seed=train.seed,
-            resize_method=cfg.resize_method, cache=cache.mode, cache_path=cache.path,
-            shuffle_buffer=cfg.shuffle_buffer, autotune=cfg.autotune,
-            class_weights=self.class_weights() if training else None,
+            examples, batch_size=batch_size, image_size=self.info.image_size,
+            encoding=self.info.label_encoding, num_classes=self.info.num_classes,
+            training=training, seed=train.seed, resize_method=cfg.resize_method,
+            cache=cache.mode, cache_path=cache.path, shuffle_buffer=cfg.shuffle_buffer,
+            autotune=cfg.autotune, class_weights=self.class_weights() if training else None,
             augment=augment, first_epoch=first_epoch)
 
     def arrays(self, split: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -158,14 +209,16 @@ def _label_encoding(recipe: Recipe, task: str, num_classes: int) -> str:
     return "categorical"
 
 
-def load_data(recipe: Recipe, image_size: int | None = None) -> DataBundle:
+def load_data(recipe: Recipe, image_size: int | None = None,
+              share: WorkerShare | None = None) -> DataBundle:
     """Read ``recipe.data`` into splits (train/val/test) and describe them.
 
     ``image_size`` is the square side images are resized to; None keeps feature vectors
-    as they are (from-scratch tabular models).
+    as they are (from-scratch tabular models). ``share``: this worker's part of the
+    check of an image folder's files, in a multi-worker run.
     """
     cfg, seed = recipe.data, recipe.train.seed
-    source = load_source(cfg, seed)
+    source = load_source(cfg, seed, share)
     splits = dict(source.splits)
     if cfg.max_examples:  # per source split, before validation is held out of train
         for name, examples in splits.items():
@@ -208,4 +261,4 @@ def load_data(recipe: Recipe, image_size: int | None = None) -> DataBundle:
     return DataBundle(recipe, splits, info)
 
 
-__all__ = ["DataBundle", "DataInfo", "Examples", "load_data"]
+__all__ = ["DataBundle", "DataInfo", "Examples", "WorkerShare", "load_data"]

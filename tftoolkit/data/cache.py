@@ -52,19 +52,26 @@ def example_bytes(examples: Examples, image_size: int | None) -> int:
 
 
 def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | None,
-               settings: dict, cache_root: Path, budget_mb: int) -> CachePlan:
+               settings: dict, cache_root: Path, budget_mb: int,
+               count: int | None = None, budget_share: float = 1.0) -> CachePlan:
     """The cache of one split: ``mode`` as asked, or what ``auto`` chooses.
 
     Args:
-        settings: everything else that shapes a decoded example (resize method, order).
+        settings: everything else that shapes a decoded example (resize method, order,
+            the worker's shard).
         cache_root: the folder disk caches live in.
         budget_mb: the memory a split may take under ``auto``; 0: a quarter of what is
             available now.
+        count: how many of ``examples`` are cached (a worker's shard); None: all.
+        budget_share: the part of the budget this cache may take (one of a worker's
+            several replica shards).
     """
-    size = len(examples) * example_bytes(examples, image_size)
+    count = len(examples) if count is None else count
+    size = count * example_bytes(examples, image_size)
     megabytes = size / 2 ** 20
     if mode == "auto":
-        budget = budget_mb * 2 ** 20 if budget_mb else DEFAULT_BUDGET_SHARE * available_memory()
+        budget = budget_share * (budget_mb * 2 ** 20 if budget_mb
+                                 else DEFAULT_BUDGET_SHARE * available_memory())
         mode = "memory" if size <= budget else "disk"
         why = (f"{megabytes:.0f} MB {'fits' if mode == 'memory' else 'exceeds'} the memory "
                f"budget of {budget / 2 ** 20:.0f} MB")

@@ -54,6 +54,9 @@ def _examples_dataset(examples: Examples, image_size: int | None,
                     num_parallel_calls=AUTOTUNE)
     elif examples.dataset is not None:  # TFDS: its length is known from the labels read
         ds = examples.dataset.apply(tf.data.experimental.assert_cardinality(len(examples)))
+        if ds.element_spec[0].dtype == tf.string:  # decoded only once selected
+            ds = ds.map(lambda data, y: (decode_image_bytes(data), y),
+                        num_parallel_calls=AUTOTUNE)
     else:
         ds = tf.data.Dataset.from_tensor_slices((examples.arrays, labels))
     if image_size:

@@ -11,6 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -35,27 +38,56 @@ def _check(path: Path) -> str | None:
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
-        return "cannot be decoded: " + str(exc.message).split("[Op:")[0].strip()[-120:]
+        # "{{function_node ...}} Unknown image file format. ... [Op:DecodeImage]"
+        message = str(exc.message).split("[Op:")[0].split("}}")[-1].strip()
+        return "cannot be decoded: " + message[-120:]
     return None
 
 
 PROGRESS_FROM = 2000              # folders at least this large report progress
 
 
-def scan_image_folder(paths: list[Path], workers: int = 8) -> ScanResult:
+@dataclass(frozen=True)
+class WorkerShare:
+    """One worker's part of work shared by the workers of a multi-worker run: every
+    ``count``-th item from ``index``; ``sum_over_workers`` adds an integer vector up
+    across all workers (a collective all-reduce)."""
+
+    index: int
+    count: int
+    sum_over_workers: Callable[[np.ndarray], np.ndarray]
+
+
+def scan_image_folder(paths: list[Path], threads: int = 8,
+                      share: WorkerShare | None = None) -> ScanResult:
     """Decode every file in ``paths`` (in parallel threads: TensorFlow's decoders release
     the GIL); sort them into good files and bad ones. Large folders print a line at each
-    tenth, with the files checked per second."""
-    step = max(len(paths) // 10, 1) if len(paths) >= PROGRESS_FROM else 0
+    tenth, with the files checked per second.
+
+    With ``share``, this worker decodes only its share of the files; the workers then
+    add up their marks of bad files, and each checks the others' bad files again (they
+    are few) for the reasons.
+    """
+    mine = (list(range(len(paths))) if share is None
+            else list(range(share.index, len(paths), share.count)))
+    step = max(len(mine) // 10, 1) if len(mine) >= PROGRESS_FROM else 0
     start = time.perf_counter()
-    reasons = []
-    with ThreadPoolExecutor(workers) as pool:
-        for done, reason in enumerate(pool.map(_check, paths), start=1):
-            reasons.append(reason)
-            if step and (done % step == 0 or done == len(paths)):
+    reasons: dict[int, str | None] = {}
+    with ThreadPoolExecutor(threads) as pool:
+        for done, (i, reason) in enumerate(
+                zip(mine, pool.map(_check, [paths[i] for i in mine])), start=1):
+            reasons[i] = reason
+            if step and (done % step == 0 or done == len(mine)):
                 rate = done / max(time.perf_counter() - start, 1e-9)
-                print(f"tftoolkit: checked {done}/{len(paths)} image files "
+                whose = "" if share is None else f" (this worker's share of {len(paths)})"
+                print(f"tftoolkit: checked {done}/{len(mine)} image files{whose} "
                       f"({rate:.0f} files/s)", file=sys.stderr, flush=True)
-    good = [str(p) for p, why in zip(paths, reasons) if why is None]
-    bad = [(str(p), why) for p, why in zip(paths, reasons) if why is not None]
+    if share is not None:
+        marks = np.zeros(len(paths), np.int32)
+        marks[[i for i, why in reasons.items() if why is not None]] = 1
+        for i in np.flatnonzero(share.sum_over_workers(marks)):
+            if i not in reasons:
+                reasons[i] = _check(paths[i]) or "could not be read by another worker"
+    good = [str(p) for i, p in enumerate(paths) if reasons.get(i) is None]
+    bad = [(str(p), reasons[i]) for i, p in enumerate(paths) if reasons.get(i) is not None]
     return ScanResult(good, bad)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tftoolkit.data.scan import IMAGE_EXTENSIONS, scan_image_folder
+from tftoolkit.data.scan import IMAGE_EXTENSIONS, WorkerShare, scan_image_folder
 from tftoolkit.errors import DataError, did_you_mean
 from tftoolkit.paths import keras_datasets_dir
 from tftoolkit.recipe import DataConfig
@@ -35,7 +35,8 @@ class Examples:
     labels: np.ndarray
     arrays: np.ndarray | None = None       # features, or images (N, H, W[, C]) uint8
     paths: np.ndarray | None = None        # image files
-    dataset: object | None = None          # tf.data.Dataset of (image, label), TFDS
+    dataset: object | None = None          # TFDS: tf.data.Dataset of (image, label),
+    #                                        images encoded (PNG/JPEG bytes) or tensors
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -90,9 +91,11 @@ class SourceData:
     bad_files: list[tuple[str, str]]
 
 
-def load_source(cfg: DataConfig, seed: int) -> SourceData:
-    """Read the source named by ``cfg.source``."""
-    loaders = {"synthetic": _synthetic, "arrays": _arrays, "folder": _folder,
+def load_source(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> SourceData:
+    """Read the source named by ``cfg.source``; with ``share``, the workers of a
+    multi-worker run split the check of an image folder's files among them."""
+    loaders = {"synthetic": _synthetic, "arrays": _arrays,
+               "folder": functools.partial(_folder, share=share),
                "tfds": _tfds, "fashion_mnist": _fashion_mnist}
     return loaders[cfg.source](cfg, seed)
 
@@ -192,7 +195,7 @@ def _fashion_mnist(cfg: DataConfig, seed: int) -> SourceData:
 
 # --- image folder ----------------------------------------------------------------------
 
-def _folder(cfg: DataConfig, seed: int) -> SourceData:
+def _folder(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> SourceData:
     if not cfg.dir:
         raise DataError("data.source='folder' needs data.dir: --set data.dir=PATH/TO/IMAGES "
                         "(one subfolder per class)")
@@ -208,7 +211,7 @@ def _folder(cfg: DataConfig, seed: int) -> SourceData:
     if empty:
         raise DataError(f"data.dir={cfg.dir!r}: class folder(s) {empty} hold no files; "
                         "remove them or add images")
-    scan = scan_image_folder([p for paths in files.values() for p in paths])
+    scan = scan_image_folder([p for paths in files.values() for p in paths], share=share)
     if scan.bad and cfg.on_bad_file == "error":
         listing = "\n".join(f"  {path}: {why}" for path, why in scan.bad)
         raise DataError(f"{len(scan.bad)} file(s) in {cfg.dir} cannot be read as images "
@@ -256,14 +259,12 @@ def _tfds(cfg: DataConfig, seed: int) -> SourceData:
                         ("test", cfg.test_split)):
         if not spec:
             continue
-        try:
-            dataset = builder.as_dataset(split=spec, as_supervised=True)
+        try:  # images stay encoded until the pipeline has picked its examples
+            dataset = builder.as_dataset(split=spec, as_supervised=True, decoders={
+                image_key: tfds.decode.SkipDecoding()})
         except (ValueError, KeyError) as exc:
             raise DataError(f"data.{split}_split={spec!r} is not a split of {cfg.name} "
                             f"({', '.join(builder.info.splits)}): {exc}") from None
-        undecoded = builder.as_dataset(split=spec, decoders={
-            image_key: tfds.decode.SkipDecoding()})
-        labels = np.array([int(ex[label_key]) for ex in undecoded.as_numpy_iterator()],
-                          dtype="int64")
+        labels = np.fromiter((int(y) for _, y in dataset.as_numpy_iterator()), "int64")
         splits[split] = Examples(labels, dataset=dataset)
     return SourceData(splits, list(label_feature.names), f"tfds:{cfg.name}", [])

@@ -33,3 +33,14 @@ def stratified_cap(labels: np.ndarray, max_examples: int, seed: int) -> np.ndarr
         return np.arange(len(labels))
     keep, _ = stratified_split(labels, 1.0 - max_examples / len(labels), seed)
     return keep[:max_examples] if len(keep) > max_examples else keep
+
+
+def shard_positions(n: int, index: int, count: int, *, equal: bool = False) -> np.ndarray:
+    """Positions of shard ``index`` of ``count`` over ``n`` examples: every ``count``-th
+    one from ``index``, so the shards are disjoint and cover all positions. ``equal``
+    pads a shorter shard with its own first positions, so that every shard has
+    ``ceil(n / count)`` (and every worker steps through as many batches)."""
+    if n < count:
+        raise ValueError(f"{n} example(s) cannot be shared among {count} input shards")
+    positions = np.arange(index, n, count)
+    return np.resize(positions, -(-n // count)) if equal else positions

@@ -1,7 +1,10 @@
 """Fitting and evaluating under any strategy: Keras' own, or a loop where it fails.
 
-:func:`fit` and :func:`evaluate` are the one place where a multi-worker run differs
-from a single-process one.
+:func:`fit`, :func:`evaluate` and :func:`per_worker` are the one place where a
+multi-worker run differs from a single-process one. With :func:`per_worker`, each
+worker reads and decodes only its own shard of image files or TFDS records; in-memory
+arrays are sharded by data, so that every global batch is the one a single process
+would train on.
 
 Under ``MultiWorkerMirroredStrategy`` Keras 3's ``fit`` raises on ``PerReplica`` values
 (keras-team/keras#20585). This loop does the same work with ``strategy.run``: a
@@ -14,8 +17,13 @@ per-epoch ``loss``/``accuracy`` and validation figures.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
+import numpy as np
 import tensorflow as tf
+
+from tftoolkit.data import WorkerShare
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -29,16 +37,54 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
             and "chief" not in resolver.cluster_spec().as_dict())
 
 
+def worker_share(strategy: tf.distribute.Strategy) -> WorkerShare | None:
+    """This worker's part of work the workers of a multi-worker run split among them,
+    with a collective sum over the workers; None in a single process."""
+    if not needs_own_loop(strategy):
+        return None
+    resolver = strategy.cluster_resolver
+    tasks = resolver.cluster_spec().as_dict()
+    chiefs = len(tasks.get("chief", []))
+    index = resolver.task_id if resolver.task_type == "chief" else chiefs + resolver.task_id
+    local_replicas = strategy.num_replicas_in_sync // (chiefs + len(tasks.get("worker", [])))
+
+    def sum_over_workers(vector: np.ndarray) -> np.ndarray:
+        value = tf.constant(vector)
+        total = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                strategy.run(lambda: tf.identity(value)), axis=None)
+        return total.numpy() // local_replicas  # each local replica gave the vector
+
+    return WorkerShare(index, chiefs + len(tasks.get("worker", [])), sum_over_workers)
+
+
 def _per_example_loss(model: keras.Model) -> keras.losses.Loss:
     loss = model.loss
     return loss.__class__(**{**loss.get_config(), "reduction": None})
 
 
-def _distribute(strategy, dataset: tf.data.Dataset):
+Input = tf.data.Dataset | tf.distribute.DistributedDataset
+
+
+def _distribute(strategy, data: Input) -> tf.distribute.DistributedDataset:
+    """``data`` as the strategy iterates it: a dataset of global batches is sharded by
+    data (each worker keeps its slice of every global batch); a distributed dataset
+    (each worker's own shard, from :func:`per_worker`) is used as it is."""
+    if isinstance(data, tf.distribute.DistributedDataset):
+        return data
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA)
-    return strategy.experimental_distribute_dataset(dataset.with_options(options))
+    return strategy.experimental_distribute_dataset(data.with_options(options))
+
+
+def per_worker(strategy, make: Callable[[tf.distribute.InputContext | None], tf.data.Dataset],
+               sharded: bool) -> Input:
+    """The input of a split: under the multi-worker loop with ``sharded`` data, each
+    worker builds its own pipeline, ``make(input_context)``, that reads only its shard;
+    otherwise ``make(None)``, a dataset of global batches."""
+    if sharded and needs_own_loop(strategy):
+        return strategy.distribute_datasets_from_function(make)
+    return make(None)
 
 
 class _Steps:
@@ -94,7 +140,7 @@ class _Steps:
         return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                 for v in values]
 
-    def evaluate_dataset(self, dataset: tf.data.Dataset) -> dict[str, float]:
+    def evaluate_dataset(self, dataset: Input) -> dict[str, float]:
         """Mean loss (and accuracy) over a whole dataset, across all workers."""
         totals = [0.0, 0.0, 0.0]
         for batch in _distribute(self.strategy, dataset):
@@ -105,15 +151,15 @@ class _Steps:
         return figures
 
 
-def evaluate_distributed(model: keras.Model, dataset: tf.data.Dataset, strategy,
+def evaluate_distributed(model: keras.Model, dataset: Input, strategy,
                          global_batch_size: int) -> dict[str, float]:
     """``model.evaluate`` for strategies where Keras' own fails."""
     return _Steps(model, strategy, global_batch_size).evaluate_dataset(dataset)
 
 
-def fit_distributed(model: keras.Model, train_ds: tf.data.Dataset, *, strategy,
+def fit_distributed(model: keras.Model, train_ds: Input, *, strategy,
                     global_batch_size: int, epochs: int, initial_epoch: int,
-                    steps_per_epoch: int, validation_data: tf.data.Dataset | None = None,
+                    steps_per_epoch: int, validation_data: Input | None = None,
                     callbacks: list[keras.callbacks.Callback] = (), verbose: int = 1) -> None:
     """Train a compiled ``model`` (built in ``strategy.scope()``) with ``strategy.run``."""
     steps = _Steps(model, strategy, global_batch_size)
@@ -150,9 +196,9 @@ def needs_own_loop(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-def fit(model: keras.Model, train_ds: tf.data.Dataset, *, strategy, global_batch_size: int,
+def fit(model: keras.Model, train_ds: Input, *, strategy, global_batch_size: int,
         epochs: int, initial_epoch: int, steps_per_epoch: int,
-        validation_data: tf.data.Dataset | None = None,
+        validation_data: Input | None = None,
         callbacks: list[keras.callbacks.Callback] = (), verbose: int = 1) -> None:
     """``model.fit`` (endless training datasets, ``steps_per_epoch`` steps an epoch), or
     :func:`fit_distributed` where Keras' ``fit`` fails."""
@@ -168,7 +214,7 @@ def fit(model: keras.Model, train_ds: tf.data.Dataset, *, strategy, global_batch
                   callbacks=list(callbacks), verbose=verbose, shuffle=False)
 
 
-def evaluate(model: keras.Model, dataset: tf.data.Dataset, *, strategy,
+def evaluate(model: keras.Model, dataset: Input, *, strategy,
              global_batch_size: int) -> dict[str, float]:
     """Loss and metric of a compiled ``model`` over ``dataset``, under any strategy."""
     if needs_own_loop(strategy):

@@ -161,7 +161,7 @@ def _batch_size(recipe: Recipe, data: DataBundle) -> int:
 def _prepare(recipe: Recipe, strategy: tf.distribute.Strategy,
              report_test: bool = True) -> _Setup:
     """Load the data; build the augmentation, the inference model and the training graph."""
-    data = load_data(recipe, input_size(recipe))
+    data = load_data(recipe, input_size(recipe), distributed.worker_share(strategy))
     if not report_test:
         data.splits.pop("test", None)
         data.info.counts.pop("test", None)
@@ -225,11 +225,21 @@ def _stage_inputs(run: _Setup, stage: Stage, first_epoch: int) -> StageInputs:
             return cached
     return StageInputs(
         run.graph,
-        data.dataset("train", training=True, batch_size=run.batch_size,
-                     augment=run.augmenter.pipeline_fn(), first_epoch=first_epoch),
-        data.dataset("val", batch_size=run.batch_size) if "val" in data.splits else None,
+        _input(run.strategy, data, "train", training=True, batch_size=run.batch_size,
+               augment=run.augmenter.pipeline_fn(), first_epoch=first_epoch),
+        _input(run.strategy, data, "val", batch_size=run.batch_size)
+        if "val" in data.splits else None,
         data.steps_per_epoch("train", run.batch_size),
         data.dataset("train", batch_size=run.batch_size))
+
+
+def _input(strategy: tf.distribute.Strategy, data: DataBundle, split: str,
+           **kwargs) -> distributed.Input:
+    """``data.dataset(split, **kwargs)``; in a multi-worker run on files or TFDS
+    records, each worker's own shard of it, which no other worker reads."""
+    return distributed.per_worker(
+        strategy, lambda context: data.dataset(split, input_context=context, **kwargs),
+        data.shards_by_worker(split))
 
 
 def _monitor(run: _Run) -> str:
@@ -440,7 +450,7 @@ def evaluate_model(model: keras.Model, data: DataBundle, recipe: Recipe, batch_s
         on_features = (split == "val" and cached_head is not None
                        and cached_head.val is not None)
         evaluated, dataset = ((cached_head.model, cached_head.val) if on_features else
-                              (model, data.dataset(split, batch_size=batch_size)))
+                              (model, _input(strategy, data, split, batch_size=batch_size)))
         values = distributed.evaluate(evaluated, dataset, strategy=strategy,
                                       global_batch_size=batch_size)
         metrics.update({f"{split}_{k}": v for k, v in values.items()})

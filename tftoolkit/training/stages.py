@@ -37,8 +37,8 @@ class StageInputs:
     features) and its datasets."""
 
     model: keras.Model
-    train: tf.data.Dataset
-    val: tf.data.Dataset | None
+    train: tf.data.Dataset | tf.distribute.DistributedDataset   # (each worker's shard)
+    val: tf.data.Dataset | tf.distribute.DistributedDataset | None
     steps_per_epoch: int
     plain_train: tf.data.Dataset       # the training split once, in order, not augmented
 

@@ -1,0 +1,212 @@
+"""Multi-worker input: each worker reads and decodes only its own shard of the data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import make_image_folder, write_image
+from tftoolkit.data import WorkerShare, load_data
+from tftoolkit.data.scan import scan_image_folder
+from tftoolkit.recipe import DataConfig, ModelConfig, Recipe, TrainConfig
+
+
+def _numbered_folder(root, n_per_class=25):
+    """Images whose every pixel is 5 x their number, so a batch says which files it holds."""
+    for label in range(2):
+        for i in range(n_per_class):
+            number = label * n_per_class + i
+            write_image(root / f"c{label}" / f"{i:02d}.png", np.full((8, 8, 3), 5 * number,
+                                                                    np.uint8))
+    return root
+
+
+def _numbers(batch) -> list[int]:
+    return np.round(np.asarray(batch[0])[:, 0, 0, 0] / 5).astype(int).tolist()
+
+
+def _context(workers, worker, replicas_per_worker=1):
+    return tf.distribute.InputContext(num_input_pipelines=workers, input_pipeline_id=worker,
+                                      num_replicas_in_sync=workers * replicas_per_worker)
+
+
+def _folder_data(folder, tmp_path, cache="memory"):
+    recipe = Recipe(name="sharded", data=DataConfig(
+        source="folder", dir=str(folder), image_size=8, validation_fraction=0.2,
+        test_fraction=0.0, cache=cache, cache_dir=str(tmp_path / "caches")),
+        model=ModelConfig(architecture="cnn"), train=TrainConfig(batch_size=8))
+    return load_data(recipe, 8)
+
+
+def test_worker_shards_are_disjoint_and_cover_the_data(tmp_path):
+    data = _folder_data(_numbered_folder(tmp_path / "numbers"), tmp_path)
+    train_numbers = set(_numbers(next(iter(data.dataset("train", batch_size=100)))))
+    val_numbers = set(_numbers(next(iter(data.dataset("val", batch_size=100)))))
+    assert len(train_numbers) == 40 and len(val_numbers) == 10
+    steps = data.steps_per_epoch("train", 8)
+
+    # 2 workers x 2 replicas: 4 training shards of 10, one per replica, in batches of 2
+    shards = []
+    for worker in range(2):
+        stream = data.dataset("train", training=True, input_context=_context(2, worker, 2))
+        batches = list(stream.take(2 * steps))     # one epoch: each local replica in turn
+        assert all(len(b[0]) == 2 for b in batches)
+        shards += [sum((_numbers(b) for b in batches[r::2]), []) for r in range(2)]
+        second_epoch = list(stream.skip(2 * steps).take(2 * steps))
+        assert sorted(sum(map(_numbers, second_epoch), [])) == sorted(sum(shards[-2:], []))
+    for shard in shards:
+        assert len(shard) == len(set(shard)) == 10
+    assert set().union(*map(set, shards)) == train_numbers
+    assert sum(map(len, shards)) == len(train_numbers)  # hence disjoint
+
+    evaluated = [sum(map(_numbers, data.dataset("val", input_context=_context(2, w, 2))), [])
+                 for w in range(2)]
+    assert not set(evaluated[0]) & set(evaluated[1])
+    assert sorted(evaluated[0] + evaluated[1]) == sorted(val_numbers)
+    assert any("shard 2 of 4, 10 examples" in note for note in data.notes)
+
+
+def test_uneven_training_shards_are_padded_to_the_same_number_of_batches(tmp_path):
+    data = _folder_data(_numbered_folder(tmp_path / "numbers", n_per_class=24), tmp_path)
+    assert len(data.splits["train"]) == 38        # 19 + 19 over 3 workers: 13, 13, 12
+    steps = data.steps_per_epoch("train", 6)
+    seen = []
+    for worker in range(3):
+        stream = data.dataset("train", training=True, batch_size=6,
+                              input_context=_context(3, worker))
+        epoch = sum(map(_numbers, stream.take(steps)), [])
+        assert len(epoch) == 13                   # 7 batches: 6 of 2, 1 of 1
+        seen.append(epoch)
+    assert sorted(set().union(*map(set, seen))) == sorted(
+        _numbers(next(iter(data.dataset("train", batch_size=100)))))
+    assert sorted(map(len, map(set, seen))) == [12, 13, 13]  # one repeat, on the short one
+
+
+def test_a_worker_never_reads_another_workers_files(tmp_path):
+    folder = _numbered_folder(tmp_path / "numbers")
+    data = _folder_data(folder, tmp_path, cache="off")
+    first = data.dataset("train", training=True, input_context=_context(2, 0))
+    mine = set(sum(map(_numbers, first.take(5)), []))
+    assert len(mine) == 20
+    for path in data.splits["train"].paths:  # break every training file worker 0 lacks
+        number = int(np.asarray(tf.io.decode_png(tf.io.read_file(path)))[0, 0, 0]) // 5
+        if number not in mine:
+            open(path, "wb").write(b"broken")
+    again = data.dataset("train", training=True, input_context=_context(2, 0))
+    assert set(sum(map(_numbers, again.take(10)), [])) == mine  # two epochs, no error
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        list(data.dataset("train", batch_size=100))
+
+
+def test_tfds_records_are_sharded_before_decoding():
+    import tensorflow_datasets as tfds
+
+    import tftoolkit
+
+    recipe = tftoolkit.load_recipe("flowers", ["data.max_examples=0"])
+    with tfds.testing.mock_data(num_examples=20):
+        data = load_data(recipe, 16)
+        assert data.splits["train"].dataset.element_spec[0].dtype == tf.string  # encoded
+
+        def digests(dataset):
+            return [hash(np.asarray(x).tobytes()) for b in dataset for x in b[0]]
+
+        everything = digests(data.dataset("val", batch_size=4))
+        shards = [digests(data.dataset("val", batch_size=4, input_context=_context(2, w)))
+                  for w in range(2)]
+    assert len(everything) == len(data.splits["val"])
+    assert sorted(shards[0] + shards[1]) == sorted(everything)
+    assert abs(len(shards[0]) - len(shards[1])) <= 1
+
+
+def test_a_shared_scan_decodes_only_its_share_and_agrees_with_a_full_scan(tmp_path,
+                                                                          monkeypatch):
+    from tftoolkit.data import scan
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=6)
+    (folder / "circle" / "bad.jpg").write_bytes(b"no image")
+    (folder / "square" / "empty.png").write_bytes(b"")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    full = scan_image_folder(paths)
+    assert len(full.bad) == 2
+
+    checked = []
+    original = scan._check
+    monkeypatch.setattr(scan, "_check", lambda path: checked.append(path) or original(path))
+    shares = []
+    for worker in range(2):  # each worker's own marks, then the sum over both
+        checked.clear()
+        own = scan_image_folder(paths, share=WorkerShare(worker, 2, lambda marks: marks))
+        shares.append((list(checked), own))
+    marks = [np.isin([str(p) for p in paths], [b for b, _ in own.bad]).astype(np.int32)
+             for _, own in shares]
+    for worker in range(2):
+        checked.clear()
+        result = scan_image_folder(paths, share=WorkerShare(
+            worker, 2, lambda own: own + marks[1 - worker]))
+        others_bad = [p for p in paths[1 - worker::2] if str(p) in dict(full.bad)]
+        assert sorted(checked) == sorted(paths[worker::2] + others_bad)
+        assert result.good == full.good and result.bad == full.bad
+
+
+WORKER = """
+import json, sys
+import tftoolkit
+result = tftoolkit.train(sys.argv[1], {"train.run_dir": sys.argv[2]})
+json.dump({"notes": result.notes, "metrics": result.metrics, "run_dir": str(result.run_dir),
+           "bad": result.info.bad_files}, open(sys.argv[3], "w"))
+"""
+
+
+def test_two_workers_on_an_image_folder_train_on_their_own_shards(tmp_path):
+    import keras
+
+    from tftoolkit.recipe import load_recipe
+    from tftoolkit.training.runner import evaluate_model
+    from test_runtime import _free_ports
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=24)
+    (folder / "circle" / "broken.jpg").write_bytes(b"not an image")
+    recipe_file = tmp_path / "folder_workers.py"
+    recipe_file.write_text(f'''
+from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
+RECIPE = Recipe(name="folder_workers",
+    data=DataConfig(source="folder", dir={str(folder)!r}, image_size=32,
+                    validation_fraction=0.25, test_fraction=0, on_bad_file="skip"),
+    model=ModelConfig(architecture="cnn"),
+    train=TrainConfig(epochs=2, batch_size=8, verbose=0),
+    export=ExportConfig(enabled=False))
+''')
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(recipe_file), str(tmp_path / "runs"),
+         str(tmp_path / f"worker{i}.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})})
+        for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    chief, other = (json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2))
+    # the scan was shared, and both workers skip the one bad file
+    assert [p for p, _ in chief["bad"]] == [p for p, _ in other["bad"]] == [
+        str(folder / "circle" / "broken.jpg")]
+    for index, result in ((1, chief), (2, other)):
+        assert any(f"data cache for train (shard {index} of 2, 18 examples)" in note
+                   for note in result["notes"]), result["notes"]
+        assert any(f"data cache for val (shard {index} of 2, 6 examples)" in note
+                   for note in result["notes"]), result["notes"]
+    assert chief["metrics"]["val_loss"] == other["metrics"]["val_loss"]
+
+    # The validation figures, summed over the two shards, are those of the whole split.
+    recipe = load_recipe(str(recipe_file))
+    model = keras.models.load_model(f"{chief['run_dir']}/model.keras")
+    alone = evaluate_model(model, load_data(recipe, 32), recipe, 8)
+    assert alone["val_accuracy"] == pytest.approx(chief["metrics"]["val_accuracy"], abs=1e-6)
+    assert alone["val_loss"] == pytest.approx(chief["metrics"]["val_loss"], rel=1e-5)
