@@ -164,7 +164,8 @@ json.dump({"notes": result.notes, "metrics": result.metrics, "run_dir": str(resu
 """
 
 
-def test_two_workers_on_an_image_folder_train_on_their_own_shards(tmp_path):
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_two_workers_on_an_image_folder_train_on_their_own_shards(tmp_path, cache):
     import keras
 
     from tftoolkit.recipe import load_recipe
@@ -178,7 +179,8 @@ def test_two_workers_on_an_image_folder_train_on_their_own_shards(tmp_path):
 from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
 RECIPE = Recipe(name="folder_workers",
     data=DataConfig(source="folder", dir={str(folder)!r}, image_size=32,
-                    validation_fraction=0.25, test_fraction=0, on_bad_file="skip"),
+                    validation_fraction=0.25, test_fraction=0, on_bad_file="skip",
+                    cache={cache!r}, cache_dir={str(tmp_path / "caches")!r}),
     model=ModelConfig(architecture="cnn"),
     train=TrainConfig(epochs=2, batch_size=8, verbose=0),
     export=ExportConfig(enabled=False))
@@ -203,6 +205,11 @@ RECIPE = Recipe(name="folder_workers",
         assert any(f"data cache for val (shard {index} of 2, 6 examples)" in note
                    for note in result["notes"]), result["notes"]
     assert chief["metrics"]["val_loss"] == other["metrics"]["val_loss"]
+    if cache == "disk":  # on one filesystem, each worker writes only caches of its own
+        keys = [note.split("caches/")[1].split(" ")[0]
+                for result in (chief, other) for note in result["notes"]
+                if ": disk, " in note]
+        assert len(keys) == len(set(keys)) >= 4, keys
 
     # The validation figures, summed over the two shards, are those of the whole split.
     recipe = load_recipe(str(recipe_file))

@@ -79,6 +79,7 @@ class DataBundle:
     splits: dict[str, Examples]
     info: DataInfo
     notes: list[str] = field(default_factory=list)   # how each split is cached
+    share: WorkerShare | None = None   # this worker's part in a multi-worker run
 
     def class_weights(self) -> np.ndarray | None:
         """Per-class weights n / (k * n_c) when ``data.class_weight = 'balanced'``."""
@@ -150,8 +151,11 @@ class DataBundle:
                 raise DataError(f"split {split!r}: {exc}") from None
             examples = examples.subset(positions)
             settings["shard"] = f"{shard[0] + 1} of {shard[1]}"
+        elif self.share is not None:  # a whole split, read by one of several workers
+            settings["worker"] = f"{self.share.index + 1} of {self.share.count}"
         # Planned on the split as read (its fingerprint computed once); the training
-        # order and the shard are part of the settings.
+        # order and the shard (or the worker) are part of the settings, so that workers
+        # sharing a filesystem never write one disk cache.
         cache = plan_cache(cfg.cache, self.splits[split], split=split,
                            image_size=self.info.image_size, settings=settings,
                            cache_root=self.cache_root(), budget_mb=cfg.memory_budget_mb,
@@ -258,7 +262,7 @@ def load_data(recipe: Recipe, image_size: int | None = None,
                     counts={k: len(v) for k, v in splits.items()},
                     class_counts=class_counts, bad_files=source.bad_files,
                     target_dim=int(np.prod(train.labels.shape[1:], dtype=int)))
-    return DataBundle(recipe, splits, info)
+    return DataBundle(recipe, splits, info, share=share)
 
 
 __all__ = ["DataBundle", "DataInfo", "Examples", "WorkerShare", "load_data"]

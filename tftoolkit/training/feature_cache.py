@@ -112,7 +112,8 @@ def cached_datasets(model: keras.Model, data: DataBundle, augmenter: Augmenter, 
         labels = np.tile(train.labels, views)
     else:
         features, labels = _features(extractor, data, "train", batch_size), train.labels
-    cached = DataBundle(data.recipe, {"train": Examples(labels, arrays=features)}, data.info)
+    cached = DataBundle(data.recipe, {"train": Examples(labels, arrays=features)}, data.info,
+                        share=data.share)
     if "val" in data.splits:
         cached.splits["val"] = Examples(data.splits["val"].labels,
                                         arrays=_features(extractor, data, "val", batch_size))
