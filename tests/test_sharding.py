@@ -160,7 +160,38 @@ import json, sys
 import tftoolkit
 result = tftoolkit.train(sys.argv[1], {"train.run_dir": sys.argv[2]})
 json.dump({"notes": result.notes, "metrics": result.metrics, "run_dir": str(result.run_dir),
-           "bad": result.info.bad_files}, open(sys.argv[3], "w"))
+           "history": result.history, "bad": result.info.bad_files}, open(sys.argv[3], "w"))
+"""
+
+
+def _train(recipe_file, out_dir, workers: int = 2) -> list[dict]:
+    """Train ``recipe_file`` on ``workers`` localhost workers (1: a plain process); the
+    results of each."""
+    from test_runtime import _free_ports
+
+    addresses = [f"127.0.0.1:{p}" for p in _free_ports(workers)]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(recipe_file), str(out_dir / "runs"),
+         str(out_dir / f"worker{i}.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env if workers == 1 else {**env, "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}})})
+        for i in range(workers)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    return [json.loads((out_dir / f"worker{i}.json").read_text()) for i in range(workers)]
+
+
+FOLDER_RECIPE = """
+from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
+RECIPE = Recipe(name="folder_workers",
+    data=DataConfig(source="folder", dir={folder!r}, image_size=32, validation_fraction=0.25,
+                    test_fraction=0, on_bad_file="skip", cache={cache!r},
+                    cache_dir={cache_dir!r}),
+    model={model},
+    train=TrainConfig(epochs=2, batch_size=8, verbose=0),
+    export=ExportConfig(enabled=False))
 """
 
 
@@ -170,32 +201,14 @@ def test_two_workers_on_an_image_folder_train_on_their_own_shards(tmp_path, cach
 
     from tftoolkit.recipe import load_recipe
     from tftoolkit.training.runner import evaluate_model
-    from test_runtime import _free_ports
 
     folder = make_image_folder(tmp_path / "shapes", per_class=24)
     (folder / "circle" / "broken.jpg").write_bytes(b"not an image")
     recipe_file = tmp_path / "folder_workers.py"
-    recipe_file.write_text(f'''
-from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
-RECIPE = Recipe(name="folder_workers",
-    data=DataConfig(source="folder", dir={str(folder)!r}, image_size=32,
-                    validation_fraction=0.25, test_fraction=0, on_bad_file="skip",
-                    cache={cache!r}, cache_dir={str(tmp_path / "caches")!r}),
-    model=ModelConfig(architecture="cnn"),
-    train=TrainConfig(epochs=2, batch_size=8, verbose=0),
-    export=ExportConfig(enabled=False))
-''')
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = [subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(recipe_file), str(tmp_path / "runs"),
-         str(tmp_path / f"worker{i}.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, "TF_CONFIG": json.dumps(
-            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})})
-        for i in range(2)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-3000:]
-    chief, other = (json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2))
+    recipe_file.write_text(FOLDER_RECIPE.format(
+        folder=str(folder), cache=cache, cache_dir=str(tmp_path / "caches"),
+        model='ModelConfig(architecture="cnn")'))
+    chief, other = _train(recipe_file, tmp_path)
     # the scan was shared, and both workers skip the one bad file
     assert [p for p, _ in chief["bad"]] == [p for p, _ in other["bad"]] == [
         str(folder / "circle" / "broken.jpg")]
@@ -217,3 +230,25 @@ RECIPE = Recipe(name="folder_workers",
     alone = evaluate_model(model, load_data(recipe, 32), recipe, 8)
     assert alone["val_accuracy"] == pytest.approx(chief["metrics"]["val_accuracy"], abs=1e-6)
     assert alone["val_loss"] == pytest.approx(chief["metrics"]["val_loss"], rel=1e-5)
+
+
+def test_two_workers_share_the_frozen_backbone_and_train_like_one_process(tmp_path,
+                                                                         imported_mobilenet):
+    folder = make_image_folder(tmp_path / "shapes", per_class=24)
+    recipe_file = tmp_path / "folder_workers.py"
+    recipe_file.write_text(FOLDER_RECIPE.format(
+        folder=str(folder), cache="memory", cache_dir=str(tmp_path / "caches"),
+        model='ModelConfig(architecture="mobilenet_v2", weights="imagenet-torchvision", '
+              'mode="feature_extraction")'))
+    (tmp_path / "two").mkdir()
+    chief, other = _train(recipe_file, tmp_path / "two")
+    assert any("each of 2 workers ran the backbone on its share" in note
+               for note in chief["notes"]), chief["notes"]
+    (tmp_path / "one").mkdir()
+    (alone,) = _train(recipe_file, tmp_path / "one", workers=1)
+    # The features, gathered from the two workers' shares, are those one process computes,
+    # and the head trains on them with the same global batches.
+    for key in ("loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(chief["history"][key], alone["history"][key], rtol=1e-3)
+    assert chief["metrics"]["val_loss"] == pytest.approx(alone["metrics"]["val_loss"],
+                                                         rel=1e-3)

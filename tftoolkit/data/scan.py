@@ -50,8 +50,8 @@ PROGRESS_FROM = 2000              # folders at least this large report progress
 @dataclass(frozen=True)
 class WorkerShare:
     """One worker's part of work shared by the workers of a multi-worker run: every
-    ``count``-th item from ``index``; ``sum_over_workers`` adds an integer vector up
-    across all workers (a collective all-reduce)."""
+    ``count``-th item from ``index``; ``sum_over_workers`` adds an array up across all
+    workers (a collective all-reduce)."""
 
     index: int
     count: int

@@ -8,9 +8,10 @@ would train on.
 
 Under ``MultiWorkerMirroredStrategy`` Keras 3's ``fit`` raises on ``PerReplica`` values
 (keras-team/keras#20585). This loop does the same work with ``strategy.run``: a
-``tf.GradientTape`` step whose loss is averaged over the *global* batch
-(``tf.nn.compute_average_loss``) plus the scaled regularization losses, applied by the
-model's Keras optimizer. It keeps what ``fit`` gives: a progress bar, the same
+``tf.GradientTape`` step whose loss is averaged over the *global* batch (its examples
+on all replicas, counted by an all-reduce, so a last partial batch is averaged as
+Keras' ``fit`` does) plus the scaled regularization losses, applied by the model's
+Keras optimizer. It keeps what ``fit`` gives: a progress bar, the same
 callbacks (CSV history, checkpoints, early stopping, progress for resume) and
 per-epoch ``loss``/``accuracy`` and validation figures.
 """
@@ -48,11 +49,15 @@ def worker_share(strategy: tf.distribute.Strategy) -> WorkerShare | None:
     index = resolver.task_id if resolver.task_type == "chief" else chiefs + resolver.task_id
     local_replicas = strategy.num_replicas_in_sync // (chiefs + len(tasks.get("worker", [])))
 
-    def sum_over_workers(vector: np.ndarray) -> np.ndarray:
-        value = tf.constant(vector)
-        total = strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                strategy.run(lambda: tf.identity(value)), axis=None)
-        return total.numpy() // local_replicas  # each local replica gave the vector
+    def sum_over_workers(array: np.ndarray) -> np.ndarray:
+        value = tf.constant(array)
+
+        def first_local_replica_gives():  # the others give zeros: the sum stays exact
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            return value * tf.cast(replica % local_replicas == 0, value.dtype)
+
+        return strategy.reduce(tf.distribute.ReduceOp.SUM,
+                               strategy.run(first_local_replica_gives), axis=None).numpy()
 
     return WorkerShare(index, chiefs + len(tasks.get("worker", [])), sum_over_workers)
 
@@ -91,8 +96,8 @@ class _Steps:
     """Replica steps of one compiled model: a training step and an evaluation step,
     each returning global sums (loss, correct predictions, examples)."""
 
-    def __init__(self, model: keras.Model, strategy, global_batch_size: int):
-        self.model, self.strategy, self.global_batch_size = model, strategy, global_batch_size
+    def __init__(self, model: keras.Model, strategy):
+        self.model, self.strategy = model, strategy
         self.loss_fn = _per_example_loss(model)
         self.classify = model.output_shape[-1] > 1
         self.train = tf.function(lambda it: self._reduce(
@@ -111,10 +116,14 @@ class _Steps:
     def _train_step(self, batch):
         x, y, *weight = batch
         model = self.model
+        context = tf.distribute.get_replica_context()
         with tf.GradientTape() as tape:
             per_example, hits = self._figures(y, model(x, training=True), *weight)
-            loss = tf.nn.compute_average_loss(per_example,
-                                              global_batch_size=self.global_batch_size)
+            # the mean over the examples of this step on all replicas, as Keras' fit
+            # takes it (a last, partial batch too)
+            examples = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                          tf.cast(tf.shape(per_example)[0], tf.float32))
+            loss = tf.reduce_sum(per_example) / examples
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
         grads = tape.gradient(loss, model.trainable_variables)
@@ -123,7 +132,6 @@ class _Steps:
             # Keras clips the gradient it is given, before its all-reduce: each replica's
             # share. Clip the whole batch's gradient instead, then hand the optimizer this
             # replica's 1/N of it (whose norm is below the bound, so Keras leaves it).
-            context = tf.distribute.get_replica_context()
             grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
             grads, _ = tf.clip_by_global_norm(grads, clip)
             grads = [g / context.num_replicas_in_sync for g in grads]
@@ -151,18 +159,17 @@ class _Steps:
         return figures
 
 
-def evaluate_distributed(model: keras.Model, dataset: Input, strategy,
-                         global_batch_size: int) -> dict[str, float]:
+def evaluate_distributed(model: keras.Model, dataset: Input, strategy) -> dict[str, float]:
     """``model.evaluate`` for strategies where Keras' own fails."""
-    return _Steps(model, strategy, global_batch_size).evaluate_dataset(dataset)
+    return _Steps(model, strategy).evaluate_dataset(dataset)
 
 
-def fit_distributed(model: keras.Model, train_ds: Input, *, strategy,
-                    global_batch_size: int, epochs: int, initial_epoch: int,
+def fit_distributed(model: keras.Model, train_ds: Input, *, strategy, epochs: int,
+                    initial_epoch: int,
                     steps_per_epoch: int, validation_data: Input | None = None,
                     callbacks: list[keras.callbacks.Callback] = (), verbose: int = 1) -> None:
     """Train a compiled ``model`` (built in ``strategy.scope()``) with ``strategy.run``."""
-    steps = _Steps(model, strategy, global_batch_size)
+    steps = _Steps(model, strategy)
     callback_list = keras.callbacks.CallbackList(list(callbacks), model=model,
                                                  epochs=epochs, steps=steps_per_epoch,
                                                  verbose=verbose)
@@ -175,9 +182,9 @@ def fit_distributed(model: keras.Model, train_ds: Input, *, strategy,
         loss_sum = hits = seen = 0.0
         for step in range(steps_per_epoch):
             loss, batch_hits, batch_seen = steps.train(iterator)
-            loss_sum += float(loss)
+            loss_sum += float(loss) * float(batch_seen)  # per example, as Keras logs it
             hits, seen = hits + float(batch_hits), seen + float(batch_seen)
-            logs = {"loss": loss_sum / (step + 1)}
+            logs = {"loss": loss_sum / seen}
             if steps.classify:
                 logs["accuracy"] = hits / seen
             if progress:
@@ -196,15 +203,14 @@ def needs_own_loop(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-def fit(model: keras.Model, train_ds: Input, *, strategy, global_batch_size: int,
-        epochs: int, initial_epoch: int, steps_per_epoch: int,
+def fit(model: keras.Model, train_ds: Input, *, strategy, epochs: int, initial_epoch: int,
+        steps_per_epoch: int,
         validation_data: Input | None = None,
         callbacks: list[keras.callbacks.Callback] = (), verbose: int = 1) -> None:
     """``model.fit`` (endless training datasets, ``steps_per_epoch`` steps an epoch), or
     :func:`fit_distributed` where Keras' ``fit`` fails."""
     if needs_own_loop(strategy):
-        fit_distributed(model, train_ds, strategy=strategy,
-                        global_batch_size=global_batch_size, epochs=epochs,
+        fit_distributed(model, train_ds, strategy=strategy, epochs=epochs,
                         initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
                         validation_data=validation_data, callbacks=callbacks,
                         verbose=verbose)
@@ -214,10 +220,9 @@ def fit(model: keras.Model, train_ds: Input, *, strategy, global_batch_size: int
                   callbacks=list(callbacks), verbose=verbose, shuffle=False)
 
 
-def evaluate(model: keras.Model, dataset: Input, *, strategy,
-             global_batch_size: int) -> dict[str, float]:
+def evaluate(model: keras.Model, dataset: Input, *, strategy) -> dict[str, float]:
     """Loss and metric of a compiled ``model`` over ``dataset``, under any strategy."""
     if needs_own_loop(strategy):
-        return evaluate_distributed(model, dataset, strategy, global_batch_size)
+        return evaluate_distributed(model, dataset, strategy)
     values = model.evaluate(dataset, verbose=0, return_dict=True)
     return {k: float(v) for k, v in values.items()}

@@ -16,10 +16,12 @@ from dataclasses import asdict, replace
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tftoolkit.augment import Augmenter
 from tftoolkit.data import DataBundle
 from tftoolkit.data.sources import Examples
+from tftoolkit.data.splits import shard_positions
 from tftoolkit.models.layout import FEATURES
 from tftoolkit.training.stages import StageInputs
 
@@ -83,13 +85,27 @@ def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: 
     if key is not None and key in _COMPUTED:
         _COMPUTED.move_to_end(key)
         return _COMPUTED[key]
-    images = data.dataset(split, batch_size=batch_size).map(lambda x, *rest: x)
+    share = data.share
+    if share is None:
+        images = data.dataset(split, batch_size=batch_size)
+    else:  # this worker's share of the examples (every count-th), as its input pipeline
+        images = data.dataset(split, batch_size=batch_size * share.count,
+                              input_context=tf.distribute.InputContext(
+                                  share.count, share.index, share.count))
+    images = images.map(lambda x, *rest: x)
     if augment is None:
         features = np.asarray(extractor.predict(images, verbose=0))
     else:
         augmented = images.map(lambda x: augment(x, training=True))
         features = np.concatenate([np.asarray(extractor.predict(augmented, verbose=0))
                                    for _ in range(views)])
+    if share is not None:  # each worker fills its rows; the sum over workers is the whole
+        n = len(data.splits[split])
+        rows = (np.arange(max(views, 1))[:, None] * n
+                + shard_positions(n, share.index, share.count)[None, :]).ravel()
+        whole = np.zeros((max(views, 1) * n, features.shape[1]), features.dtype)
+        whole[rows] = features
+        features = share.sum_over_workers(whole)
     if key is not None:
         _COMPUTED[key] = features
         while len(_COMPUTED) > _KEEP:

@@ -220,6 +220,9 @@ def _stage_inputs(run: _Setup, stage: Stage, first_epoch: int) -> StageInputs:
                                   first_epoch=first_epoch) if use_cache else None)
         if use_cache and cached is None:
             why = "feature cache off: the features would not fit in memory"
+        elif cached is not None and data.share is not None:
+            why += (f"; each of {data.share.count} workers ran the backbone on its share of "
+                    "the images")
         run.notes.append(why)
         if cached is not None:
             return cached
@@ -260,7 +263,7 @@ def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callb
             run.model, run.data.dataset("train", batch_size=run.batch_size)))
     if t.ema and has_validation:
         callbacks.append(EmaValidation(inputs.val, lambda model, data: distributed.evaluate(
-            model, data, strategy=run.strategy, global_batch_size=run.batch_size)))
+            model, data, strategy=run.strategy)))
     if has_validation and (t.select_best or t.ema):
         callbacks.append(KeepBest(run.run, stage.index, _monitor(run), ema=bool(t.ema),
                                   across_epochs=bool(t.select_best)))
@@ -297,7 +300,7 @@ def _run_stage(run: _Run, stage: Stage) -> None:
         _fit_private(run, stage, inputs, first_epoch)
     else:
         distributed.fit(inputs.model, inputs.train, strategy=run.strategy,
-                        global_batch_size=run.batch_size, epochs=stage.end,
+                        epochs=stage.end,
                         initial_epoch=first_epoch, steps_per_epoch=steps,
                         validation_data=inputs.val, callbacks=_callbacks(run, stage, inputs),
                         verbose=t.verbose)
@@ -451,8 +454,7 @@ def evaluate_model(model: keras.Model, data: DataBundle, recipe: Recipe, batch_s
                        and cached_head.val is not None)
         evaluated, dataset = ((cached_head.model, cached_head.val) if on_features else
                               (model, _input(strategy, data, split, batch_size=batch_size)))
-        values = distributed.evaluate(evaluated, dataset, strategy=strategy,
-                                      global_batch_size=batch_size)
+        values = distributed.evaluate(evaluated, dataset, strategy=strategy)
         metrics.update({f"{split}_{k}": v for k, v in values.items()})
         if (recipe.train.tta and data.info.label_encoding.is_classification
                 and not distributed.needs_own_loop(strategy)):
