@@ -57,3 +57,53 @@ def test_cached_augmented_views_train(image_folder, quiet):
     result = tftoolkit.train(recipe, {**quiet, "train.epochs": 1})
     assert any("2 augmented copies" in n for n in result.notes)
     assert len(result.history["loss"]) == 1
+
+
+def _fine_tune_recipe(folder, cache: str) -> Recipe:
+    return Recipe(name=f"prefix_{cache}",
+                  data=DataConfig(source="folder", dir=str(folder), image_size=33),
+                  model=ModelConfig(architecture="mobilenet_v2", weights="none",
+                                    mode="fine_tune", unfreeze="block_13"),
+                  train=TrainConfig(epochs=2, batch_size=8, learning_rate=0.01,
+                                    fine_tune_learning_rate=0.01, layer_decay=0.8,
+                                    seed=7, cache_features=cache),
+                  export=ExportConfig(enabled=cache == "auto"))
+
+
+def test_fine_tuning_on_cached_frozen_blocks_gives_the_same_model(image_folder, quiet):
+    cached = tftoolkit.train(_fine_tune_recipe(image_folder, "auto"), quiet)
+    plain = tftoolkit.train(_fine_tune_recipe(image_folder, "off"), quiet)
+    assert any(n.startswith("frozen-prefix cache: the frozen backbone layers below "
+                            "block_13_expand run once") for n in cached.notes), cached.notes
+    assert not any("cache:" in n and "data cache" not in n for n in plain.notes)
+    np.testing.assert_allclose(cached.history["loss"], plain.history["loss"], rtol=1e-4)
+    np.testing.assert_allclose(cached.history["val_loss"], plain.history["val_loss"],
+                               rtol=1e-4)
+    x = np.random.default_rng(0).uniform(0, 255, (6, 33, 33, 3)).astype("float32")
+    np.testing.assert_allclose(cached.model.predict(x, verbose=0),
+                               plain.model.predict(x, verbose=0), atol=1e-4)
+    # the unfrozen blocks did train, at their layer-decayed rates, and the export serves
+    # the whole model
+    assert cached.metrics["val_loss"] == pytest.approx(plain.metrics["val_loss"], rel=1e-4)
+    assert cached.export_dir is not None
+
+
+def test_the_prefix_and_the_top_compose_to_the_model(imported_mobilenet):
+    from tftoolkit.models.transfer import set_trainable
+    from tftoolkit.training.feature_cache import split_below_unfrozen
+
+    recipe = tftoolkit.load_recipe("fashion_transfer", {"data.image_size": 33})
+    from tftoolkit.data import DataInfo
+
+    info = DataInfo("classification", "categorical", (33, 33, 3), list("abc"), 33, "t")
+    model = tftoolkit.build_model(recipe, info)
+    prefix, top = split_below_unfrozen(model, "block_13")
+    assert prefix.output.shape[1:] == (3, 3, 96)   # block_12_add at 33 px
+    x = np.random.default_rng(1).uniform(0, 255, (4, 33, 33, 3)).astype("float32")
+    np.testing.assert_allclose(top(prefix(x)), model(x), atol=1e-5)
+    trained = {id(v) for v in top.trainable_weights}
+    assert trained == {id(v) for v in model.trainable_weights}  # all of what fine-tunes
+    assert not {id(v) for v in prefix.weights} & trained
+    assert split_below_unfrozen(model, 1.0) is None   # nothing frozen below
+    set_trainable(model, "fine_tune", 0)
+    assert split_below_unfrozen(model, 0) is None     # nothing unfrozen

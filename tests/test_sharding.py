@@ -242,7 +242,7 @@ def test_two_workers_share_the_frozen_backbone_and_train_like_one_process(tmp_pa
               'mode="feature_extraction")'))
     (tmp_path / "two").mkdir()
     chief, other = _train(recipe_file, tmp_path / "two")
-    assert any("each of 2 workers ran the backbone on its share" in note
+    assert any("each of 2 workers ran the frozen part on its share" in note
                for note in chief["notes"]), chief["notes"]
     (tmp_path / "one").mkdir()
     (alone,) = _train(recipe_file, tmp_path / "one", workers=1)

@@ -186,8 +186,10 @@ class TrainConfig:
     fine_tune_epochs: int = _opt(0, "epochs of the fine-tuning stage of two_stage; 0: epochs",
                                  min=0)
     cache_features: Literal["auto", "off"] = _opt(
-        "auto", "feature_extraction (and the first stage of two_stage): run the frozen "
-                "backbone once, train the head on the cached features")
+        "auto", "run the frozen part of the model once and train the rest on its cached "
+                "output: the head on backbone features (feature_extraction), the unfrozen "
+                "blocks and the head on the frozen blocks' activations (fine_tune); both "
+                "stages of two_stage")
     early_stopping: int = _opt(0, "patience in epochs on val_loss; 0: off", min=0)
     distribute: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = _opt(
         "auto", "tf.distribute strategy; auto: multi_worker when TF_CONFIG names several "

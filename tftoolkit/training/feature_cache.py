@@ -1,11 +1,13 @@
-"""Head training on cached backbone features.
+"""Training on cached outputs of the frozen part of a model.
 
-With a frozen backbone (feature extraction), every epoch recomputes the same features.
-Here the frozen part runs once over the training and validation data; the head layers
-(the very layer objects of the full model) train on those features; the full model
-then already holds the trained head, and evaluation and export use it as usual.
-The cached training set goes through the same shuffle and batching as images would,
-so the head sees the same batches in the same order as the uncached path.
+With a frozen backbone (feature extraction), every epoch recomputes the same features;
+while fine-tuning the top of a backbone (``model.unfreeze``), every epoch recomputes the
+same activations of the frozen blocks below it. Here the frozen part runs once over the
+training and validation data, and the part that trains (the very layer objects of the
+full model: the head, or the unfrozen top and the head) trains on its cached output; the
+full model then already holds the trained weights, and evaluation and export use it as
+usual. The cached training set goes through the same shuffle and batching as images
+would, so the trained part sees the same batches in the same order as the uncached path.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from tftoolkit.augment import Augmenter
 from tftoolkit.data import DataBundle
 from tftoolkit.data.sources import Examples
 from tftoolkit.data.splits import shard_positions
-from tftoolkit.models.layout import FEATURES
+from tftoolkit.models.layout import FEATURES, PREPROCESS
+from tftoolkit.models.transfer import backbone_of, unfreeze_start
 from tftoolkit.training.stages import StageInputs
 
 MAX_CACHE_BYTES = 4 * 1024 ** 3
@@ -36,23 +39,64 @@ def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model] | N
     except ValueError:
         return None
     extractor = keras.Model(model.inputs, pool.output, name="feature_extractor")
-    inputs = keras.Input(pool.output.shape[1:], name="features")
-    x = inputs
-    for layer in model.layers[model.layers.index(pool) + 1:]:
+    return extractor, _head(model, model.layers.index(pool) + 1, pool.output.shape[1:])
+
+
+def split_below_unfrozen(model: keras.Model,
+                         unfreeze: int | float | str) -> tuple[keras.Model, keras.Model] | None:
+    """(frozen prefix: image -> the activations fine-tuning starts from, top: those
+    activations -> output, through the unfrozen backbone blocks and the head), sharing
+    the model's layers; None without a nested backbone, when nothing below ``unfreeze``
+    is frozen, or when the unfrozen blocks read more than one tensor of the frozen ones."""
+    try:
+        backbone = backbone_of(model)
+    except ValueError:
+        return None
+    start = unfreeze_start(backbone, unfreeze)
+    if not 1 < start < len(backbone.layers):
+        return None
+    produced = {id(t) for layer in backbone.layers[:start] for t in keras.tree.flatten(
+        layer.output)}
+    boundary = {id(t): t for layer in backbone.layers[start:]
+                for t in keras.tree.flatten(layer.input) if id(t) in produced}
+    if len(boundary) != 1:
+        return None
+    (cut,) = boundary.values()
+    # Both halves run the backbone in inference mode, as the full model does.
+    image = keras.Input(model.input_shape[1:], name="image")
+    below = keras.Model(backbone.input, cut, name="frozen_blocks")
+    prefix = keras.Model(image, below(model.get_layer(PREPROCESS)(image), training=False),
+                         name="frozen_prefix")
+    above = keras.Model(cut, backbone.output, name="unfrozen_blocks")
+    activations = keras.Input(cut.shape[1:], name="activations")
+    x = above(activations, training=False)
+    for layer in model.layers[model.layers.index(backbone) + 1:]:
         x = layer(x)
-    return extractor, keras.Model(inputs, x, name="head")
+    return prefix, keras.Model(activations, x, name="top")
 
 
-def cache_plan(augmenter: Augmenter, views: int) -> tuple[bool, str]:
-    """Whether to cache, and the line that says why (or why not)."""
+def _head(model: keras.Model, first: int, input_shape) -> keras.Model:
+    """The model's layers from index ``first`` on, as a model of their own."""
+    inputs = keras.Input(input_shape, name="features")
+    x = inputs
+    for layer in model.layers[first:]:
+        x = layer(x)
+    return keras.Model(inputs, x, name="head")
+
+
+def cache_plan(augmenter: Augmenter, views: int, cache: str = "feature cache",
+               runs_once: str = "frozen backbone run once; head trained on cached "
+                                "features") -> tuple[bool, str]:
+    """Whether to cache, and the line that says why (or why not); ``cache`` names the
+    cache, ``runs_once`` what it does."""
     if augmenter.in_model is None and augmenter.in_pipeline is None and not augmenter.mixers:
-        return True, "feature cache: frozen backbone run once; head trained on cached features"
+        return True, f"{cache}: {runs_once}"
     if augmenter.mixers:
-        return False, "feature cache off: MixUp/CutMix mix images, not features"
+        return False, f"{cache} off: MixUp/CutMix mix images, not features"
     if views:
-        return True, (f"feature cache: {views} augmented copies of each training image "
-                      "cached; head trained on them")
-    return False, ("feature cache off: augmentation is on (set augment.cached_views=K to "
+        return True, (f"{cache}: {views} augmented copies of each training image "
+                      "cached; trained on them")
+    return False, (f"{cache} off: augmentation is on (set augment.cached_views=K to "
                    "cache K augmented copies per image)")
 
 
@@ -63,7 +107,8 @@ _COMPUTED: OrderedDict[str, np.ndarray] = OrderedDict()
 _KEEP = 4
 
 
-def _memo_key(data: DataBundle, split: str, views: int, batch_size: int) -> str | None:
+def _memo_key(data: DataBundle, split: str, views: int, batch_size: int,
+              extractor: keras.Model) -> str | None:
     """What the frozen features of ``split`` depend on, or None for a custom model."""
     recipe = data.recipe
     if recipe.model_fn is not None:
@@ -71,6 +116,7 @@ def _memo_key(data: DataBundle, split: str, views: int, batch_size: int) -> str 
     m = recipe.model
     return json.dumps({
         "content": data.splits[split].fingerprint, "split": split,
+        "cut": [extractor.name, list(extractor.output.shape[1:])],
         "image_size": data.info.image_size, "resize": recipe.data.resize_method,
         "backbone": [m.architecture, m.weights, m.backbone_layer],
         "augment": asdict(recipe.augment) if views else None, "views": views,
@@ -81,7 +127,7 @@ def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: 
               augment=None, views: int = 0) -> np.ndarray:
     """Features of ``split`` in example order; with ``augment``, ``views`` augmented
     passes, concatenated. Taken from this process's memo when already computed."""
-    key = _memo_key(data, split, views, batch_size)
+    key = _memo_key(data, split, views, batch_size, extractor)
     if key is not None and key in _COMPUTED:
         _COMPUTED.move_to_end(key)
         return _COMPUTED[key]
@@ -103,7 +149,7 @@ def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: 
         n = len(data.splits[split])
         rows = (np.arange(max(views, 1))[:, None] * n
                 + shard_positions(n, share.index, share.count)[None, :]).ravel()
-        whole = np.zeros((max(views, 1) * n, features.shape[1]), features.dtype)
+        whole = np.zeros((max(views, 1) * n, *features.shape[1:]), features.dtype)
         whole[rows] = features
         features = share.sum_over_workers(whole)
     if key is not None:
@@ -113,14 +159,16 @@ def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: 
     return features
 
 
-def cached_datasets(model: keras.Model, data: DataBundle, augmenter: Augmenter, views: int,
-                    batch_size: int, first_epoch: int = 0) -> StageInputs | None:
-    """The head and its training and validation datasets on cached features; None when
-    the features would not fit in memory."""
-    extractor, head = split_at_features(model)
+def cached_datasets(parts: tuple[keras.Model, keras.Model], data: DataBundle,
+                    augmenter: Augmenter, views: int, batch_size: int,
+                    first_epoch: int = 0) -> StageInputs | None:
+    """The trained part of ``parts`` (frozen extractor, trained part) and its training
+    and validation datasets on the extractor's cached outputs; None when those would not
+    fit in memory."""
+    extractor, head = parts
     train = data.splits["train"]
-    dim = int(extractor.output.shape[-1])
-    if len(train) * max(views, 1) * dim * 4 > MAX_CACHE_BYTES:
+    size = int(np.prod(extractor.output.shape[1:]))
+    if len(train) * max(views, 1) * size * 4 > MAX_CACHE_BYTES:
         return None
     pixels = augmenter.in_model or augmenter.in_pipeline
     if views:
@@ -133,7 +181,7 @@ def cached_datasets(model: keras.Model, data: DataBundle, augmenter: Augmenter, 
     if "val" in data.splits:
         cached.splits["val"] = Examples(data.splits["val"].labels,
                                         arrays=_features(extractor, data, "val", batch_size))
-    # Features are vectors: no resizing; labels and class weights as for images.
+    # Features are not images: no resizing; labels and class weights as for images.
     cached.info = replace(data.info, image_size=None)
     train_ds = cached.dataset("train", training=True, batch_size=batch_size,
                               first_epoch=first_epoch)

@@ -34,7 +34,8 @@ from tftoolkit.training.callbacks import (EmaValidation, EpochTensorBoard, KeepB
 from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, restore_stage_weights,
                                            restore_state)
 from tftoolkit.training.distributed import is_chief
-from tftoolkit.training.feature_cache import cache_plan, cached_datasets, split_at_features
+from tftoolkit.training.feature_cache import (cache_plan, cached_datasets, split_at_features,
+                                              split_below_unfrozen)
 from tftoolkit.training.lr_find import LrFindResult, sweep
 from tftoolkit.training.optim import compile_model, learning_rate_schedule
 from tftoolkit.training.plots import plot_history
@@ -208,21 +209,41 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
     return _Run(**vars(setup), run=run, resume_from=resume_from, progress=progress)
 
 
+def _frozen_part(run: _Setup, stage: Stage) -> tuple[tuple, str, str] | None:
+    """How the stage can train on cached outputs of the frozen part of the model: the
+    (frozen, trained) halves, the cache's name and what it does; None when it cannot."""
+    if run.recipe.train.cache_features != "auto":
+        return None
+    if stage.mode == "feature_extraction":
+        parts = split_at_features(run.model)
+        return parts and (parts, "feature cache",
+                          "frozen backbone run once; head trained on cached features")
+    if stage.mode == "fine_tune":
+        parts = split_below_unfrozen(run.model, run.recipe.model.unfreeze)
+        first = parts and parts[1].get_layer("unfrozen_blocks").layers[1].name
+        return parts and (parts, "frozen-prefix cache",
+                          f"the frozen backbone layers below {first} run once; the "
+                          "unfrozen blocks and the head train on their cached output")
+    return None
+
+
 def _stage_inputs(run: _Setup, stage: Stage, first_epoch: int) -> StageInputs:
-    """The training graph on images, or the head alone on cached backbone features when
-    the stage freezes the backbone and the cache applies."""
+    """The training graph on images, or the part that trains on cached outputs of the
+    frozen part (the head on backbone features, or the unfrozen top on the activations
+    of the frozen blocks) when the cache applies."""
     recipe, data = run.recipe, run.data
-    if (stage.mode == "feature_extraction" and recipe.train.cache_features == "auto"
-            and split_at_features(run.model)):
+    frozen = _frozen_part(run, stage)
+    if frozen is not None:
+        parts, name, runs_once = frozen
         views = recipe.augment.cached_views
-        use_cache, why = cache_plan(run.augmenter, views)
-        cached = (cached_datasets(run.model, data, run.augmenter, views, run.batch_size,
+        use_cache, why = cache_plan(run.augmenter, views, name, runs_once)
+        cached = (cached_datasets(parts, data, run.augmenter, views, run.batch_size,
                                   first_epoch=first_epoch) if use_cache else None)
         if use_cache and cached is None:
-            why = "feature cache off: the features would not fit in memory"
+            why = f"{name} off: the cached outputs would not fit in memory"
         elif cached is not None and data.share is not None:
-            why += (f"; each of {data.share.count} workers ran the backbone on its share of "
-                    "the images")
+            why += (f"; each of {data.share.count} workers ran the frozen part on its share "
+                    "of the images")
         run.notes.append(why)
         if cached is not None:
             return cached
@@ -290,7 +311,7 @@ def _run_stage(run: _Run, stage: Stage) -> None:
     # The schedule spans the whole stage; a resumed stage continues it from the
     # optimizer's restored step count.
     learning_rate = learning_rate_schedule(t, stage.learning_rate, stage.epochs * steps, steps)
-    fine_tuning = stage.mode == "fine_tune" and inputs.model is run.graph
+    fine_tuning = stage.mode == "fine_tune"  # on images, or the top on cached activations
     with run.strategy.scope():
         compile_model(inputs.model, recipe, run.data.info, learning_rate,
                       layer_decay_model=run.model if fine_tuning else None)
