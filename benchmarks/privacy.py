@@ -11,7 +11,8 @@ import tempfile
 
 import tftoolkit
 
-BASE = {"model.mode": "feature_extraction", "train.epochs": 10, "train.batch_size": 512,
+BASE = {"model.mode": "feature_extraction", "data.max_examples": 20000,  # 16,000 to train
+        "train.epochs": 10, "train.batch_size": 512,
         "train.schedule": "constant", "train.warmup_epochs": 0.0,
         "train.select_best": "val_accuracy", "regularize.label_smoothing": 0.0,
         "export.enabled": False, "train.verbose": 0}
