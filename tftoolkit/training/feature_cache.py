@@ -13,6 +13,7 @@ would, so the trained part sees the same batches in the same order as the uncach
 from __future__ import annotations
 
 import json
+import sys
 from collections import OrderedDict
 from dataclasses import asdict, replace
 
@@ -139,11 +140,17 @@ def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: 
                               input_context=tf.distribute.InputContext(
                                   share.count, share.index, share.count))
     images = images.map(lambda x, *rest: x)
+    verbose = data.recipe.train.verbose
+    if verbose:  # the one pass before the first epoch: say what it is
+        print(f"tftoolkit: running the {extractor.name.replace('_', ' ')} once over the "
+              f"{split} split ({len(data.splits[split])} examples"
+              f"{f', {views} augmented views' if augment is not None else ''})",
+              file=sys.stderr, flush=True)
     if augment is None:
-        features = np.asarray(extractor.predict(images, verbose=0))
+        features = np.asarray(extractor.predict(images, verbose=verbose))
     else:
         augmented = images.map(lambda x: augment(x, training=True))
-        features = np.concatenate([np.asarray(extractor.predict(augmented, verbose=0))
+        features = np.concatenate([np.asarray(extractor.predict(augmented, verbose=verbose))
                                    for _ in range(views)])
     if share is not None:  # each worker fills its rows; the sum over workers is the whole
         n = len(data.splits[split])
