@@ -107,3 +107,25 @@ def test_the_prefix_and_the_top_compose_to_the_model(imported_mobilenet):
     assert split_below_unfrozen(model, 1.0) is None   # nothing frozen below
     set_trainable(model, "fine_tune", 0)
     assert split_below_unfrozen(model, 0) is None     # nothing unfrozen
+
+
+def test_cuts_of_one_shape_are_cached_apart(image_folder, imported_mobilenet):
+    """Fine-tuning from block_14 or from block_15 cuts the backbone at tensors of the same
+    shape; a search over model.unfreeze must not get one cut's activations for the other."""
+    from dataclasses import replace
+
+    from tftoolkit.data import load_data
+    from tftoolkit.training.feature_cache import _features, split_below_unfrozen
+
+    recipe = _fine_tune_recipe(image_folder, "auto")
+    recipe = replace(recipe, model=replace(recipe.model, weights="imagenet-torchvision"))
+    data = load_data(recipe, 33)
+    model = tftoolkit.build_model(recipe, data.info)
+    below_14, _ = split_below_unfrozen(model, "block_14")
+    below_15, _ = split_below_unfrozen(model, "block_15")
+    assert below_14.output.shape == below_15.output.shape
+    first = _features(below_14, data, "val", 8)
+    second = _features(below_15, data, "val", 8)
+    assert np.abs(first - second).max() > 0.1 * np.abs(second).max()
+    np.testing.assert_allclose(second, below_15.predict(data.dataset("val", batch_size=8)
+                                                        .map(lambda x, y: x), verbose=0))

@@ -66,8 +66,9 @@ def split_below_unfrozen(model: keras.Model,
     # Both halves run the backbone in inference mode, as the full model does.
     image = keras.Input(model.input_shape[1:], name="image")
     below = keras.Model(backbone.input, cut, name="frozen_blocks")
+    # named by where it ends: the activation memo tells cuts of one shape apart by it
     prefix = keras.Model(image, below(model.get_layer(PREPROCESS)(image), training=False),
-                         name="frozen_prefix")
+                         name=f"frozen_blocks_below_{backbone.layers[start].name}")
     above = keras.Model(cut, backbone.output, name="unfrozen_blocks")
     activations = keras.Input(cut.shape[1:], name="activations")
     x = above(activations, training=False)
