@@ -160,10 +160,8 @@ class DataBundle:
                            image_size=self.info.image_size, settings=settings,
                            cache_root=self.cache_root(), budget_mb=cfg.memory_budget_mb,
                            count=len(examples), budget_share=budget_share)
-        label = f"data cache for {split}" + (f" (shard {settings['shard']}, {len(examples)} "
-                                             "examples)" if shard else "")
-        if not any(n.startswith(label + ":") for n in self.notes):
-            self.notes.append(cache.note.replace(f"data cache for {split}", label, 1))
+        if not any(n.startswith(cache.subject + ":") for n in self.notes):
+            self.notes.append(cache.note)
         return make_dataset(
             examples, batch_size=batch_size, image_size=self.info.image_size,
             encoding=self.info.label_encoding, num_classes=self.info.num_classes,

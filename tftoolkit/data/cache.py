@@ -29,7 +29,13 @@ class CachePlan:
 
     mode: str                     # memory | disk | off
     path: Path | None             # the disk cache's file prefix
-    note: str
+    subject: str                  # data cache for train (and a worker's shard)
+    detail: str
+
+    @property
+    def note(self) -> str:
+        """``data cache for train: memory, uint8 pixels, 12 MB (...)``."""
+        return f"{self.subject}: {self.detail}"
 
 
 def available_memory() -> int:
@@ -67,6 +73,9 @@ def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | N
             several replica shards).
     """
     count = len(examples) if count is None else count
+    subject = f"data cache for {split}"
+    if "shard" in settings:
+        subject += f" (shard {settings['shard']}, {count} examples)"
     size = count * example_bytes(examples, image_size)
     megabytes = size / 2 ** 20
     if mode == "auto":
@@ -78,11 +87,11 @@ def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | N
     else:
         why = f"data.cache={mode}"
     if mode == "off":
-        return CachePlan("off", None, f"data cache for {split}: off ({why})")
+        return CachePlan("off", None, subject, f"off ({why})")
     if mode == "memory":
         kind = "uint8 pixels" if image_size else "float32 features"
-        return CachePlan("memory", None, f"data cache for {split}: memory, {kind}, "
-                                         f"{megabytes:.0f} MB ({why})")
+        return CachePlan("memory", None, subject,
+                         f"memory, {kind}, {megabytes:.0f} MB ({why})")
     key = hashlib.sha1(json.dumps({"content": examples.fingerprint, "split": split,
                                    "image_size": image_size, **settings},
                                   sort_keys=True).encode()).hexdigest()[:16]
@@ -93,5 +102,5 @@ def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | N
     if not reused:
         for stale in folder.glob("*.lockfile"):  # left by a run that died while writing
             stale.unlink()
-    return CachePlan("disk", prefix, f"data cache for {split}: disk, {folder} "
-                                     f"({'reused' if reused else 'written this run'}; {why})")
+    use = "reused" if reused else "written this run"
+    return CachePlan("disk", prefix, subject, f"disk, {folder} ({use}; {why})")
