@@ -44,12 +44,13 @@ def test_augmentation_turns_the_cache_off_and_says_so():
     plain = build_augmenter(AugmentConfig(), 33, 0)
     rotating = build_augmenter(AugmentConfig(enabled=True, rotation=0.1), 33, 0)
     mixing = build_augmenter(AugmentConfig(enabled=True, flip="none", mixup=0.4), 33, 0)
-    assert cache_plan(plain, 0)[0] is True
-    use, why = cache_plan(rotating, 0)
+    names = ("feature cache", "frozen backbone run once")
+    assert cache_plan(plain, 0, *names) == (True, "feature cache: frozen backbone run once")
+    use, why = cache_plan(rotating, 0, *names)
     assert not use and "augment.cached_views=K" in why
-    use, why = cache_plan(rotating, 3)
+    use, why = cache_plan(rotating, 3, *names)
     assert use is True and "3 augmented copies" in why
-    assert cache_plan(mixing, 3)[0] is False
+    assert cache_plan(mixing, 3, *names)[0] is False
 
 
 def test_cached_augmented_views_train(image_folder, quiet):

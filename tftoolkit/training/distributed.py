@@ -46,8 +46,9 @@ def worker_share(strategy: tf.distribute.Strategy) -> WorkerShare | None:
     resolver = strategy.cluster_resolver
     tasks = resolver.cluster_spec().as_dict()
     chiefs = len(tasks.get("chief", []))
+    workers = chiefs + len(tasks.get("worker", []))
     index = resolver.task_id if resolver.task_type == "chief" else chiefs + resolver.task_id
-    local_replicas = strategy.num_replicas_in_sync // (chiefs + len(tasks.get("worker", [])))
+    local_replicas = strategy.num_replicas_in_sync // workers
 
     def sum_over_workers(array: np.ndarray) -> np.ndarray:
         value = tf.constant(array)
@@ -59,7 +60,7 @@ def worker_share(strategy: tf.distribute.Strategy) -> WorkerShare | None:
         return strategy.reduce(tf.distribute.ReduceOp.SUM,
                                strategy.run(first_local_replica_gives), axis=None).numpy()
 
-    return WorkerShare(index, chiefs + len(tasks.get("worker", [])), sum_over_workers)
+    return WorkerShare(index, workers, sum_over_workers)
 
 
 def _per_example_loss(model: keras.Model) -> keras.losses.Loss:

@@ -86,9 +86,8 @@ def _head(model: keras.Model, first: int, input_shape) -> keras.Model:
     return keras.Model(inputs, x, name="head")
 
 
-def cache_plan(augmenter: Augmenter, views: int, cache: str = "feature cache",
-               runs_once: str = "frozen backbone run once; head trained on cached "
-                                "features") -> tuple[bool, str]:
+def cache_plan(augmenter: Augmenter, views: int, cache: str,
+               runs_once: str) -> tuple[bool, str]:
     """Whether to cache, and the line that says why (or why not); ``cache`` names the
     cache, ``runs_once`` what it does."""
     if augmenter.in_model is None and augmenter.in_pipeline is None and not augmenter.mixers:
