@@ -12,8 +12,9 @@ The training split is kept in memory (images as uint8) so that any example can b
 
 from __future__ import annotations
 
+import logging
+
 import dp_accounting
-from absl import logging as absl_logging
 import keras
 import numpy as np
 import tensorflow as tf
@@ -26,15 +27,16 @@ def epsilon(sampling_rate: float, noise_multiplier: float, steps: int, delta: fl
     """ε after ``steps`` Poisson-subsampled Gaussian steps (dp-accounting, RDP)."""
     if steps == 0:
         return 0.0
-    accountant = rdp.RdpAccountant()
-    accountant.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
-        sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)), steps))
-    verbosity = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)  # orders that do not converge are
-    try:                                            # skipped by the accountant, and said
+    accountant_log = logging.getLogger("absl")  # dp-accounting says through absl's logger
+    level = accountant_log.level                # that orders which do not converge are
+    accountant_log.setLevel(logging.ERROR)      # skipped; that is not the user's concern
+    try:
+        accountant = rdp.RdpAccountant()
+        accountant.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+            sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)), steps))
         return float(accountant.get_epsilon(delta))
     finally:
-        absl_logging.set_verbosity(verbosity)
+        accountant_log.setLevel(level)
 
 
 def noise_for_epsilon(target: float, sampling_rate: float, steps: int, delta: float) -> float:
