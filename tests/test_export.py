@@ -246,8 +246,24 @@ def test_tflite_format_is_written_and_parity_checked(tmp_path):
                                model(x, training=False), atol=1e-5)
 
 
-def test_onnx_request_stops_before_anything_is_written(tmp_path):
+def test_a_format_whose_runtime_is_missing_stops_before_anything_is_written(tmp_path,
+                                                                          monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     root = tmp_path / "exports"
-    with pytest.raises(ExportError, match="onnx.*tf2onnx.*Nothing was exported"):
+    with pytest.raises(ExportError, match=r"'onnx'.*onnxruntime.*tftoolkit\[onnx\].*Nothing"):
         _export(_model_with_augmentation_inside(), root, formats=["onnx"])
     assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_mediapipe_formats_are_refused_for_a_model_that_is_not_an_image_classifier(tmp_path):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    info = DataInfo("regression", "regression", (4,), [], None, "rows")
+    with pytest.raises(ExportError, match="mediapipe.*regression.*Nothing was exported"):
+        export_model(model, info, tmp_path / "exports", parity_inputs=np.zeros((2, 4), "f4"),
+                     card={}, formats=["mediapipe"])
+    assert not (tmp_path / "exports").exists()

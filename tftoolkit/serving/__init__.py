@@ -18,8 +18,7 @@ from tftoolkit.models import load_keras_model
 from tftoolkit.models.layout import PREPROCESS
 from tftoolkit.rundir import RunDir
 from tftoolkit.serving.predict import predict
-from tftoolkit.serving.litert import QUANTIZED
-from tftoolkit.serving.savedmodel import MODEL_CARD, Quantization, export_model
+from tftoolkit.serving.savedmodel import MEASURED, MODEL_CARD, Quantization, export_model
 
 PARITY_EXAMPLES = 16
 
@@ -49,14 +48,14 @@ def save_parity_inputs(run: RunDir, data: DataBundle) -> None:
 
 
 def quantization_inputs(data: DataBundle) -> Quantization:
-    """What quantized LiteRT files are measured (validation and test splits) and
-    calibrated (training images through the evaluation pipeline) on."""
+    """What quantized and MediaPipe LiteRT files are measured (validation and test
+    splits) and calibrated (training images through the evaluation pipeline) on."""
     cfg = data.recipe.export
     splits = {s: data.arrays(s, cfg.eval_examples) for s in ("val", "test")
               if s in data.splits}
     if not splits:
-        raise ExportError("quantized LiteRT formats are measured on the validation or test "
-                          "split, and this data has neither")
+        raise ExportError("quantized and MediaPipe LiteRT formats are measured on the "
+                          "validation or test split, and this data has neither")
     batch_size = data.recipe.train.batch_size or 32
     calibration = [np.asarray(b[0]) for b in
                    data.dataset("train", batch_size=batch_size).take(cfg.calibration_steps)]
@@ -87,7 +86,7 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
     card = {**_card(model, recipe, info, metrics), "run_dir": str(run)}
     formats = recipe["export"].get("formats", [])
     quantization = None
-    if any(f in QUANTIZED for f in formats):
+    if any(f in MEASURED for f in formats):
         quantization = quantization_inputs(data or load_data(run.read_recipe(),
                                                              info.image_size))
     return export_model(model, info, root, parity_inputs=np.load(run / RunDir.PARITY_INPUTS),
@@ -100,12 +99,12 @@ def formats_table(version: Path) -> str:
     """The extra formats of an export version as a table (refused variants included)."""
     card = json.loads((version / MODEL_CARD).read_text())
     rows = {**card.get("formats", {}), **card.get("formats_refused", {})}
-    if not any(f in QUANTIZED for f in rows):
+    if not any(f in MEASURED for f in rows):
         return ""
     lines = [f"{'format':16s} {'size (KB)':>10s} {'x float':>8s} {'val acc':>8s} "
              f"{'test acc':>9s} {'agree':>7s} {'ms/img':>7s} {'x float':>8s}  file"]
     for fmt, row in rows.items():
-        if fmt not in QUANTIZED:
+        if fmt not in MEASURED:
             continue
         lines.append(
             f"{fmt:16s} {row['size_bytes'] / 1024:10.0f} {row['size_vs_float_tflite']:8.2f} "

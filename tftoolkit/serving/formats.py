@@ -4,33 +4,56 @@
   run through the LiteRT interpreter on the parity inputs.
 - ``tflite_dynamic``, ``tflite_float16``, ``tflite_int8``: quantized LiteRT files, measured
   against the float model before they are kept (``tftoolkit.serving.litert``).
-- ``onnx``: needs ``tf2onnx`` and ``onnxruntime``, which this stack does not provide;
-  asking for it stops the export before anything is written.
+- ``mediapipe``, ``mediapipe_int8``: LiteRT files MediaPipe Tasks' ImageClassifier loads
+  (``tftoolkit.serving.mediapipe_tasks``), measured like the quantized files.
+- ``onnx``: the inference model through Keras' ONNX exporter (``tf2onnx``), raw 0-255
+  pixels in, ``probabilities`` out (``model.onnx``), run through ONNX Runtime on the
+  parity inputs.
+
+Formats that need packages outside the core install (the ``onnx`` and ``mediapipe``
+extras) are refused before anything is written when those packages are missing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tftoolkit.data import DataInfo
 from tftoolkit.errors import ExportError
-from tftoolkit.recipe import ONNX_UNAVAILABLE
 from tftoolkit.serving.litert import QUANTIZED
+from tftoolkit.serving.mediapipe_tasks import MEDIAPIPE
 from tftoolkit.serving.outputs import expected_output, served_key
 
-FORMATS = ("tflite", *QUANTIZED, "onnx")
+FORMATS = ("tflite", *QUANTIZED, *MEDIAPIPE, "onnx")
+ONNX_FILE = "model.onnx"
+# ONNX Runtime fuses and reorders float operations (convolution with batch norm, ...).
+ONNX_TOLERANCE = 1e-4
+# format -> (the modules it needs, the extra that installs them)
+_NEEDS = {"onnx": (("tf2onnx", "onnx", "onnxruntime"), "onnx"),
+          **{fmt: (("mediapipe",), "mediapipe") for fmt in MEDIAPIPE}}
 
 
-def check_formats(formats: list[str]) -> None:
+def check_formats(formats: list[str], info: DataInfo) -> None:
     """Refuse unknown or unavailable formats before an export starts."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ExportError(f"export.formats has {unknown}; choices: {', '.join(FORMATS)}")
-    if "onnx" in formats:
-        raise ExportError(f"{ONNX_UNAVAILABLE}. Nothing was exported.")
+    for fmt in formats:
+        modules, extra = _NEEDS.get(fmt, ((), ""))
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ExportError(f"export.formats has {fmt!r}, which needs {', '.join(missing)}: "
+                              f"pip install 'tftoolkit[{extra}]'. Nothing was exported.")
+    wanted = [f for f in formats if f in MEDIAPIPE]
+    if wanted and not (info.image_size and info.class_names):
+        raise ExportError(f"export.formats has {wanted}: MediaPipe image-classifier files, "
+                          f"but this model is a {info.task} model of inputs "
+                          f"{list(info.input_shape)}; remove them. Nothing was exported.")
 
 
 def write_tflite(savedmodel: Path, target: Path, model: keras.Model, inputs: np.ndarray,
@@ -53,4 +76,32 @@ def write_tflite(savedmodel: Path, target: Path, model: keras.Model, inputs: np.
     if diff > tolerance:
         raise ExportError(f"LiteRT parity check failed: max abs diff {diff:.3g} > "
                           f"{tolerance:g}")
+    return diff
+
+
+def write_onnx(model: keras.Model, info: DataInfo, target: Path, inputs: np.ndarray,
+               tolerance: float) -> float:
+    """Export the inference model as ONNX through Keras' exporter and check it with ONNX
+    Runtime; returns the max abs diff. Input ``images`` (raw 0-255 pixels at the model's
+    size) or ``features``; output ``probabilities`` (one column per class) or ``outputs``."""
+    import onnxruntime
+
+    classifier = bool(info.class_names)
+    x = keras.Input(info.input_shape, name="images" if info.image_size else "features")
+    y = keras.ops.cast(model(x, training=False), "float32")
+    if classifier and y.shape[-1] == 1:  # one sigmoid column P(1): [P(0), P(1)]
+        y = keras.ops.concatenate([1.0 - y, y], axis=-1)
+    served = keras.Model(x, y)
+    try:
+        served.export(str(target), format="onnx", verbose=False, input_signature=[
+            tf.TensorSpec([None, *info.input_shape], tf.float32, name=x.name)])
+    except Exception as exc:  # tf2onnx raises plain errors of many types
+        raise ExportError(f"ONNX conversion failed: {str(exc).splitlines()[0][:300]}") from None
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: inputs.astype(np.float32)})[0]
+    expected = expected_output(model, inputs, "probabilities" if classifier else "outputs")
+    diff = float(np.abs(got - expected).max())
+    if diff > tolerance:
+        raise ExportError(f"ONNX parity check failed: ONNX Runtime's outputs differ from the "
+                          f"Keras model's by {diff:.3g} > {tolerance:g}")
     return diff

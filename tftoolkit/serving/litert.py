@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import keras
 import numpy as np
@@ -42,26 +42,37 @@ def file_name(fmt: str) -> str:
 def convert(model: keras.Model, fmt: str, input_shape: tuple[int, ...],
             calibration: Iterable[np.ndarray] = (), int8_io: str = "float") -> bytes:
     """The LiteRT flatbuffer of ``model`` quantized as ``fmt`` (``tflite``: float)."""
+    return convert_endpoint(
+        model, lambda inputs: {"outputs": tf.cast(model(inputs, training=False), tf.float32)},
+        tf.TensorSpec([None, *input_shape], tf.float32, name="inputs"), fmt, calibration,
+        int8_io)
+
+
+def convert_endpoint(model: keras.Model, endpoint: Callable, spec: tf.TensorSpec, fmt: str,
+                     calibration: Iterable[np.ndarray] = (), int8_io: str = "float",
+                     quantize: str | None = None) -> bytes:
+    """The LiteRT flatbuffer of ``endpoint`` (a function of ``spec`` that calls
+    ``model``), written as ``fmt``, quantized as ``quantize`` (a format of this module;
+    default: ``fmt``)."""
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serve", lambda inputs: {"outputs": tf.cast(
-        model(inputs, training=False), tf.float32)},
-        input_signature=[tf.TensorSpec([None, *input_shape], tf.float32, name="inputs")])
+    archive.add_endpoint("serve", endpoint, input_signature=[spec])
     with tempfile.TemporaryDirectory() as folder:
         archive.write_out(folder, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serve"])
-        return _convert(converter, fmt, calibration, int8_io)
+        return _convert(converter, fmt, quantize or fmt, calibration, int8_io)
 
 
-def _convert(converter, fmt: str, calibration: Iterable[np.ndarray], int8_io: str) -> bytes:
-    if fmt != "tflite":  # "tflite": the float file the variants are compared with
+def _convert(converter, fmt: str, quantize: str, calibration: Iterable[np.ndarray],
+             int8_io: str) -> bytes:
+    if quantize != "tflite":  # "tflite": the float file the variants are compared with
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if fmt == "tflite_float16":
+    if quantize == "tflite_float16":
         converter.target_spec.supported_types = [tf.float16]
-    elif fmt == "tflite_int8":
+    elif quantize == "tflite_int8":
         batches = [np.asarray(b, np.float32) for b in calibration]
         if not batches:
-            raise ExportError("tflite_int8 needs calibration images: the training split "
+            raise ExportError(f"{fmt} needs calibration images: the training split "
                               "gave none")
 
         def representative():
@@ -119,8 +130,15 @@ class LiteRTModel:
             y = (y.astype(np.float32) - zero) * scale
         return y.astype(np.float32)
 
+    @property
+    def fixed_batch(self) -> bool:
+        """Whether the file takes a fixed batch (MediaPipe's take one image)."""
+        return int(self.input["shape_signature"][0]) != -1
+
     def predict(self, images: np.ndarray, batch_size: int = 64, verbose: int = 0) -> np.ndarray:
-        """Predictions for ``images``, ``batch_size`` at a time (Keras' signature)."""
+        """Predictions for ``images``, ``batch_size`` at a time (Keras' signature); one at
+        a time for a file of a fixed batch."""
+        batch_size = 1 if self.fixed_batch else batch_size
         return np.concatenate([self._run(images[i:i + batch_size])
                                for i in range(0, len(images), batch_size)])
 

@@ -18,11 +18,17 @@ def class_probabilities(predictions: np.ndarray) -> np.ndarray:
     return predictions
 
 
-def classifier_outputs(predictions: tf.Tensor, class_names: tf.Tensor) -> dict[str, tf.Tensor]:
-    """The serving signature's outputs: ``probabilities``, ``class_id``, ``class_name``."""
+def served_probabilities(predictions: tf.Tensor) -> tf.Tensor:
+    """:func:`class_probabilities` inside a served graph (float32)."""
     probabilities = tf.cast(predictions, tf.float32)
     if probabilities.shape[-1] == 1:
         probabilities = tf.concat([1.0 - probabilities, probabilities], axis=-1)
+    return probabilities
+
+
+def classifier_outputs(predictions: tf.Tensor, class_names: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The serving signature's outputs: ``probabilities``, ``class_id``, ``class_name``."""
+    probabilities = served_probabilities(predictions)
     class_id = tf.argmax(probabilities, axis=-1)
     return {"probabilities": probabilities, "class_id": class_id,
             "class_name": tf.gather(class_names, class_id)}

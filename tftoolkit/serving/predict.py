@@ -11,16 +11,22 @@ from tftoolkit.serving.savedmodel import LABELS
 
 
 def _predict_litert(path: Path, images: list[str | Path]) -> tuple[np.ndarray, list[str]]:
-    """Class probabilities from a LiteRT file of an export version, and its labels."""
+    """Class probabilities from a LiteRT file, and its labels: those packed in its
+    metadata (MediaPipe files), else the export version's beside it."""
     import tensorflow as tf
 
     from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
     from tftoolkit.serving.litert import LiteRTModel
+    from tftoolkit.serving.mediapipe_tasks import packed_labels
     from tftoolkit.serving.outputs import class_probabilities
 
-    labels = path.parent / LABELS
-    if not labels.is_file():
-        raise ExportError(f"{path} is not inside an export version: no {LABELS} beside it")
+    names = packed_labels(path)
+    if names is None:
+        labels = path.parent / LABELS
+        if not labels.is_file():
+            raise ExportError(f"{path} has no labels in its metadata and is not inside an "
+                              f"export version: no {LABELS} beside it")
+        names = labels.read_text().splitlines()
     model = LiteRTModel(path)
     size = model.input_shape[0]
     try:
@@ -29,7 +35,7 @@ def _predict_litert(path: Path, images: list[str | Path]) -> tuple[np.ndarray, l
     except tf.errors.InvalidArgumentError as exc:
         raise ExportError(f"cannot decode one of {', '.join(map(str, images))} as an image: "
                           f"{exc.message.splitlines()[0][:160]}") from None
-    return class_probabilities(model.predict(batch)), labels.read_text().splitlines()
+    return class_probabilities(model.predict(batch)), names
 
 
 def predict(export_dir: str | Path, images: list[str | Path],

@@ -34,12 +34,15 @@ import tensorflow as tf
 from tftoolkit.data import DataInfo
 from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
 from tftoolkit.errors import ExportError
-from tftoolkit.serving import litert
-from tftoolkit.serving.formats import check_formats, write_tflite
+from tftoolkit.serving import litert, mediapipe_tasks
+from tftoolkit.serving.formats import (ONNX_FILE, ONNX_TOLERANCE, check_formats, write_onnx,
+                                       write_tflite)
 from tftoolkit.serving.outputs import classifier_outputs, expected_output, served_key
 
 MIXED_PRECISION_TOLERANCE = 1e-2
 MODEL_CARD, LABELS = "model_card.json", "labels.txt"
+# LiteRT files measured on the validation and test splits before they are kept
+MEASURED = (*litert.QUANTIZED, *mediapipe_tasks.MEDIAPIPE)
 
 
 def next_version(root: Path) -> int:
@@ -111,11 +114,11 @@ def _versions() -> dict[str, str]:
 
 @dataclass
 class Quantization:
-    """What the quantized LiteRT variants are measured and calibrated on.
+    """What the quantized and MediaPipe LiteRT files are measured and calibrated on.
 
     Attributes:
         splits: ``{split: (inputs, class ids or targets)}`` to measure each file on.
-        calibration: batches of training inputs for ``tflite_int8``.
+        calibration: batches of training inputs for ``tflite_int8`` and ``mediapipe_int8``.
         int8_io: ``float``, ``uint8`` or ``int8`` input/output of ``tflite_int8``.
         max_accuracy_drop: the most accuracy a variant may lose against the float model.
     """
@@ -128,17 +131,23 @@ class Quantization:
 
 def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
                         quantization: Quantization, tmp: Path) -> tuple[dict, dict]:
-    """Write each quantized variant that keeps its accuracy into ``tmp``; returns the
-    card entries of the written ones and of the refused ones (with the reason)."""
+    """Write each measured variant (quantized, MediaPipe) that keeps its accuracy into
+    ``tmp``; returns the card entries of the written ones and of the refused ones (with
+    the reason)."""
     classification = info.task == "classification"
     float_file = litert.convert(model, "tflite", info.input_shape)
     reference = litert.LiteRTModel(float_file)
     first = next(iter(quantization.splits.values()))[0]
     float_latency = reference.latency_ms(first)
     written, refused = {}, {}
-    for fmt in (f for f in formats if f in litert.QUANTIZED):
-        flatbuffer = litert.convert(model, fmt, info.input_shape, quantization.calibration,
-                                    quantization.int8_io)
+    for fmt in (f for f in formats if f in MEASURED):
+        metadata = None
+        if fmt in mediapipe_tasks.MEDIAPIPE:
+            flatbuffer, metadata = mediapipe_tasks.convert(
+                model, fmt, info.image_size, info.class_names, quantization.calibration)
+        else:
+            flatbuffer = litert.convert(model, fmt, info.input_shape,
+                                        quantization.calibration, quantization.int8_io)
         measured = litert.measure(litert.LiteRTModel(flatbuffer), model,
                                   quantization.splits, classification)
         entry = {"file": litert.file_name(fmt), "size_bytes": len(flatbuffer),
@@ -148,8 +157,10 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
                  "latency_ms": measured.latency_ms,
                  "latency_vs_float_tflite": measured.latency_ms / float_latency,
                  "examples": {s: int(len(x)) for s, (x, _) in quantization.splits.items()}}
-        if fmt == "tflite_int8":
-            entry["io"] = quantization.int8_io
+        if fmt in ("tflite_int8", "mediapipe_int8"):
+            entry["io"] = quantization.int8_io if fmt == "tflite_int8" else "uint8"
+        if metadata is not None:
+            entry["metadata_file"] = mediapipe_tasks.metadata_file(fmt)
         if measured.drop > quantization.max_accuracy_drop:
             what = "accuracy" if classification else "loss"
             refused[fmt] = {**entry, "file": None, "reason": (
@@ -158,6 +169,8 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
                 "written")}
             continue
         (tmp / entry["file"]).write_bytes(flatbuffer)
+        if metadata is not None:
+            (tmp / entry["metadata_file"]).write_text(metadata)
         written[fmt] = entry
     return written, refused
 
@@ -169,7 +182,7 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
     """Export ``model`` as the next numbered version under ``root`` (plus ``formats``,
     the float ones parity-checked, the quantized ones measured with ``quantization``);
     returns its path."""
-    check_formats(list(formats))
+    check_formats(list(formats), info)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if mixed_precision:
@@ -181,10 +194,16 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
         if "tflite" in formats:
             extra["tflite"] = {"file": "model.tflite", "max_abs_diff": write_tflite(
                 tmp, tmp / "model.tflite", model, parity_inputs, tolerance)}
+        if "onnx" in formats:
+            onnx_tolerance = max(tolerance, ONNX_TOLERANCE)
+            extra["onnx"] = {"file": ONNX_FILE, "tolerance": onnx_tolerance,
+                             "max_abs_diff": write_onnx(model, info, tmp / ONNX_FILE,
+                                                        parity_inputs, onnx_tolerance)}
         refused = {}
-        if any(f in litert.QUANTIZED for f in formats):
+        if any(f in MEASURED for f in formats):
             if quantization is None:
-                raise ExportError("quantized LiteRT formats need data to be measured on "
+                raise ExportError("quantized and MediaPipe LiteRT formats need data to be "
+                                  "measured on "
                                   "(export a run directory, or pass quantization=)")
             written, refused = _quantized_variants(model, info, list(formats), quantization,
                                                    tmp)

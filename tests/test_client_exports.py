@@ -1,0 +1,224 @@
+"""Files that other runtimes load as they are: MediaPipe Tasks' ImageClassifier, ONNX Runtime.
+
+Each client runs in a process that imports neither tftoolkit nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+import tftoolkit
+from tftoolkit.data import DataInfo
+from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
+from tftoolkit.rundir import RunDir
+from tftoolkit.serving import litert, mediapipe_tasks, quantization_inputs
+from tftoolkit.serving.savedmodel import export_model
+
+pytest.importorskip("mediapipe")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("tf2onnx")
+
+FORMATS = ["mediapipe", "mediapipe_int8", "onnx"]
+
+# MediaPipe's ImageClassifier and ONNX Runtime on the exported files, TensorFlow blocked.
+CLIENT = """
+import json, sys
+sys.modules["tensorflow"] = None  # mediapipe imports it when it can; it must not need it
+import numpy as np
+import mediapipe as mp
+import onnxruntime
+from mediapipe.tasks.python import BaseOptions, vision
+
+version, images, pixels = sys.argv[1], sys.argv[2:-1], sys.argv[-1]
+out = {}
+for name in ("model_mediapipe.tflite", "model_mediapipe_int8.tflite"):
+    options = vision.ImageClassifierOptions(
+        base_options=BaseOptions(model_asset_path=f"{version}/{name}"), max_results=1)
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        tops = []
+        for path in images:
+            top = classifier.classify(mp.Image.create_from_file(path)).classifications[0]
+            tops.append([top.categories[0].index, top.categories[0].category_name])
+    out[name] = tops
+session = onnxruntime.InferenceSession(f"{version}/model.onnx",
+                                       providers=["CPUExecutionProvider"])
+out["onnx"] = session.run(None, {"images": np.load(pixels)})[0].tolist()
+out["tensorflow_imported"] = any(m.startswith(("tensorflow", "tftoolkit")) and sys.modules[m]
+                                 for m in sys.modules)
+print(json.dumps(out))
+"""
+
+
+def _recipe(folder, tmp, **export) -> Recipe:
+    return Recipe(name="shapes", data=DataConfig(source="folder", dir=str(folder),
+                                                 image_size=32, test_fraction=0.5),
+                  model=ModelConfig(architecture="cnn", filters=[8, 16]),
+                  train=TrainConfig(epochs=4, batch_size=8, learning_rate=3e-3, verbose=0,
+                                    run_dir=str(tmp / "runs")),
+                  export=ExportConfig(dir=str(tmp / "exports"), **export))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from conftest import make_image_folder
+
+    tmp = tmp_path_factory.mktemp("clients")
+    folder = make_image_folder(tmp / "shapes", per_class=32)
+    result = tftoolkit.train(_recipe(folder, tmp, formats=FORMATS, max_accuracy_drop=1.0))
+    data = tftoolkit.load_data(result.recipe, 32)
+    test_files = [str(p) for p in data.splits["test"].paths]
+    return result, test_files, tmp
+
+
+@pytest.fixture(scope="module")
+def clients(exported):
+    """What each client returns on the test split's image files."""
+    result, test_files, tmp = exported
+    pixels = tmp / "test_pixels.npy"
+    np.save(pixels, _pixels(test_files))
+    proc = subprocess.run([sys.executable, "-c", CLIENT, str(result.export_dir), *test_files,
+                           str(pixels)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _pixels(files: list[str]) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(f).convert("RGB"), np.float32) for f in files])
+
+
+def _savedmodel_probabilities(version, files: list[str]) -> np.ndarray:
+    served = tf.saved_model.load(str(version)).signatures["serving_default"]
+    return served(images=tf.constant(_pixels(files)))["probabilities"].numpy()
+
+
+def test_mediapipe_image_classifier_gives_the_savedmodels_classes(exported, clients):
+    result, test_files, _ = exported
+    assert clients["tensorflow_imported"] is False
+    card = json.loads((result.export_dir / "model_card.json").read_text())
+    top = _savedmodel_probabilities(result.export_dir, test_files).argmax(1)
+    names = [card["class_names"][i] for i in top]
+    assert len(test_files) == 32
+    assert clients["model_mediapipe.tflite"] == [[int(i), n] for i, n in zip(top, names)]
+    int8 = clients["model_mediapipe_int8.tflite"]
+    assert all(name == card["class_names"][i] for i, name in int8)
+    agreement = float(np.mean([i == t for (i, _), t in zip(int8, top)]))
+    assert agreement == pytest.approx(card["formats"]["mediapipe_int8"]["test_agreement"])
+
+
+def test_onnx_runtime_matches_the_savedmodels_probabilities(exported, clients):
+    result, test_files, _ = exported
+    expected = _savedmodel_probabilities(result.export_dir, test_files)
+    np.testing.assert_allclose(np.asarray(clients["onnx"]), expected, atol=1e-4)
+    card = json.loads((result.export_dir / "model_card.json").read_text())
+    assert card["formats"]["onnx"]["max_abs_diff"] <= 1e-4
+
+
+def test_mediapipe_files_are_measured_in_the_card_with_their_metadata(exported):
+    result, _, _ = exported
+    card = json.loads((result.export_dir / "model_card.json").read_text())
+    for fmt, dtype in (("mediapipe", np.float32), ("mediapipe_int8", np.uint8)):
+        entry = card["formats"][fmt]
+        path = result.export_dir / entry["file"]
+        assert entry["size_bytes"] == path.stat().st_size
+        for key in ("val_accuracy", "test_accuracy", "test_agreement", "latency_ms"):
+            assert 0 < entry[key] or key.endswith("accuracy"), key
+        model = litert.LiteRTModel(path)
+        assert model.input["shape"].tolist() == [1, 32, 32, 3]
+        assert model.input["dtype"] == dtype and model.output["shape"].tolist() == [1, 2]
+        metadata = json.loads((result.export_dir / entry["metadata_file"]).read_text())
+        graph = metadata["subgraph_metadata"][0]
+        normalization = graph["input_tensor_metadata"][0]["process_units"][0]["options"]
+        assert (normalization["mean"], normalization["std"]) == ([0.0], [1.0])
+        assert graph["output_tensor_metadata"][0]["associated_files"][0]["name"] == "labels.txt"
+        assert mediapipe_tasks.packed_labels(path) == card["class_names"]
+    assert card["formats"]["mediapipe_int8"]["size_bytes"] < \
+        card["formats"]["mediapipe"]["size_bytes"]
+
+
+def test_predict_reads_the_labels_from_a_mediapipe_files_metadata(exported, tmp_path):
+    result, test_files, _ = exported
+    alone = tmp_path / "classifier.tflite"  # no labels.txt nor model card beside it
+    shutil.copy(result.export_dir / "model_mediapipe.tflite", alone)
+    got = tftoolkit.predict(alone, test_files[:4], top_k=2)
+    want = tftoolkit.predict(result.export_dir, test_files[:4], top_k=2)
+    for a, b in zip(got, want):
+        assert [n for n, _ in a] == [n for n, _ in b]
+        assert a[0][1] == pytest.approx(b[0][1], abs=1e-5)
+
+
+def test_a_mediapipe_file_losing_too_much_is_refused_with_its_metadata(exported, monkeypatch):
+    result, _, tmp = exported
+    real = litert.measure
+
+    def int8_loses_too_much(candidate, reference, splits, classification):
+        measured = real(candidate, reference, splits, classification)
+        if candidate.input["dtype"] != np.float32:
+            measured.drop = 2.0
+        return measured
+
+    monkeypatch.setattr(litert, "measure", int8_loses_too_much)
+    data = tftoolkit.load_data(result.recipe, 32)
+    version = export_model(result.model, data.info, tmp / "refusing",
+                           parity_inputs=np.load(result.run_dir / RunDir.PARITY_INPUTS), card={},
+                           formats=["mediapipe_int8"],
+                           quantization=quantization_inputs(data))
+    card = json.loads((version / "model_card.json").read_text())
+    assert "max_accuracy_drop=1.0" in card["formats_refused"]["mediapipe_int8"]["reason"]
+    assert not (version / "model_mediapipe_int8.tflite").exists()
+    assert not (version / "model_mediapipe_int8_metadata.json").exists()
+    assert (version / "saved_model.pb").is_file()
+    assert sorted(p.name for p in (tmp / "refusing").iterdir()) == ["1"]  # no temp left
+
+
+def test_onnx_serves_inference_outputs_and_two_columns_for_one_sigmoid(tmp_path):
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.RandomFlip("horizontal_and_vertical", seed=1)(inputs)
+    x = keras.layers.Rescaling(1 / 255)(x)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    x = keras.layers.Dropout(0.5)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    info = DataInfo("classification", "binary", (16, 16, 3), ["no", "yes"], 16, "t")
+    images = np.random.default_rng(0).uniform(0, 255, (6, 16, 16, 3)).astype("float32")
+    version = export_model(model, info, tmp_path, parity_inputs=images, card={},
+                           formats=["onnx"])
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(version / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": images})[0]
+    p = model(images, training=False).numpy()
+    np.testing.assert_allclose(got, np.concatenate([1 - p, p], axis=1), atol=1e-5)
+
+
+def test_the_parser_version_follows_the_fields_the_metadata_uses():
+    import flatbuffers
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
+
+    def packed(metadata) -> bytes:
+        builder = flatbuffers.Builder(0)
+        builder.Finish(metadata.Pack(builder), b"M001")
+        return bytes(builder.Output())
+
+    labels = schema.AssociatedFileT()
+    labels.name, labels.type = "labels.txt", schema.AssociatedFileType.TENSOR_AXIS_LABELS
+    tensor = schema.TensorMetadataT()
+    tensor.associatedFiles = [labels]
+    graph = schema.SubGraphMetadataT()
+    graph.outputTensorMetadata = [tensor]
+    root = schema.ModelMetadataT()
+    root.subgraphMetadata = [graph]
+    assert mediapipe_tasks.minimum_parser_version(packed(root)) == "1.0.0"
+    labels.version = "2"
+    assert mediapipe_tasks.minimum_parser_version(packed(root)) == "1.4.1"
+    graph.customMetadata = [schema.CustomMetadataT()]
+    assert mediapipe_tasks.minimum_parser_version(packed(root)) == "1.5.0"

@@ -1,0 +1,163 @@
+"""MediaPipe Tasks image-classifier files: LiteRT with the metadata MediaPipe reads.
+
+``mediapipe`` (float) and ``mediapipe_int8`` (full integer, uint8 in and out, calibrated
+like ``tflite_int8``) are files that MediaPipe Tasks' ``ImageClassifier`` loads as is:
+
+- one input ``[1, H, W, 3]``: RGB pixels 0-255 at the model's size (MediaPipe resizes
+  each image to it); the backbone's own preprocessing is inside the graph, so the
+  metadata's normalization is mean 0 / std 1 (MediaPipe takes one mean and std for all
+  channels);
+- one output ``[1, classes]`` of probabilities (MediaPipe applies no softmax);
+- the class names packed in the file as its label file (``labels.txt``).
+
+Beside each file, ``model_<format>_metadata.json`` is its metadata as JSON, as MediaPipe
+Model Maker writes it. The metadata is written by MediaPipe's own writer (the
+``mediapipe`` extra); see :func:`metadata_writers` for the one piece its wheel lacks.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import zipfile
+from pathlib import Path
+from typing import Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tftoolkit.errors import ExportError
+from tftoolkit.serving import litert
+from tftoolkit.serving.outputs import served_probabilities
+
+MEDIAPIPE = ("mediapipe", "mediapipe_int8")
+LABELS_FILE = "labels.txt"
+# mediapipe >= 0.10.30 imports this extension in its metadata module and does not ship it.
+_VERSION_MODULE = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
+
+
+def metadata_file(fmt: str) -> str:
+    """The JSON beside a MediaPipe file."""
+    return f"model_{fmt}_metadata.json"
+
+
+def convert(model: keras.Model, fmt: str, image_size: int, class_names: list[str],
+            calibration: Iterable[np.ndarray] = ()) -> tuple[bytes, str]:
+    """The MediaPipe file of ``model`` (flatbuffer with its metadata) and the metadata
+    as JSON."""
+    int8 = fmt == "mediapipe_int8"
+
+    def endpoint(image):
+        if int8:  # uint8 pixels are fed as they are: the input's scale must be exactly 1
+            image = tf.quantization.fake_quant_with_min_max_args(image, min=0.0, max=255.0,
+                                                                 num_bits=8)
+        return {"probabilities": served_probabilities(model(image, training=False))}
+
+    flatbuffer = litert.convert_endpoint(
+        model, endpoint, tf.TensorSpec([1, image_size, image_size, 3], tf.float32,
+                                       name="image"),
+        fmt, calibration, int8_io="uint8", quantize="tflite_int8" if int8 else "tflite")
+    if int8:
+        scale, zero = litert.LiteRTModel(flatbuffer).input["quantization"]
+        if (scale, zero) != (1.0, 0):
+            raise ExportError(f"{fmt}: the converter gave the uint8 input scale {scale} and "
+                              f"zero point {zero}, but MediaPipe feeds raw pixels (needs 1 "
+                              "and 0); not written")
+    writers = metadata_writers()
+    writer = writers.image_classifier.MetadataWriter.create(
+        bytearray(flatbuffer), input_norm_mean=[0.0], input_norm_std=[1.0],
+        labels=writers.metadata_writer.Labels().add(list(class_names),
+                                                    exported_filename=LABELS_FILE))
+    with_metadata, metadata_json = writer.populate()
+    return bytes(with_metadata), metadata_json
+
+
+def packed_labels(path: Path) -> list[str] | None:
+    """The class names packed in a LiteRT file's metadata (None when it has none)."""
+    if not zipfile.is_zipfile(path):  # packed files are a zip archive after the model
+        return None
+    with zipfile.ZipFile(path) as archive:
+        if LABELS_FILE not in archive.namelist():
+            return None
+        return archive.read(LABELS_FILE).decode("utf-8").splitlines()
+
+
+def metadata_writers() -> types.SimpleNamespace:
+    """MediaPipe's ``image_classifier`` and ``metadata_writer`` modules.
+
+    Their ``metadata`` module imports the extension ``_pywrap_metadata_version``, only to
+    compute the metadata's minimum parser version; when the installed wheel lacks it,
+    :func:`minimum_parser_version` stands in for it.
+    """
+    try:
+        from mediapipe.tasks.python.metadata.metadata_writers import (image_classifier,
+                                                                      metadata_writer)
+    except ModuleNotFoundError as exc:
+        if not exc.name or not _VERSION_MODULE.startswith(exc.name) or \
+                exc.name.split(".")[0] != "mediapipe":
+            raise
+        _provide_version_module()
+        from mediapipe.tasks.python.metadata.metadata_writers import (image_classifier,
+                                                                      metadata_writer)
+    return types.SimpleNamespace(image_classifier=image_classifier,
+                                 metadata_writer=metadata_writer)
+
+
+def _provide_version_module() -> None:
+    parts = _VERSION_MODULE.split(".")
+    for depth in range(3, len(parts) + 1):  # mediapipe.tasks exists; cc and below do not
+        name = ".".join(parts[:depth])
+        module = sys.modules.get(name) or types.ModuleType(name)
+        if depth < len(parts):
+            module.__path__ = []
+        sys.modules[name] = module
+        setattr(sys.modules[".".join(parts[:depth - 1])], parts[depth - 1], module)
+    sys.modules[_VERSION_MODULE].GetMinimumMetadataParserVersion = minimum_parser_version
+
+
+def minimum_parser_version(metadata: bytes) -> str:
+    """The oldest metadata parser that reads every field of ``metadata`` (a
+    ``ModelMetadata`` flatbuffer): the rules of MediaPipe's ``metadata_version.cc``."""
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
+
+    files_type = schema.AssociatedFileType
+    units_type = schema.ProcessUnitOptions
+    versions = [(1, 0, 0)]
+
+    def files(items):
+        for item in items or []:
+            if item.type == files_type.VOCABULARY:
+                versions.append((1, 0, 1))
+            if item.type == files_type.SCANN_INDEX_FILE:
+                versions.append((1, 4, 0))
+            if item.version is not None:
+                versions.append((1, 4, 1))
+
+    def units(items):
+        for item in items or []:
+            if item.optionsType in (units_type.BertTokenizerOptions,
+                                    units_type.SentencePieceTokenizerOptions):
+                versions.append((1, 1, 0))
+            if item.optionsType == units_type.RegexTokenizerOptions:
+                versions.append((1, 2, 1))
+
+    root = schema.ModelMetadataT.InitFromPackedBuf(bytes(metadata), 0)
+    for graph in root.subgraphMetadata or []:
+        for tensor in (graph.inputTensorMetadata or []) + (graph.outputTensorMetadata or []):
+            files(tensor.associatedFiles)
+            units(tensor.processUnits)
+            if tensor.content is not None and tensor.content.contentPropertiesType == \
+                    schema.ContentProperties.AudioProperties:
+                versions.append((1, 3, 0))
+        files(graph.associatedFiles)
+        for process_units in (graph.inputProcessUnits, graph.outputProcessUnits):
+            if process_units is not None:
+                versions.append((1, 1, 0))
+                units(process_units)
+        if graph.inputTensorGroups is not None or graph.outputTensorGroups is not None:
+            versions.append((1, 2, 0))
+        if graph.customMetadata is not None:
+            versions.append((1, 5, 0))
+    files(root.associatedFiles)
+    return ".".join(map(str, max(versions)))
