@@ -180,6 +180,29 @@ def test_a_mediapipe_file_losing_too_much_is_refused_with_its_metadata(exported,
     assert sorted(p.name for p in (tmp / "refusing").iterdir()) == ["1"]  # no temp left
 
 
+def _flattening_classifier() -> keras.Model:
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, activation="relu")(x))
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+def test_mediapipe_int8_takes_raw_pixels_even_when_calibrated_on_dark_images():
+    dark = [np.random.default_rng(0).integers(10, 100, (8, 16, 16, 3)).astype("float32")]
+    flatbuffer, _ = mediapipe_tasks.convert(_flattening_classifier(), "mediapipe_int8", 16,
+                                            ["a", "b", "c"], dark)
+    # MediaPipe writes uint8 pixels into the input as they are: scale 1, zero point 0
+    assert litert.LiteRTModel(flatbuffer).input["quantization"] == (1.0, 0)
+
+
+def test_a_file_of_a_fixed_batch_is_measured_one_image_at_a_time():
+    model = _flattening_classifier()
+    flatbuffer, _ = mediapipe_tasks.convert(model, "mediapipe", 16, ["a", "b", "c"])
+    images = np.random.default_rng(1).uniform(0, 255, (10, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(litert.LiteRTModel(flatbuffer).predict(images),
+                               model(images, training=False), atol=1e-5)
+
+
 def test_onnx_serves_inference_outputs_and_two_columns_for_one_sigmoid(tmp_path):
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.RandomFlip("horizontal_and_vertical", seed=1)(inputs)

@@ -70,6 +70,7 @@ def convert(model: keras.Model, fmt: str, image_size: int, class_names: list[str
         labels=writers.metadata_writer.Labels().add(list(class_names),
                                                     exported_filename=LABELS_FILE))
     with_metadata, metadata_json = writer.populate()
+    del writer  # removes its temporary folder now rather than at interpreter exit
     return bytes(with_metadata), metadata_json
 
 
