@@ -43,17 +43,17 @@ def check_formats(formats: list[str], info: DataInfo) -> None:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ExportError(f"export.formats has {unknown}; choices: {', '.join(FORMATS)}")
+    wanted = [f for f in formats if f in MEDIAPIPE]
+    if wanted and not (info.image_size and info.class_names):
+        raise ExportError(f"export.formats has {wanted}: MediaPipe image-classifier files, "
+                          f"but this model is a {info.task} model of inputs "
+                          f"{list(info.input_shape)}; remove them. Nothing was exported.")
     for fmt in formats:
         modules, extra = _NEEDS.get(fmt, ((), ""))
         missing = [m for m in modules if importlib.util.find_spec(m) is None]
         if missing:
             raise ExportError(f"export.formats has {fmt!r}, which needs {', '.join(missing)}: "
                               f"pip install 'tftoolkit[{extra}]'. Nothing was exported.")
-    wanted = [f for f in formats if f in MEDIAPIPE]
-    if wanted and not (info.image_size and info.class_names):
-        raise ExportError(f"export.formats has {wanted}: MediaPipe image-classifier files, "
-                          f"but this model is a {info.task} model of inputs "
-                          f"{list(info.input_shape)}; remove them. Nothing was exported.")
 
 
 def write_tflite(savedmodel: Path, target: Path, model: keras.Model, inputs: np.ndarray,
