@@ -241,3 +241,30 @@ def test_both_stages_of_a_private_two_stage_run_spend_one_budget(image_folder, q
     assert result.metrics["epsilon"] == pytest.approx(expected, rel=1e-9)
     assert result.history["epsilon"][0] < result.history["epsilon"][1] == pytest.approx(
         expected, rel=1e-9)
+
+
+def _cached_prefix_fine_tune(image_folder, quiet, tmp_path, **options):
+    """A fine-tuning run of MobileNetV2's top block on the cached activations of the frozen
+    layers below it: full-batch, no momentum, so a private run with (almost) no noise and
+    a huge clip takes exactly the steps of plain gradient descent."""
+    return tftoolkit.train("image_folder", {
+        **quiet, "train.run_dir": str(tmp_path / "runs" / str(len(options))),
+        "data.dir": str(image_folder), "data.image_size": 33,
+        "model.weights": "imagenet-torchvision", "model.mode": "fine_tune",
+        "model.unfreeze": "block_16", "augment.enabled": False,
+        "train.epochs": 8, "train.optimizer": "gd", "train.batch_size": 0,
+        "train.momentum": 0.0, "train.fine_tune_learning_rate": 0.002,
+        "regularize.dropout": 0.0,
+        "export.enabled": False, **options})
+
+
+def test_private_fine_tuning_on_a_cached_prefix_trains_on_its_float_activations(
+        image_folder, quiet, tmp_path, imported_mobilenet):
+    plain = _cached_prefix_fine_tune(image_folder, quiet, tmp_path)
+    private = _cached_prefix_fine_tune(image_folder, quiet, tmp_path, **{
+        "privacy.enabled": True, "privacy.noise_multiplier": 1e-12, "privacy.l2_clip": 1e6})
+    assert any("frozen-prefix cache" in note for note in private.notes)
+    # sampling rate 1 (batch = the whole split): every step is the full-batch gradient
+    for a, b in zip(private.model.get_weights(), plain.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert private.metrics["val_accuracy"] >= plain.metrics["val_accuracy"]

@@ -354,12 +354,14 @@ def _plan_privacy(run: _Run, stages: list[Stage]) -> Privacy:
     return plan
 
 
-def _training_arrays(inputs: StageInputs, info: DataInfo) -> tuple[np.ndarray, np.ndarray]:
-    """The stage's training inputs (images as uint8) and encoded labels, in memory."""
+def _training_arrays(inputs: StageInputs, on_images: bool) -> tuple[np.ndarray, np.ndarray]:
+    """What the stage trains on, in memory, and the encoded labels: pixels as uint8 (the
+    pipeline's pixels are whole numbers) when it trains on images, else the features or
+    activations of the frozen part as they are."""
     xs, ys = [], []
     for batch in inputs.plain_train:
         x = np.asarray(batch[0])
-        xs.append(x.astype(np.uint8) if info.image_size and x.ndim == 4 else x)
+        xs.append(x.astype(np.uint8) if on_images else x)
         ys.append(np.asarray(batch[1]))
     return np.concatenate(xs), np.concatenate(ys)
 
@@ -367,7 +369,8 @@ def _training_arrays(inputs: StageInputs, info: DataInfo) -> tuple[np.ndarray, n
 def _fit_private(run: _Run, stage: Stage, inputs: StageInputs, first_epoch: int) -> None:
     """DP-SGD for one stage; the privacy spent is logged each epoch as ``epsilon``."""
     cfg, t = run.recipe.privacy, run.recipe.train
-    x, y = _training_arrays(inputs, run.data.info)
+    on_images = inputs.model is run.graph and bool(run.data.info.image_size)
+    x, y = _training_arrays(inputs, on_images)
     run.private.steps = privacy.fit_private(
         inputs.model, x, y, batch_size=run.batch_size, l2_clip=cfg.l2_clip,
         noise_multiplier=run.private.noise_multiplier, delta=run.private.delta,
