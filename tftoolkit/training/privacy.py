@@ -7,6 +7,12 @@ Gaussian noise of standard deviation ``noise_multiplier * l2_clip`` and divides 
 expected batch size ``q * N``. Regularization penalties depend on no example and are
 added unclipped. The privacy spent is Google's ``dp-accounting`` RDP accountant's ε for
 a Poisson-subsampled Gaussian mechanism composed over the steps taken, at ``δ``.
+
+The noise and the batches' membership are drawn from the operating system's entropy,
+never from ``train.seed`` (which is written to the run directory and the model card):
+whoever could regenerate them could subtract the noise. No draw is replayed, after a
+resume either. ``privacy.insecure_reproducible`` draws them from the seed instead, which
+voids the guarantee; it exists for tests and debugging.
 The training split is kept in memory (images as uint8) so that any example can be drawn.
 """
 
@@ -60,6 +66,7 @@ def noise_for_epsilon(target: float, sampling_rate: float, steps: int, delta: fl
 class PrivateStep:
     """The DP-SGD update of a compiled model: per-example gradients, clipped, summed,
     noised, averaged over the expected batch size, applied by the model's optimizer.
+    The noise comes from OS entropy; a ``seed`` makes it reproducible, and worthless.
 
     Under a MirroredStrategy of R replicas each replica clips its slice of the batch and
     adds noise of standard deviation ``noise_multiplier * l2_clip / sqrt(R)`` from its own
@@ -69,7 +76,7 @@ class PrivateStep:
     """
 
     def __init__(self, model: keras.Model, *, l2_clip: float, noise_multiplier: float,
-                 expected_batch: float, seed: int,
+                 expected_batch: float, seed: int | None = None,
                  strategy: tf.distribute.Strategy | None = None):
         self.model, self.l2_clip = model, l2_clip
         self.noise_multiplier, self.expected_batch = noise_multiplier, expected_batch
@@ -78,7 +85,8 @@ class PrivateStep:
         loss = model.loss
         self.loss_fn = loss.__class__(**{**loss.get_config(), "reduction": None})
         with self.strategy.scope():  # one random stream per replica
-            self.generator = tf.random.Generator.from_seed(seed)
+            self.generator = (tf.random.Generator.from_non_deterministic_state()
+                              if seed is None else tf.random.Generator.from_seed(seed))
         self.classify = model.output_shape[-1] > 1
         # strategy.run inside one tf.function: traced once for all replicas, so their
         # all-reduces line up
@@ -158,10 +166,9 @@ class PrivateStep:
         return tf.reduce_sum(losses), tf.reduce_sum(hits), tf.reduce_sum(mask)
 
 
-def poisson_batches(n: int, rate: float, steps: int, seed: int, epoch: int):
-    """Index arrays of one epoch's batches, each example in each independently with
-    probability ``rate``; a pure function of (seed, epoch)."""
-    rng = np.random.default_rng([seed, epoch])
+def poisson_batches(n: int, rate: float, steps: int, rng: np.random.Generator):
+    """Index arrays of ``steps`` batches, each example in each independently with
+    probability ``rate``."""
     for _ in range(steps):
         yield np.flatnonzero(rng.random(n) < rate)
 
@@ -169,16 +176,22 @@ def poisson_batches(n: int, rate: float, steps: int, seed: int, epoch: int):
 def fit_private(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int,
                 l2_clip: float, noise_multiplier: float, delta: float, epochs: int,
                 initial_epoch: int, steps_before: int, target_epsilon: float,
-                validation_data=None, callbacks=(), verbose: int = 1, seed: int = 0,
+                validation_data=None, callbacks=(), verbose: int = 1,
+                seed: int | None = None,
                 strategy: tf.distribute.Strategy | None = None) -> int:
     """DP-SGD on a compiled ``model`` over the training arrays ``(x, y)``; logs ``epsilon``
     after each epoch and stops before an epoch would take ε past ``target_epsilon``.
-    Returns the number of private steps taken in all (``steps_before`` included)."""
+    Returns the number of private steps taken in all (``steps_before`` included).
+    ``seed`` (insecure: for tests only) makes the noise and the batches reproducible,
+    as a function of (seed, first epoch)."""
     n = len(x)
     rate = min(batch_size / n, 1.0)
     epoch_steps = steps_per_epoch(n, batch_size)
+    stream = None if seed is None else int(np.random.SeedSequence(
+        [seed, initial_epoch]).generate_state(1)[0])
     step = PrivateStep(model, l2_clip=l2_clip, noise_multiplier=noise_multiplier,
-                       expected_batch=rate * n, seed=seed, strategy=strategy)
+                       expected_batch=rate * n, seed=stream, strategy=strategy)
+    rng = np.random.default_rng(None if seed is None else [seed, initial_epoch])
     callback_list = keras.callbacks.CallbackList(list(callbacks), model=model, epochs=epochs,
                                                  steps=epoch_steps, verbose=verbose)
     taken = steps_before
@@ -193,7 +206,7 @@ def fit_private(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size:
         callback_list.on_epoch_begin(epoch)
         progress = keras.utils.Progbar(epoch_steps, verbose=verbose) if verbose else None
         total = hits = seen = 0.0
-        for i, batch in enumerate(poisson_batches(n, rate, epoch_steps, seed, epoch)):
+        for i, batch in enumerate(poisson_batches(n, rate, epoch_steps, rng)):
             loss_sum, batch_hits, batch_seen = step(x[batch], y[batch])
             total, hits, seen = total + loss_sum, hits + batch_hits, seen + batch_seen
             taken += 1

@@ -377,7 +377,8 @@ def _fit_private(run: _Run, stage: Stage, inputs: StageInputs, first_epoch: int)
         epochs=stage.end, initial_epoch=first_epoch,
         steps_before=first_epoch * privacy.steps_per_epoch(len(x), run.batch_size),
         target_epsilon=cfg.target_epsilon, validation_data=inputs.val,
-        callbacks=_callbacks(run, stage, inputs), verbose=t.verbose, seed=t.seed,
+        callbacks=_callbacks(run, stage, inputs), verbose=t.verbose,
+        seed=t.seed if cfg.insecure_reproducible else None,
         strategy=run.strategy)
 
 
