@@ -12,6 +12,7 @@ from tftoolkit.errors import RecipeError
 from tftoolkit.recipe import (DataConfig, ExportConfig, ModelConfig, PrivacyConfig, Recipe,
                               TrainConfig)
 from tftoolkit.training import privacy, runner
+from tftoolkit.training.step import TrainStep, per_example_loss
 
 
 def _compiled(seed=0) -> keras.Model:
@@ -42,9 +43,8 @@ def _loop_gradients(model, x, y):
 
 def test_each_clipped_gradient_is_within_the_bound_and_matches_a_loop():
     model, (x, y) = _compiled(), _batch()
-    step = privacy.PrivateStep(model, l2_clip=0.5, noise_multiplier=0.0, expected_batch=6,
-                               seed=0)
-    vectorised = step.per_example_gradients(x, y)
+    private = privacy.PrivateGradients(l2_clip=0.5, noise_multiplier=0.0, expected_batch=6)
+    _, _, vectorised = private.per_example_gradients(model, per_example_loss(model), x, y)
     looped = _loop_gradients(model, x, y)
     for i, per_example in enumerate(looped):
         for v, g in zip(vectorised, per_example):
@@ -54,16 +54,16 @@ def test_each_clipped_gradient_is_within_the_bound_and_matches_a_loop():
     clipped = [[g * min(1.0, 0.5 / n) for g in grads] for grads, n in zip(looped, norms)]
     assert all(np.sqrt(sum(float(np.sum(g ** 2)) for g in grads)) <= 0.5 + 1e-6
                for grads in clipped)
-    for total, *parts in zip(step.clipped_sum(x, y), *clipped):
+    for total, *parts in zip(private.clipped_sum(vectorised), *clipped):
         np.testing.assert_allclose(total, np.sum(parts, axis=0), rtol=1e-5, atol=1e-6)
 
 
 def test_without_noise_and_with_a_huge_clip_dp_sgd_is_plain_sgd():
     x, y = _batch(8, seed=1)
     private, plain = _compiled(3), _compiled(3)
-    step = privacy.PrivateStep(private, l2_clip=1e6, noise_multiplier=0.0, expected_batch=8,
-                               seed=0)
-    step(x, y)
+    step = TrainStep(private, privacy.PrivateGradients(l2_clip=1e6, noise_multiplier=0.0,
+                                                       expected_batch=8))
+    tf.function(step)(x, y, tf.ones([8]))
     with tf.GradientTape() as tape:
         loss = plain.loss(y, plain(x, training=True))
     plain.optimizer.apply_gradients(zip(tape.gradient(loss, plain.trainable_variables),
@@ -73,9 +73,8 @@ def test_without_noise_and_with_a_huge_clip_dp_sgd_is_plain_sgd():
 
 
 def test_the_noise_has_the_calibrated_standard_deviation():
-    step = privacy.PrivateStep(_compiled(), l2_clip=0.7, noise_multiplier=1.3,
-                               expected_batch=50, seed=0)
-    (noised,) = step.noised_average([tf.zeros([200_000])])
+    private = privacy.PrivateGradients(l2_clip=0.7, noise_multiplier=1.3, expected_batch=50)
+    (noised,) = private.noised_average([tf.zeros([200_000])])
     assert float(np.std(noised)) == pytest.approx(1.3 * 0.7 / 50, rel=0.02)
     assert abs(float(np.mean(noised))) < 1e-4
 
@@ -146,6 +145,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 import tftoolkit
 from tftoolkit.training import privacy
+from tftoolkit.training.step import TrainStep, use_in_fit
 
 def compiled():
     keras.utils.set_random_seed(3)
@@ -161,13 +161,17 @@ mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with mirrored.scope():
     spread = compiled()
 alone = compiled()
+# one padded Poisson batch through fit: 10 rows, the last one padding
+batch = (np.concatenate([x, x[:1]]), np.concatenate([y, y[:1]]),
+         np.array([1.0] * 9 + [0.0], np.float32))
 for model, strategy in ((spread, mirrored), (alone, None)):
-    privacy.PrivateStep(model, l2_clip=0.5, noise_multiplier=0.0, expected_batch=9, seed=0,
-                        strategy=strategy)(x, y)
+    use_in_fit(model, TrainStep(model, privacy.PrivateGradients(
+        l2_clip=0.5, noise_multiplier=0.0, expected_batch=9, strategy=strategy)))
+    model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
 same = max(float(np.abs(a - b).max()) for a, b in zip(spread.get_weights(),
                                                        alone.get_weights()))
-noisy = privacy.PrivateStep(spread, l2_clip=0.7, noise_multiplier=1.3, expected_batch=50,
-                            strategy=mirrored)
+noisy = privacy.PrivateGradients(l2_clip=0.7, noise_multiplier=1.3, expected_batch=50,
+                                 strategy=mirrored)
 draws = mirrored.run(lambda: noisy.noised_average([tf.zeros([100_000])])[0])
 a, b = (np.asarray(v) for v in mirrored.experimental_local_results(draws))
 print(json.dumps({"same": same, "std": [float(a.std()), float(b.std())],
@@ -273,11 +277,11 @@ def test_private_fine_tuning_on_a_cached_prefix_trains_on_its_float_activations(
 
 
 def _noise_recipe(quiet, tmp_path, name: str, **options) -> Recipe:
-    """A linear classifier on features whose last column is always 0: that column's kernel
-    row gets no gradient from any example, so every change of it is privacy noise."""
+    """A linear classifier on 2 features and 10 that are always 0: the kernel rows of
+    these get no gradient from any example, so every change of them is privacy noise."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 4)).astype("float32")
-    x[:, 3] = 0.0
+    x = rng.normal(size=(200, 12)).astype("float32")
+    x[:, 2:] = 0.0
     y = (x[:, 0] > 0).astype("int64")
     return Recipe(name="noise", data=DataConfig(source="arrays", arrays={"train": (x, y)}),
                   model=ModelConfig(architecture="linear"),
@@ -343,11 +347,11 @@ def test_two_private_runs_with_one_seed_draw_different_noise_and_batches(
         runs.append((trajectory.kernels, result.model.get_weights()))
     (kernels_a, weights_a), (kernels_b, weights_b) = runs
     np.testing.assert_array_equal(kernels_a[0], kernels_b[0])  # one seed: one start
-    noise_a, noise_b = kernels_a[-1][3] - kernels_a[0][3], kernels_b[-1][3] - kernels_b[0][3]
+    noise_a, noise_b = (kernels_a[-1] - kernels_a[0])[2:], (kernels_b[-1] - kernels_b[0])[2:]
     assert np.all(noise_a != 0) and np.all(noise_b != 0)
     assert not np.allclose(noise_a, noise_b, rtol=0.1, atol=0)  # other noise
     # the rows the examples move: other batches move them by far more than the noise can
-    signal_gap = np.abs((kernels_a[-1] - kernels_b[-1])[:3]).max()
+    signal_gap = np.abs((kernels_a[-1] - kernels_b[-1])[:2]).max()
     assert signal_gap > 20 * max(np.abs(noise_a).max(), np.abs(noise_b).max())
 
 
@@ -360,8 +364,8 @@ def test_a_resumed_private_run_does_not_repeat_its_noise(quiet, tmp_path, monkey
     result = tftoolkit.train(recipe)
     assert any("resuming" in note for note in result.notes)
     np.testing.assert_array_equal(resumed.kernels[0], first.kernels[1])  # from epoch 1
-    first_epoch_noise = first.kernels[1][3] - first.kernels[0][3]
-    resumed_epoch_noise = resumed.kernels[1][3] - resumed.kernels[0][3]
+    first_epoch_noise = (first.kernels[1] - first.kernels[0])[2:]
+    resumed_epoch_noise = (resumed.kernels[1] - resumed.kernels[0])[2:]
     assert np.all(first_epoch_noise != 0) and np.all(resumed_epoch_noise != 0)
     assert not np.allclose(first_epoch_noise, resumed_epoch_noise, rtol=0.1, atol=0)
 
