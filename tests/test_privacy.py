@@ -11,7 +11,8 @@ import tftoolkit
 from tftoolkit.errors import RecipeError
 from tftoolkit.recipe import (DataConfig, ExportConfig, ModelConfig, PrivacyConfig, Recipe,
                               TrainConfig)
-from tftoolkit.training import privacy
+from tftoolkit.training import privacy, runner
+from tftoolkit.training.step import TrainStep, per_example_loss
 
 
 def _compiled(seed=0) -> keras.Model:
@@ -42,9 +43,8 @@ def _loop_gradients(model, x, y):
 
 def test_each_clipped_gradient_is_within_the_bound_and_matches_a_loop():
     model, (x, y) = _compiled(), _batch()
-    step = privacy.PrivateStep(model, l2_clip=0.5, noise_multiplier=0.0, expected_batch=6,
-                               seed=0)
-    vectorised = step.per_example_gradients(x, y)
+    private = privacy.PrivateGradients(l2_clip=0.5, noise_multiplier=0.0, expected_batch=6)
+    _, _, vectorised = private.per_example_gradients(model, per_example_loss(model), x, y)
     looped = _loop_gradients(model, x, y)
     for i, per_example in enumerate(looped):
         for v, g in zip(vectorised, per_example):
@@ -54,16 +54,16 @@ def test_each_clipped_gradient_is_within_the_bound_and_matches_a_loop():
     clipped = [[g * min(1.0, 0.5 / n) for g in grads] for grads, n in zip(looped, norms)]
     assert all(np.sqrt(sum(float(np.sum(g ** 2)) for g in grads)) <= 0.5 + 1e-6
                for grads in clipped)
-    for total, *parts in zip(step.clipped_sum(x, y), *clipped):
+    for total, *parts in zip(private.clipped_sum(vectorised), *clipped):
         np.testing.assert_allclose(total, np.sum(parts, axis=0), rtol=1e-5, atol=1e-6)
 
 
 def test_without_noise_and_with_a_huge_clip_dp_sgd_is_plain_sgd():
     x, y = _batch(8, seed=1)
     private, plain = _compiled(3), _compiled(3)
-    step = privacy.PrivateStep(private, l2_clip=1e6, noise_multiplier=0.0, expected_batch=8,
-                               seed=0)
-    step(x, y)
+    step = TrainStep(private, privacy.PrivateGradients(l2_clip=1e6, noise_multiplier=0.0,
+                                                       expected_batch=8))
+    tf.function(step)(x, y, tf.ones([8]))
     with tf.GradientTape() as tape:
         loss = plain.loss(y, plain(x, training=True))
     plain.optimizer.apply_gradients(zip(tape.gradient(loss, plain.trainable_variables),
@@ -73,9 +73,8 @@ def test_without_noise_and_with_a_huge_clip_dp_sgd_is_plain_sgd():
 
 
 def test_the_noise_has_the_calibrated_standard_deviation():
-    step = privacy.PrivateStep(_compiled(), l2_clip=0.7, noise_multiplier=1.3,
-                               expected_batch=50, seed=0)
-    (noised,) = step.noised_average([tf.zeros([200_000])])
+    private = privacy.PrivateGradients(l2_clip=0.7, noise_multiplier=1.3, expected_batch=50)
+    (noised,) = private.noised_average([tf.zeros([200_000])])
     assert float(np.std(noised)) == pytest.approx(1.3 * 0.7 / 50, rel=0.02)
     assert abs(float(np.mean(noised))) < 1e-4
 
@@ -127,6 +126,8 @@ def test_a_target_epsilon_is_never_exceeded(quiet):
     ({"augment.enabled": True, "augment.cached_views": 2}, "cached_views"),
     ({"data.class_weight": "balanced"}, "class_weight"),
     ({"privacy.target_epsilon": 0.0, "privacy.noise_multiplier": 0.0}, "noise_multiplier"),
+    ({"train.learning_rate": "auto"}, "train.learning_rate=auto"),
+    ({"export.formats": ["tflite_int8"]}, "tflite_int8.*privacy.public_split=val"),
 ])
 def test_what_dp_sgd_cannot_bound_is_refused(overrides, message):
     with pytest.raises(RecipeError, match=message):
@@ -144,6 +145,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 import tftoolkit
 from tftoolkit.training import privacy
+from tftoolkit.training.step import TrainStep, use_in_fit
 
 def compiled():
     keras.utils.set_random_seed(3)
@@ -159,13 +161,17 @@ mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with mirrored.scope():
     spread = compiled()
 alone = compiled()
+# one padded Poisson batch through fit: 10 rows, the last one padding
+batch = (np.concatenate([x, x[:1]]), np.concatenate([y, y[:1]]),
+         np.array([1.0] * 9 + [0.0], np.float32))
 for model, strategy in ((spread, mirrored), (alone, None)):
-    privacy.PrivateStep(model, l2_clip=0.5, noise_multiplier=0.0, expected_batch=9, seed=0,
-                        strategy=strategy)(x, y)
+    use_in_fit(model, TrainStep(model, privacy.PrivateGradients(
+        l2_clip=0.5, noise_multiplier=0.0, expected_batch=9, strategy=strategy)))
+    model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
 same = max(float(np.abs(a - b).max()) for a, b in zip(spread.get_weights(),
                                                        alone.get_weights()))
-noisy = privacy.PrivateStep(spread, l2_clip=0.7, noise_multiplier=1.3, expected_batch=50,
-                            seed=0, strategy=mirrored)
+noisy = privacy.PrivateGradients(l2_clip=0.7, noise_multiplier=1.3, expected_batch=50,
+                                 strategy=mirrored)
 draws = mirrored.run(lambda: noisy.noised_average([tf.zeros([100_000])])[0])
 a, b = (np.asarray(v) for v in mirrored.experimental_local_results(draws))
 print(json.dumps({"same": same, "std": [float(a.std()), float(b.std())],
@@ -241,3 +247,162 @@ def test_both_stages_of_a_private_two_stage_run_spend_one_budget(image_folder, q
     assert result.metrics["epsilon"] == pytest.approx(expected, rel=1e-9)
     assert result.history["epsilon"][0] < result.history["epsilon"][1] == pytest.approx(
         expected, rel=1e-9)
+
+
+def _cached_prefix_fine_tune(image_folder, quiet, tmp_path, **options):
+    """A fine-tuning run of MobileNetV2's top block on the cached activations of the frozen
+    layers below it: full-batch, no momentum, so a private run with (almost) no noise and
+    a huge clip takes exactly the steps of plain gradient descent."""
+    return tftoolkit.train("image_folder", {
+        **quiet, "train.run_dir": str(tmp_path / "runs" / str(len(options))),
+        "data.dir": str(image_folder), "data.image_size": 33,
+        "model.weights": "imagenet-torchvision", "model.mode": "fine_tune",
+        "model.unfreeze": "block_16", "augment.enabled": False,
+        "train.epochs": 8, "train.optimizer": "gd", "train.batch_size": 0,
+        "train.momentum": 0.0, "train.fine_tune_learning_rate": 0.002,
+        "regularize.dropout": 0.0,
+        "export.enabled": False, **options})
+
+
+def test_private_fine_tuning_on_a_cached_prefix_trains_on_its_float_activations(
+        image_folder, quiet, tmp_path, imported_mobilenet):
+    plain = _cached_prefix_fine_tune(image_folder, quiet, tmp_path)
+    private = _cached_prefix_fine_tune(image_folder, quiet, tmp_path, **{
+        "privacy.enabled": True, "privacy.noise_multiplier": 1e-12, "privacy.l2_clip": 1e6})
+    assert any("frozen-prefix cache" in note for note in private.notes)
+    # sampling rate 1 (batch = the whole split): every step is the full-batch gradient
+    for a, b in zip(private.model.get_weights(), plain.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert private.metrics["val_accuracy"] >= plain.metrics["val_accuracy"]
+
+
+def _noise_recipe(quiet, tmp_path, name: str, **options) -> Recipe:
+    """A linear classifier on 2 features and 10 that are always 0: the kernel rows of
+    these get no gradient from any example, so every change of them is privacy noise."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 12)).astype("float32")
+    x[:, 2:] = 0.0
+    y = (x[:, 0] > 0).astype("int64")
+    return Recipe(name="noise", data=DataConfig(source="arrays", arrays={"train": (x, y)}),
+                  model=ModelConfig(architecture="linear"),
+                  train=TrainConfig(epochs=2, batch_size=20, optimizer="sgd", momentum=0.0,
+                                    learning_rate=0.5, verbose=0,
+                                    run_dir=str(tmp_path / name)),
+                  export=ExportConfig(enabled=False),
+                  privacy=PrivacyConfig(enabled=True, noise_multiplier=0.01, l2_clip=1.0,
+                                        **options))
+
+
+class _Trajectory(keras.callbacks.Callback):
+    """The kernel (rows: features) at the start of training and after each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernels = []
+
+    def _keep(self):
+        kernel = next(v for v in self.model.trainable_variables if len(v.shape) == 2)
+        self.kernels.append(np.array(kernel.value))
+
+    def on_train_begin(self, logs=None):
+        self._keep()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._keep()
+
+
+_RUN_CALLBACKS = runner._callbacks  # as the runner makes them, before any test wraps it
+
+
+def _watched(monkeypatch, interrupt_after: int | None = None) -> _Trajectory:
+    """Record the kernel's trajectory in the next run; optionally stop it like a crash
+    after epoch ``interrupt_after`` (once that epoch's state is on disk)."""
+    from tftoolkit.training import checkpoint, runner
+
+    trajectory, make = _Trajectory(), _RUN_CALLBACKS
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == interrupt_after:
+                saver.on_train_end()  # the epoch's state file and progress written
+                raise KeyboardInterrupt
+
+    def callbacks(*args):
+        nonlocal saver
+        made = make(*args)
+        saver = next(c for c in made if isinstance(c, checkpoint.SaveProgress))
+        return [trajectory, *made, Crash()]
+
+    saver = None
+    monkeypatch.setattr(runner, "_callbacks", callbacks)
+    return trajectory
+
+
+def test_two_private_runs_with_one_seed_draw_different_noise_and_batches(
+        quiet, tmp_path, monkeypatch):
+    runs = []
+    for name in ("first", "second"):
+        trajectory = _watched(monkeypatch)
+        result = tftoolkit.train(_noise_recipe(quiet, tmp_path, name))
+        runs.append((trajectory.kernels, result.model.get_weights()))
+    (kernels_a, weights_a), (kernels_b, weights_b) = runs
+    np.testing.assert_array_equal(kernels_a[0], kernels_b[0])  # one seed: one start
+    noise_a, noise_b = (kernels_a[-1] - kernels_a[0])[2:], (kernels_b[-1] - kernels_b[0])[2:]
+    assert np.all(noise_a != 0) and np.all(noise_b != 0)
+    assert not np.allclose(noise_a, noise_b, rtol=0.1, atol=0)  # other noise
+    # the rows the examples move: other batches move them by far more than the noise can
+    signal_gap = np.abs((kernels_a[-1] - kernels_b[-1])[:2]).max()
+    assert signal_gap > 20 * max(np.abs(noise_a).max(), np.abs(noise_b).max())
+
+
+def test_a_resumed_private_run_does_not_repeat_its_noise(quiet, tmp_path, monkeypatch):
+    recipe = _noise_recipe(quiet, tmp_path, "resumed")
+    first = _watched(monkeypatch, interrupt_after=0)
+    with pytest.raises(KeyboardInterrupt):
+        tftoolkit.train(recipe)
+    resumed = _watched(monkeypatch)
+    result = tftoolkit.train(recipe)
+    assert any("resuming" in note for note in result.notes)
+    np.testing.assert_array_equal(resumed.kernels[0], first.kernels[1])  # from epoch 1
+    first_epoch_noise = (first.kernels[1] - first.kernels[0])[2:]
+    resumed_epoch_noise = (resumed.kernels[1] - resumed.kernels[0])[2:]
+    assert np.all(first_epoch_noise != 0) and np.all(resumed_epoch_noise != 0)
+    assert not np.allclose(first_epoch_noise, resumed_epoch_noise, rtol=0.1, atol=0)
+
+
+def test_int8_calibration_of_a_private_run_needs_a_public_split():
+    recipe = tftoolkit.load_recipe("fashion_transfer", {
+        "privacy.enabled": True, "privacy.target_epsilon": 8.0,
+        "export.formats": ["tflite_int8"], "privacy.public_split": "val"})
+    assert recipe.privacy.public_split == "val"
+
+
+def _card(result) -> dict:
+    import json
+
+    from tftoolkit.serving.savedmodel import MODEL_CARD
+
+    return json.loads((result.export_dir / MODEL_CARD).read_text())
+
+
+def test_the_card_of_a_private_run_releases_no_per_class_counts(quiet, tmp_path):
+    recipe = _noise_recipe(quiet, tmp_path, "card")
+    result = tftoolkit.train(recipe.with_overrides({
+        "export.enabled": True, "export.dir": str(tmp_path / "exports"), "train.epochs": 1}))
+    card = _card(result)
+    assert card["data_info"]["class_counts"] is None
+    assert result.info.class_counts is not None  # the run itself knows them
+    assert card["privacy"]["epsilon"] == pytest.approx(result.metrics["epsilon"])
+    assert "OS entropy" in card["privacy"]["guarantee"]
+    assert "training loss" in card["privacy"]["not_private"]
+
+
+def test_insecure_reproducible_runs_repeat_and_say_the_guarantee_is_void(
+        quiet, tmp_path):
+    results = [tftoolkit.train(_noise_recipe(quiet, tmp_path, name,
+                                             insecure_reproducible=True).with_overrides({
+        "export.enabled": name == "second", "export.dir": str(tmp_path / "exports")}))
+               for name in ("first", "second")]
+    for a, b in zip(*(r.model.get_weights() for r in results)):
+        np.testing.assert_array_equal(a, b)
+    assert _card(results[1])["privacy"]["guarantee"].startswith("NONE")

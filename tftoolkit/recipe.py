@@ -245,6 +245,15 @@ class PrivacyConfig:
                                       "0: none", min=0.0)
     delta: float = _opt(0.0, "delta of the (epsilon, delta) guarantee; 0: 1 / (10 N)",
                         min=0.0, max=1.0)
+    public_split: Literal["", "val"] = _opt(
+        "", "a split that holds no private data (outside the guarantee): tflite_int8 "
+            "calibrates on it; empty: none, and tflite_int8 is refused (its ranges would "
+            "come from private examples)")
+    insecure_reproducible: bool = _opt(
+        False, "draw the noise and the batches from train.seed, so that the run repeats "
+               "exactly; VOIDS the privacy guarantee (whoever knows the seed can regenerate "
+               "and remove the noise): for tests and debugging only, and the model card "
+               "says so")
 
 
 SECTIONS = {
@@ -489,6 +498,16 @@ def _check_private(recipe: Recipe) -> None:
     if recipe.data.class_weight != "none":
         raise RecipeError("privacy.enabled with data.class_weight: the weights are computed "
                           "from the private labels; set data.class_weight=none")
+    if recipe.train.learning_rate == "auto":
+        raise RecipeError("privacy.enabled with train.learning_rate=auto: the learning-rate "
+                          "finder trains without privacy on the private split, outside the "
+                          "accountant; set train.learning_rate to a number")
+    if "tflite_int8" in recipe.export.formats and p.public_split != "val":
+        raise RecipeError("privacy.enabled with export.formats including tflite_int8: its "
+                          "calibration ranges would come from private training examples and "
+                          "ship in the file, outside the accountant; set "
+                          "privacy.public_split=val if the validation split is public data, "
+                          "or remove tflite_int8 from export.formats")
 
 
 def _module_from_path(path: Path) -> Any:

@@ -31,13 +31,40 @@ def _preprocessing(model: keras.Model) -> str:
 
 
 def _card(model: keras.Model, recipe: dict, info: DataInfo, metrics: dict) -> dict:
-    return {"recipe": recipe["name"], "resolved_recipe": recipe, "data_info": info.to_dict(),
+    private = recipe.get("privacy", {}).get("enabled", False)
+    data_info = info.to_dict()
+    if private:  # per-class counts of the private split are not released
+        data_info["class_counts"] = None
+    card = {"recipe": recipe["name"], "resolved_recipe": recipe, "data_info": data_info,
             "dataset": info.description, "split_sizes": info.counts,
             "preprocessing": _preprocessing(model),
             "input": "float RGB pixels 0-255, any size (resized inside)"
             if info.image_size else "feature vectors",
             "metrics": metrics, "seed": recipe["train"]["seed"],
             "train_seconds": metrics.get("train_seconds")}
+    if private:
+        card["privacy"] = _privacy_card(recipe["privacy"], metrics)
+    return card
+
+
+def _privacy_card(cfg: dict, metrics: dict) -> dict:
+    """What a private run's guarantee is, or that it has none."""
+    if cfg.get("insecure_reproducible"):
+        guarantee = ("NONE: privacy.insecure_reproducible drew the noise and the batches "
+                     "from the seed above, so they can be regenerated and removed; this "
+                     "model is not differentially private")
+    else:
+        guarantee = (f"({metrics.get('epsilon', 0.0):.4g}, {metrics.get('delta', 0.0):.3g})"
+                     "-differential privacy of the training examples, DP-SGD with noise "
+                     "and Poisson sampling from OS entropy")
+    return {"guarantee": guarantee, "epsilon": metrics.get("epsilon"),
+            "delta": metrics.get("delta"), "l2_clip": cfg.get("l2_clip"),
+            "not_private": NOT_PRIVATE}
+
+
+NOT_PRIVATE = ("validation and test metrics, the logged training loss and accuracy, and the "
+               "split sizes are computed without noise; they are released outside the "
+               "guarantee")
 
 
 def save_parity_inputs(run: RunDir, data: DataBundle) -> None:
@@ -57,8 +84,10 @@ def quantization_inputs(data: DataBundle) -> Quantization:
         raise ExportError("quantized and MediaPipe LiteRT formats are measured on the "
                           "validation or test split, and this data has neither")
     batch_size = data.recipe.train.batch_size or 32
+    # a private run calibrates on the split it declares public (the recipe checks it has one)
+    source = data.recipe.privacy.public_split if data.recipe.privacy.enabled else "train"
     calibration = [np.asarray(b[0]) for b in
-                   data.dataset("train", batch_size=batch_size).take(cfg.calibration_steps)]
+                   data.dataset(source, batch_size=batch_size).take(cfg.calibration_steps)]
     return Quantization(splits, calibration, cfg.int8_io, cfg.max_accuracy_drop)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from tftoolkit.rundir import replace_atomically
 from tftoolkit.training.batchnorm import recalibrate_batchnorm
+from tftoolkit.training.step import base_optimizer
 
 
 class EpochTensorBoard(keras.callbacks.TensorBoard):
@@ -33,7 +34,7 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
 
 def _ema_values(model: keras.Model) -> dict[int, object]:
     """id(variable) -> its moving average, for the variables the optimizer averages."""
-    optimizer = model.optimizer
+    optimizer = base_optimizer(model.optimizer)  # a LossScaleOptimizer's inner one
     return {id(v): avg for v, avg in zip(optimizer._trainable_variables,
                                          optimizer._model_variables_moving_average)
             if avg is not None}

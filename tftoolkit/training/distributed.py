@@ -7,13 +7,13 @@ arrays are sharded by data, so that every global batch is the one a single proce
 would train on.
 
 Under ``MultiWorkerMirroredStrategy`` Keras 3's ``fit`` raises on ``PerReplica`` values
-(keras-team/keras#20585). This loop does the same work with ``strategy.run``: a
-``tf.GradientTape`` step whose loss is averaged over the *global* batch (its examples
-on all replicas, counted by an all-reduce, so a last partial batch is averaged as
-Keras' ``fit`` does) plus the scaled regularization losses, applied by the model's
-Keras optimizer. It keeps what ``fit`` gives: a progress bar, the same
-callbacks (CSV history, checkpoints, early stopping, progress for resume) and
-per-epoch ``loss``/``accuracy`` and validation figures.
+(keras-team/keras#20585). This loop does the same work with ``strategy.run`` of the
+training step (:class:`~tftoolkit.training.step.TrainStep`: the loss averaged over the
+*global* batch, loss scaling for mixed precision, the global-norm clip of the whole
+batch's gradient, the model's Keras optimizer). It keeps what ``fit`` gives: a progress
+bar, the same callbacks (CSV history, checkpoints, early stopping, progress for resume),
+per-epoch ``loss``/``accuracy`` and validation figures, and the weights' moving average
+put in place at the end (``train.ema``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.data import WorkerShare
+from tftoolkit.training.step import TrainStep, per_example_loss
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -63,11 +64,6 @@ def worker_share(strategy: tf.distribute.Strategy) -> WorkerShare | None:
     return WorkerShare(index, workers, sum_over_workers)
 
 
-def _per_example_loss(model: keras.Model) -> keras.losses.Loss:
-    loss = model.loss
-    return loss.__class__(**{**loss.get_config(), "reduction": None})
-
-
 Input = tf.data.Dataset | tf.distribute.DistributedDataset
 
 
@@ -99,7 +95,11 @@ class _Steps:
 
     def __init__(self, model: keras.Model, strategy):
         self.model, self.strategy = model, strategy
-        self.loss_fn = _per_example_loss(model)
+        self.loss_fn = per_example_loss(model)
+        self.step = TrainStep(model)
+        if not model.optimizer.built:  # before tracing, as Keras' fit: the step reads the
+            with strategy.scope():     # loss scale, a variable of the built optimizer
+                model.optimizer.build(model.trainable_variables)
         self.classify = model.output_shape[-1] > 1
         self.train = tf.function(lambda it: self._reduce(
             strategy.run(self._train_step, args=(next(it),))))
@@ -117,27 +117,12 @@ class _Steps:
     def _train_step(self, batch):
         x, y, *weight = batch
         model = self.model
-        context = tf.distribute.get_replica_context()
-        with tf.GradientTape() as tape:
-            per_example, hits = self._figures(y, model(x, training=True), *weight)
-            # the mean over the examples of this step on all replicas, as Keras' fit
-            # takes it (a last, partial batch too)
-            examples = context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                          tf.cast(tf.shape(per_example)[0], tf.float32))
-            loss = tf.reduce_sum(per_example) / examples
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-        grads = tape.gradient(loss, model.trainable_variables)
-        clip = model.optimizer.global_clipnorm
-        if clip:
-            # Keras clips the gradient it is given, before its all-reduce: each replica's
-            # share. Clip the whole batch's gradient instead, then hand the optimizer this
-            # replica's 1/N of it (whose norm is below the bound, so Keras leaves it).
-            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            grads, _ = tf.clip_by_global_norm(grads, clip)
-            grads = [g / context.num_replicas_in_sync for g in grads]
-        model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, tf.reduce_sum(hits), tf.cast(tf.shape(hits)[0], tf.float32)
+        # the penalties in the logged loss, as Keras' fit logs it (once per example)
+        penalty = tf.add_n(model.losses) if model.losses else 0.0
+        per_example, predictions = self.step(x, y, *weight)
+        _, hits = self._figures(y, predictions)
+        examples = tf.cast(tf.shape(hits)[0], tf.float32)
+        return tf.reduce_sum(per_example) + penalty * examples, tf.reduce_sum(hits), examples
 
     def _eval_step(self, batch):
         x, y, *weight = batch
@@ -182,8 +167,8 @@ def fit_distributed(model: keras.Model, train_ds: Input, *, strategy, epochs: in
         progress = keras.utils.Progbar(steps_per_epoch, verbose=verbose) if verbose else None
         loss_sum = hits = seen = 0.0
         for step in range(steps_per_epoch):
-            loss, batch_hits, batch_seen = steps.train(iterator)
-            loss_sum += float(loss) * float(batch_seen)  # per example, as Keras logs it
+            batch_loss, batch_hits, batch_seen = steps.train(iterator)
+            loss_sum += float(batch_loss)  # the mean per example, as Keras logs it
             hits, seen = hits + float(batch_hits), seen + float(batch_seen)
             logs = {"loss": loss_sum / seen}
             if steps.classify:
@@ -196,6 +181,9 @@ def fit_distributed(model: keras.Model, train_ds: Input, *, strategy, epochs: in
         callback_list.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
+    # as Keras' fit: the weights' moving average replaces them (train.ema), then the
+    # callbacks' end (a kept best epoch is put back after it)
+    model.optimizer.finalize_variable_values(model.trainable_variables)
     callback_list.on_train_end()
 
 

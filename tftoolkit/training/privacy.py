@@ -7,7 +7,16 @@ Gaussian noise of standard deviation ``noise_multiplier * l2_clip`` and divides 
 expected batch size ``q * N``. Regularization penalties depend on no example and are
 added unclipped. The privacy spent is Google's ``dp-accounting`` RDP accountant's ε for
 a Poisson-subsampled Gaussian mechanism composed over the steps taken, at ``δ``.
-The training split is kept in memory (images as uint8) so that any example can be drawn.
+
+The noise and the batches' membership are drawn from the operating system's entropy,
+never from ``train.seed`` (which is written to the run directory and the model card):
+whoever could regenerate them could subtract the noise. No draw is replayed, after a
+resume either. ``privacy.insecure_reproducible`` draws them from the seed instead, which
+voids the guarantee; it exists for tests and debugging.
+The training split is kept in memory (pixels as uint8, features as float32) so that any
+example can be drawn; :func:`poisson_dataset` feeds the sampled batches to Keras' ``fit``,
+whose step (:class:`~tftoolkit.training.step.TrainStep`) takes its gradients from
+:class:`PrivateGradients`.
 """
 
 from __future__ import annotations
@@ -57,9 +66,11 @@ def noise_for_epsilon(target: float, sampling_rate: float, steps: int, delta: fl
     return high
 
 
-class PrivateStep:
-    """The DP-SGD update of a compiled model: per-example gradients, clipped, summed,
-    noised, averaged over the expected batch size, applied by the model's optimizer.
+class PrivateGradients:
+    """DP-SGD's gradient transformation, for :class:`~tftoolkit.training.step.TrainStep`:
+    per-example gradients, each clipped to ``l2_clip``, summed, noised, averaged over the
+    expected batch size. The noise comes from OS entropy; a ``seed`` makes it
+    reproducible, and worthless.
 
     Under a MirroredStrategy of R replicas each replica clips its slice of the batch and
     adds noise of standard deviation ``noise_multiplier * l2_clip / sqrt(R)`` from its own
@@ -68,45 +79,38 @@ class PrivateStep:
     as on one device.
     """
 
-    def __init__(self, model: keras.Model, *, l2_clip: float, noise_multiplier: float,
-                 expected_batch: float, seed: int,
-                 strategy: tf.distribute.Strategy | None = None):
-        self.model, self.l2_clip = model, l2_clip
-        self.noise_multiplier, self.expected_batch = noise_multiplier, expected_batch
-        self.strategy = strategy or tf.distribute.get_strategy()
-        self.replicas = self.strategy.num_replicas_in_sync
-        loss = model.loss
-        self.loss_fn = loss.__class__(**{**loss.get_config(), "reduction": None})
-        with self.strategy.scope():  # one random stream per replica
-            self.generator = tf.random.Generator.from_seed(seed)
-        self.classify = model.output_shape[-1] > 1
-        # strategy.run inside one tf.function: traced once for all replicas, so their
-        # all-reduces line up
-        self._step = tf.function(lambda x, y, mask: self.strategy.run(
-            self._replica_step, args=(x, y, mask)), reduce_retracing=True)
+    def __init__(self, *, l2_clip: float, noise_multiplier: float, expected_batch: float,
+                 seed: int | None = None, strategy: tf.distribute.Strategy | None = None):
+        self.l2_clip, self.noise_multiplier = l2_clip, noise_multiplier
+        self.expected_batch = expected_batch
+        self.replicas = (strategy or tf.distribute.get_strategy()).num_replicas_in_sync
+        with (strategy or tf.distribute.get_strategy()).scope():  # a stream per replica
+            self.generator = (tf.random.Generator.from_non_deterministic_state()
+                              if seed is None else tf.random.Generator.from_seed(seed))
 
-    def per_example_gradients(self, x: tf.Tensor, y: tf.Tensor) -> list[tf.Tensor]:
-        """One gradient per example: a list (one per trainable variable) of [B, ...]."""
-        variables = self.model.trainable_variables
+    def per_example_gradients(self, model: keras.Model, loss_fn, x, y, scale=1.0):
+        """Each example's loss, prediction and gradient (of its loss times ``scale``): a
+        list (one per trainable variable) of [B, ...]."""
+        variables = model.trainable_variables
 
         def one(example):
             xi, yi = example
             with tf.GradientTape() as tape:
-                loss = self.loss_fn(yi[None], self.model(xi[None], training=True))[0]
-            return tape.gradient(loss, variables)
+                prediction = model(xi[None], training=True)
+                loss = loss_fn(yi[None], prediction)[0]
+                scaled = loss * tf.cast(scale, loss.dtype)
+            return loss, prediction[0], tape.gradient(scaled, variables)
 
         return tf.vectorized_map(one, (x, y))
 
-    def clipped_sum(self, x: tf.Tensor, y: tf.Tensor,
-                    mask: tf.Tensor | None = None) -> list[tf.Tensor]:
+    def clipped_sum(self, grads: list[tf.Tensor], mask=None) -> list[tf.Tensor]:
         """The sum over the batch of each example's gradient clipped to ``l2_clip``
         (examples whose ``mask`` is 0, padding, count for nothing)."""
-        grads = self.per_example_gradients(x, y)
         norms = tf.sqrt(tf.add_n([tf.reduce_sum(tf.reshape(g, [tf.shape(g)[0], -1]) ** 2,
                                                 axis=1) for g in grads]))
         factors = tf.minimum(1.0, self.l2_clip / tf.maximum(norms, 1e-12))
         if mask is not None:
-            factors *= mask
+            factors *= tf.cast(mask, factors.dtype)
         return [tf.tensordot(factors, g, axes=1) for g in grads]
 
     def noised_average(self, sums: list[tf.Tensor]) -> list[tf.Tensor]:
@@ -116,101 +120,72 @@ class PrivateStep:
         return [(s + std * self.generator.normal(tf.shape(s))) / self.expected_batch
                 for s in sums]
 
-    def __call__(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-        """One step on the batch ``(x, y)``, split over the replicas; returns the batch's
-        summed loss, correct predictions and size (before the update)."""
-        x, y = np.asarray(x, np.float32), np.asarray(y)
-        if self.replicas == 1:
-            return [float(v) for v in self._step(x, y, np.ones(len(x), np.float32))]
-        # Equal shapes on every replica (padding masked out): one trace serves them all.
-        size = -(-len(x) // self.replicas)
-        slices = []
-        for part in np.array_split(np.arange(len(x)), self.replicas):
-            pad = size - len(part)
-            slices.append((np.concatenate([x[part], np.zeros((pad, *x.shape[1:]), x.dtype)]),
-                           np.concatenate([y[part], np.zeros((pad, *y.shape[1:]), y.dtype)]),
-                           np.concatenate([np.ones(len(part)), np.zeros(pad)]).astype(
-                               np.float32)))
-        values = [self.strategy.experimental_distribute_values_from_function(
-            lambda context, i=i: tf.constant(slices[context.replica_id_in_sync_group][i]))
-            for i in range(3)]
-        results = self._step(*values)
-        return [float(self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None))
-                for v in results]
-
-    def _replica_step(self, x, y, mask):
-        if tf.shape(x)[0] > 0:
-            sums = self.clipped_sum(x, y, mask)
-        else:
-            sums = [tf.zeros_like(v) for v in self.model.trainable_variables]
-        grads = self.noised_average(sums)
-        model = self.model
+    def __call__(self, model: keras.Model, loss_fn, x, y, mask, scale):
+        """This replica's DP-SGD gradient, times the loss ``scale`` (as the optimizer
+        expects it), with the per-example losses (masked) and predictions."""
+        variables = model.trainable_variables
+        mask = tf.ones(tf.shape(x)[:1]) if mask is None else tf.cast(mask, tf.float32)
+        losses, predictions, grads = self.per_example_gradients(model, loss_fn, x, y, scale)
+        # clipping bounds the true gradient: undo the scale first
+        grads = self.noised_average(self.clipped_sum([g / scale for g in grads], mask))
         if model.losses:  # penalties: the same for every example, not clipped; each
             with tf.GradientTape() as tape:  # replica adds 1/R of them
                 penalty = tf.add_n(model.losses) / self.replicas
             grads = [g + (r if r is not None else 0.0) for g, r in
-                     zip(grads, tape.gradient(penalty, model.trainable_variables))]
-        model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        predictions = model(x, training=False)
-        losses = self.loss_fn(y, predictions) * mask
-        hits = (tf.cast(tf.equal(tf.argmax(predictions, -1), tf.argmax(y, -1)), tf.float32)
-                * mask if self.classify else tf.zeros_like(losses))
-        return tf.reduce_sum(losses), tf.reduce_sum(hits), tf.reduce_sum(mask)
+                     zip(grads, tape.gradient(penalty, variables))]
+        return [g * scale for g in grads], losses * mask, predictions
 
 
-def poisson_batches(n: int, rate: float, steps: int, seed: int, epoch: int):
-    """Index arrays of one epoch's batches, each example in each independently with
-    probability ``rate``; a pure function of (seed, epoch)."""
-    rng = np.random.default_rng([seed, epoch])
-    for _ in range(steps):
-        yield np.flatnonzero(rng.random(n) < rate)
+def poisson_dataset(x: np.ndarray, y: np.ndarray, rate: float, replicas: int,
+                    rng: np.random.Generator) -> tf.data.Dataset:
+    """Endless Poisson-sampled batches of ``(x, y)``, as ``(x, y, mask)``: each example in
+    each batch independently with probability ``rate``. A batch is padded (mask 0) to a
+    multiple of ``replicas``, at least one row each, so every replica gets an equal
+    slice; the pixels' uint8 become float32 here."""
+
+    def batches():
+        while True:
+            chosen = np.flatnonzero(rng.random(len(x)) < rate)
+            size = max(-(-len(chosen) // replicas), 1) * replicas
+            mask = np.zeros(size, np.float32)
+            mask[:len(chosen)] = 1.0
+            rows = np.concatenate([chosen, np.zeros(size - len(chosen), np.int64)])
+            yield x[rows].astype(np.float32), y[rows], mask
+
+    signature = (tf.TensorSpec((None, *x.shape[1:]), tf.float32),
+                 tf.TensorSpec((None, *y.shape[1:]), tf.as_dtype(y.dtype)),
+                 tf.TensorSpec((None,), tf.float32))
+    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(1)
 
 
-def fit_private(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int,
-                l2_clip: float, noise_multiplier: float, delta: float, epochs: int,
-                initial_epoch: int, steps_before: int, target_epsilon: float,
-                validation_data=None, callbacks=(), verbose: int = 1, seed: int = 0,
-                strategy: tf.distribute.Strategy | None = None) -> int:
-    """DP-SGD on a compiled ``model`` over the training arrays ``(x, y)``; logs ``epsilon``
-    after each epoch and stops before an epoch would take ε past ``target_epsilon``.
-    Returns the number of private steps taken in all (``steps_before`` included)."""
-    n = len(x)
-    rate = min(batch_size / n, 1.0)
-    epoch_steps = steps_per_epoch(n, batch_size)
-    step = PrivateStep(model, l2_clip=l2_clip, noise_multiplier=noise_multiplier,
-                       expected_batch=rate * n, seed=seed, strategy=strategy)
-    callback_list = keras.callbacks.CallbackList(list(callbacks), model=model, epochs=epochs,
-                                                 steps=epoch_steps, verbose=verbose)
-    taken = steps_before
-    model.stop_training = False
-    callback_list.on_train_begin()
-    for epoch in range(initial_epoch, epochs):
-        spent_next = epsilon(rate, noise_multiplier, taken + epoch_steps, delta)
-        if target_epsilon and spent_next > target_epsilon:
+class PrivacySpent(keras.callbacks.Callback):
+    """Counts the private steps and logs the ε spent after each epoch as ``epsilon``
+    (placed before the callbacks that record the logs)."""
+
+    def __init__(self, spent, steps_per_epoch: int):
+        super().__init__()
+        self.spent, self.steps_per_epoch = spent, steps_per_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.spent.steps += self.steps_per_epoch
+        if logs is not None:
+            logs["epsilon"] = self.spent.epsilon
+
+
+def affordable_end(spent_epsilon, first_epoch: int, end: int, epoch_steps: int,
+                   steps_before: int, target_epsilon: float) -> int:
+    """The epoch before which a stage must stop so that ε stays within
+    ``target_epsilon`` (``end`` with no target); ``spent_epsilon(steps)`` is the ε after
+    ``steps`` private steps."""
+    if not target_epsilon:
+        return end
+    for epoch in range(first_epoch, end):
+        spent_next = spent_epsilon(steps_before + (epoch - first_epoch + 1) * epoch_steps)
+        if spent_next > target_epsilon:
             print(f"tftoolkit: privacy budget: another epoch would spend ε={spent_next:.3f} "
                   f"> privacy.target_epsilon={target_epsilon}; stopping")
-            break
-        callback_list.on_epoch_begin(epoch)
-        progress = keras.utils.Progbar(epoch_steps, verbose=verbose) if verbose else None
-        total = hits = seen = 0.0
-        for i, batch in enumerate(poisson_batches(n, rate, epoch_steps, seed, epoch)):
-            loss_sum, batch_hits, batch_seen = step(x[batch], y[batch])
-            total, hits, seen = total + loss_sum, hits + batch_hits, seen + batch_seen
-            taken += 1
-            logs = {"loss": total / max(seen, 1)}
-            if step.classify:
-                logs["accuracy"] = hits / max(seen, 1)
-            if progress:
-                progress.update(i + 1, list(logs.items()))
-        logs["epsilon"] = epsilon(rate, noise_multiplier, taken, delta)
-        if validation_data is not None:
-            values = model.evaluate(validation_data, verbose=0, return_dict=True)
-            logs.update({f"val_{k}": float(v) for k, v in values.items()})
-        callback_list.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
-    callback_list.on_train_end()
-    return taken
+            return epoch
+    return end
 
 
 def planned_noise(cfg, n: int, batch_size: int, total_epochs: int) -> tuple[float, float]:
@@ -229,5 +204,5 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(int(round(n / max(batch_size, 1))), 1) if batch_size < n else 1
 
 
-__all__ = ["PrivateStep", "epsilon", "fit_private", "noise_for_epsilon", "planned_noise",
-           "poisson_batches"]
+__all__ = ["PrivacySpent", "PrivateGradients", "affordable_end", "epsilon",
+           "noise_for_epsilon", "planned_noise", "poisson_dataset"]

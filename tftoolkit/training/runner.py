@@ -41,6 +41,7 @@ from tftoolkit.training.optim import compile_model, learning_rate_schedule
 from tftoolkit.training.plots import plot_history
 from tftoolkit.training.runtime import (choose_strategy, precision_policy, seed_everything,
                                         strategy_name)
+from tftoolkit.training.step import TrainStep, use_in_fit
 from tftoolkit.training.stages import Stage, StageInputs, plan_stages, stage_modes
 
 
@@ -354,28 +355,49 @@ def _plan_privacy(run: _Run, stages: list[Stage]) -> Privacy:
     return plan
 
 
-def _training_arrays(inputs: StageInputs, info: DataInfo) -> tuple[np.ndarray, np.ndarray]:
-    """The stage's training inputs (images as uint8) and encoded labels, in memory."""
+def _training_arrays(inputs: StageInputs, on_images: bool) -> tuple[np.ndarray, np.ndarray]:
+    """What the stage trains on, in memory, and the encoded labels: pixels as uint8 (the
+    pipeline's pixels are whole numbers) when it trains on images, else the features or
+    activations of the frozen part as they are."""
     xs, ys = [], []
     for batch in inputs.plain_train:
         x = np.asarray(batch[0])
-        xs.append(x.astype(np.uint8) if info.image_size and x.ndim == 4 else x)
+        xs.append(x.astype(np.uint8) if on_images else x)
         ys.append(np.asarray(batch[1]))
     return np.concatenate(xs), np.concatenate(ys)
 
 
 def _fit_private(run: _Run, stage: Stage, inputs: StageInputs, first_epoch: int) -> None:
-    """DP-SGD for one stage; the privacy spent is logged each epoch as ``epsilon``."""
+    """DP-SGD for one stage: Keras' ``fit`` on Poisson-sampled batches of what the stage
+    trains on, its step taking DP-SGD's gradients; ε is logged each epoch, and the stage
+    ends before an epoch would take it past ``privacy.target_epsilon``."""
     cfg, t = run.recipe.privacy, run.recipe.train
-    x, y = _training_arrays(inputs, run.data.info)
-    run.private.steps = privacy.fit_private(
-        inputs.model, x, y, batch_size=run.batch_size, l2_clip=cfg.l2_clip,
-        noise_multiplier=run.private.noise_multiplier, delta=run.private.delta,
-        epochs=stage.end, initial_epoch=first_epoch,
-        steps_before=first_epoch * privacy.steps_per_epoch(len(x), run.batch_size),
-        target_epsilon=cfg.target_epsilon, validation_data=inputs.val,
-        callbacks=_callbacks(run, stage, inputs), verbose=t.verbose, seed=t.seed,
-        strategy=run.strategy)
+    on_images = inputs.model is run.graph and bool(run.data.info.image_size)
+    x, y = _training_arrays(inputs, on_images)
+    n, spent = len(x), run.private
+    epoch_steps = privacy.steps_per_epoch(n, run.batch_size)
+    spent.steps = first_epoch * epoch_steps  # every epoch before this one, all stages
+    end = privacy.affordable_end(
+        lambda steps: dataclasses.replace(spent, steps=steps).epsilon, first_epoch,
+        stage.end, epoch_steps, spent.steps, cfg.target_epsilon)
+    if end <= first_epoch:
+        return
+    # insecure_reproducible: a function of (seed, first epoch), so nothing repeats after
+    # a resume either; otherwise OS entropy
+    seed = ([t.seed, first_epoch] if cfg.insecure_reproducible else None)
+    replicas = run.strategy.num_replicas_in_sync
+    gradients = privacy.PrivateGradients(
+        l2_clip=cfg.l2_clip, noise_multiplier=spent.noise_multiplier,
+        expected_batch=spent.sampling_rate * n, strategy=run.strategy,
+        seed=seed and int(np.random.SeedSequence(seed).generate_state(1)[0]))
+    use_in_fit(inputs.model, TrainStep(inputs.model, gradients))
+    batches = privacy.poisson_dataset(x, y, spent.sampling_rate, replicas,
+                                      np.random.default_rng(seed))
+    distributed.fit(inputs.model, batches, strategy=run.strategy, epochs=end,
+                    initial_epoch=first_epoch, steps_per_epoch=epoch_steps,
+                    validation_data=inputs.val,
+                    callbacks=[privacy.PrivacySpent(spent, epoch_steps),
+                               *_callbacks(run, stage, inputs)], verbose=t.verbose)
 
 
 def _keep_best_stage(run: _Run, stages: list[Stage]) -> bool:

@@ -1,0 +1,137 @@
+"""The one training step: loss scaling under mixed_float16, clipping of the whole batch's
+gradient, moving averages, in the multi-worker loop and the DP-SGD step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tftoolkit.training import distributed, privacy
+from tftoolkit.training.callbacks import EmaValidation
+from tftoolkit.training.runtime import precision_policy
+from tftoolkit.training.step import TrainStep, use_in_fit
+
+
+def _data(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 5)).astype("float32")
+    y = np.eye(3, dtype="float32")[rng.integers(0, 3, n)]
+    return x, y
+
+
+def _model(precision="float32", **optimizer) -> keras.Model:
+    with precision_policy(precision):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"),
+                                  keras.layers.Dense(3, activation="softmax",
+                                                     dtype="float32")])
+        model.compile(keras.optimizers.SGD(0.5, **optimizer),
+                      keras.losses.CategoricalCrossentropy())
+    return model
+
+
+def _update(model, before) -> list[np.ndarray]:
+    return [after - start for after, start in zip(model.get_weights(), before)]
+
+
+def _loop_once(model, x, y, callbacks=(), validation=None):
+    with precision_policy(model.dtype_policy.name):
+        distributed.fit_distributed(
+            model, tf.data.Dataset.from_tensors((x, y)).repeat(),
+            strategy=tf.distribute.get_strategy(), epochs=1, initial_epoch=0,
+            steps_per_epoch=1, validation_data=validation, callbacks=list(callbacks),
+            verbose=0)
+
+
+def test_mixed_float16_updates_in_the_multi_worker_loop_match_float32():
+    x, y = _data()
+    updates = []
+    for precision in ("float32", "mixed_float16"):
+        model = _model(precision)
+        before = model.get_weights()
+        _loop_once(model, x, y)
+        updates.append(_update(model, before))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    for full, mixed in zip(*updates):
+        assert np.abs(full).max() > 1e-3
+        np.testing.assert_allclose(mixed, full, rtol=0.02, atol=2e-3 * np.abs(full).max())
+
+
+def test_the_dp_sgd_step_under_mixed_float16_matches_float32():
+    x, y = _data()
+    updates = []
+    for precision in ("float32", "mixed_float16"):
+        model = _model(precision)
+        before = model.get_weights()
+        with precision_policy(precision):
+            use_in_fit(model, TrainStep(model, privacy.PrivateGradients(
+                l2_clip=1e6, noise_multiplier=0.0, expected_batch=len(x))))
+            model.fit(tf.data.Dataset.from_tensors((x, y, np.ones(len(x), np.float32))),
+                      epochs=1, verbose=0)
+        updates.append(_update(model, before))
+    for full, mixed in zip(*updates):
+        assert np.abs(full).max() > 1e-3
+        np.testing.assert_allclose(mixed, full, rtol=0.02, atol=2e-3 * np.abs(full).max())
+
+
+def test_ema_of_a_mixed_float16_model_is_validated_and_put_in_place():
+    x, y = _data()
+    model = _model("mixed_float16", use_ema=True, ema_momentum=0.5)
+    before = model.get_weights()
+    validation = tf.data.Dataset.from_tensors((x, y))
+    history = keras.callbacks.History()
+    _loop_once(model, x, y, [EmaValidation(validation, lambda m, d: distributed.evaluate(
+        m, d, strategy=tf.distribute.get_strategy())), history], validation)
+    assert "val_ema_loss" in history.history
+    averages = model.optimizer.inner_optimizer._model_variables_moving_average
+    # finalised as Keras' fit does: the weights are now their moving average
+    for variable, average in zip(model.trainable_variables, averages):
+        np.testing.assert_allclose(variable.numpy(), average.numpy())
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(model.get_weights(), before))
+
+
+MIRRORED_MIXED = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from tftoolkit.training import distributed
+from tftoolkit.training.runtime import precision_policy
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(16, 5)).astype("float32")
+y = np.eye(3, dtype="float32")[rng.integers(0, 3, 16)]
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with precision_policy("mixed_float16"), mirrored.scope():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"),
+                              keras.layers.Dense(3, activation="softmax", dtype="float32")])
+    model.compile(keras.optimizers.SGD(1.0, global_clipnorm=1e-3),
+                  keras.losses.CategoricalCrossentropy())
+before = model.get_weights()
+with precision_policy("mixed_float16"):
+    distributed.fit_distributed(model, tf.data.Dataset.from_tensors((x, y)).repeat(),
+                                strategy=mirrored, epochs=1, initial_epoch=0,
+                                steps_per_epoch=1, verbose=0)
+update = np.sqrt(sum(float(np.sum((a - b) ** 2))
+                     for a, b in zip(model.get_weights(), before)))
+print(json.dumps({"update_norm": update, "wrapped": type(model.optimizer).__name__}))
+"""
+
+
+def test_clipping_holds_for_a_mixed_float16_model_over_two_replicas():
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_MIXED], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["wrapped"] == "LossScaleOptimizer"
+    # learning rate 1 times the whole batch's gradient clipped to 1e-3
+    assert out["update_norm"] == pytest.approx(1e-3, rel=0.02)
