@@ -69,6 +69,23 @@ def test_skip_trains_on_the_good_files_and_records_the_bad_ones(messy_folder, qu
     assert len(result.history["loss"]) == 1
 
 
+def test_hidden_and_system_files_are_not_examples_nor_bad_files(image_folder):
+    circle = image_folder / "circle"
+    (circle / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (circle / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (circle / "._000.jpg").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (image_folder / "__MACOSX" / "square").mkdir(parents=True)
+    (image_folder / "__MACOSX" / "square" / "._x.png").write_bytes(b"\x00")
+    (circle / ".ipynb_checkpoints").mkdir()
+    (circle / ".ipynb_checkpoints" / "broken.png").write_bytes(b"")
+    data = load_data(_folder_recipe(image_folder, test_fraction=0.0), 32)  # on_bad_file=error
+    assert data.info.class_names == ["circle", "square"]
+    assert data.info.bad_files == []
+    assert sum(data.info.counts.values()) == 24
+    assert not [p for split in data.splits.values() for p in split.paths
+                if "/." in p or "Thumbs" in p]
+
+
 def test_odd_formats_decode_to_rgb(messy_folder):
     root, _ = messy_folder
     bundle = load_data(_folder_recipe(root, on_bad_file="skip", validation_fraction=0.0), 32)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tftoolkit.data.scan import IMAGE_EXTENSIONS, WorkerShare, scan_image_folder
+from tftoolkit.data.scan import IMAGE_EXTENSIONS, WorkerShare, is_hidden, scan_image_folder
 from tftoolkit.errors import DataError, did_you_mean
 from tftoolkit.paths import keras_datasets_dir
 from tftoolkit.recipe import DataConfig
@@ -202,11 +202,13 @@ def _folder(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Sou
     root = Path(cfg.dir).expanduser()
     if not root.is_dir():
         raise DataError(f"data.dir={cfg.dir!r}: no such directory")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name))
     if len(class_dirs) < 2:
         raise DataError(f"data.dir={cfg.dir!r} has {len(class_dirs)} class subfolder(s); "
                         "an image folder needs one subfolder per class, at least two")
-    files = {d.name: sorted(p for p in d.rglob("*") if p.is_file()) for d in class_dirs}
+    files = {d.name: sorted(p for p in d.rglob("*") if p.is_file()
+                            and not any(is_hidden(part) for part in p.relative_to(d).parts))
+             for d in class_dirs}
     empty = [name for name, paths in files.items() if not paths]
     if empty:
         raise DataError(f"data.dir={cfg.dir!r}: class folder(s) {empty} hold no files; "
