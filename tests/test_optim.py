@@ -105,6 +105,23 @@ def test_layer_decay_gives_lower_blocks_proportionally_smaller_steps():
     assert step["block_15_depthwise/kernel"] == pytest.approx(0.0125)
 
 
+def test_layer_decay_scales_the_decoupled_weight_decay_with_the_rate():
+    model = _tiny_backbone_model()
+    for v in model.trainable_variables:
+        v.assign(np.full(v.shape, 0.5, "float32"))
+    optimizer = _compiled({"optimizer": "adamw", "weight_decay": 0.5, "layer_decay": 0.5},
+                          model, learning_rate=0.1, layer_decay_model=model)
+    # Zero gradients: AdamW moves nothing but what decays, at lr * layer factor * wd.
+    optimizer.apply_gradients([(np.zeros(v.shape, "float32"), v)
+                               for v in model.trainable_variables])
+    kept = {v.path: float(np.mean(v.numpy())) / 0.5 for v in model.trainable_variables}
+    assert kept["predictions/kernel"] == pytest.approx(1 - 0.1 * 0.5)
+    assert kept["Conv_1/kernel"] == pytest.approx(1 - 0.05 * 0.5)
+    assert kept["block_16_expand/kernel"] == pytest.approx(1 - 0.025 * 0.5)
+    assert kept["block_15_depthwise/kernel"] == pytest.approx(1 - 0.0125 * 0.5)
+    assert kept["predictions/bias"] == 1.0  # 1-D weights never decay
+
+
 def test_ema_weights_equal_the_closed_form_after_k_steps():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
     model.layers[0].kernel.assign([[1.0]])
