@@ -201,7 +201,9 @@ class TrainConfig:
     run_dir: str = _opt("runs", "folder where run directories are created")
     tta: int = _opt(0, "test-time augmentation views (flips/crops) averaged in the final "
                        "evaluation, reported beside the plain figure; 0: off", min=0, max=7)
-    verbose: int = _opt(1, "0 silent, 1 progress bar, 2 one line per epoch", min=0, max=2)
+    verbose: int | str = _opt("auto", "0 silent, 1 progress bar, 2 one line per epoch; "
+                                      "auto: the bar on a terminal, one line per epoch "
+                                      "when output goes to a file or a pipe", min=0, max=2)
 
 
 @dataclass(frozen=True)
@@ -459,6 +461,8 @@ def _check_combinations(recipe: Recipe) -> None:
     if isinstance(t.learning_rate, str) and t.learning_rate != "auto":
         raise RecipeError(f"train.learning_rate={t.learning_rate!r}: expected a number or "
                           "'auto' (the learning-rate finder's suggestion)")
+    if isinstance(t.verbose, str) and t.verbose != "auto":
+        raise RecipeError(f"train.verbose={t.verbose!r}: expected 0, 1, 2 or 'auto'")
     if t.select_best and not t.select_best.startswith("val_"):
         raise RecipeError(f"train.select_best={t.select_best!r}: epochs are selected on a "
                           "validation metric (val_accuracy, val_loss, ...), never on "

@@ -40,7 +40,7 @@ from tftoolkit.training.lr_find import LrFindResult, sweep
 from tftoolkit.training.optim import compile_model, learning_rate_schedule
 from tftoolkit.training.plots import plot_history
 from tftoolkit.training.runtime import (choose_strategy, precision_policy, seed_everything,
-                                        strategy_name)
+                                        strategy_name, verbosity)
 from tftoolkit.training.stages import Stage, StageInputs, plan_stages, stage_modes
 
 
@@ -324,7 +324,7 @@ def _run_stage(run: _Run, stage: Stage) -> None:
                         epochs=stage.end,
                         initial_epoch=first_epoch, steps_per_epoch=steps,
                         validation_data=inputs.val, callbacks=_callbacks(run, stage, inputs),
-                        verbose=t.verbose)
+                        verbose=verbosity(t.verbose))
     best = run.run.best_record(stage.index)
     if best is not None:
         source = "the weights' moving average" if best["weights"] == "ema" else "the weights"
@@ -374,7 +374,7 @@ def _fit_private(run: _Run, stage: Stage, inputs: StageInputs, first_epoch: int)
         epochs=stage.end, initial_epoch=first_epoch,
         steps_before=first_epoch * privacy.steps_per_epoch(len(x), run.batch_size),
         target_epsilon=cfg.target_epsilon, validation_data=inputs.val,
-        callbacks=_callbacks(run, stage, inputs), verbose=t.verbose, seed=t.seed,
+        callbacks=_callbacks(run, stage, inputs), verbose=verbosity(t.verbose), seed=t.seed,
         strategy=run.strategy)
 
 
