@@ -164,6 +164,26 @@ def test_select_best_never_reads_a_test_or_training_metric():
             tftoolkit.load_recipe("mlp", {"train.select_best": bad})
 
 
+def test_select_best_on_a_metric_never_logged_is_refused_before_training(quiet, tmp_path):
+    with pytest.raises(RecipeError) as err:
+        tftoolkit.train(_diverging_val_recipe(select_best="val_acc"), quiet)
+    message = str(err.value)
+    assert "train.select_best='val_acc'" in message and "val_loss, val_mae" in message
+    assert not (tmp_path / "runs").exists()  # nothing ran, no run directory
+
+
+def test_select_best_without_a_validation_split_is_refused(quiet, tmp_path):
+    x = np.linspace(-1, 1, 32, dtype="float32")[:, None]
+    recipe = Recipe(name="no_val", data=DataConfig(
+        source="arrays", arrays={"train": (x, 2 * x)}, validation_fraction=0.0),
+        model=ModelConfig(architecture="linear"),
+        train=TrainConfig(select_best="val_loss", verbose=0), export=ExportConfig(
+            enabled=False))
+    with pytest.raises(RecipeError, match="validation split.*validation_fraction=0"):
+        tftoolkit.train(recipe, quiet)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_ema_validation_is_logged_and_kept_when_better(quiet):
     result = tftoolkit.train(_diverging_val_recipe(ema=0.9, epochs=3), quiet)
     assert len(result.history["val_ema_loss"]) == 3

@@ -21,7 +21,7 @@ import tensorflow as tf
 from tftoolkit.augment import Augmenter, build_augmenter, training_model
 from tftoolkit.augment.tta import predict_tta
 from tftoolkit.data import DataBundle, DataInfo, load_data
-from tftoolkit.errors import RecipeError
+from tftoolkit.errors import RecipeError, did_you_mean
 from tftoolkit.models import build_model, input_size
 from tftoolkit.models.transfer import set_trainable
 from tftoolkit.recipe import Recipe, load_recipe
@@ -174,6 +174,37 @@ def _prepare(recipe: Recipe, strategy: tf.distribute.Strategy,
                   [f"strategy: {strategy_name(strategy)}"])
 
 
+def _validation_metrics(setup: _Setup) -> list[str]:
+    """The validation figures each epoch logs, which ``train.select_best`` may name (the
+    multi-worker loop counts accuracy where the model has one output per class)."""
+    info = setup.data.info
+    figures = ["loss"]
+    if (not distributed.needs_own_loop(setup.strategy)
+            or (info.label_encoding.is_classification and info.num_outputs > 1)):
+        figures.append(info.label_encoding.metric)
+    return [f"val_{figure}" for figure in figures]
+
+
+def _check_selection(setup: _Setup) -> None:
+    """Refuse, before training, a ``train.select_best`` that could never select: no
+    validation split, or a metric that is not logged."""
+    key, recipe = setup.recipe.train.select_best, setup.recipe
+    if not key:
+        return
+    if "val" not in setup.data.splits:
+        raise RecipeError(
+            f"train.select_best={key!r} selects epochs on the validation split, but "
+            f"{setup.data.info.description} has none and data.validation_fraction="
+            f"{recipe.data.validation_fraction:g}; set data.validation_fraction (for "
+            "example 0.2) or data.val_split, or leave train.select_best empty")
+    logged = _validation_metrics(setup)
+    if key not in logged:
+        raise RecipeError(f"train.select_best={key!r} is not a metric this run logs (its "
+                          f"validation metrics: {', '.join(logged)}; with train.ema the "
+                          "weights' average is compared on the same one)"
+                          f"{did_you_mean(key, logged)}")
+
+
 def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
               report_test: bool = True) -> _Run:
     """Prepare data and model, and create the run directory or find the one to resume.
@@ -181,6 +212,7 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
     resume from the chief's (a shared filesystem) and write scratch files elsewhere."""
     t = recipe.train
     setup = _prepare(recipe, strategy, report_test)
+    _check_selection(setup)
     info, notes = setup.data.info, setup.notes
     resume_from = RunDir.find_resumable(t.run_dir, recipe) if t.resume else None
     progress = resume_from.progress() if resume_from else None
