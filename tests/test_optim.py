@@ -164,6 +164,20 @@ def test_select_best_never_reads_a_test_or_training_metric():
             tftoolkit.load_recipe("mlp", {"train.select_best": bad})
 
 
+@pytest.mark.parametrize("select_best", ["val_loss", ""])
+def test_early_stopping_keeps_the_weights_the_best_record_describes(quiet, select_best):
+    # The weights' average validates best here; early stopping must not put the raw
+    # weights of the best val_loss epoch back over it.
+    result = tftoolkit.train(_diverging_val_recipe(ema=0.9, epochs=3, early_stopping=5,
+                                                   select_best=select_best), quiet)
+    record = json.loads((result.run_dir / "checkpoints" / "best-0.json").read_text())
+    assert record["weights"] == "ema" and record["metric"] == "val_loss"
+    assert result.metrics["val_loss"] == pytest.approx(record["value"], rel=1e-5)
+    with np.load(result.run_dir / "checkpoints" / "best-0.npz") as kept:
+        for i, weight in enumerate(result.model.get_weights()):
+            np.testing.assert_allclose(weight, kept[f"arr_{i}"], rtol=1e-6)
+
+
 def test_select_best_on_a_metric_never_logged_is_refused_before_training(quiet, tmp_path):
     with pytest.raises(RecipeError) as err:
         tftoolkit.train(_diverging_val_recipe(select_best="val_acc"), quiet)

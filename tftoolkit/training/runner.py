@@ -299,10 +299,15 @@ def _input(strategy: tf.distribute.Strategy, data: DataBundle, split: str,
 
 
 def _monitor(run: _Run) -> str:
-    """The validation metric that keeps epochs: ``train.select_best``, or for comparing
-    weights with their average, the task's own."""
-    return run.recipe.train.select_best or (
-        "val_accuracy" if run.data.info.label_encoding.is_classification else "val_loss")
+    """The validation metric that keeps epochs: ``train.select_best``; with early
+    stopping alone, the ``val_loss`` it watches; for comparing the weights with their
+    average alone, the task's own."""
+    t = run.recipe.train
+    if t.select_best:
+        return t.select_best
+    if t.early_stopping or not run.data.info.label_encoding.is_classification:
+        return "val_loss"
+    return "val_accuracy"
 
 
 def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callbacks.Callback]:
@@ -317,14 +322,16 @@ def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callb
     if t.ema and has_validation:
         callbacks.append(EmaValidation(inputs.val, lambda model, data: distributed.evaluate(
             model, data, strategy=run.strategy)))
-    if has_validation and (t.select_best or t.ema):
+    # KeepBest is the one owner of which epoch is kept: it alone puts weights back, so
+    # early stopping only ends the stage (the best epoch by val_loss is kept for it).
+    if has_validation and (t.select_best or t.ema or t.early_stopping):
         callbacks.append(KeepBest(run.run, stage.index, _monitor(run), ema=bool(t.ema),
-                                  across_epochs=bool(t.select_best)))
+                                  across_epochs=bool(t.select_best or t.early_stopping)))
     callbacks += [keras.callbacks.CSVLogger(str(run.run / RunDir.HISTORY), append=True),
                   EpochTensorBoard(str(run.run / RunDir.LOGS))]
     if t.early_stopping and has_validation:
         callbacks.append(keras.callbacks.EarlyStopping(
-            patience=t.early_stopping, restore_best_weights=True))
+            patience=t.early_stopping, restore_best_weights=False))
     # Last: the per-epoch state of what trains (the whole graph, or the head on cached
     # features), with optimizer and random-generator states, that a rerun resumes from.
     callbacks.append(SaveProgress(run.run, stage.index))
