@@ -12,7 +12,7 @@ from tftoolkit.data import DataInfo
 from tftoolkit.errors import RecipeError
 from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
 from tftoolkit.training import runner
-from tftoolkit.training.lr_find import valley
+from tftoolkit.training.lr_find import LrFindResult, valley
 from tftoolkit.training.optim import (block_learning_rate_multipliers, compile_model,
                                       learning_rate_schedule)
 
@@ -236,6 +236,26 @@ def test_lr_find_suggests_a_rate_that_trains_and_stops_on_divergence(tmp_path):
     assert (auto.run_dir / "lr_find.png").is_file()
     assert auto.recipe.train.learning_rate == found["suggestion"]
     assert auto.metrics["val_loss"] < 0.05 * float(np.var(y))  # 95% of the variance fitted
+
+
+def test_learning_rate_auto_is_the_fine_tuning_rate_even_when_one_is_set(image_folder, quiet,
+                                                                         monkeypatch):
+    found = LrFindResult([1e-4, 1e-3, 1e-2], [1.0, 0.5, 0.9], 3e-3, False)
+    monkeypatch.setattr(runner, "_sweep_first_stage", lambda setup: found)
+    peaks, schedule = [], runner.learning_rate_schedule
+    monkeypatch.setattr(runner, "learning_rate_schedule",
+                        lambda cfg, peak, *rest: peaks.append(peak) or schedule(cfg, peak,
+                                                                                 *rest))
+    recipe = Recipe(name="tiny_fine_tune",
+                    data=DataConfig(source="folder", dir=str(image_folder), image_size=33),
+                    model=ModelConfig(architecture="mobilenet_v2", weights="none",
+                                      mode="fine_tune", unfreeze="block_16"),
+                    train=TrainConfig(epochs=1, batch_size=8, learning_rate="auto",
+                                      fine_tune_learning_rate=0.5),
+                    export=ExportConfig(enabled=False))
+    result = tftoolkit.train(recipe, quiet)
+    assert peaks == [pytest.approx(3e-3)]  # the one stage trained at the finder's rate
+    assert "replaces train.fine_tune_learning_rate=0.5" in " ".join(result.notes)
 
 
 def test_two_stage_never_ends_below_its_first_stage(image_folder, quiet):

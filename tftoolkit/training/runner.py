@@ -453,15 +453,18 @@ def _found_learning_rate(run: _Run) -> Recipe:
         found = finder.to_dict()
         run.run.write_json(RunDir.LR_FIND, found)
         finder.plot(run.run / RunDir.LR_FIND_PLOT)
-    run.notes.append(f"train.learning_rate=auto: {found['suggestion']:.3g} (learning-rate "
+    suggestion, t = found["suggestion"], run.recipe.train
+    run.notes.append(f"train.learning_rate=auto: {suggestion:.3g} (learning-rate "
                      f"finder, {len(found['learning_rates'])} steps)")
-    t = run.recipe.train
-    fine_tune_first = run.recipe.model.mode == "fine_tune"
+    fine_tune_rate = t.fine_tune_learning_rate
+    if run.recipe.model.mode == "fine_tune":  # the sweep measured the fine-tuning itself
+        if fine_tune_rate and fine_tune_rate != suggestion:
+            run.notes.append(f"the finder's {suggestion:.3g} replaces "
+                             f"train.fine_tune_learning_rate={fine_tune_rate:g}: "
+                             "model.mode=fine_tune sweeps the fine-tuning stage itself")
+        fine_tune_rate = suggestion
     return dataclasses.replace(run.recipe, train=dataclasses.replace(
-        t, learning_rate=found["suggestion"],
-        fine_tune_learning_rate=(found["suggestion"] if fine_tune_first
-                                 and not t.fine_tune_learning_rate
-                                 else t.fine_tune_learning_rate)))
+        t, learning_rate=suggestion, fine_tune_learning_rate=fine_tune_rate))
 
 
 def _sweep_first_stage(setup: _Setup, steps: int = 100) -> LrFindResult:
