@@ -292,7 +292,7 @@ def test_fashion_mnist_offline_without_files_says_where_to_put_them(tmp_path, mo
     assert str(tmp_path / "nothing") in message and "fashion-mnist" in message
 
 
-def test_max_examples_caps_each_source_split_before_validation_is_held_out():
+def test_max_examples_caps_each_source_split_and_its_held_out_splits_alike():
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (200, 4)).astype("float32")
     y = np.arange(200) % 4
@@ -301,10 +301,45 @@ def test_max_examples_caps_each_source_split_before_validation_is_held_out():
         max_examples=40, validation_fraction=0.25), model=ModelConfig(architecture="mlp"))
     data = load_data(recipe)
     counts = data.info.counts
-    assert counts["test"] == 40 and counts["train"] + counts["val"] == 40
-    # 10 per class kept by the cap; a quarter of each class (rounded) held out
-    assert np.bincount(data.splits["val"].labels).tolist() == [2, 2, 2, 2]
-    assert np.bincount(data.splits["train"].labels).tolist() == [8, 8, 8, 8]
+    # 48 held out of 200 for validation, then a fifth of each part kept: 30 + 10
+    assert counts == {"train": 30, "test": 40, "val": 10}
+    for split in ("train", "val", "test"):  # still stratified: within one per class
+        per_class = np.bincount(data.splits[split].labels, minlength=4)
+        assert per_class.max() - per_class.min() <= 1, (split, per_class)
+
+
+def _numbered_arrays_recipe(**data) -> Recipe:
+    x = np.arange(400, dtype="float32")[:, None]  # each example is its own number
+    return Recipe(name="numbered", data=DataConfig(
+        source="arrays", arrays={"train": (x, np.arange(400) % 4)}, validation_fraction=0.2,
+        test_fraction=0.1, **data), model=ModelConfig(architecture="mlp"))
+
+
+def _members(data) -> dict[str, set]:
+    return {name: set(split.arrays[:, 0].tolist()) for name, split in data.splits.items()}
+
+
+def test_max_examples_takes_a_subset_without_moving_examples_across_splits():
+    full = _members(load_data(_numbered_arrays_recipe()))
+    assert {k: len(v) for k, v in full.items()} == {"train": 288, "val": 72, "test": 40}
+    smaller = None
+    for cap in (200, 100, 37):
+        data = load_data(_numbered_arrays_recipe(max_examples=cap))
+        assert sum(data.info.counts.values()) == cap
+        members = _members(data)
+        for split, numbers in members.items():
+            assert numbers <= full[split], split         # never another split's example
+            if smaller is not None:
+                assert numbers <= smaller[split], split  # a smaller cap: a subset
+        smaller = members
+
+
+def test_splits_depend_on_the_data_seed_never_on_the_training_seed():
+    runs = [_members(load_data(_numbered_arrays_recipe().with_overrides(
+        {"train.seed": seed}))) for seed in (1, 2, 42)]
+    assert runs[0] == runs[1] == runs[2]
+    other = _members(load_data(_numbered_arrays_recipe(split_seed=7)))
+    assert other["test"] != runs[0]["test"] and other["val"] != runs[0]["val"]
 
 
 def test_a_folder_gets_a_stratified_seeded_test_split(image_folder):

@@ -52,8 +52,13 @@ class DataConfig:
                            min=0, max=2048)
     resize_method: Literal["bilinear", "nearest", "bicubic", "area"] = _opt(
         "bilinear", "resize interpolation")
-    max_examples: int = _opt(0, "cap on examples per source split (train before "
-                                "validation is held out of it), for quick runs; 0: all", min=0)
+    max_examples: int = _opt(0, "cap on examples per source split, for quick runs: the "
+                                "splits held out of it (validation, test) shrink in "
+                                "proportion, and no example changes split; 0: all", min=0)
+    split_seed: int = _opt(42, "seed of the data: the validation and test splits held out, "
+                               "the max_examples subset, synthetic data; independent of "
+                               "train.seed, so runs of other seeds see the same splits",
+                           min=0)
     validation_fraction: float = _opt(0.2, "share of training data held out when the source "
                                            "has no validation split", min=0.0, max=0.9)
     test_fraction: float = _opt(0.1, "share of the data held out as a test split when the "
