@@ -334,6 +334,30 @@ def test_max_examples_takes_a_subset_without_moving_examples_across_splits():
         smaller = members
 
 
+def _epochs(first_epoch: int, epochs: int, n: int = 300, batch: int = 30) -> list[list[int]]:
+    from tftoolkit.data.pipeline import make_dataset
+    from tftoolkit.data.sources import Examples
+    from tftoolkit.labels import ENCODINGS
+
+    numbers = np.arange(n, dtype="float32")[:, None]
+    ds = make_dataset(Examples(numbers[:, 0].copy(), arrays=numbers), batch_size=batch,
+                      image_size=None, encoding=ENCODINGS["regression"], num_classes=0,
+                      training=True, seed=3, cache="memory", shuffle_buffer=16,
+                      first_epoch=first_epoch)
+    steps = n // batch
+    flat = [int(v) for b in ds.take(epochs * steps) for v in np.asarray(b[0])[:, 0]]
+    return [flat[e * n:(e + 1) * n] for e in range(epochs)]
+
+
+def test_each_epoch_is_a_new_permutation_of_seed_and_epoch_alone():
+    first, second = _epochs(0, 2)
+    assert sorted(first) == sorted(second) == list(range(300))
+    position = {number: i for i, number in enumerate(first)}
+    moved = np.mean([abs(position[number] - i) for i, number in enumerate(second)])
+    assert moved > 60  # a full re-permutation moves an example ~n/3; a 16-buffer, ~16
+    assert _epochs(1, 1) == [second]  # a resumed run's epoch 1 is the same
+
+
 def test_splits_depend_on_the_data_seed_never_on_the_training_seed():
     runs = [_members(load_data(_numbered_arrays_recipe().with_overrides(
         {"train.seed": seed}))) for seed in (1, 2, 42)]
