@@ -69,6 +69,23 @@ def test_skip_trains_on_the_good_files_and_records_the_bad_ones(messy_folder, qu
     assert len(result.history["loss"]) == 1
 
 
+def test_hidden_and_system_files_are_not_examples_nor_bad_files(image_folder):
+    circle = image_folder / "circle"
+    (circle / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (circle / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (circle / "._000.jpg").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (image_folder / "__MACOSX" / "square").mkdir(parents=True)
+    (image_folder / "__MACOSX" / "square" / "._x.png").write_bytes(b"\x00")
+    (circle / ".ipynb_checkpoints").mkdir()
+    (circle / ".ipynb_checkpoints" / "broken.png").write_bytes(b"")
+    data = load_data(_folder_recipe(image_folder, test_fraction=0.0), 32)  # on_bad_file=error
+    assert data.info.class_names == ["circle", "square"]
+    assert data.info.bad_files == []
+    assert sum(data.info.counts.values()) == 24
+    assert not [p for split in data.splits.values() for p in split.paths
+                if "/." in p or "Thumbs" in p]
+
+
 def test_odd_formats_decode_to_rgb(messy_folder):
     root, _ = messy_folder
     bundle = load_data(_folder_recipe(root, on_bad_file="skip", validation_fraction=0.0), 32)
@@ -275,7 +292,7 @@ def test_fashion_mnist_offline_without_files_says_where_to_put_them(tmp_path, mo
     assert str(tmp_path / "nothing") in message and "fashion-mnist" in message
 
 
-def test_max_examples_caps_each_source_split_before_validation_is_held_out():
+def test_max_examples_caps_each_source_split_and_its_held_out_splits_alike():
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (200, 4)).astype("float32")
     y = np.arange(200) % 4
@@ -284,10 +301,69 @@ def test_max_examples_caps_each_source_split_before_validation_is_held_out():
         max_examples=40, validation_fraction=0.25), model=ModelConfig(architecture="mlp"))
     data = load_data(recipe)
     counts = data.info.counts
-    assert counts["test"] == 40 and counts["train"] + counts["val"] == 40
-    # 10 per class kept by the cap; a quarter of each class (rounded) held out
-    assert np.bincount(data.splits["val"].labels).tolist() == [2, 2, 2, 2]
-    assert np.bincount(data.splits["train"].labels).tolist() == [8, 8, 8, 8]
+    # 48 held out of 200 for validation, then a fifth of each part kept: 30 + 10
+    assert counts == {"train": 30, "test": 40, "val": 10}
+    for split in ("train", "val", "test"):  # still stratified: within one per class
+        per_class = np.bincount(data.splits[split].labels, minlength=4)
+        assert per_class.max() - per_class.min() <= 1, (split, per_class)
+
+
+def _numbered_arrays_recipe(**data) -> Recipe:
+    x = np.arange(400, dtype="float32")[:, None]  # each example is its own number
+    return Recipe(name="numbered", data=DataConfig(
+        source="arrays", arrays={"train": (x, np.arange(400) % 4)}, validation_fraction=0.2,
+        test_fraction=0.1, **data), model=ModelConfig(architecture="mlp"))
+
+
+def _members(data) -> dict[str, set]:
+    return {name: set(split.arrays[:, 0].tolist()) for name, split in data.splits.items()}
+
+
+def test_max_examples_takes_a_subset_without_moving_examples_across_splits():
+    full = _members(load_data(_numbered_arrays_recipe()))
+    assert {k: len(v) for k, v in full.items()} == {"train": 288, "val": 72, "test": 40}
+    smaller = None
+    for cap in (200, 100, 37):
+        data = load_data(_numbered_arrays_recipe(max_examples=cap))
+        assert sum(data.info.counts.values()) == cap
+        members = _members(data)
+        for split, numbers in members.items():
+            assert numbers <= full[split], split         # never another split's example
+            if smaller is not None:
+                assert numbers <= smaller[split], split  # a smaller cap: a subset
+        smaller = members
+
+
+def _epochs(first_epoch: int, epochs: int, n: int = 300, batch: int = 30) -> list[list[int]]:
+    from tftoolkit.data.pipeline import make_dataset
+    from tftoolkit.data.sources import Examples
+    from tftoolkit.labels import ENCODINGS
+
+    numbers = np.arange(n, dtype="float32")[:, None]
+    ds = make_dataset(Examples(numbers[:, 0].copy(), arrays=numbers), batch_size=batch,
+                      image_size=None, encoding=ENCODINGS["regression"], num_classes=0,
+                      training=True, seed=3, cache="memory", shuffle_buffer=16,
+                      first_epoch=first_epoch)
+    steps = n // batch
+    flat = [int(v) for b in ds.take(epochs * steps) for v in np.asarray(b[0])[:, 0]]
+    return [flat[e * n:(e + 1) * n] for e in range(epochs)]
+
+
+def test_each_epoch_is_a_new_permutation_of_seed_and_epoch_alone():
+    first, second = _epochs(0, 2)
+    assert sorted(first) == sorted(second) == list(range(300))
+    position = {number: i for i, number in enumerate(first)}
+    moved = np.mean([abs(position[number] - i) for i, number in enumerate(second)])
+    assert moved > 60  # a full re-permutation moves an example ~n/3; a 16-buffer, ~16
+    assert _epochs(1, 1) == [second]  # a resumed run's epoch 1 is the same
+
+
+def test_splits_depend_on_the_data_seed_never_on_the_training_seed():
+    runs = [_members(load_data(_numbered_arrays_recipe().with_overrides(
+        {"train.seed": seed}))) for seed in (1, 2, 42)]
+    assert runs[0] == runs[1] == runs[2]
+    other = _members(load_data(_numbered_arrays_recipe(split_seed=7)))
+    assert other["test"] != runs[0]["test"] and other["val"] != runs[0]["val"]
 
 
 def test_a_folder_gets_a_stratified_seeded_test_split(image_folder):

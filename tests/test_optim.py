@@ -12,7 +12,7 @@ from tftoolkit.data import DataInfo
 from tftoolkit.errors import RecipeError
 from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
 from tftoolkit.training import runner
-from tftoolkit.training.lr_find import valley
+from tftoolkit.training.lr_find import LrFindResult, valley
 from tftoolkit.training.optim import (block_learning_rate_multipliers, compile_model,
                                       learning_rate_schedule)
 
@@ -105,6 +105,23 @@ def test_layer_decay_gives_lower_blocks_proportionally_smaller_steps():
     assert step["block_15_depthwise/kernel"] == pytest.approx(0.0125)
 
 
+def test_layer_decay_scales_the_decoupled_weight_decay_with_the_rate():
+    model = _tiny_backbone_model()
+    for v in model.trainable_variables:
+        v.assign(np.full(v.shape, 0.5, "float32"))
+    optimizer = _compiled({"optimizer": "adamw", "weight_decay": 0.5, "layer_decay": 0.5},
+                          model, learning_rate=0.1, layer_decay_model=model)
+    # Zero gradients: AdamW moves nothing but what decays, at lr * layer factor * wd.
+    optimizer.apply_gradients([(np.zeros(v.shape, "float32"), v)
+                               for v in model.trainable_variables])
+    kept = {v.path: float(np.mean(v.numpy())) / 0.5 for v in model.trainable_variables}
+    assert kept["predictions/kernel"] == pytest.approx(1 - 0.1 * 0.5)
+    assert kept["Conv_1/kernel"] == pytest.approx(1 - 0.05 * 0.5)
+    assert kept["block_16_expand/kernel"] == pytest.approx(1 - 0.025 * 0.5)
+    assert kept["block_15_depthwise/kernel"] == pytest.approx(1 - 0.0125 * 0.5)
+    assert kept["predictions/bias"] == 1.0  # 1-D weights never decay
+
+
 def test_ema_weights_equal_the_closed_form_after_k_steps():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
     model.layers[0].kernel.assign([[1.0]])
@@ -147,6 +164,40 @@ def test_select_best_never_reads_a_test_or_training_metric():
             tftoolkit.load_recipe("mlp", {"train.select_best": bad})
 
 
+@pytest.mark.parametrize("select_best", ["val_loss", ""])
+def test_early_stopping_keeps_the_weights_the_best_record_describes(quiet, select_best):
+    # The weights' average validates best here; early stopping must not put the raw
+    # weights of the best val_loss epoch back over it.
+    result = tftoolkit.train(_diverging_val_recipe(ema=0.9, epochs=3, early_stopping=5,
+                                                   select_best=select_best), quiet)
+    record = json.loads((result.run_dir / "checkpoints" / "best-0.json").read_text())
+    assert record["weights"] == "ema" and record["metric"] == "val_loss"
+    assert result.metrics["val_loss"] == pytest.approx(record["value"], rel=1e-5)
+    with np.load(result.run_dir / "checkpoints" / "best-0.npz") as kept:
+        for i, weight in enumerate(result.model.get_weights()):
+            np.testing.assert_allclose(weight, kept[f"arr_{i}"], rtol=1e-6)
+
+
+def test_select_best_on_a_metric_never_logged_is_refused_before_training(quiet, tmp_path):
+    with pytest.raises(RecipeError) as err:
+        tftoolkit.train(_diverging_val_recipe(select_best="val_acc"), quiet)
+    message = str(err.value)
+    assert "train.select_best='val_acc'" in message and "val_loss, val_mae" in message
+    assert not (tmp_path / "runs").exists()  # nothing ran, no run directory
+
+
+def test_select_best_without_a_validation_split_is_refused(quiet, tmp_path):
+    x = np.linspace(-1, 1, 32, dtype="float32")[:, None]
+    recipe = Recipe(name="no_val", data=DataConfig(
+        source="arrays", arrays={"train": (x, 2 * x)}, validation_fraction=0.0),
+        model=ModelConfig(architecture="linear"),
+        train=TrainConfig(select_best="val_loss", verbose=0), export=ExportConfig(
+            enabled=False))
+    with pytest.raises(RecipeError, match="validation split.*validation_fraction=0"):
+        tftoolkit.train(recipe, quiet)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_ema_validation_is_logged_and_kept_when_better(quiet):
     result = tftoolkit.train(_diverging_val_recipe(ema=0.9, epochs=3), quiet)
     assert len(result.history["val_ema_loss"]) == 3
@@ -185,6 +236,26 @@ def test_lr_find_suggests_a_rate_that_trains_and_stops_on_divergence(tmp_path):
     assert (auto.run_dir / "lr_find.png").is_file()
     assert auto.recipe.train.learning_rate == found["suggestion"]
     assert auto.metrics["val_loss"] < 0.05 * float(np.var(y))  # 95% of the variance fitted
+
+
+def test_learning_rate_auto_is_the_fine_tuning_rate_even_when_one_is_set(image_folder, quiet,
+                                                                         monkeypatch):
+    found = LrFindResult([1e-4, 1e-3, 1e-2], [1.0, 0.5, 0.9], 3e-3, False)
+    monkeypatch.setattr(runner, "_sweep_first_stage", lambda setup: found)
+    peaks, schedule = [], runner.learning_rate_schedule
+    monkeypatch.setattr(runner, "learning_rate_schedule",
+                        lambda cfg, peak, *rest: peaks.append(peak) or schedule(cfg, peak,
+                                                                                 *rest))
+    recipe = Recipe(name="tiny_fine_tune",
+                    data=DataConfig(source="folder", dir=str(image_folder), image_size=33),
+                    model=ModelConfig(architecture="mobilenet_v2", weights="none",
+                                      mode="fine_tune", unfreeze="block_16"),
+                    train=TrainConfig(epochs=1, batch_size=8, learning_rate="auto",
+                                      fine_tune_learning_rate=0.5),
+                    export=ExportConfig(enabled=False))
+    result = tftoolkit.train(recipe, quiet)
+    assert peaks == [pytest.approx(3e-3)]  # the one stage trained at the finder's rate
+    assert "replaces train.fine_tune_learning_rate=0.5" in " ".join(result.notes)
 
 
 def test_two_stage_never_ends_below_its_first_stage(image_folder, quiet):

@@ -351,8 +351,9 @@ def test_two_private_runs_with_one_seed_draw_different_noise_and_batches(
     assert np.all(noise_a != 0) and np.all(noise_b != 0)
     assert not np.allclose(noise_a, noise_b, rtol=0.1, atol=0)  # other noise
     # the rows the examples move: other batches move them by far more than the noise can
+    # (with the same batches they differ by about the noise; other batches gave 13-30x)
     signal_gap = np.abs((kernels_a[-1] - kernels_b[-1])[:2]).max()
-    assert signal_gap > 20 * max(np.abs(noise_a).max(), np.abs(noise_b).max())
+    assert signal_gap > 5 * max(np.abs(noise_a).max(), np.abs(noise_b).max())
 
 
 def test_a_resumed_private_run_does_not_repeat_its_noise(quiet, tmp_path, monkeypatch):

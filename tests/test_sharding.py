@@ -125,6 +125,34 @@ def test_tfds_records_are_sharded_before_decoding():
     assert abs(len(shards[0]) - len(shards[1])) <= 1
 
 
+@pytest.mark.parametrize("cache", ["memory", "off"])
+def test_uneven_tfds_training_shards_are_padded_like_files(cache):
+    import tensorflow_datasets as tfds
+
+    import tftoolkit
+
+    recipe = tftoolkit.load_recipe("flowers", ["data.max_examples=0", f"data.cache={cache}"])
+    with tfds.testing.mock_data(num_examples=20):
+        data = load_data(recipe, 16)
+        n = len(data.splits["train"])
+        assert n % 3  # 20 records (mock data) over 3 workers: 7, 7 and 6, padded to 7
+
+        def digests(batches):
+            return [hash(np.asarray(x).tobytes()) for b in batches for x in b[0]]
+
+        everything = digests(data.dataset("train", batch_size=4))
+        steps = data.steps_per_epoch("train", 6)
+        seen = []
+        for worker in range(3):
+            stream = data.dataset("train", training=True, batch_size=6,
+                                  input_context=_context(3, worker))
+            two_epochs = digests(stream.take(2 * steps))
+            assert len(two_epochs) == 2 * -(-n // 3)
+            seen.append(set(two_epochs))
+    assert sorted(map(len, seen)) == [6, 7, 7]      # one repeat on the short shard
+    assert set().union(*seen) == set(everything)   # together: every record
+
+
 def test_a_shared_scan_decodes_only_its_share_and_agrees_with_a_full_scan(tmp_path,
                                                                           monkeypatch):
     from tftoolkit.data import scan

@@ -118,6 +118,29 @@ def test_early_stopping_ends_when_validation_worsens_and_keeps_the_best_epoch(qu
                                                        rel=1e-5)
 
 
+def test_output_to_a_file_gets_one_line_per_epoch_unless_verbose_says_otherwise(tmp_path,
+                                                                               capsys):
+    x = np.linspace(-1, 1, 256, dtype="float32")[:, None]
+    recipe = dataclasses.replace(_arrays_recipe({"train": (x, 2 * x), "val": (x, 2 * x)},
+                                                epochs=3, loss="mse"),
+                                 train=TrainConfig(batch_size=4, optimizer="sgd", epochs=3,
+                                                   loss="mse"))
+    assert recipe.train.verbose == "auto"
+    where = {"train.run_dir": str(tmp_path / "runs"), "train.resume": False}
+    tftoolkit.train(recipe, where)  # pytest's captured stdout is not a terminal
+    out = capsys.readouterr().out
+    assert "\r" not in out and "\b" not in out
+    assert out.count(" - loss:") == 3  # one line per epoch of 58 steps
+    tftoolkit.train(recipe, {**where, "train.verbose": 1})
+    assert "\r" in capsys.readouterr().out  # the bar, as asked
+
+
+def test_verbose_accepts_levels_and_auto_only():
+    with pytest.raises(RecipeError, match="train.verbose='loud'"):
+        tftoolkit.load_recipe("mlp", {"train.verbose": "loud"})
+    assert tftoolkit.load_recipe("mlp", {"train.verbose": 2}).train.verbose == 2
+
+
 def test_label_smoothing_reaches_the_loss(quiet):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 3)).astype("float32")

@@ -52,8 +52,13 @@ class DataConfig:
                            min=0, max=2048)
     resize_method: Literal["bilinear", "nearest", "bicubic", "area"] = _opt(
         "bilinear", "resize interpolation")
-    max_examples: int = _opt(0, "cap on examples per source split (train before "
-                                "validation is held out of it), for quick runs; 0: all", min=0)
+    max_examples: int = _opt(0, "cap on examples per source split, for quick runs: the "
+                                "splits held out of it (validation, test) shrink in "
+                                "proportion, and no example changes split; 0: all", min=0)
+    split_seed: int = _opt(42, "seed of the data: the validation and test splits held out, "
+                               "the max_examples subset, synthetic data; independent of "
+                               "train.seed, so runs of other seeds see the same splits",
+                           min=0)
     validation_fraction: float = _opt(0.2, "share of training data held out when the source "
                                            "has no validation split", min=0.0, max=0.9)
     test_fraction: float = _opt(0.1, "share of the data held out as a test split when the "
@@ -72,9 +77,9 @@ class DataConfig:
     memory_budget_mb: int = _opt(0, "memory one split may take under data.cache=auto; 0: a "
                                     "quarter of the memory available when the run starts",
                                  min=0)
-    shuffle_buffer: int = _opt(2048, "training examples shuffled at a time, from a cache "
-                                     "kept in a seeded random order; 0: the whole split",
-                               min=0)
+    shuffle_buffer: int = _opt(2048, "training examples shuffled at a time when they are "
+                                     "read from disk (a memory cache is re-permuted whole "
+                                     "every epoch); 0: the whole split", min=0)
     autotune: bool = _opt(False, "tf.data's autotuning thread; off by default because ending "
                                  "an iterator waits for it (a 2-4 s stall after 1 to 3 of "
                                  "every 8 fit calls); parallel maps then use the default "
@@ -201,7 +206,9 @@ class TrainConfig:
     run_dir: str = _opt("runs", "folder where run directories are created")
     tta: int = _opt(0, "test-time augmentation views (flips/crops) averaged in the final "
                        "evaluation, reported beside the plain figure; 0: off", min=0, max=7)
-    verbose: int = _opt(1, "0 silent, 1 progress bar, 2 one line per epoch", min=0, max=2)
+    verbose: int | str = _opt("auto", "0 silent, 1 progress bar, 2 one line per epoch; "
+                                      "auto: the bar on a terminal, one line per epoch "
+                                      "when output goes to a file or a pipe", min=0, max=2)
 
 
 @dataclass(frozen=True)
@@ -463,6 +470,8 @@ def _check_combinations(recipe: Recipe) -> None:
     if isinstance(t.learning_rate, str) and t.learning_rate != "auto":
         raise RecipeError(f"train.learning_rate={t.learning_rate!r}: expected a number or "
                           "'auto' (the learning-rate finder's suggestion)")
+    if isinstance(t.verbose, str) and t.verbose != "auto":
+        raise RecipeError(f"train.verbose={t.verbose!r}: expected 0, 1, 2 or 'auto'")
     if t.select_best and not t.select_best.startswith("val_"):
         raise RecipeError(f"train.select_best={t.select_best!r}: epochs are selected on a "
                           "validation metric (val_accuracy, val_loss, ...), never on "

@@ -1,8 +1,10 @@
 """Data: sources -> splits -> ``tf.data`` pipelines.
 
-``load_data(recipe, image_size)`` reads the source, makes the seeded stratified
-validation split where the source has none, applies ``data.max_examples`` and returns
+``load_data(recipe, image_size)`` reads the source, holds out the stratified test and
+validation splits where the source has none, applies ``data.max_examples`` and returns
 a :class:`DataBundle`; ``DataBundle.dataset(split, ...)`` builds a batched pipeline.
+Which split an example is in depends on the data and ``data.split_seed`` alone: never on
+``train.seed``, and ``data.max_examples`` only leaves examples out.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from tftoolkit.data.cache import plan_cache
 from tftoolkit.data.pipeline import make_dataset
 from tftoolkit.data.scan import WorkerShare
 from tftoolkit.data.sources import Examples, load_source
-from tftoolkit.data.splits import shard_positions, stratified_cap, stratified_split
+from tftoolkit.data.splits import (proportional_counts, shard_positions, stratified_cap,
+                                   stratified_split)
 from tftoolkit.errors import DataError
 from tftoolkit.labels import ENCODING_OF_LOSS, ENCODINGS, LabelEncoding
 from tftoolkit.models.registry import get_architecture
@@ -219,22 +222,27 @@ def load_data(recipe: Recipe, image_size: int | None = None,
     as they are (from-scratch tabular models). ``share``: this worker's part of the
     check of an image folder's files, in a multi-worker run.
     """
-    cfg, seed = recipe.data, recipe.train.seed
+    cfg, seed = recipe.data, recipe.data.split_seed
     source = load_source(cfg, seed, share)
     splits = dict(source.splits)
-    if cfg.max_examples:  # per source split, before validation is held out of train
-        for name, examples in splits.items():
-            splits[name] = examples.subset(stratified_cap(examples.labels, cfg.max_examples,
-                                                          seed))
+    made_from = {name: [name] for name in splits}  # source split -> the splits made of it
     if ("test" not in splits and cfg.test_fraction > 0
             and cfg.source in SOURCES_WITHOUT_TEST_SPLIT):
         keep, held = stratified_split(splits["train"].labels, cfg.test_fraction, seed + 1)
         splits["test"] = splits["train"].subset(held)
         splits["train"] = splits["train"].subset(keep)
+        made_from["train"].append("test")
     if "val" not in splits and cfg.validation_fraction > 0:
         keep, held = stratified_split(splits["train"].labels, cfg.validation_fraction, seed)
         splits["val"] = splits["train"].subset(held)
         splits["train"] = splits["train"].subset(keep)
+        made_from["train"].append("val")
+    if cfg.max_examples:  # each source split capped; the splits made of it shrink alike
+        for parts in made_from.values():
+            counts = proportional_counts([len(splits[p]) for p in parts], cfg.max_examples)
+            for part, count in zip(parts, counts):
+                splits[part] = splits[part].subset(stratified_cap(splits[part].labels,
+                                                                  count, seed + 2))
     for name, examples in splits.items():
         if len(examples) == 0:
             raise DataError(f"split {name!r} of {source.description} is empty")

@@ -73,6 +73,29 @@ def epoch_seed(seed: int, epoch) -> tf.Tensor:
     return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
 
 
+def epoch_order(n: int, seed: int, epoch) -> tf.Tensor:
+    """A permutation of ``range(n)``: the order of one epoch, a pure function of
+    (seed, epoch)."""
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(n, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64),
+                                                    tf.cast(epoch, tf.int64)]))
+
+
+def _permuted_epochs(ds: tf.data.Dataset, n: int, batch: int, seed: int,
+                     first_epoch: int) -> tf.data.Dataset:
+    """Batches of an endless stream of epochs, each the examples of ``ds`` in its own
+    :func:`epoch_order`: the examples are decoded once into one tensor per component
+    (the memory cache, in one piece so that it can be read in any order) and every
+    batch gathers its rows."""
+    cached = next(iter(ds.batch(n)))
+
+    def epoch(e):
+        return tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, e)).batch(batch).map(
+            lambda rows: tf.nest.map_structure(lambda c: tf.gather(c, rows), cached))
+
+    return tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch)
+
+
 def make_dataset(examples: Examples, *, batch_size: int, image_size: int | None,
                  encoding: LabelEncoding, num_classes: int, training: bool, seed: int,
                  resize_method: str = "bilinear", cache: str = "memory",
@@ -82,25 +105,31 @@ def make_dataset(examples: Examples, *, batch_size: int, image_size: int | None,
     """A batched dataset of ``(x, y)`` or ``(x, y, sample_weight)``.
 
     ``cache`` is ``memory``, ``disk`` (tf.data's file cache at ``cache_path``) or ``off``.
-    Training datasets are an endless stream of epochs, from ``first_epoch`` on, each
-    shuffled with :func:`epoch_seed` through a buffer of ``shuffle_buffer`` examples (0:
-    all), so memory holds the cache and a bounded buffer, never a second copy of the
-    split; give training examples in a seeded random order, so that a bounded buffer
-    mixes classes (train with ``steps_per_epoch``). ``augment`` (a
+    Training datasets are an endless stream of epochs, from ``first_epoch`` on (train
+    with ``steps_per_epoch``). In memory, each epoch is a permutation of its own
+    (:func:`epoch_order`); from disk or undecoded files, which are read in one order,
+    each epoch is shuffled with :func:`epoch_seed` through a buffer of
+    ``shuffle_buffer`` examples (0: all), so memory holds a bounded buffer, never a copy
+    of the split; give those examples in a seeded random order, so that a bounded buffer
+    mixes classes. ``augment`` (a
     ``(x, y) -> (x, y)`` batch map) runs only when ``training`` is true, sequentially so
     that its random draws are reproducible. ``autotune=False`` turns off tf.data's
     autotuning thread: deleting an iterator waits for that thread's current sleep, which
     stalled 1 to 3 of every 8 Keras ``fit`` calls by 2-4 s on a 2-core machine.
     """
     ds = _examples_dataset(examples, image_size, resize_method)
-    if cache == "memory":
-        ds = ds.cache()
-    elif cache == "disk":
-        ds = ds.cache(str(cache_path))
     n = max(len(examples), 1)
     batch = batch_size or n
     buffer = min(shuffle_buffer or n, n)
-    if training:
+    # Decoded once into memory (eagerly: not while a dataset function is traced).
+    permuted = training and cache == "memory" and tf.executing_eagerly()
+    if cache == "memory" and not permuted:
+        ds = ds.cache()
+    elif cache == "disk":
+        ds = ds.cache(str(cache_path))
+    if permuted:
+        ds = _permuted_epochs(ds, n, batch, seed, first_epoch)
+    elif training:
         examples_ds = ds
         ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(
             lambda epoch: examples_ds.shuffle(buffer, seed=epoch_seed(seed, epoch))
@@ -121,4 +150,6 @@ def make_dataset(examples: Examples, *, batch_size: int, image_size: int | None,
     ds = ds.map(finish, num_parallel_calls=None if augmenting else AUTOTUNE).prefetch(AUTOTUNE)
     options = tf.data.Options()
     options.autotune.enabled = autotune
+    if permuted:  # the rewrites serialize the dataset graph: a copy of the cached tensors
+        options.experimental_optimization.apply_default_optimizations = False
     return ds.with_options(options)

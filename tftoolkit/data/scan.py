@@ -17,6 +17,17 @@ import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
+# Files and folders that operating systems and tools leave in folders of images; with
+# every name that starts with a dot (macOS' .DS_Store and ._name.jpg AppleDouble files,
+# .ipynb_checkpoints, .git), they are not part of a dataset.
+SYSTEM_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r",
+                          "__macosx"})
+
+
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is hidden or a system file (never an example)."""
+    return name.startswith(".") or name.lower() in SYSTEM_NAMES
+
 
 @dataclass
 class ScanResult:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tftoolkit.data.scan import IMAGE_EXTENSIONS, WorkerShare, scan_image_folder
+from tftoolkit.data.scan import IMAGE_EXTENSIONS, WorkerShare, is_hidden, scan_image_folder
 from tftoolkit.errors import DataError, did_you_mean
 from tftoolkit.paths import keras_datasets_dir
 from tftoolkit.recipe import DataConfig
@@ -59,8 +59,10 @@ class Examples:
         return digest.hexdigest()
 
     def subset(self, indices: np.ndarray) -> "Examples":
-        """The examples at ``indices`` (in that order)."""
+        """The examples at ``indices``, in that order; a TFDS dataset is read in one
+        order, so its subset is in position order (each example as often as named)."""
         if self.dataset is not None:
+            indices = np.sort(indices)
             return Examples(self.labels[indices], dataset=_select(self.dataset, indices))
         return Examples(self.labels[indices],
                         arrays=None if self.arrays is None else self.arrays[indices],
@@ -68,17 +70,19 @@ class Examples:
 
 
 def _select(dataset, indices: np.ndarray):
-    """Keep the elements of ``dataset`` whose position is in ``indices``."""
+    """The elements of ``dataset`` at the sorted positions ``indices``, each as many
+    times as it is named there (a padded shard names some twice)."""
     import tensorflow as tf
 
-    keep = np.zeros(int(indices.max()) + 1 if len(indices) else 0, dtype=bool)
-    keep[indices] = True
-    mask = tf.constant(keep)
-    size = len(keep)
-    return (dataset.enumerate()
-            .filter(lambda i, example: tf.logical_and(
-                i < size, tf.gather(mask, tf.minimum(i, size - 1))))
-            .map(lambda i, example: example))
+    times = np.bincount(indices) if len(indices) else np.zeros(0, np.int64)
+    size = len(times)
+    table = tf.constant(times, tf.int64)
+    chosen = (dataset.take(size).enumerate()
+              .filter(lambda i, example: tf.gather(table, i) > 0))
+    if times.max(initial=0) <= 1:
+        return chosen.map(lambda i, example: example)
+    return chosen.flat_map(lambda i, example: tf.data.Dataset.from_tensors(example)
+                           .repeat(tf.gather(table, i)))
 
 
 @dataclass
@@ -202,11 +206,13 @@ def _folder(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Sou
     root = Path(cfg.dir).expanduser()
     if not root.is_dir():
         raise DataError(f"data.dir={cfg.dir!r}: no such directory")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name))
     if len(class_dirs) < 2:
         raise DataError(f"data.dir={cfg.dir!r} has {len(class_dirs)} class subfolder(s); "
                         "an image folder needs one subfolder per class, at least two")
-    files = {d.name: sorted(p for p in d.rglob("*") if p.is_file()) for d in class_dirs}
+    files = {d.name: sorted(p for p in d.rglob("*") if p.is_file()
+                            and not any(is_hidden(part) for part in p.relative_to(d).parts))
+             for d in class_dirs}
     empty = [name for name, paths in files.items() if not paths]
     if empty:
         raise DataError(f"data.dir={cfg.dir!r}: class folder(s) {empty} hold no files; "

@@ -28,11 +28,37 @@ def stratified_split(labels: np.ndarray, fraction: float,
 
 
 def stratified_cap(labels: np.ndarray, max_examples: int, seed: int) -> np.ndarray:
-    """Indices of at most ``max_examples`` examples keeping class proportions, seeded."""
+    """Sorted indices of ``max_examples`` examples keeping class proportions, seeded.
+
+    Nested: the examples are ranked once (each by its seeded quantile within its class,
+    so every prefix of the ranking is stratified) and the first ``max_examples`` are
+    taken, so a smaller cap keeps a subset of what a larger one keeps.
+    """
     if max_examples <= 0 or max_examples >= len(labels):
         return np.arange(len(labels))
-    keep, _ = stratified_split(labels, 1.0 - max_examples / len(labels), seed)
-    return keep[:max_examples] if len(keep) > max_examples else keep
+    rng = np.random.default_rng(seed)
+    if not np.issubdtype(labels.dtype, np.integer):
+        return np.sort(rng.permutation(len(labels))[:max_examples])
+    quantile = np.empty(len(labels))
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        quantile[rng.permutation(idx)] = (np.arange(len(idx)) + 0.5) / len(idx)
+    ranking = np.lexsort((rng.permutation(len(labels)), quantile))  # ties: seeded
+    return np.sort(ranking[:max_examples])
+
+
+def proportional_counts(sizes: list[int], total: int) -> list[int]:
+    """``total`` shared out in proportion to ``sizes`` (largest remainders), each count at
+    most its size."""
+    whole = sum(sizes)
+    if total >= whole:
+        return list(sizes)
+    exact = [size * total / whole for size in sizes]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: counts[i] - exact[i])
+    for i in by_remainder[:total - sum(counts)]:
+        counts[i] += 1
+    return counts
 
 
 def shard_positions(n: int, index: int, count: int, *, equal: bool = False) -> np.ndarray:

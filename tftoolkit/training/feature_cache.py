@@ -27,6 +27,7 @@ from tftoolkit.data.sources import Examples
 from tftoolkit.data.splits import shard_positions
 from tftoolkit.models.layout import FEATURES, PREPROCESS
 from tftoolkit.models.transfer import backbone_of, unfreeze_start
+from tftoolkit.training.runtime import verbosity
 from tftoolkit.training.stages import StageInputs
 
 MAX_CACHE_BYTES = 4 * 1024 ** 3
@@ -140,7 +141,7 @@ def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: 
                               input_context=tf.distribute.InputContext(
                                   share.count, share.index, share.count))
     images = images.map(lambda x, *rest: x)
-    verbose = data.recipe.train.verbose
+    verbose = verbosity(data.recipe.train.verbose)
     if verbose:  # the one pass before the first epoch: say what it is
         print(f"tftoolkit: running the {extractor.name.replace('_', ' ')} once over the "
               f"{split} split ({len(data.splits[split])} examples"

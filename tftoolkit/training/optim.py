@@ -7,7 +7,8 @@
 - ``train.schedule``: ``constant``, ``cosine`` (to 0) or ``one_cycle``, stepped every
   batch, after a linear warmup of ``train.warmup_epochs``; every stage has its own.
 - ``train.layer_decay``: while fine-tuning, the k-th unfrozen backbone block from the top
-  learns at ``lr * d**k`` (the head, above them all, at ``lr``), as timm's layer decay.
+  learns at ``lr * d**k`` (the head, above them all, at ``lr``), and its decoupled
+  weight decay is scaled alike, as timm's layer decay.
 - ``train.ema``: the optimizer keeps an exponential moving average of the trainable
   weights (Keras' ``use_ema``).
 """
@@ -70,16 +71,29 @@ def learning_rate_schedule(cfg: TrainConfig, peak: float, total_steps: int,
 
 
 class _LayerwiseLearningRate:
-    """Mixin: each variable's update uses the learning rate times its multiplier."""
+    """Mixin: each variable's update, and its decoupled weight decay, use the learning
+    rate times the variable's multiplier (as timm's layer-decay parameter groups, whose
+    scaled rate scales both)."""
 
     def set_learning_rate_multipliers(self, multipliers: list[tuple]) -> None:
         """``[(variable, factor), ...]``; variables not named keep factor 1."""
         self._lr_multipliers = {self._var_key(v): f for v, f in multipliers}
 
+    def _multiplier(self, variable) -> float:
+        return getattr(self, "_lr_multipliers", {}).get(self._var_key(variable), 1.0)
+
+    def _use_weight_decay(self, variable) -> bool:
+        # Keras decays every variable at the base rate before the update; a variable with
+        # its own rate decays in update_step instead, at that rate.
+        return self._multiplier(variable) == 1.0 and super()._use_weight_decay(variable)
+
     def update_step(self, gradient, variable, learning_rate):
-        factor = getattr(self, "_lr_multipliers", {}).get(self._var_key(variable), 1.0)
+        factor = self._multiplier(variable)
         if factor != 1.0:
-            learning_rate = learning_rate * factor
+            learning_rate = keras.ops.cast(learning_rate, variable.dtype) * factor
+            if self.weight_decay and super()._use_weight_decay(variable):
+                decay = keras.ops.cast(self.weight_decay, variable.dtype)
+                self.assign_sub(variable, variable * decay * learning_rate)
         return super().update_step(gradient, variable, learning_rate)
 
 

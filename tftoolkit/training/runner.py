@@ -21,7 +21,7 @@ import tensorflow as tf
 from tftoolkit.augment import Augmenter, build_augmenter, training_model
 from tftoolkit.augment.tta import predict_tta
 from tftoolkit.data import DataBundle, DataInfo, load_data
-from tftoolkit.errors import RecipeError
+from tftoolkit.errors import RecipeError, did_you_mean
 from tftoolkit.models import build_model, input_size
 from tftoolkit.models.transfer import set_trainable
 from tftoolkit.recipe import Recipe, load_recipe
@@ -40,7 +40,7 @@ from tftoolkit.training.lr_find import LrFindResult, sweep
 from tftoolkit.training.optim import compile_model, learning_rate_schedule
 from tftoolkit.training.plots import plot_history
 from tftoolkit.training.runtime import (choose_strategy, precision_policy, seed_everything,
-                                        strategy_name)
+                                        strategy_name, verbosity)
 from tftoolkit.training.step import TrainStep, use_in_fit
 from tftoolkit.training.stages import Stage, StageInputs, plan_stages, stage_modes
 
@@ -175,6 +175,37 @@ def _prepare(recipe: Recipe, strategy: tf.distribute.Strategy,
                   [f"strategy: {strategy_name(strategy)}"])
 
 
+def _validation_metrics(setup: _Setup) -> list[str]:
+    """The validation figures each epoch logs, which ``train.select_best`` may name (the
+    multi-worker loop counts accuracy where the model has one output per class)."""
+    info = setup.data.info
+    figures = ["loss"]
+    if (not distributed.needs_own_loop(setup.strategy)
+            or (info.label_encoding.is_classification and info.num_outputs > 1)):
+        figures.append(info.label_encoding.metric)
+    return [f"val_{figure}" for figure in figures]
+
+
+def _check_selection(setup: _Setup) -> None:
+    """Refuse, before training, a ``train.select_best`` that could never select: no
+    validation split, or a metric that is not logged."""
+    key, recipe = setup.recipe.train.select_best, setup.recipe
+    if not key:
+        return
+    if "val" not in setup.data.splits:
+        raise RecipeError(
+            f"train.select_best={key!r} selects epochs on the validation split, but "
+            f"{setup.data.info.description} has none and data.validation_fraction="
+            f"{recipe.data.validation_fraction:g}; set data.validation_fraction (for "
+            "example 0.2) or data.val_split, or leave train.select_best empty")
+    logged = _validation_metrics(setup)
+    if key not in logged:
+        raise RecipeError(f"train.select_best={key!r} is not a metric this run logs (its "
+                          f"validation metrics: {', '.join(logged)}; with train.ema the "
+                          "weights' average is compared on the same one)"
+                          f"{did_you_mean(key, logged)}")
+
+
 def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
               report_test: bool = True) -> _Run:
     """Prepare data and model, and create the run directory or find the one to resume.
@@ -182,6 +213,7 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
     resume from the chief's (a shared filesystem) and write scratch files elsewhere."""
     t = recipe.train
     setup = _prepare(recipe, strategy, report_test)
+    _check_selection(setup)
     info, notes = setup.data.info, setup.notes
     resume_from = RunDir.find_resumable(t.run_dir, recipe) if t.resume else None
     progress = resume_from.progress() if resume_from else None
@@ -268,10 +300,15 @@ def _input(strategy: tf.distribute.Strategy, data: DataBundle, split: str,
 
 
 def _monitor(run: _Run) -> str:
-    """The validation metric that keeps epochs: ``train.select_best``, or for comparing
-    weights with their average, the task's own."""
-    return run.recipe.train.select_best or (
-        "val_accuracy" if run.data.info.label_encoding.is_classification else "val_loss")
+    """The validation metric that keeps epochs: ``train.select_best``; with early
+    stopping alone, the ``val_loss`` it watches; for comparing the weights with their
+    average alone, the task's own."""
+    t = run.recipe.train
+    if t.select_best:
+        return t.select_best
+    if t.early_stopping or not run.data.info.label_encoding.is_classification:
+        return "val_loss"
+    return "val_accuracy"
 
 
 def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callbacks.Callback]:
@@ -286,14 +323,16 @@ def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callb
     if t.ema and has_validation:
         callbacks.append(EmaValidation(inputs.val, lambda model, data: distributed.evaluate(
             model, data, strategy=run.strategy)))
-    if has_validation and (t.select_best or t.ema):
+    # KeepBest is the one owner of which epoch is kept: it alone puts weights back, so
+    # early stopping only ends the stage (the best epoch by val_loss is kept for it).
+    if has_validation and (t.select_best or t.ema or t.early_stopping):
         callbacks.append(KeepBest(run.run, stage.index, _monitor(run), ema=bool(t.ema),
-                                  across_epochs=bool(t.select_best)))
+                                  across_epochs=bool(t.select_best or t.early_stopping)))
     callbacks += [keras.callbacks.CSVLogger(str(run.run / RunDir.HISTORY), append=True),
                   EpochTensorBoard(str(run.run / RunDir.LOGS))]
     if t.early_stopping and has_validation:
         callbacks.append(keras.callbacks.EarlyStopping(
-            patience=t.early_stopping, restore_best_weights=True))
+            patience=t.early_stopping, restore_best_weights=False))
     # Last: the per-epoch state of what trains (the whole graph, or the head on cached
     # features), with optimizer and random-generator states, that a rerun resumes from.
     callbacks.append(SaveProgress(run.run, stage.index))
@@ -325,7 +364,7 @@ def _run_stage(run: _Run, stage: Stage) -> None:
                         epochs=stage.end,
                         initial_epoch=first_epoch, steps_per_epoch=steps,
                         validation_data=inputs.val, callbacks=_callbacks(run, stage, inputs),
-                        verbose=t.verbose)
+                        verbose=verbosity(t.verbose))
     best = run.run.best_record(stage.index)
     if best is not None:
         source = "the weights' moving average" if best["weights"] == "ema" else "the weights"
@@ -397,7 +436,7 @@ def _fit_private(run: _Run, stage: Stage, inputs: StageInputs, first_epoch: int)
                     initial_epoch=first_epoch, steps_per_epoch=epoch_steps,
                     validation_data=inputs.val,
                     callbacks=[privacy.PrivacySpent(spent, epoch_steps),
-                               *_callbacks(run, stage, inputs)], verbose=t.verbose)
+                               *_callbacks(run, stage, inputs)], verbose=verbosity(t.verbose))
 
 
 def _keep_best_stage(run: _Run, stages: list[Stage]) -> bool:
@@ -436,15 +475,18 @@ def _found_learning_rate(run: _Run) -> Recipe:
         found = finder.to_dict()
         run.run.write_json(RunDir.LR_FIND, found)
         finder.plot(run.run / RunDir.LR_FIND_PLOT)
-    run.notes.append(f"train.learning_rate=auto: {found['suggestion']:.3g} (learning-rate "
+    suggestion, t = found["suggestion"], run.recipe.train
+    run.notes.append(f"train.learning_rate=auto: {suggestion:.3g} (learning-rate "
                      f"finder, {len(found['learning_rates'])} steps)")
-    t = run.recipe.train
-    fine_tune_first = run.recipe.model.mode == "fine_tune"
+    fine_tune_rate = t.fine_tune_learning_rate
+    if run.recipe.model.mode == "fine_tune":  # the sweep measured the fine-tuning itself
+        if fine_tune_rate and fine_tune_rate != suggestion:
+            run.notes.append(f"the finder's {suggestion:.3g} replaces "
+                             f"train.fine_tune_learning_rate={fine_tune_rate:g}: "
+                             "model.mode=fine_tune sweeps the fine-tuning stage itself")
+        fine_tune_rate = suggestion
     return dataclasses.replace(run.recipe, train=dataclasses.replace(
-        t, learning_rate=found["suggestion"],
-        fine_tune_learning_rate=(found["suggestion"] if fine_tune_first
-                                 and not t.fine_tune_learning_rate
-                                 else t.fine_tune_learning_rate)))
+        t, learning_rate=suggestion, fine_tune_learning_rate=fine_tune_rate))
 
 
 def _sweep_first_stage(setup: _Setup, steps: int = 100) -> LrFindResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from typing import Iterator
 
 import keras
@@ -23,6 +24,15 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         os.environ["TF_DETERMINISTIC_OPS"] = "1"
         tf.config.experimental.enable_op_determinism()
+
+
+def verbosity(setting: int | str) -> int:
+    """Keras' ``verbose`` for ``train.verbose``: ``auto`` is the progress bar (1) on a
+    terminal and one line per epoch (2) when stdout is a file or a pipe, where the bar's
+    per-step redraws would fill a log."""
+    if setting != "auto":
+        return int(setting)
+    return 1 if hasattr(sys.stdout, "isatty") and sys.stdout.isatty() else 2
 
 
 @contextlib.contextmanager
