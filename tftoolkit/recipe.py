@@ -214,8 +214,8 @@ class ExportConfig:
     formats: list[Literal["tflite", "tflite_dynamic", "tflite_float16", "tflite_int8",
                           "onnx"]] = _opt(
         [], "extra formats beside the SavedModel: tflite (LiteRT, float), tflite_dynamic, "
-            "tflite_float16, tflite_int8 (quantized, each measured on the validation and "
-            "test splits); onnx is refused with the reason")
+            "tflite_float16, tflite_int8 (quantized, each judged on the validation split, "
+            "its test figures reported); onnx is refused with the reason")
     int8_io: Literal["float", "uint8", "int8"] = _opt(
         "float", "input and output type of tflite_int8 (float: the same pre-processing as "
                  "every other format)")
@@ -223,9 +223,10 @@ class ExportConfig:
                                      "tflite_int8", min=1)
     eval_examples: int = _opt(0, "validation and test examples each quantized file is "
                                  "measured on; 0: all", min=0)
-    max_accuracy_drop: float = _opt(0.02, "a quantized file that loses more accuracy than "
-                                          "this against the float model (or gains more "
-                                          "loss, for regression) is not written", min=0.0)
+    max_accuracy_drop: float = _opt(0.02, "a quantized file that loses more validation "
+                                          "accuracy than this against the float model (or "
+                                          "gains more loss, for regression) is not written; "
+                                          "test figures are only reported", min=0.0)
 
 
 @dataclass(frozen=True)

@@ -49,14 +49,15 @@ def save_parity_inputs(run: RunDir, data: DataBundle) -> None:
 
 
 def quantization_inputs(data: DataBundle) -> Quantization:
-    """What quantized LiteRT files are measured (validation and test splits) and
-    calibrated (training images through the evaluation pipeline) on."""
+    """What quantized LiteRT files are judged (validation split) and reported (test split)
+    on, and calibrated (training images through the evaluation pipeline) on."""
     cfg = data.recipe.export
+    if "val" not in data.splits:
+        raise ExportError("quantized LiteRT formats are judged on the validation split, and "
+                          "this data has none: set data.validation_fraction above 0 (or "
+                          "data.val_split for TFDS), or drop the tflite_* formats")
     splits = {s: data.arrays(s, cfg.eval_examples) for s in ("val", "test")
               if s in data.splits}
-    if not splits:
-        raise ExportError("quantized LiteRT formats are measured on the validation or test "
-                          "split, and this data has neither")
     batch_size = data.recipe.train.batch_size or 32
     calibration = [np.asarray(b[0]) for b in
                    data.dataset("train", batch_size=batch_size).take(cfg.calibration_steps)]

@@ -114,7 +114,8 @@ class Quantization:
     """What the quantized LiteRT variants are measured and calibrated on.
 
     Attributes:
-        splits: ``{split: (inputs, class ids or targets)}`` to measure each file on.
+        splits: ``{split: (inputs, class ids or targets)}`` to measure each file on; the
+            validation split decides, the test split is only reported.
         calibration: batches of training inputs for ``tflite_int8``.
         int8_io: ``float``, ``uint8`` or ``int8`` input/output of ``tflite_int8``.
         max_accuracy_drop: the most accuracy a variant may lose against the float model.
@@ -133,8 +134,7 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
     classification = info.task == "classification"
     float_file = litert.convert(model, "tflite", info.input_shape)
     reference = litert.LiteRTModel(float_file)
-    first = next(iter(quantization.splits.values()))[0]
-    float_latency = reference.latency_ms(first)
+    float_latency = reference.latency_ms(quantization.splits[litert.DECIDED_ON][0])
     written, refused = {}, {}
     for fmt in (f for f in formats if f in litert.QUANTIZED):
         flatbuffer = litert.convert(model, fmt, info.input_shape, quantization.calibration,
@@ -153,9 +153,9 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
         if measured.drop > quantization.max_accuracy_drop:
             what = "accuracy" if classification else "loss"
             refused[fmt] = {**entry, "file": None, "reason": (
-                f"{fmt} changes {what} by {measured.drop:.4f} against the float model, more "
-                f"than export.max_accuracy_drop={quantization.max_accuracy_drop}; not "
-                "written")}
+                f"{fmt} changes validation {what} by {measured.drop:.4f} against the float "
+                f"model, more than export.max_accuracy_drop="
+                f"{quantization.max_accuracy_drop}; not written")}
             continue
         (tmp / entry["file"]).write_bytes(flatbuffer)
         written[fmt] = entry
