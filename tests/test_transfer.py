@@ -351,3 +351,36 @@ def test_saved_transfer_models_load_in_a_fresh_process(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("tf")
+
+
+def _failing_build(error: Exception):
+    def build(**kwargs):
+        raise error
+    return build
+
+
+def test_imagenet_falls_back_only_when_the_file_cannot_be_downloaded(monkeypatch):
+    import dataclasses
+
+    from tftoolkit.models import weights
+
+    fallbacks = []
+    monkeypatch.setattr(weights, "_imported_notop",
+                        lambda *a, **k: fallbacks.append(a) or None)
+    spec = get_architecture("mobilenet_v2")
+    corrupt = dataclasses.replace(spec, build=_failing_build(
+        OSError("Unable to synchronously open file (truncated file)")))
+    with pytest.raises(WeightsError) as err:
+        build_backbone(corrupt, "imagenet", (33, 33, 3))
+    assert "truncated file" in str(err.value) and "mobilenet_v2" in str(err.value)
+    assert not fallbacks  # a broken file is not "offline": no torchvision weights instead
+    wrong_shape = dataclasses.replace(spec, build=_failing_build(
+        ValueError("input_shape must be one of ...")))
+    with pytest.raises(WeightsError, match="input_shape must be"):
+        build_backbone(wrong_shape, "imagenet", (33, 33, 3))
+    assert not fallbacks
+    offline = dataclasses.replace(spec, build=_failing_build(Exception(
+        "URL fetch failure on https://storage.googleapis.com/x.h5: None -- no network")))
+    with pytest.raises(WeightsError, match="not available offline"):
+        build_backbone(offline, "imagenet", (33, 33, 3))
+    assert len(fallbacks) == 1  # the fallback was looked for (and there was none)
