@@ -97,14 +97,15 @@ def _fake_torch(monkeypatch):
 
 
 class _TensorStub:
-    def __init__(self, rebuild, storage_type, key, shape):
+    def __init__(self, rebuild, storage_type, key, shape, offset=0, stride=None):
         self.rebuild, self.storage_type, self.key, self.shape = rebuild, storage_type, key, shape
+        self.offset = offset
+        self.stride = stride or tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))
 
     def __reduce__(self):
         numel = int(np.prod(self.shape))
-        stride = tuple(int(np.prod(self.shape[i + 1:])) for i in range(len(self.shape)))
-        return (self.rebuild, (("storage-ref", self.storage_type, self.key, numel), 0,
-                               self.shape, stride, False, {}))
+        return (self.rebuild, (("storage-ref", self.storage_type, self.key, numel),
+                               self.offset, self.shape, self.stride, False, {}))
 
 
 class _TorchLikePickler(pickle.Pickler):
@@ -127,6 +128,29 @@ def test_reads_a_legacy_checkpoint_without_torch(tmp_path, monkeypatch):
     state = read_state_dict(path)
     np.testing.assert_array_equal(state["layer.weight"], weight)
     np.testing.assert_array_equal(state["layer.weight_t"], [0, 1, 2])
+
+
+@pytest.mark.parametrize("offset, shape, stride", [
+    (0, (1000, 1000), None),    # far more elements than the storage holds
+    (5, (2, 3), None),          # in range in size, pushed out by its offset
+    (0, (2, 3), (1000, 1)),     # a stride that jumps out of the storage
+    (-4, (2,), None),           # a negative offset reads before the storage
+])
+def test_a_tensor_reaching_outside_its_storage_is_refused(tmp_path, monkeypatch, offset,
+                                                          shape, stride):
+    storage_type, rebuild = _fake_torch(monkeypatch)
+    body = io.BytesIO()
+    _TorchLikePickler(body, protocol=2).dump(
+        {"layer.weight": _TensorStub(rebuild, storage_type, "0", shape, offset, stride)})
+    path = tmp_path / "crafted.pth"
+    path.write_bytes(_legacy_checkpoint(body.getvalue(),
+                                        [("0", np.arange(6, dtype="float32"))]))
+    monkeypatch.undo()
+    with pytest.raises(WeightsError) as err:
+        read_state_dict(path)
+    message = str(err.value)
+    assert str(path) in message and "'layer.weight'" in message
+    assert "damaged or crafted" in message
 
 
 def _reduce_pickle(module: str, name: str, argument: str) -> bytes:
