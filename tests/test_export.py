@@ -251,3 +251,41 @@ def test_onnx_request_stops_before_anything_is_written(tmp_path):
     with pytest.raises(ExportError, match="onnx.*tf2onnx.*Nothing was exported"):
         _export(_model_with_augmentation_inside(), root, formats=["onnx"])
     assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_calibration_parity_and_capped_measurements_mix_the_classes_of_a_sorted_folder(
+        tmp_path):
+    from conftest import make_image_folder
+
+    from tftoolkit.rundir import RunDir
+    from tftoolkit.serving import quantization_inputs, save_parity_inputs
+
+    folder = make_image_folder(tmp_path / "sorted", classes=("a", "b", "c", "d"),
+                               per_class=20, size=16)  # read class by class
+    recipe = Recipe(name="sorted", data=DataConfig(source="folder", dir=str(folder),
+                                                   image_size=16, test_fraction=0.25),
+                    train=TrainConfig(batch_size=8, run_dir=str(tmp_path / "runs")),
+                    export=ExportConfig(calibration_steps=2, eval_examples=4))
+    data = tftoolkit.load_data(recipe, 16)
+
+    def classes_of(images, split):  # each (distinct, noisy) image found in its split
+        x, y = data.arrays(split)
+        flat = x.reshape(len(x), -1)
+        return [int(y[np.flatnonzero((flat == i.reshape(-1)).all(1))[0]]) for i in images]
+
+    quantization = quantization_inputs(data)
+    assert len(quantization.calibration) == 2
+    for batch in quantization.calibration:
+        assert len(set(classes_of(batch, "train"))) >= 3
+    for split in ("val", "test"):
+        x, y = quantization.splits[split]
+        assert len(x) == 4 and len(set(y.tolist())) >= 3
+        assert classes_of(x, split) == y.tolist()
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    save_parity_inputs(run, data)
+    parity = np.load(run / RunDir.PARITY_INPUTS)
+    assert len(set(classes_of(parity, "val"))) >= 3
+    # Seeded: the same samples every time.
+    again = quantization_inputs(data)
+    np.testing.assert_array_equal(again.calibration[0], quantization.calibration[0])

@@ -219,10 +219,11 @@ class ExportConfig:
     int8_io: Literal["float", "uint8", "int8"] = _opt(
         "float", "input and output type of tflite_int8 (float: the same pre-processing as "
                  "every other format)")
-    calibration_steps: int = _opt(8, "training batches (no augmentation) that calibrate "
-                                     "tflite_int8", min=1)
+    calibration_steps: int = _opt(8, "training batches (no augmentation, a seeded sample "
+                                     "with classes mixed) that calibrate tflite_int8",
+                                  min=1)
     eval_examples: int = _opt(0, "validation and test examples each quantized file is "
-                                 "measured on; 0: all", min=0)
+                                 "measured on (a seeded sample); 0: all", min=0)
     max_accuracy_drop: float = _opt(0.02, "a quantized file that loses more validation "
                                           "accuracy than this against the float model (or "
                                           "gains more loss, for regression) is not written; "

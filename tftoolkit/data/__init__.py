@@ -18,7 +18,8 @@ from tftoolkit.data.cache import plan_cache
 from tftoolkit.data.pipeline import make_dataset
 from tftoolkit.data.scan import WorkerShare
 from tftoolkit.data.sources import Examples, load_source
-from tftoolkit.data.splits import shard_positions, stratified_cap, stratified_split
+from tftoolkit.data.splits import (shard_positions, stratified_cap, stratified_order,
+                                   stratified_split)
 from tftoolkit.errors import DataError
 from tftoolkit.labels import ENCODING_OF_LOSS, ENCODINGS, LabelEncoding
 from tftoolkit.models.registry import get_architecture
@@ -27,6 +28,9 @@ from tftoolkit.recipe import Recipe
 # Sources a test split is held out of (data.test_fraction) when they have none; TFDS
 # splits are named by the user, and synthetic data is a teaching example.
 SOURCES_WITHOUT_TEST_SPLIT = ("folder", "arrays")
+# Representative samples (DataBundle.sample) are drawn with the training seed plus this,
+# so that they are not the training order itself; read in batches of SAMPLE_BATCH.
+SAMPLE_SEED_OFFSET, SAMPLE_BATCH = 7919, 64
 
 
 @dataclass
@@ -130,20 +134,40 @@ class DataBundle:
         return tf.data.Dataset.choose_from_datasets(  # one batch per local replica in turn
             streams, tf.data.Dataset.range(replicas).repeat())
 
+    def sample(self, split: str, count: int, *,
+               batch_size: int = SAMPLE_BATCH) -> tf.data.Dataset:
+        """The evaluation pipeline (no augmentation) of ``count`` examples of ``split``
+        drawn in a seeded, stratified order, so that every batch holds the classes in
+        their shares of the split (within two examples): what
+        BatchNorm statistics, int8 calibration, parity inputs and capped measurements are
+        computed on. The first examples in file order would be one class (folders are
+        read class by class)."""
+        return self._pipeline(split, False, batch_size, None, 0, sample=count)
+
+    def sample_order(self, split: str) -> np.ndarray:
+        """The seeded, stratified order of ``split`` that :meth:`sample` takes its first
+        examples of."""
+        return stratified_order(self.splits[split].labels,
+                                self.recipe.train.seed + SAMPLE_SEED_OFFSET)
+
     def _pipeline(self, split: str, training: bool, batch_size: int,
                   augment: Callable | None, first_epoch: int,
                   shard: tuple[int, int] | None = None,
-                  budget_share: float = 1.0) -> tf.data.Dataset:
-        """The pipeline of ``split``, or of its shard ``(index, count)``, whose cache
-        takes at most ``budget_share`` of the memory budget under ``data.cache=auto``."""
+                  budget_share: float = 1.0, sample: int = 0) -> tf.data.Dataset:
+        """The pipeline of ``split``, or of its shard ``(index, count)``, or of its first
+        ``sample`` examples in :meth:`sample_order`, whose cache takes at most
+        ``budget_share`` of the memory budget under ``data.cache=auto``."""
         cfg, train = self.recipe.data, self.recipe.train
         examples = self.splits[split]
+        order = f"seed {train.seed}" if training else "read"
         if training and examples.dataset is None:  # a seeded random order, so that a
             # bounded shuffle buffer mixes classes (TFDS files are shuffled by TFDS)
             examples = examples.subset(np.random.default_rng(train.seed).permutation(
                 len(examples)))
-        settings = {"resize": cfg.resize_method,
-                    "order": f"seed {train.seed}" if training else "read"}
+        elif sample:
+            examples = examples.subset(self.sample_order(split)[:sample])
+            order = f"sample of {len(examples)}, seed {train.seed + SAMPLE_SEED_OFFSET}"
+        settings = {"resize": cfg.resize_method, "order": order}
         if shard is not None:
             try:
                 positions = shard_positions(len(examples), *shard, equal=training)
@@ -171,17 +195,16 @@ class DataBundle:
             augment=augment, first_epoch=first_epoch)
 
     def arrays(self, split: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Up to ``limit`` (0: all) inputs of ``split``, as the model takes them, in order,
-        and their class ids (or regression targets)."""
+        """The inputs of ``split``, as the model takes them, and their class ids (or
+        regression targets): all in order, or a :meth:`sample` of ``limit``."""
         inputs, labels, encoding = [], [], self.info.label_encoding
-        for batch in self.dataset(split, batch_size=64):
+        batches = (self.sample(split, limit) if limit
+                   else self.dataset(split, batch_size=SAMPLE_BATCH))
+        for batch in batches:
             inputs.append(np.asarray(batch[0]))
             labels.append(encoding.class_ids(batch[1]) if encoding.is_classification
                           else np.asarray(batch[1]))
-            if limit and sum(map(len, inputs)) >= limit:
-                break
-        x, y = np.concatenate(inputs), np.concatenate(labels)
-        return (x[:limit], y[:limit]) if limit else (x, y)
+        return np.concatenate(inputs), np.concatenate(labels)
 
     def cache_root(self) -> Path:
         """The folder of this data's disk caches."""

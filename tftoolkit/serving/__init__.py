@@ -42,15 +42,17 @@ def _card(model: keras.Model, recipe: dict, info: DataInfo, metrics: dict) -> di
 
 
 def save_parity_inputs(run: RunDir, data: DataBundle) -> None:
-    """Keep a batch of real, un-augmented validation inputs for the export parity check."""
+    """Keep a batch of real, un-augmented validation inputs (a seeded sample, classes
+    mixed) for the export parity check."""
     split = "val" if "val" in data.splits else "train"
-    batch = next(iter(data.dataset(split, batch_size=PARITY_EXAMPLES)))
+    batch = next(iter(data.sample(split, PARITY_EXAMPLES)))
     np.save(run / RunDir.PARITY_INPUTS, np.asarray(batch[0], dtype=np.float32))
 
 
 def quantization_inputs(data: DataBundle) -> Quantization:
     """What quantized LiteRT files are judged (validation split) and reported (test split)
-    on, and calibrated (training images through the evaluation pipeline) on."""
+    on, and calibrated (a seeded sample of training images through the evaluation
+    pipeline) on; ``export.eval_examples`` caps each split with a seeded sample too."""
     cfg = data.recipe.export
     if "val" not in data.splits:
         raise ExportError("quantized LiteRT formats are judged on the validation split, and "
@@ -59,8 +61,8 @@ def quantization_inputs(data: DataBundle) -> Quantization:
     splits = {s: data.arrays(s, cfg.eval_examples) for s in ("val", "test")
               if s in data.splits}
     batch_size = data.recipe.train.batch_size or 32
-    calibration = [np.asarray(b[0]) for b in
-                   data.dataset("train", batch_size=batch_size).take(cfg.calibration_steps)]
+    calibration = [np.asarray(b[0]) for b in data.sample(
+        "train", cfg.calibration_steps * batch_size, batch_size=batch_size)]
     return Quantization(splits, calibration, cfg.int8_io, cfg.max_accuracy_drop)
 
 
