@@ -51,7 +51,8 @@ class DataConfig:
     image_size: int = _opt(0, "square image size fed to the model; 0: the backbone's default",
                            min=0, max=2048)
     resize_method: Literal["bilinear", "nearest", "bicubic", "area"] = _opt(
-        "bilinear", "resize interpolation")
+        "bilinear", "resize interpolation, the same in training and in every served path; "
+                    "downscales are antialiased (bilinear, bicubic; area always averages)")
     max_examples: int = _opt(0, "cap on examples per source split (train before "
                                 "validation is held out of it), for quick runs; 0: all", min=0)
     validation_fraction: float = _opt(0.2, "share of training data held out when the source "

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.data.cache import plan_cache
-from tftoolkit.data.pipeline import make_dataset
+from tftoolkit.data.pipeline import Resize, make_dataset
 from tftoolkit.data.scan import WorkerShare
 from tftoolkit.data.sources import Examples, load_source
 from tftoolkit.data.splits import (shard_positions, stratified_cap, stratified_order,
@@ -47,6 +47,12 @@ class DataInfo:
     class_counts: list[int] | None = None
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     target_dim: int = 1
+    resize_method: str = "bilinear"    # data.resize_method (the only one before it was kept)
+
+    @property
+    def resize(self) -> Resize | None:
+        """How images reach the model's input, in training and in every served path."""
+        return Resize(self.image_size, self.resize_method) if self.image_size else None
 
     @property
     def num_classes(self) -> int:
@@ -66,13 +72,14 @@ class DataInfo:
                 "input_shape": list(self.input_shape), "class_names": self.class_names,
                 "image_size": self.image_size, "description": self.description,
                 "counts": self.counts, "class_counts": self.class_counts,
-                "target_dim": self.target_dim}
+                "target_dim": self.target_dim, "resize_method": self.resize_method}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataInfo":
         return cls(d["task"], d["encoding"], tuple(d["input_shape"]), d["class_names"],
                    d["image_size"], d["description"], d.get("counts", {}),
-                   d.get("class_counts"), target_dim=d.get("target_dim", 1))
+                   d.get("class_counts"), target_dim=d.get("target_dim", 1),
+                   resize_method=d.get("resize_method", "bilinear"))
 
 
 @dataclass
@@ -167,7 +174,8 @@ class DataBundle:
         elif sample:
             examples = examples.subset(self.sample_order(split)[:sample])
             order = f"sample of {len(examples)}, seed {train.seed + SAMPLE_SEED_OFFSET}"
-        settings = {"resize": cfg.resize_method, "order": order}
+        settings = {"resize": self.info.resize.key if self.info.resize else "none",
+                    "order": order}
         if shard is not None:
             try:
                 positions = shard_positions(len(examples), *shard, equal=training)
@@ -187,9 +195,9 @@ class DataBundle:
         if not any(n.startswith(cache.subject + ":") for n in self.notes):
             self.notes.append(cache.note)
         return make_dataset(
-            examples, batch_size=batch_size, image_size=self.info.image_size,
+            examples, batch_size=batch_size, resize=self.info.resize,
             encoding=self.info.label_encoding, num_classes=self.info.num_classes,
-            training=training, seed=train.seed, resize_method=cfg.resize_method,
+            training=training, seed=train.seed,
             cache=cache.mode, cache_path=cache.path, shuffle_buffer=cfg.shuffle_buffer,
             autotune=cfg.autotune, class_weights=self.class_weights() if training else None,
             augment=augment, first_epoch=first_epoch)
@@ -282,7 +290,8 @@ def load_data(recipe: Recipe, image_size: int | None = None,
                     image_size=image_size, description=source.description,
                     counts={k: len(v) for k, v in splits.items()},
                     class_counts=class_counts, bad_files=source.bad_files,
-                    target_dim=int(np.prod(train.labels.shape[1:], dtype=int)))
+                    target_dim=int(np.prod(train.labels.shape[1:], dtype=int)),
+                    resize_method=cfg.resize_method)
     return DataBundle(recipe, splits, info, share=share)
 
 

@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from tftoolkit.errors import ExportError
-from tftoolkit.serving.savedmodel import LABELS
+from tftoolkit.serving.savedmodel import LABELS, MODEL_CARD
 
 
 def _predict_litert(path: Path, images: list[str | Path]) -> tuple[np.ndarray, list[str]]:
     """Class probabilities from a LiteRT file of an export version, and its labels."""
     import tensorflow as tf
 
+    from tftoolkit.data import DataInfo
     from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
     from tftoolkit.serving.litert import LiteRTModel
     from tftoolkit.serving.outputs import class_probabilities
 
-    labels = path.parent / LABELS
-    if not labels.is_file():
-        raise ExportError(f"{path} is not inside an export version: no {LABELS} beside it")
+    labels, card = path.parent / LABELS, path.parent / MODEL_CARD
+    if not labels.is_file() or not card.is_file():
+        raise ExportError(f"{path} is not inside an export version: no {LABELS} and "
+                          f"{MODEL_CARD} beside it")
     model = LiteRTModel(path)
-    size = model.input_shape[0]
+    resize = DataInfo.from_dict(json.loads(card.read_text())["data_info"]).resize
     try:
         batch = np.stack([np.asarray(to_rgb_image(decode_image_bytes(
-            tf.io.read_file(str(p))), size)) for p in images])
+            tf.io.read_file(str(p))), resize)) for p in images])
     except tf.errors.InvalidArgumentError as exc:
         raise ExportError(f"cannot decode one of {', '.join(map(str, images))} as an image: "
                           f"{exc.message.splitlines()[0][:160]}") from None
