@@ -27,10 +27,11 @@ def test_memory_cache_holds_uint8_and_serves_the_rounded_float_pixels(image_fold
     x = _batches(data)[0][0]
     assert "memory, uint8 pixels" in data.notes[-1]
     assert x.dtype == np.float32
-    expected = np.stack([np.asarray(to_rgb_image(decode_image_bytes(tf.io.read_file(p)), 20))
+    expected = np.stack([np.asarray(to_rgb_image(decode_image_bytes(tf.io.read_file(p)),
+                                                 data.info.resize))
                          for p in data.splits["train"].paths[:8]])
-    np.testing.assert_allclose(x, np.clip(np.round(expected), 0, 255), atol=1e-6)
-    assert np.abs(x - expected).max() <= 0.5  # what the float32 cache held, to rounding
+    np.testing.assert_array_equal(x, expected)  # whole pixel levels, as served
+    assert np.array_equal(expected, np.clip(np.round(expected), 0, 255))
     uncached = load_data(_recipe(image_folder, tmp_path, cache="off", image_size=20), 20)
     for a, b in zip(_batches(data), _batches(uncached)):
         np.testing.assert_array_equal(a[0], b[0])

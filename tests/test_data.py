@@ -341,7 +341,7 @@ def _epochs(first_epoch: int, epochs: int, n: int = 300, batch: int = 30) -> lis
 
     numbers = np.arange(n, dtype="float32")[:, None]
     ds = make_dataset(Examples(numbers[:, 0].copy(), arrays=numbers), batch_size=batch,
-                      image_size=None, encoding=ENCODINGS["regression"], num_classes=0,
+                      resize=None, encoding=ENCODINGS["regression"], num_classes=0,
                       training=True, seed=3, cache="memory", shuffle_buffer=16,
                       first_epoch=first_epoch)
     steps = n // batch
@@ -378,3 +378,16 @@ def test_a_folder_gets_a_stratified_seeded_test_split(image_folder):
     assert not set(data.splits["test"].paths) & set(data.splits["val"].paths)
     none = load_data(_folder_recipe(image_folder, test_fraction=0.0), 32)
     assert "test" not in none.splits
+
+
+def test_a_stratified_order_keeps_every_prefix_in_class_proportion():
+    from tftoolkit.data.splits import stratified_order
+
+    labels = np.repeat([0, 1, 2], [30, 60, 10])  # class-sorted, unbalanced
+    order = stratified_order(labels, seed=3)
+    assert sorted(order.tolist()) == list(range(100))
+    for m in (5, 10, 17, 50):
+        counts = np.bincount(labels[order[:m]], minlength=3)
+        assert np.all(np.abs(counts - m * np.array([0.3, 0.6, 0.1])) < 2), (m, counts)
+    np.testing.assert_array_equal(order, stratified_order(labels, seed=3))
+    assert not np.array_equal(order, stratified_order(labels, seed=4))

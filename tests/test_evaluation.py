@@ -78,6 +78,41 @@ def test_grad_cam_mass_lies_in_the_quadrant_that_decides(quadrant_run):
     assert np.median(share) > 0.6  # chance would be 0.25
 
 
+def _cam_model(scale: float):
+    """conv (4 maps) -> global average pool -> softmax over 3 classes, weights seeded,
+    the output layer's weights multiplied by ``scale`` (large: confident predictions)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    features = keras.layers.Conv2D(4, 1, activation="relu", name="conv")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(pooled)
+    model = keras.Model(inputs, outputs)
+    head = model.get_layer("predictions")
+    head.set_weights([w * scale for w in head.get_weights()])
+    return model
+
+
+def test_grad_cam_weights_channels_by_the_class_logit_not_the_probability():
+    # With global pooling then a Dense layer, the gradient of the logit z_c with respect
+    # to the feature map is W[:, c] / (H * W) everywhere: Grad-CAM is then exactly
+    # relu(sum_k W[k, c] A_k), normalised (the class activation map of Zhou et al.).
+    images = np.random.default_rng(0).uniform(0, 1, (6, 8, 8, 3)).astype("float32")
+    for scale in (1.0, 200.0):
+        model = _cam_model(scale)
+        heat, predicted = grad_cam(model, images)
+        probabilities = model.predict(images, verbose=0)
+        np.testing.assert_array_equal(predicted, probabilities.argmax(1))
+        maps = np.asarray(model.get_layer("conv")(images))
+        kernel = model.get_layer("predictions").get_weights()[0]
+        expected = np.maximum(np.einsum("nhwk,kn->nhw", maps, kernel[:, predicted]), 0)
+        expected /= expected.max(axis=(1, 2), keepdims=True)
+        np.testing.assert_allclose(heat, expected, atol=1e-4)
+    assert probabilities.max(axis=1).min() > 0.999  # confident, and the maps still show
+    assert (heat.max(axis=(1, 2)) == 1.0).all()
+
+
 def test_train_reports_tta_beside_the_plain_figure(quadrant_run):
     result = quadrant_run[0]
     _, xt, yt = quadrant_run
@@ -129,3 +164,30 @@ def test_evaluate_writes_tables_and_figures(tmp_path, image_folder, quiet):
                             "--out", str(tmp_path / "cams")], capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
     assert len(list((tmp_path / "cams").glob("*_gradcam.png"))) == 1
+
+
+def test_grad_cam_of_one_sigmoid_unit_explains_the_predicted_class():
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 3))
+    features = keras.layers.Conv2D(4, 1, activation="relu", name="conv")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(pooled))
+    images = np.random.default_rng(1).uniform(0, 1, (8, 8, 8, 3)).astype("float32")
+    images[:4] *= -1
+    p1 = model.predict(images, verbose=0)[:, 0]
+    kernel, bias = model.layers[-1].get_weights()  # a threshold between the two halves
+    model.layers[-1].set_weights([kernel, bias - np.median(np.log(p1 / (1 - p1)))])
+    heat, predicted = grad_cam(model, images)
+    p1 = model.predict(images, verbose=0)[:, 0]
+    np.testing.assert_array_equal(predicted, (p1 > 0.5).astype(int))
+    assert set(predicted) == {0, 1}
+    # The map of class 0 follows -W (the score of class 0 is -z), that of class 1 +W.
+    maps = np.asarray(model.get_layer("conv")(images))
+    w = model.layers[-1].get_weights()[0][:, 0]
+    sign = np.where(predicted == 1, 1.0, -1.0)
+    expected = np.maximum(np.einsum("nhwk,k->nhw", maps, w) * sign[:, None, None], 0)
+    peak = expected.max(axis=(1, 2), keepdims=True)
+    expected = np.divide(expected, peak, out=np.zeros_like(expected), where=peak > 0)
+    np.testing.assert_allclose(heat, expected, atol=1e-4)

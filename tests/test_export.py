@@ -25,7 +25,9 @@ INFO = DataInfo("classification", "categorical", (32, 32, 3), ["circle", "square
 
 
 def _images(n=4, size=32, seed=0) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
+    """Whole pixel levels 0-255, as the training pipeline gives them."""
+    return np.round(np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3))).astype(
+        "float32")
 
 
 def _model_with_augmentation_inside() -> keras.Model:
@@ -62,7 +64,7 @@ def test_any_input_size_is_resized_inside(tmp_path):
     model = _model_with_augmentation_inside()
     served = tf.saved_model.load(str(_export(model, tmp_path))).signatures["serving_default"]
     big = _images(2, size=50)
-    expected = model(tf.image.resize(big, (32, 32)), training=False).numpy()
+    expected = model(INFO.resize(big), training=False).numpy()
     np.testing.assert_allclose(served(images=big)["probabilities"], expected, atol=1e-5)
 
 
@@ -104,7 +106,8 @@ def test_parity_failure_fails_loudly_and_leaves_nothing(tmp_path, monkeypatch):
     other = _model_with_augmentation_inside()
     real_check = savedmodel.parity_check
     monkeypatch.setattr(savedmodel, "parity_check",
-                        lambda path, model, x, tol: real_check(path, other, x, tol))
+                        lambda path, model, x, tol, resize: real_check(path, other, x, tol,
+                                                                       resize))
     root = tmp_path / "exports"
     with pytest.raises(ExportError, match="parity check failed"):
         _export(_model_with_augmentation_inside(), root)
@@ -240,10 +243,13 @@ def test_tflite_format_is_written_and_parity_checked(tmp_path):
     card = json.loads((version / "model_card.json").read_text())
     assert card["formats"]["tflite"]["max_abs_diff"] <= 1e-5
     interpreter = tf.lite.Interpreter(model_path=str(version / "model.tflite"))
-    runner = interpreter.get_signature_runner("serving_default")
+    interpreter.resize_tensor_input(0, [3, 32, 32, 3])  # the model's own size
+    interpreter.allocate_tensors()
     x = _images(3, size=32, seed=9)
-    np.testing.assert_allclose(runner(images=x)["probabilities"],
-                               model(x, training=False), atol=1e-5)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(out, model(x, training=False), atol=1e-5)
 
 
 def test_a_format_whose_runtime_is_missing_stops_before_anything_is_written(tmp_path,
@@ -267,3 +273,101 @@ def test_mediapipe_formats_are_refused_for_a_model_that_is_not_an_image_classifi
         export_model(model, info, tmp_path / "exports", parity_inputs=np.zeros((2, 4), "f4"),
                      card={}, formats=["mediapipe"])
     assert not (tmp_path / "exports").exists()
+
+
+def test_calibration_parity_and_capped_measurements_mix_the_classes_of_a_sorted_folder(
+        tmp_path):
+    from conftest import make_image_folder
+
+    from tftoolkit.rundir import RunDir
+    from tftoolkit.serving import quantization_inputs, save_parity_inputs
+
+    folder = make_image_folder(tmp_path / "sorted", classes=("a", "b", "c", "d"),
+                               per_class=20, size=16)  # read class by class
+    recipe = Recipe(name="sorted", data=DataConfig(source="folder", dir=str(folder),
+                                                   image_size=16, test_fraction=0.25),
+                    train=TrainConfig(batch_size=8, run_dir=str(tmp_path / "runs")),
+                    export=ExportConfig(calibration_steps=2, eval_examples=4))
+    data = tftoolkit.load_data(recipe, 16)
+
+    def classes_of(images, split):  # each (distinct, noisy) image found in its split
+        x, y = data.arrays(split)
+        flat = x.reshape(len(x), -1)
+        return [int(y[np.flatnonzero((flat == i.reshape(-1)).all(1))[0]]) for i in images]
+
+    quantization = quantization_inputs(data)
+    assert len(quantization.calibration) == 2
+    for batch in quantization.calibration:
+        assert len(set(classes_of(batch, "train"))) >= 3
+    for split in ("val", "test"):
+        x, y = quantization.splits[split]
+        assert len(x) == 4 and len(set(y.tolist())) >= 3
+        assert classes_of(x, split) == y.tolist()
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    save_parity_inputs(run, data)
+    parity = np.load(run / RunDir.PARITY_INPUTS)
+    assert len(set(classes_of(parity, "val"))) >= 3
+    # Seeded: the same samples every time.
+    again = quantization_inputs(data)
+    np.testing.assert_array_equal(again.calibration[0], quantization.calibration[0])
+
+
+def _photo(side: int) -> np.ndarray:
+    """A real photo (scikit-image's astronaut, 512 px) as a client would send it at
+    ``side`` px: whole pixel levels, float."""
+    from skimage import data as photos
+
+    image = tf.image.resize(photos.astronaut()[None].astype("float32"), (side, side),
+                            antialias=True)
+    return np.round(np.clip(image.numpy(), 0, 255))
+
+
+@pytest.mark.parametrize("method", ["area", "bicubic", "nearest"])
+def test_both_signatures_serve_the_training_resize_at_any_client_size(tmp_path, method):
+    from dataclasses import replace
+
+    model = _model_with_augmentation_inside()
+    info = replace(INFO, resize_method=method)
+    version = export_model(model, info, tmp_path, parity_inputs=_images(),
+                           card={"recipe": "t"})
+    loaded = tf.saved_model.load(str(version))
+    for side in (28, 300, 640):
+        client = _photo(side)
+        expected = model(info.resize(client), training=False).numpy()  # as in training
+        by_array = loaded.signatures["serving_default"](images=client)["probabilities"]
+        by_bytes = loaded.signatures["serve_bytes"](image_bytes=_encode(client, "PNG"))
+        np.testing.assert_allclose(by_array, expected, atol=1e-5)
+        np.testing.assert_allclose(by_bytes["probabilities"], expected, atol=1e-5)
+    assert DataInfo.from_dict(info.to_dict()).resize == info.resize  # kept in the card
+
+
+def test_the_parity_check_serves_other_sizes_and_catches_a_different_resize(tmp_path,
+                                                                            monkeypatch):
+    from dataclasses import replace
+
+    model = _model_with_augmentation_inside()
+    trained_with = replace(INFO, resize_method="area")
+    real_write = savedmodel.write_savedmodel  # a server that resizes another way
+    monkeypatch.setattr(savedmodel, "write_savedmodel",
+                        lambda m, info, path: real_write(m, INFO, path))
+    with pytest.raises(ExportError, match=r"serving_default at \d+ px differs"):
+        export_model(model, trained_with, tmp_path / "skewed",
+                     parity_inputs=_images(), card={"recipe": "t"})
+    assert not (tmp_path / "skewed" / "1").exists()
+
+
+def test_downscaling_is_antialiased_and_upscaling_is_plain_interpolation():
+    from tftoolkit.data.pipeline import Resize
+
+    resize = Resize(32, "bilinear")
+    # A photo sent at 300 and at 640 px reaches the model nearly the same...
+    near = np.abs(resize(_photo(300)) - resize(_photo(640))).max()
+    aliased = np.abs(np.round(tf.image.resize(_photo(300), (32, 32)))
+                     - np.round(tf.image.resize(_photo(640), (32, 32)))).max()
+    assert near < 0.25 * aliased, (near, aliased)
+    # ...and an upscale (the flagship's 28 -> 97 px) is the plain bilinear one, unchanged.
+    small = _photo(28)
+    np.testing.assert_array_equal(
+        Resize(97, "bilinear")(small),
+        np.clip(np.round(tf.image.resize(small, (97, 97), method="bilinear")), 0, 255))

@@ -132,3 +132,39 @@ def test_quantized_formats_are_validated_with_the_recipe():
         tftoolkit.load_recipe("mlp", {"export.formats": "[tflite_int4]"})
     recipe = tftoolkit.load_recipe("mlp", {"export.formats": "tflite,tflite_int8"})
     assert recipe.export.formats == ["tflite", "tflite_int8"]
+
+
+class _Fixed:
+    """A stand-in model that returns the given predictions for each input batch."""
+
+    def __init__(self, by_split: dict[int, np.ndarray]):
+        self.by_split = by_split
+
+    def predict(self, x, verbose=0):
+        return self.by_split[len(x)]
+
+
+def test_the_validation_split_alone_decides_and_test_is_only_reported():
+    eye = np.eye(2, dtype=np.float32)
+    y_val, y_test = np.array([0, 1, 0, 1]), np.array([0, 1, 1])
+    splits = {"val": (np.zeros((4, 1)), y_val), "test": (np.zeros((3, 1)), y_test)}
+    reference = _Fixed({4: eye[y_val], 3: eye[y_test]})
+    # Right on every validation example, wrong on every test example.
+    candidate = _Fixed({4: eye[y_val], 3: eye[1 - y_test]})
+    measured = litert.measure(candidate, reference, splits, classification=True)
+    assert measured.drop == 0.0
+    assert measured.figures["test_accuracy_drop"] == 1.0  # reported, not deciding
+    assert measured.figures["val_accuracy_drop"] == 0.0
+    # And a validation loss decides even when test is perfect.
+    candidate = _Fixed({4: eye[1 - y_val], 3: eye[y_test]})
+    assert litert.measure(candidate, reference, splits, classification=True).drop == 1.0
+
+
+def test_quantized_variants_are_not_judged_without_a_validation_split():
+    from tftoolkit.errors import ExportError
+
+    eye = np.eye(2, dtype=np.float32)
+    only_test = {"test": (np.zeros((2, 1)), np.array([0, 1]))}
+    model = _Fixed({2: eye})
+    with pytest.raises(ExportError, match="validation split"):
+        litert.measure(model, model, only_test, classification=True)

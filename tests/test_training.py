@@ -209,3 +209,32 @@ def test_every_keras_file_the_toolkit_writes_loads_after_import_tftoolkit(image_
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(proc.stdout.strip().splitlines()) == 3
+
+
+def _class_sorted_folder(root, per_class=20):
+    from conftest import make_image_folder
+
+    return make_image_folder(root, classes=("a", "b", "c", "d"), per_class=per_class, size=16)
+
+
+def test_batchnorm_is_recalibrated_on_batches_that_mix_classes(tmp_path, quiet, monkeypatch):
+    from tftoolkit.training import callbacks
+
+    seen: list[set[int]] = []
+    real = runner.recalibrate_batchnorm
+
+    def recording(model, batches, *args, **kwargs):
+        seen.extend(set(np.asarray(y).argmax(1).tolist()) for _, y in batches)
+        return real(model, batches, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "recalibrate_batchnorm", recording)
+    monkeypatch.setattr(callbacks, "recalibrate_batchnorm", recording)
+    folder = _class_sorted_folder(tmp_path / "sorted")  # read class by class
+    recipe = Recipe(name="sorted", data=DataConfig(source="folder", dir=str(folder),
+                                                   image_size=16),
+                    model=ModelConfig(architecture="cnn", filters=[4]),
+                    train=TrainConfig(epochs=1, batch_size=8),
+                    export=ExportConfig(enabled=False))
+    tftoolkit.train(recipe, quiet)
+    assert len(seen) >= 2 * 6  # before validation and after training, all batches
+    assert min(len(classes) for classes in seen) >= 3, seen

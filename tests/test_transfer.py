@@ -97,14 +97,15 @@ def _fake_torch(monkeypatch):
 
 
 class _TensorStub:
-    def __init__(self, rebuild, storage_type, key, shape):
+    def __init__(self, rebuild, storage_type, key, shape, offset=0, stride=None):
         self.rebuild, self.storage_type, self.key, self.shape = rebuild, storage_type, key, shape
+        self.offset = offset
+        self.stride = stride or tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))
 
     def __reduce__(self):
         numel = int(np.prod(self.shape))
-        stride = tuple(int(np.prod(self.shape[i + 1:])) for i in range(len(self.shape)))
-        return (self.rebuild, (("storage-ref", self.storage_type, self.key, numel), 0,
-                               self.shape, stride, False, {}))
+        return (self.rebuild, (("storage-ref", self.storage_type, self.key, numel),
+                               self.offset, self.shape, self.stride, False, {}))
 
 
 class _TorchLikePickler(pickle.Pickler):
@@ -127,6 +128,29 @@ def test_reads_a_legacy_checkpoint_without_torch(tmp_path, monkeypatch):
     state = read_state_dict(path)
     np.testing.assert_array_equal(state["layer.weight"], weight)
     np.testing.assert_array_equal(state["layer.weight_t"], [0, 1, 2])
+
+
+@pytest.mark.parametrize("offset, shape, stride", [
+    (0, (1000, 1000), None),    # far more elements than the storage holds
+    (5, (2, 3), None),          # in range in size, pushed out by its offset
+    (0, (2, 3), (1000, 1)),     # a stride that jumps out of the storage
+    (-4, (2,), None),           # a negative offset reads before the storage
+])
+def test_a_tensor_reaching_outside_its_storage_is_refused(tmp_path, monkeypatch, offset,
+                                                          shape, stride):
+    storage_type, rebuild = _fake_torch(monkeypatch)
+    body = io.BytesIO()
+    _TorchLikePickler(body, protocol=2).dump(
+        {"layer.weight": _TensorStub(rebuild, storage_type, "0", shape, offset, stride)})
+    path = tmp_path / "crafted.pth"
+    path.write_bytes(_legacy_checkpoint(body.getvalue(),
+                                        [("0", np.arange(6, dtype="float32"))]))
+    monkeypatch.undo()
+    with pytest.raises(WeightsError) as err:
+        read_state_dict(path)
+    message = str(err.value)
+    assert str(path) in message and "'layer.weight'" in message
+    assert "damaged or crafted" in message
 
 
 def _reduce_pickle(module: str, name: str, argument: str) -> bytes:
@@ -351,3 +375,36 @@ def test_saved_transfer_models_load_in_a_fresh_process(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("tf")
+
+
+def _failing_build(error: Exception):
+    def build(**kwargs):
+        raise error
+    return build
+
+
+def test_imagenet_falls_back_only_when_the_file_cannot_be_downloaded(monkeypatch):
+    import dataclasses
+
+    from tftoolkit.models import weights
+
+    fallbacks = []
+    monkeypatch.setattr(weights, "_imported_notop",
+                        lambda *a, **k: fallbacks.append(a) or None)
+    spec = get_architecture("mobilenet_v2")
+    corrupt = dataclasses.replace(spec, build=_failing_build(
+        OSError("Unable to synchronously open file (truncated file)")))
+    with pytest.raises(WeightsError) as err:
+        build_backbone(corrupt, "imagenet", (33, 33, 3))
+    assert "truncated file" in str(err.value) and "mobilenet_v2" in str(err.value)
+    assert not fallbacks  # a broken file is not "offline": no torchvision weights instead
+    wrong_shape = dataclasses.replace(spec, build=_failing_build(
+        ValueError("input_shape must be one of ...")))
+    with pytest.raises(WeightsError, match="input_shape must be"):
+        build_backbone(wrong_shape, "imagenet", (33, 33, 3))
+    assert not fallbacks
+    offline = dataclasses.replace(spec, build=_failing_build(Exception(
+        "URL fetch failure on https://storage.googleapis.com/x.h5: None -- no network")))
+    with pytest.raises(WeightsError, match="not available offline"):
+        build_backbone(offline, "imagenet", (33, 33, 3))
+    assert len(fallbacks) == 1  # the fallback was looked for (and there was none)

@@ -51,7 +51,8 @@ class DataConfig:
     image_size: int = _opt(0, "square image size fed to the model; 0: the backbone's default",
                            min=0, max=2048)
     resize_method: Literal["bilinear", "nearest", "bicubic", "area"] = _opt(
-        "bilinear", "resize interpolation")
+        "bilinear", "resize interpolation, the same in training and in every served path; "
+                    "downscales are antialiased (bilinear, bicubic; area always averages)")
     max_examples: int = _opt(0, "cap on examples per source split, for quick runs: the "
                                 "splits held out of it (validation, test) shrink in "
                                 "proportion, and no example changes split; 0: all", min=0)
@@ -223,18 +224,20 @@ class ExportConfig:
         [], "extra formats beside the SavedModel: tflite (LiteRT, float), tflite_dynamic, "
             "tflite_float16, tflite_int8 (quantized), mediapipe, mediapipe_int8 (files "
             "MediaPipe Tasks' ImageClassifier loads; extra [mediapipe]) - each of these "
-            "measured on the validation and test splits; onnx (ONNX Runtime, parity-checked; "
-            "extra [onnx])")
+            "judged on the validation split, its test figures reported; onnx (ONNX Runtime, "
+            "parity-checked; extra [onnx])")
     int8_io: Literal["float", "uint8", "int8"] = _opt(
         "float", "input and output type of tflite_int8 (float: the same pre-processing as "
                  "every other format)")
-    calibration_steps: int = _opt(8, "training batches (no augmentation) that calibrate "
-                                     "tflite_int8", min=1)
+    calibration_steps: int = _opt(8, "training batches (no augmentation, a seeded sample "
+                                     "with classes mixed) that calibrate tflite_int8",
+                                  min=1)
     eval_examples: int = _opt(0, "validation and test examples each quantized file is "
-                                 "measured on; 0: all", min=0)
-    max_accuracy_drop: float = _opt(0.02, "a quantized file that loses more accuracy than "
-                                          "this against the float model (or gains more "
-                                          "loss, for regression) is not written", min=0.0)
+                                 "measured on (a seeded sample); 0: all", min=0)
+    max_accuracy_drop: float = _opt(0.02, "a quantized file that loses more validation "
+                                          "accuracy than this against the float model (or "
+                                          "gains more loss, for regression) is not written; "
+                                          "test figures are only reported", min=0.0)
 
 
 @dataclass(frozen=True)

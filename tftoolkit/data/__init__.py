@@ -17,11 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.data.cache import plan_cache
-from tftoolkit.data.pipeline import make_dataset
+from tftoolkit.data.pipeline import Resize, make_dataset
 from tftoolkit.data.scan import WorkerShare
 from tftoolkit.data.sources import Examples, load_source
 from tftoolkit.data.splits import (proportional_counts, shard_positions, stratified_cap,
-                                   stratified_split)
+                                   stratified_order, stratified_split)
 from tftoolkit.errors import DataError
 from tftoolkit.labels import ENCODING_OF_LOSS, ENCODINGS, LabelEncoding
 from tftoolkit.models.registry import get_architecture
@@ -30,6 +30,9 @@ from tftoolkit.recipe import Recipe
 # Sources a test split is held out of (data.test_fraction) when they have none; TFDS
 # splits are named by the user, and synthetic data is a teaching example.
 SOURCES_WITHOUT_TEST_SPLIT = ("folder", "arrays")
+# Representative samples (DataBundle.sample) are drawn with the data seed plus this, so
+# that they are not the order of a capped split itself; read in batches of SAMPLE_BATCH.
+SAMPLE_SEED_OFFSET, SAMPLE_BATCH = 7919, 64
 
 
 @dataclass
@@ -46,6 +49,12 @@ class DataInfo:
     class_counts: list[int] | None = None
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     target_dim: int = 1
+    resize_method: str = "bilinear"    # data.resize_method (the only one before it was kept)
+
+    @property
+    def resize(self) -> Resize | None:
+        """How images reach the model's input, in training and in every served path."""
+        return Resize(self.image_size, self.resize_method) if self.image_size else None
 
     @property
     def num_classes(self) -> int:
@@ -65,13 +74,14 @@ class DataInfo:
                 "input_shape": list(self.input_shape), "class_names": self.class_names,
                 "image_size": self.image_size, "description": self.description,
                 "counts": self.counts, "class_counts": self.class_counts,
-                "target_dim": self.target_dim}
+                "target_dim": self.target_dim, "resize_method": self.resize_method}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataInfo":
         return cls(d["task"], d["encoding"], tuple(d["input_shape"]), d["class_names"],
                    d["image_size"], d["description"], d.get("counts", {}),
-                   d.get("class_counts"), target_dim=d.get("target_dim", 1))
+                   d.get("class_counts"), target_dim=d.get("target_dim", 1),
+                   resize_method=d.get("resize_method", "bilinear"))
 
 
 @dataclass
@@ -133,20 +143,41 @@ class DataBundle:
         return tf.data.Dataset.choose_from_datasets(  # one batch per local replica in turn
             streams, tf.data.Dataset.range(replicas).repeat())
 
+    def sample(self, split: str, count: int, *,
+               batch_size: int = SAMPLE_BATCH) -> tf.data.Dataset:
+        """The evaluation pipeline (no augmentation) of ``count`` examples of ``split``
+        drawn in a seeded, stratified order, so that every batch holds the classes in
+        their shares of the split (within two examples): what
+        BatchNorm statistics, int8 calibration, parity inputs and capped measurements are
+        computed on. The first examples in file order would be one class (folders are
+        read class by class)."""
+        return self._pipeline(split, False, batch_size, None, 0, sample=count)
+
+    def sample_order(self, split: str) -> np.ndarray:
+        """The seeded, stratified order of ``split`` that :meth:`sample` takes its first
+        examples of."""
+        return stratified_order(self.splits[split].labels,
+                                self.recipe.data.split_seed + SAMPLE_SEED_OFFSET)
+
     def _pipeline(self, split: str, training: bool, batch_size: int,
                   augment: Callable | None, first_epoch: int,
                   shard: tuple[int, int] | None = None,
-                  budget_share: float = 1.0) -> tf.data.Dataset:
-        """The pipeline of ``split``, or of its shard ``(index, count)``, whose cache
-        takes at most ``budget_share`` of the memory budget under ``data.cache=auto``."""
+                  budget_share: float = 1.0, sample: int = 0) -> tf.data.Dataset:
+        """The pipeline of ``split``, or of its shard ``(index, count)``, or of its first
+        ``sample`` examples in :meth:`sample_order`, whose cache takes at most
+        ``budget_share`` of the memory budget under ``data.cache=auto``."""
         cfg, train = self.recipe.data, self.recipe.train
         examples = self.splits[split]
+        order = f"seed {train.seed}" if training else "read"
         if training and examples.dataset is None:  # a seeded random order, so that a
             # bounded shuffle buffer mixes classes (TFDS files are shuffled by TFDS)
             examples = examples.subset(np.random.default_rng(train.seed).permutation(
                 len(examples)))
-        settings = {"resize": cfg.resize_method,
-                    "order": f"seed {train.seed}" if training else "read"}
+        elif sample:
+            examples = examples.subset(self.sample_order(split)[:sample])
+            order = f"sample of {len(examples)}, seed {train.seed + SAMPLE_SEED_OFFSET}"
+        settings = {"resize": self.info.resize.key if self.info.resize else "none",
+                    "order": order}
         if shard is not None:
             try:
                 positions = shard_positions(len(examples), *shard, equal=training)
@@ -166,25 +197,24 @@ class DataBundle:
         if not any(n.startswith(cache.subject + ":") for n in self.notes):
             self.notes.append(cache.note)
         return make_dataset(
-            examples, batch_size=batch_size, image_size=self.info.image_size,
+            examples, batch_size=batch_size, resize=self.info.resize,
             encoding=self.info.label_encoding, num_classes=self.info.num_classes,
-            training=training, seed=train.seed, resize_method=cfg.resize_method,
+            training=training, seed=train.seed,
             cache=cache.mode, cache_path=cache.path, shuffle_buffer=cfg.shuffle_buffer,
             autotune=cfg.autotune, class_weights=self.class_weights() if training else None,
             augment=augment, first_epoch=first_epoch)
 
     def arrays(self, split: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Up to ``limit`` (0: all) inputs of ``split``, as the model takes them, in order,
-        and their class ids (or regression targets)."""
+        """The inputs of ``split``, as the model takes them, and their class ids (or
+        regression targets): all in order, or a :meth:`sample` of ``limit``."""
         inputs, labels, encoding = [], [], self.info.label_encoding
-        for batch in self.dataset(split, batch_size=64):
+        batches = (self.sample(split, limit) if limit
+                   else self.dataset(split, batch_size=SAMPLE_BATCH))
+        for batch in batches:
             inputs.append(np.asarray(batch[0]))
             labels.append(encoding.class_ids(batch[1]) if encoding.is_classification
                           else np.asarray(batch[1]))
-            if limit and sum(map(len, inputs)) >= limit:
-                break
-        x, y = np.concatenate(inputs), np.concatenate(labels)
-        return (x[:limit], y[:limit]) if limit else (x, y)
+        return np.concatenate(inputs), np.concatenate(labels)
 
     def cache_root(self) -> Path:
         """The folder of this data's disk caches."""
@@ -267,7 +297,8 @@ def load_data(recipe: Recipe, image_size: int | None = None,
                     image_size=image_size, description=source.description,
                     counts={k: len(v) for k, v in splits.items()},
                     class_counts=class_counts, bad_files=source.bad_files,
-                    target_dim=int(np.prod(train.labels.shape[1:], dtype=int)))
+                    target_dim=int(np.prod(train.labels.shape[1:], dtype=int)),
+                    resize_method=cfg.resize_method)
     return DataBundle(recipe, splits, info, share=share)
 
 

@@ -2,11 +2,14 @@
 
 Images are decoded and resized in parallel, kept (cached) as uint8 pixels at the model's
 input size, and leave the pipeline as float32 RGB pixels in 0-255: the backbone's own
-preprocessing lives inside the model, never here.
+preprocessing lives inside the model, never here. :class:`Resize` is the one definition
+of how an image reaches the model's size; the serving signatures, LiteRT predict and
+explain use it too.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -18,8 +21,48 @@ from tftoolkit.labels import LabelEncoding
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def to_rgb_image(image: tf.Tensor, size: int, method: str = "bilinear") -> tf.Tensor:
-    """Any 2-D/3-D image tensor (gray, RGB, RGBA) -> float32 RGB ``size`` x ``size``."""
+# Methods whose downscaling is filtered by tf.image.resize(antialias=True); "area"
+# always averages, "nearest" never filters.
+ANTIALIASED = ("bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How an image (or a batch of one size) reaches the model's square input: the
+    recipe's ``data.resize_method``, antialiased when the image is larger than the
+    input on either side (so a prediction does not depend on the source resolution),
+    plain interpolation when it is not (antialiasing changes an upscale, bicubic's by
+    up to 0.17 of a pixel level), then rounded and clipped to 0-255 pixels as the
+    training cache keeps them. Training and every served path call this one object.
+    """
+
+    size: int
+    method: str
+
+    @property
+    def key(self) -> str:
+        """What shapes a resized example, for cache keys (the size is keyed apart)."""
+        return f"{self.method}, antialiased downscale"
+
+    def __call__(self, images: tf.Tensor) -> tf.Tensor:
+        """Float RGB images ``[..., H, W, 3]`` -> float32 pixels ``[..., size, size, 3]``."""
+        target = (self.size, self.size)
+
+        def plain():
+            return tf.image.resize(images, target, method=self.method)
+
+        if self.method in ANTIALIASED:
+            shape = tf.shape(images)
+            larger = tf.logical_or(shape[-3] > self.size, shape[-2] > self.size)
+            resized = tf.cond(larger, lambda: tf.image.resize(
+                images, target, method=self.method, antialias=True), plain)
+        else:
+            resized = plain()
+        return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+
+
+def to_rgb(image: tf.Tensor) -> tf.Tensor:
+    """Any 2-D/3-D image tensor (gray, RGB, RGBA) -> float32 RGB at its own size."""
     if image.shape.rank == 2:
         image = image[..., tf.newaxis]
     channels = image.shape[-1]
@@ -27,8 +70,12 @@ def to_rgb_image(image: tf.Tensor, size: int, method: str = "bilinear") -> tf.Te
         image = tf.image.grayscale_to_rgb(image)
     elif channels == 4:
         image = image[..., :3]
-    image = tf.cast(image, tf.float32)
-    return tf.image.resize(image, (size, size), method=method)
+    return tf.cast(image, tf.float32)
+
+
+def to_rgb_image(image: tf.Tensor, resize: Resize) -> tf.Tensor:
+    """Any 2-D/3-D image tensor -> float32 RGB pixels at the model's size."""
+    return resize(to_rgb(image))
 
 
 def decode_image_bytes(data: tf.Tensor) -> tf.Tensor:
@@ -38,13 +85,7 @@ def decode_image_bytes(data: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def to_pixels(image: tf.Tensor) -> tf.Tensor:
-    """Float pixels -> uint8, rounded and clipped to 0-255 (what the caches keep)."""
-    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-
-
-def _examples_dataset(examples: Examples, image_size: int | None,
-                      method: str) -> tf.data.Dataset:
+def _examples_dataset(examples: Examples, resize: Resize | None) -> tf.data.Dataset:
     """Unbatched ``(input, label)`` pairs: images as uint8 at the model's input size,
     feature vectors as float32."""
     labels = examples.labels
@@ -59,8 +100,8 @@ def _examples_dataset(examples: Examples, image_size: int | None,
                         num_parallel_calls=AUTOTUNE)
     else:
         ds = tf.data.Dataset.from_tensor_slices((examples.arrays, labels))
-    if image_size:
-        ds = ds.map(lambda x, y: (to_pixels(to_rgb_image(x, image_size, method)), y),
+    if resize:  # uint8 in the cache: a quarter of float32, and exact (already rounded)
+        ds = ds.map(lambda x, y: (tf.cast(to_rgb_image(x, resize), tf.uint8), y),
                     num_parallel_calls=AUTOTUNE)
     else:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
@@ -96,13 +137,14 @@ def _permuted_epochs(ds: tf.data.Dataset, n: int, batch: int, seed: int,
     return tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch)
 
 
-def make_dataset(examples: Examples, *, batch_size: int, image_size: int | None,
+def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
                  encoding: LabelEncoding, num_classes: int, training: bool, seed: int,
-                 resize_method: str = "bilinear", cache: str = "memory",
+                 cache: str = "memory",
                  cache_path: str | None = None, shuffle_buffer: int = 0,
                  class_weights: np.ndarray | None = None, augment: Callable | None = None,
                  first_epoch: int = 0, autotune: bool = False) -> tf.data.Dataset:
-    """A batched dataset of ``(x, y)`` or ``(x, y, sample_weight)``.
+    """A batched dataset of ``(x, y)`` or ``(x, y, sample_weight)``; images are brought
+    to the model's size by ``resize`` (None: feature vectors).
 
     ``cache`` is ``memory``, ``disk`` (tf.data's file cache at ``cache_path``) or ``off``.
     Training datasets are an endless stream of epochs, from ``first_epoch`` on (train
@@ -117,7 +159,7 @@ def make_dataset(examples: Examples, *, batch_size: int, image_size: int | None,
     autotuning thread: deleting an iterator waits for that thread's current sleep, which
     stalled 1 to 3 of every 8 Keras ``fit`` calls by 2-4 s on a 2-core machine.
     """
-    ds = _examples_dataset(examples, image_size, resize_method)
+    ds = _examples_dataset(examples, resize)
     n = max(len(examples), 1)
     batch = batch_size or n
     buffer = min(shuffle_buffer or n, n)

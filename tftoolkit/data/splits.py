@@ -28,23 +28,12 @@ def stratified_split(labels: np.ndarray, fraction: float,
 
 
 def stratified_cap(labels: np.ndarray, max_examples: int, seed: int) -> np.ndarray:
-    """Sorted indices of ``max_examples`` examples keeping class proportions, seeded.
-
-    Nested: the examples are ranked once (each by its seeded quantile within its class,
-    so every prefix of the ranking is stratified) and the first ``max_examples`` are
-    taken, so a smaller cap keeps a subset of what a larger one keeps.
-    """
+    """Sorted indices of ``max_examples`` examples keeping class proportions, seeded: the
+    first of :func:`stratified_order`, so a smaller cap keeps a subset of what a larger
+    one keeps."""
     if max_examples <= 0 or max_examples >= len(labels):
         return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    if not np.issubdtype(labels.dtype, np.integer):
-        return np.sort(rng.permutation(len(labels))[:max_examples])
-    quantile = np.empty(len(labels))
-    for cls in np.unique(labels):
-        idx = np.flatnonzero(labels == cls)
-        quantile[rng.permutation(idx)] = (np.arange(len(idx)) + 0.5) / len(idx)
-    ranking = np.lexsort((rng.permutation(len(labels)), quantile))  # ties: seeded
-    return np.sort(ranking[:max_examples])
+    return np.sort(stratified_order(labels, seed)[:max_examples])
 
 
 def proportional_counts(sizes: list[int], total: int) -> list[int]:
@@ -70,3 +59,18 @@ def shard_positions(n: int, index: int, count: int, *, equal: bool = False) -> n
         raise ValueError(f"{n} example(s) cannot be shared among {count} input shards")
     positions = np.arange(index, n, count)
     return np.resize(positions, -(-n // count)) if equal else positions
+
+
+def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded order of all examples in which every prefix holds each class in its
+    share of the whole (within two examples): each class's examples are shuffled and
+    spread evenly over the order, from a random phase. Regression targets (and labels
+    that are not one class id per example) are shuffled uniformly."""
+    rng = np.random.default_rng(seed)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        return rng.permutation(len(labels))
+    position = np.empty(len(labels))
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        position[idx] = (np.arange(len(idx)) + rng.random()) / len(idx)
+    return np.argsort(position, kind="stable")

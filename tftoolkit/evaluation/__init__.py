@@ -120,7 +120,7 @@ def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list
     if missing:
         raise TftoolkitError(f"image file(s) not found: {', '.join(missing)}")
     batch = np.stack([np.asarray(to_rgb_image(decode_image_bytes(tf.io.read_file(str(p))),
-                                              info.image_size)) for p in images])
+                                              info.resize)) for p in images])
     heatmaps, predicted = grad_cam(model, batch)
     probabilities = np.asarray(model.predict(batch, verbose=0))
     out = Path(out)

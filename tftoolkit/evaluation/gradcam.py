@@ -1,8 +1,10 @@
 """Grad-CAM: where in the image the model looked for its predicted class.
 
 The model is split at its last 4-D (convolutional) output, the gradient of the class
-probability flows back to that feature map, and its spatially averaged gradients
-weight the channels (Selvaraju et al., 2017).
+score (the output layer's pre-activation logit, not the softmax probability, which
+saturates on a confident prediction and mixes in the other classes) flows back to that
+feature map, and its spatially averaged gradients weight the channels (Selvaraju et
+al., 2017).
 """
 
 from __future__ import annotations
@@ -12,23 +14,47 @@ import numpy as np
 import tensorflow as tf
 
 
+def _logits(layer: keras.layers.Layer, inputs: tf.Tensor) -> tf.Tensor | None:
+    """The pre-activation output of a Dense output layer; None for any other layer."""
+    if not isinstance(layer, keras.layers.Dense):
+        return None
+    x = tf.cast(inputs, layer.kernel.dtype)
+    z = tf.matmul(x, layer.kernel)
+    return z + layer.bias if layer.use_bias else z
+
+
+def _class_scores(logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The predicted class of each row and its score: the logit of the class (for one
+    sigmoid unit z = log-odds of class 1, the score of class 0 is -z)."""
+    if logits.shape[-1] == 1:
+        z = logits[:, 0]
+        predicted = tf.cast(z > 0, tf.int64)
+        return predicted, tf.where(z > 0, z, -z)
+    predicted = tf.argmax(logits, axis=1)
+    return predicted, tf.gather(logits, predicted, batch_dims=1)
+
+
 def grad_cam(model: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Heatmaps in [0, 1] at the image size, and the predicted class of each image.
 
     The model's top-level layers are applied in order (tftoolkit's models are chains:
     preprocessing, backbone or conv blocks, pooling, head); the last 4-D output is the
-    feature map the class score is differentiated against.
+    feature map the class score is differentiated against, and the score is the output
+    layer's logit (its output itself when it is not a Dense layer).
     """
     x = tf.constant(images, tf.float32)
+    *body, head = model.layers[1:]
     with tf.GradientTape() as tape:
         out, features = x, None
-        for layer in model.layers[1:]:
+        for layer in body:
             out = layer(out, training=False)
             if len(out.shape) == 4:
                 features = out
                 tape.watch(features)
-        predicted = tf.argmax(out, axis=1)
-        score = tf.gather(out, predicted, batch_dims=1)
+        logits = _logits(head, out)
+        if logits is None:
+            logits = head(out, training=False)
+        predicted, score = _class_scores(tf.cast(logits, tf.float32))
     if features is None:
         raise ValueError(f"model {model.name} has no convolutional feature map")
     grads = tape.gradient(score, features)

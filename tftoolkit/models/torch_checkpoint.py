@@ -43,15 +43,43 @@ class _TensorRef:
     size: tuple[int, ...]
     stride: tuple[int, ...]
 
-    def to_numpy(self) -> np.ndarray:
+    def to_numpy(self, source: str, name: str) -> np.ndarray:
+        """The tensor as a NumPy array, after checking that the file's offset, size and
+        stride stay inside its storage (a crafted file could read other memory)."""
         flat = self.storage.data
+        if flat is None:
+            raise WeightsError(f"{source}: tensor {name!r} uses storage {self.storage.key}, "
+                               "whose data the file does not hold: it is damaged or crafted")
+        self._check_bounds(len(flat), source, name)
         if not self.size:
             return flat[self.offset].copy()
+        if 0 in self.size:
+            return np.zeros(self.size, flat.dtype)
         itemsize = flat.itemsize
         view = np.lib.stride_tricks.as_strided(
             flat[self.offset:], shape=self.size,
             strides=tuple(s * itemsize for s in self.stride))
         return np.array(view)
+
+    def _check_bounds(self, elements: int, source: str, name: str) -> None:
+        where = f"{source}: tensor {name!r} (storage {self.storage.key})"
+        values = (self.offset, *self.size, *self.stride)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise WeightsError(f"{where} has a non-integer offset, size or stride "
+                               f"{self.offset!r}, {self.size!r}, {self.stride!r}: the file "
+                               "is damaged or crafted")
+        if len(self.stride) != len(self.size) or min(values) < 0:
+            raise WeightsError(f"{where} has size {self.size} and stride {self.stride} "
+                               f"at offset {self.offset}: negative or mismatched; the file "
+                               "is damaged or crafted")
+        if 0 in self.size:
+            return
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        if last >= elements:
+            raise WeightsError(f"{where} reads element {last} (offset {self.offset}, size "
+                               f"{self.size}, stride {self.stride}) of a storage of "
+                               f"{elements} elements: the file is damaged or crafted; "
+                               "nothing was read")
 
 
 class _StorageType:
@@ -60,7 +88,10 @@ class _StorageType:
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, *unused):
-    return _TensorRef(storage, int(storage_offset), tuple(size), tuple(stride))
+    if not isinstance(storage, _Storage):
+        raise WeightsError(f"a tensor is rebuilt from {type(storage).__name__}, not from a "
+                           "storage of the file: the file is damaged or crafted")
+    return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
 
 
 def _rebuild_parameter(data, *unused):
@@ -102,13 +133,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._storages[key]
 
 
-def _materialize(obj: Any) -> Any:
+def _materialize(obj: Any, source: str, name: str = "") -> Any:
     if isinstance(obj, _TensorRef):
-        return obj.to_numpy()
+        return obj.to_numpy(source, name)
     if isinstance(obj, dict):
-        return type(obj)((k, _materialize(v)) for k, v in obj.items())
+        return type(obj)((k, _materialize(v, source, f"{name}.{k}".lstrip(".")))
+                         for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialize(v) for v in obj)
+        return type(obj)(_materialize(v, source, f"{name}[{i}]") for i, v in enumerate(obj))
     return obj
 
 
@@ -132,7 +164,7 @@ def _read_legacy(f: BinaryIO, source: str) -> Any:
         if len(raw) != nbytes:
             raise WeightsError(f"{source} is truncated (storage {key})")
         storage.data = np.frombuffer(raw, dtype=np.dtype(storage.dtype).newbyteorder("<"))
-    return _materialize(state)
+    return _materialize(state, source)
 
 
 def _read_zip(path: Path, source: str) -> Any:
@@ -147,7 +179,7 @@ def _read_zip(path: Path, source: str) -> Any:
         for key, storage in storages.items():
             storage.data = np.frombuffer(archive.read(f"{prefix}data/{key}"),
                                          dtype=np.dtype(storage.dtype).newbyteorder("<"))
-    return _materialize(state)
+    return _materialize(state, source)
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import urllib.error
 from pathlib import Path
 
 import keras
@@ -126,6 +127,17 @@ def _imported_notop(architecture: str, *, auto_import: bool) -> Path | None:
     return None
 
 
+# What keras.utils.get_file says, in a bare Exception, when the file cannot be fetched.
+KERAS_FETCH_FAILURE = "URL fetch failure"
+
+
+def _cannot_download(error: Exception) -> bool:
+    """Whether ``error`` says the weights file could not be fetched (offline, refused,
+    timed out), as opposed to a file, shape or code that is wrong."""
+    return (isinstance(error, (urllib.error.URLError, ConnectionError, TimeoutError))
+            or str(error).startswith(KERAS_FETCH_FAILURE))
+
+
 def _missing_imagenet_message(architecture: str, error: Exception) -> str:
     detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
     lines = [f"ImageNet weights for {architecture!r} are not available offline.",
@@ -160,6 +172,14 @@ def build_backbone(spec: ArchitectureSpec, weights: str,
         try:
             return spec.build(weights="imagenet", input_shape=input_shape), spec.preprocessing
         except Exception as exc:  # keras.utils.get_file raises a bare Exception offline
+            if not _cannot_download(exc):  # only a failed download has a fallback
+                detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                raise WeightsError(
+                    f"model.weights=imagenet: Keras' ImageNet {architecture} could not be "
+                    f"built at input shape {tuple(input_shape)}: {type(exc).__name__}: "
+                    f"{detail}. A damaged file in {keras_models_dir()} can be deleted to "
+                    "fetch it again; other weights: --set model.weights=PATH.weights.h5 or "
+                    f"{TORCHVISION}") from exc
             path = _imported_notop(architecture, auto_import=True)
             if path is None:
                 raise WeightsError(_missing_imagenet_message(architecture, exc)) from None

@@ -68,26 +68,31 @@ NOT_PRIVATE = ("validation and test metrics, the logged training loss and accura
 
 
 def save_parity_inputs(run: RunDir, data: DataBundle) -> None:
-    """Keep a batch of real, un-augmented validation inputs for the export parity check."""
+    """Keep a batch of real, un-augmented validation inputs (a seeded sample, classes
+    mixed) for the export parity check."""
     split = "val" if "val" in data.splits else "train"
-    batch = next(iter(data.dataset(split, batch_size=PARITY_EXAMPLES)))
+    batch = next(iter(data.sample(split, PARITY_EXAMPLES)))
     np.save(run / RunDir.PARITY_INPUTS, np.asarray(batch[0], dtype=np.float32))
 
 
 def quantization_inputs(data: DataBundle) -> Quantization:
-    """What quantized and MediaPipe LiteRT files are measured (validation and test
-    splits) and calibrated (training images through the evaluation pipeline) on."""
+    """What quantized and MediaPipe LiteRT files are judged (validation split) and reported
+    (test split) on, and calibrated on: a seeded sample of training images (of the split
+    a private run declares public) through the evaluation pipeline;
+    ``export.eval_examples`` caps each split with a seeded sample too."""
     cfg = data.recipe.export
+    if "val" not in data.splits:
+        raise ExportError("quantized and MediaPipe LiteRT formats are judged on the "
+                          "validation split, and this data has none: set "
+                          "data.validation_fraction above 0 (or data.val_split for TFDS), or "
+                          "drop the tflite_* and mediapipe* formats")
     splits = {s: data.arrays(s, cfg.eval_examples) for s in ("val", "test")
               if s in data.splits}
-    if not splits:
-        raise ExportError("quantized and MediaPipe LiteRT formats are measured on the "
-                          "validation or test split, and this data has neither")
     batch_size = data.recipe.train.batch_size or 32
     # a private run calibrates on the split it declares public (the recipe checks it has one)
     source = data.recipe.privacy.public_split if data.recipe.privacy.enabled else "train"
-    calibration = [np.asarray(b[0]) for b in
-                   data.dataset(source, batch_size=batch_size).take(cfg.calibration_steps)]
+    calibration = [np.asarray(b[0]) for b in data.sample(
+        source, cfg.calibration_steps * batch_size, batch_size=batch_size)]
     return Quantization(splits, calibration, cfg.int8_io, cfg.max_accuracy_drop)
 
 

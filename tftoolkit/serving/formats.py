@@ -1,7 +1,10 @@
 """Extra export formats beside the SavedModel, each checked like the SavedModel.
 
-- ``tflite``: LiteRT flatbuffer of the ``serving_default`` signature (``model.tflite``),
-  run through the LiteRT interpreter on the parity inputs.
+- ``tflite``: LiteRT flatbuffer of the model at its input size (``model.tflite``: float
+  RGB pixels 0-255 already at the model's size in, predictions out; the caller resizes,
+  as LiteRT clients such as MediaPipe do, and ``tftoolkit predict`` does with the
+  training pipeline's resize), run through the LiteRT interpreter on the parity inputs.
+  The SavedModel's in-graph antialiased resize has no LiteRT op.
 - ``tflite_dynamic``, ``tflite_float16``, ``tflite_int8``: quantized LiteRT files, measured
   against the float model before they are kept (``tftoolkit.serving.litert``).
 - ``mediapipe``, ``mediapipe_int8``: LiteRT files MediaPipe Tasks' ImageClassifier loads
@@ -25,9 +28,10 @@ import tensorflow as tf
 
 from tftoolkit.data import DataInfo
 from tftoolkit.errors import ExportError
+from tftoolkit.serving import litert
 from tftoolkit.serving.litert import QUANTIZED
 from tftoolkit.serving.mediapipe_tasks import MEDIAPIPE
-from tftoolkit.serving.outputs import expected_output, served_key
+from tftoolkit.serving.outputs import expected_output
 
 FORMATS = ("tflite", *QUANTIZED, *MEDIAPIPE, "onnx")
 ONNX_FILE = "model.onnx"
@@ -56,23 +60,14 @@ def check_formats(formats: list[str], info: DataInfo) -> None:
                               f"pip install 'tftoolkit[{extra}]'. Nothing was exported.")
 
 
-def write_tflite(savedmodel: Path, target: Path, model: keras.Model, inputs: np.ndarray,
-                 tolerance: float) -> float:
-    """Convert ``serving_default`` to LiteRT and check it; returns the max abs diff."""
-    converter = tf.lite.TFLiteConverter.from_saved_model(
-        str(savedmodel), signature_keys=["serving_default"])
-    try:
-        flatbuffer = converter.convert()
-    except Exception as exc:  # the converter raises ConverterError and plain errors
-        raise ExportError(f"LiteRT conversion failed: {str(exc).splitlines()[0][:300]}") from None
+def write_tflite(target: Path, model: keras.Model, input_shape: tuple[int, ...],
+                 inputs: np.ndarray, tolerance: float) -> float:
+    """Convert ``model`` at ``input_shape`` to float LiteRT and check it on ``inputs`` (at
+    that shape); returns the max abs diff."""
+    flatbuffer = litert.convert(model, "tflite", input_shape)
     target.write_bytes(flatbuffer)
-    runner = tf.lite.Interpreter(model_content=flatbuffer).get_signature_runner(
-        "serving_default")
-    key = served_key(runner.get_output_details())
-    got = np.asarray(runner(**{next(iter(runner.get_input_details())):
-                               inputs.astype(np.float32)})[key])
-    expected = expected_output(model, inputs, key)
-    diff = float(np.abs(got - expected).max())
+    got = litert.LiteRTModel(flatbuffer).predict(inputs.astype(np.float32))
+    diff = float(np.abs(got - expected_output(model, inputs, "outputs")).max())
     if diff > tolerance:
         raise ExportError(f"LiteRT parity check failed: max abs diff {diff:.3g} > "
                           f"{tolerance:g}")

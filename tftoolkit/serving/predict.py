@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from tftoolkit.errors import ExportError
-from tftoolkit.serving.savedmodel import LABELS
+from tftoolkit.serving.savedmodel import LABELS, MODEL_CARD
 
 
 def _predict_litert(path: Path, images: list[str | Path]) -> tuple[np.ndarray, list[str]]:
     """Class probabilities from a LiteRT file, and its labels: those packed in its
-    metadata (MediaPipe files), else the export version's beside it."""
+    metadata (MediaPipe files), else the export version's beside it. Images are resized
+    as the export's model card says the model was trained, or, for a MediaPipe file on
+    its own, with the bilinear resize MediaPipe Tasks applies."""
     import tensorflow as tf
 
-    from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
+    from tftoolkit.data import DataInfo
+    from tftoolkit.data.pipeline import Resize, decode_image_bytes, to_rgb_image
     from tftoolkit.serving.litert import LiteRTModel
     from tftoolkit.serving.mediapipe_tasks import packed_labels
     from tftoolkit.serving.outputs import class_probabilities
 
-    names = packed_labels(path)
+    names, card = packed_labels(path), path.parent / MODEL_CARD
     if names is None:
         labels = path.parent / LABELS
         if not labels.is_file():
@@ -28,10 +32,16 @@ def _predict_litert(path: Path, images: list[str | Path]) -> tuple[np.ndarray, l
                               f"export version: no {LABELS} beside it")
         names = labels.read_text().splitlines()
     model = LiteRTModel(path)
-    size = model.input_shape[0]
+    if card.is_file():  # the training pipeline's resize
+        resize = DataInfo.from_dict(json.loads(card.read_text())["data_info"]).resize
+    elif names is not None:  # a MediaPipe file on its own: resized as MediaPipe does
+        resize = Resize(model.input_shape[0], "bilinear")
+    else:
+        raise ExportError(f"{path} is not inside an export version: no {MODEL_CARD} beside "
+                          "it, which says how images are resized for it")
     try:
         batch = np.stack([np.asarray(to_rgb_image(decode_image_bytes(
-            tf.io.read_file(str(p))), size)) for p in images])
+            tf.io.read_file(str(p))), resize)) for p in images])
     except tf.errors.InvalidArgumentError as exc:
         raise ExportError(f"cannot decode one of {', '.join(map(str, images))} as an image: "
                           f"{exc.message.splitlines()[0][:160]}") from None

@@ -9,6 +9,10 @@ Signatures of an image classifier:
 - ``serving_default``: float ``images`` [batch, H, W, 3], raw 0-255, any H and W
   -> ``probabilities`` [batch, classes], ``class_id``, ``class_name``;
 - ``serve_bytes``: ``image_bytes`` [batch] encoded JPEG/PNG -> the same outputs.
+Both bring images to the model's size with the training pipeline's own
+:class:`~tftoolkit.data.pipeline.Resize` (``data.resize_method``, antialiased when
+downscaling, whole pixel levels); the parity check serves real images through both at
+sizes other than the model's.
 A feature-vector model has one ``serving_default``: ``features`` -> ``outputs``.
 The model is always called with ``training=False``: no augmentation, dropout or
 BatchNorm update can reach a served prediction.
@@ -32,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.data import DataInfo
-from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
+from tftoolkit.data.pipeline import Resize, decode_image_bytes, to_rgb_image
 from tftoolkit.errors import ExportError
 from tftoolkit.serving import litert, mediapipe_tasks
 from tftoolkit.serving.formats import (ONNX_FILE, ONNX_TOLERANCE, check_formats, write_onnx,
@@ -40,6 +44,9 @@ from tftoolkit.serving.formats import (ONNX_FILE, ONNX_TOLERANCE, check_formats,
 from tftoolkit.serving.outputs import classifier_outputs, expected_output, served_key
 
 MIXED_PRECISION_TOLERANCE = 1e-2
+# Client image sides the parity check also serves (beside the model's own), and how many
+# of the parity images it re-serves at each.
+PARITY_SIDES, PARITY_RESIZED = (28, 300, 640), 4
 MODEL_CARD, LABELS = "model_card.json", "labels.txt"
 # LiteRT files measured on the validation and test splits before they are kept
 MEASURED = (*litert.QUANTIZED, *mediapipe_tasks.MEDIAPIPE)
@@ -56,19 +63,18 @@ def write_savedmodel(model: keras.Model, info: DataInfo, path: Path) -> None:
     archive = keras.export.ExportArchive()
     archive.track(model)
     if info.image_size and info.class_names:
-        size = info.image_size
+        size, resize = info.image_size, info.resize
         names = tf.constant(info.class_names)
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32,
                                                     name="images")])
         def serve_images(images):
-            # resizing to the same size is exact: served == predicted at the model's size
-            x = tf.image.resize(images, (size, size))
-            return classifier_outputs(model(x, training=False), names)
+            # the training pipeline's resize: exact (an identity) at the model's size
+            return classifier_outputs(model(resize(images), training=False), names)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve_bytes(image_bytes):
-            images = tf.map_fn(lambda b: to_rgb_image(decode_image_bytes(b), size),
+            images = tf.map_fn(lambda b: to_rgb_image(decode_image_bytes(b), resize),
                                image_bytes,
                                fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
             return classifier_outputs(model(images, training=False), names)
@@ -85,25 +91,53 @@ def write_savedmodel(model: keras.Model, info: DataInfo, path: Path) -> None:
     archive.write_out(str(path), verbose=False)
 
 
-def parity_check(path: Path, model: keras.Model, inputs: np.ndarray,
-                 tolerance: float) -> float:
+def _at_side(images: np.ndarray, side: int) -> np.ndarray:
+    """``images`` as a client could send them at ``side`` x ``side`` (whole pixels)."""
+    resized = tf.image.resize(images, (side, side), antialias=True)
+    return np.asarray(tf.clip_by_value(tf.round(resized), 0.0, 255.0))
+
+
+def _compare(what: str, got: np.ndarray, expected: np.ndarray, tolerance: float) -> float:
+    diff = float(np.abs(got - expected).max())
+    if diff > tolerance:
+        raise ExportError(f"parity check failed: {what} differs from the Keras model on "
+                          f"the training pipeline's resize of the same images by {diff:.3g} "
+                          f"> tolerance {tolerance:g}")
+    return diff
+
+
+def parity_check(path: Path, model: keras.Model, inputs: np.ndarray, tolerance: float,
+                 resize: Resize | None) -> float:
     """Serve ``inputs`` from the SavedModel at ``path`` (twice) and compare with the Keras
-    model in inference mode. Returns the max abs difference; raises ExportError."""
-    served = tf.saved_model.load(str(path)).signatures["serving_default"]
+    model in inference mode; for images (``resize``), serve them again through
+    ``serving_default`` and ``serve_bytes`` (PNG) at other sizes (:data:`PARITY_SIDES`)
+    and compare with the Keras model on ``resize`` of those. Returns the max abs
+    difference; raises ExportError."""
+    loaded = tf.saved_model.load(str(path))
+    served = loaded.signatures["serving_default"]
     x = tf.constant(inputs, tf.float32)
     first = served(x)
     second = served(x)
     key = served_key(first)
-    expected = expected_output(model, inputs, key)
     got = first[key].numpy()
     if not np.array_equal(got, second[key].numpy()):
         raise ExportError(f"parity check failed: two calls of serving_default on the same "
                           f"input differ (max {np.abs(got - second[key].numpy()).max():.3g}); "
                           "the served graph is not deterministic")
-    diff = float(np.abs(got - expected).max())
-    if diff > tolerance:
-        raise ExportError(f"parity check failed: the SavedModel's {key} differ from the "
-                          f"Keras model's by {diff:.3g} > tolerance {tolerance:g}")
+    prepared = inputs if resize is None else np.asarray(resize(x))
+    diff = _compare(f"the SavedModel's {key}", got, expected_output(model, prepared, key),
+                    tolerance)
+    if resize is None or "serve_bytes" not in loaded.signatures:
+        return diff
+    for side in PARITY_SIDES:
+        client = _at_side(inputs[:PARITY_RESIZED], side)
+        expected = expected_output(model, np.asarray(resize(client)), key)
+        by_array = served(tf.constant(client, tf.float32))[key].numpy()
+        png = [tf.io.encode_png(tf.cast(image, tf.uint8)) for image in client]
+        by_bytes = loaded.signatures["serve_bytes"](image_bytes=tf.stack(png))[key].numpy()
+        diff = max(diff, _compare(f"serving_default at {side} px", by_array, expected,
+                                  tolerance),
+                   _compare(f"serve_bytes (PNG) at {side} px", by_bytes, expected, tolerance))
     return diff
 
 
@@ -117,7 +151,8 @@ class Quantization:
     """What the quantized and MediaPipe LiteRT files are measured and calibrated on.
 
     Attributes:
-        splits: ``{split: (inputs, class ids or targets)}`` to measure each file on.
+        splits: ``{split: (inputs, class ids or targets)}`` to measure each file on; the
+            validation split decides, the test split is only reported.
         calibration: batches of training inputs for ``tflite_int8`` and ``mediapipe_int8``.
         int8_io: ``float``, ``uint8`` or ``int8`` input/output of ``tflite_int8``.
         max_accuracy_drop: the most accuracy a variant may lose against the float model.
@@ -137,8 +172,7 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
     classification = info.task == "classification"
     float_file = litert.convert(model, "tflite", info.input_shape)
     reference = litert.LiteRTModel(float_file)
-    first = next(iter(quantization.splits.values()))[0]
-    float_latency = reference.latency_ms(first)
+    float_latency = reference.latency_ms(quantization.splits[litert.DECIDED_ON][0])
     written, refused = {}, {}
     for fmt in (f for f in formats if f in MEASURED):
         metadata = None
@@ -164,9 +198,9 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
         if measured.drop > quantization.max_accuracy_drop:
             what = "accuracy" if classification else "loss"
             refused[fmt] = {**entry, "file": None, "reason": (
-                f"{fmt} changes {what} by {measured.drop:.4f} against the float model, more "
-                f"than export.max_accuracy_drop={quantization.max_accuracy_drop}; not "
-                "written")}
+                f"{fmt} changes validation {what} by {measured.drop:.4f} against the float "
+                f"model, more than export.max_accuracy_drop="
+                f"{quantization.max_accuracy_drop}; not written")}
             continue
         (tmp / entry["file"]).write_bytes(flatbuffer)
         if metadata is not None:
@@ -189,11 +223,11 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
         tolerance = max(tolerance, MIXED_PRECISION_TOLERANCE)
     try:
         write_savedmodel(model, info, tmp)
-        diff = parity_check(tmp, model, parity_inputs, tolerance)
+        diff = parity_check(tmp, model, parity_inputs, tolerance, info.resize)
         extra = {}
         if "tflite" in formats:
             extra["tflite"] = {"file": "model.tflite", "max_abs_diff": write_tflite(
-                tmp, tmp / "model.tflite", model, parity_inputs, tolerance)}
+                tmp / "model.tflite", model, info.input_shape, parity_inputs, tolerance)}
         if "onnx" in formats:
             onnx_tolerance = max(tolerance, ONNX_TOLERANCE)
             extra["onnx"] = {"file": ONNX_FILE, "tolerance": onnx_tolerance,

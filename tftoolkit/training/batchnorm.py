@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import keras
 
+# Training batches (a seeded, class-mixed sample: DataBundle.sample) the statistics are
+# averaged over.
+RECALIBRATION_BATCHES = 20
+
 
 def trainable_batchnorms(model: keras.Model) -> list[keras.layers.BatchNormalization]:
     """BatchNorm layers that run in training mode during training (not frozen)."""
@@ -17,9 +21,12 @@ def trainable_batchnorms(model: keras.Model) -> list[keras.layers.BatchNormaliza
             if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
 
 
-def recalibrate_batchnorm(model: keras.Model, batches, max_batches: int = 20) -> int:
+def recalibrate_batchnorm(model: keras.Model, batches,
+                          max_batches: int = RECALIBRATION_BATCHES) -> int:
     """Set each trainable BatchNorm's moving mean/variance to the average of its batch
-    statistics over ``batches`` (un-augmented training inputs). Returns batches used."""
+    statistics over ``batches`` (un-augmented training inputs, classes mixed in each
+    batch: per-batch statistics of one class miss the variance between classes).
+    Returns batches used."""
     layers = trainable_batchnorms(model)
     if not layers:
         return 0

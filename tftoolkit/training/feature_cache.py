@@ -119,7 +119,7 @@ def _memo_key(data: DataBundle, split: str, views: int, batch_size: int,
     return json.dumps({
         "content": data.splits[split].fingerprint, "split": split,
         "cut": [extractor.name, list(extractor.output.shape[1:])],
-        "image_size": data.info.image_size, "resize": recipe.data.resize_method,
+        "image_size": data.info.image_size, "resize": data.info.resize.key,
         "backbone": [m.architecture, m.weights, m.backbone_layer],
         "augment": asdict(recipe.augment) if views else None, "views": views,
         "seed": recipe.train.seed, "batch_size": batch_size}, sort_keys=True, default=str)

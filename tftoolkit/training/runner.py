@@ -28,7 +28,7 @@ from tftoolkit.recipe import Recipe, load_recipe
 from tftoolkit.rundir import Progress, RunDir
 from tftoolkit.serving import export_run, save_parity_inputs
 from tftoolkit.training import distributed, privacy
-from tftoolkit.training.batchnorm import recalibrate_batchnorm
+from tftoolkit.training.batchnorm import RECALIBRATION_BATCHES, recalibrate_batchnorm
 from tftoolkit.training.callbacks import (EmaValidation, EpochTensorBoard, KeepBest,
                                           RecalibrateBeforeValidation)
 from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, restore_stage_weights,
@@ -140,12 +140,17 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
         if _keep_best_stage(run, stages):
             run.cached_head = None  # an earlier stage's weights: evaluate the whole model
         if recipe.model.mode == "scratch":
-            used = recalibrate_batchnorm(run.model, run.data.dataset(
-                "train", batch_size=run.batch_size))
+            used = recalibrate_batchnorm(run.model, _recalibration_batches(run))
             if used:
                 run.notes.append(f"BatchNorm statistics recalibrated on {used} training "
                                  "batches")
         return _finish(run, time.perf_counter() - start)
+
+
+def _recalibration_batches(run: _Run) -> tf.data.Dataset:
+    """The un-augmented training batches BatchNorm statistics are re-estimated on."""
+    return run.data.sample("train", RECALIBRATION_BATCHES * run.batch_size,
+                           batch_size=run.batch_size)
 
 
 def _batch_size(recipe: Recipe, data: DataBundle) -> int:
@@ -318,8 +323,7 @@ def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callb
     has_validation = inputs.val is not None
     callbacks: list[keras.callbacks.Callback] = []
     if run.recipe.model.mode == "scratch" and has_validation:
-        callbacks.append(RecalibrateBeforeValidation(
-            run.model, run.data.dataset("train", batch_size=run.batch_size)))
+        callbacks.append(RecalibrateBeforeValidation(run.model, _recalibration_batches(run)))
     if t.ema and has_validation:
         callbacks.append(EmaValidation(inputs.val, lambda model, data: distributed.evaluate(
             model, data, strategy=run.strategy)))
