@@ -63,14 +63,14 @@ def shard_positions(n: int, index: int, count: int, *, equal: bool = False) -> n
 
 def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
     """A seeded order of all examples in which every prefix holds each class in its
-    share of the whole (within two examples): each class's examples are shuffled and
-    spread evenly over the order, from a random phase. Regression targets (and labels
+    share of the whole (within one example): each example is ranked by its seeded
+    quantile within its class, ties in a seeded order. Regression targets (and labels
     that are not one class id per example) are shuffled uniformly."""
     rng = np.random.default_rng(seed)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         return rng.permutation(len(labels))
-    position = np.empty(len(labels))
+    quantile = np.empty(len(labels))
     for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        position[idx] = (np.arange(len(idx)) + rng.random()) / len(idx)
-    return np.argsort(position, kind="stable")
+        idx = np.flatnonzero(labels == cls)
+        quantile[rng.permutation(idx)] = (np.arange(len(idx)) + 0.5) / len(idx)
+    return np.lexsort((rng.permutation(len(labels)), quantile))
