@@ -132,3 +132,70 @@ def test_cli_recipes_and_show():
     shown = subprocess.run([sys.executable, "-m", "tftoolkit", "show", "mlp", "--set",
                             "train.epochs=9"], capture_output=True, text=True, check=True)
     assert '"epochs": 9' in shown.stdout and '"activation": "tanh"' in shown.stdout
+
+
+# Values a key documents beyond its type: Literal choices and booleans are read from the
+# type itself; these are the documented words of free-form keys.
+DOCUMENTED_WORDS = {"model.weights": ["imagenet", "imagenet-torchvision", "none"],
+                    "train.learning_rate": ["auto"],
+                    "train.select_best": ["val_accuracy", "val_loss"],
+                    "model.unfreeze": ["block_13"]}
+# What another key must say for a value to be accepted at all.
+NEEDS = {("privacy.enabled", "true"): ["privacy.noise_multiplier=1.0"],
+         ("train.optimizer", "gd"): ["train.batch_size=0"]}
+REFUSED_WITH_A_REASON = {("export.formats", "onnx")}
+
+
+def _documented_values():
+    import dataclasses
+    import typing
+
+    from tftoolkit.recipe import SECTIONS, section_types
+
+    for section, cls in SECTIONS.items():
+        hints = section_types(cls)
+        for fld in dataclasses.fields(cls):
+            if not fld.metadata.get("cli", True):
+                continue
+            key, hint = f"{section}.{fld.name}", hints[fld.name]
+            if typing.get_origin(hint) is list:
+                hint = typing.get_args(hint)[0]
+            if typing.get_origin(hint) is typing.Literal:
+                values = [str(v) for v in typing.get_args(hint)]
+            elif hint is bool:
+                values = ["true", "false"]
+            else:
+                values = DOCUMENTED_WORDS.get(key, [])
+            for value in values:
+                yield key, value
+
+
+def test_every_documented_value_of_every_key_is_accepted_through_set():
+    from tftoolkit.cli import main
+
+    checked = 0
+    for key, value in _documented_values():
+        if (key, value) in REFUSED_WITH_A_REASON:
+            continue
+        overrides = ["regularize.label_smoothing=0", *NEEDS.get((key, value), []),
+                     f"{key}={value}"]
+        recipe = load_recipe("fashion_transfer", overrides)
+        section, _, name = key.partition(".")
+        got = getattr(getattr(recipe, section), name)
+        expected = {"true": True, "false": False}.get(value, value)
+        assert got == expected or got == [expected] or str(got) == value, (key, value, got)
+        checked += 1
+    assert checked > 60
+    args = ["show", "fashion_transfer"] + [f"--set={k}=none" for k in
+                                            ("model.weights", "augment.flip",
+                                             "regularize.kernel", "data.class_weight")]
+    assert main(args) == 0
+
+
+def test_none_and_null_mean_the_string_none_for_keys_that_document_it():
+    for spelling in ("none", "null", "None"):
+        recipe = load_recipe("fashion_transfer", [f"model.weights={spelling}",
+                                                  f"augment.flip={spelling}"])
+        assert (recipe.model.weights, recipe.augment.flip) == ("none", "none")
+    with pytest.raises(RecipeError, match=r"train\.epochs=None: expected int"):
+        load_recipe("mlp", ["train.epochs=none"])

@@ -27,8 +27,8 @@ BUNDLED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 def _opt(default: Any, help: str, *, min: float | None = None, max: float | None = None,
          cli: bool = True, aliases: dict | None = None) -> Any:
-    """A recipe field with its help text, allowed range, and older values it accepts
-    (``aliases``: old value -> the choice it now means)."""
+    """A recipe field with its help text, allowed range, and other spellings it accepts
+    (``aliases``: a value -> the one it means, such as ``None`` -> ``"none"``)."""
     meta = {"help": help, "min": min, "max": max, "cli": cli, "aliases": aliases or {}}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -91,7 +91,8 @@ class ModelConfig:
                                     "(mobilenet_v2, resnet50, ...) or a .keras file")
     mode: Literal["scratch", "feature_extraction", "fine_tune", "two_stage"] = _opt(
         "scratch", "transfer mode")
-    weights: str = _opt("imagenet", "imagenet, imagenet-torchvision, none, or a weights file")
+    weights: str = _opt("imagenet", "imagenet, imagenet-torchvision, none, or a weights file",
+                        aliases={None: "none"})
     backbone_layer: str = _opt("", "layer of a .keras model used as backbone; empty: "
                                    "the whole model minus its last layer")
     unfreeze: int | float | str = _opt(0.3, "top of the backbone trained when fine-tuning: "
@@ -376,13 +377,18 @@ def section_types(cls: type) -> dict[str, Any]:
 
 
 def _coerce(dotted: str, fld: dataclasses.Field, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the field's type and range; return it in that type."""
+    """Check ``value`` against the field's type and range; return it in that type.
+
+    ``None`` (``--set key=none`` or ``null``) means the string ``"none"`` for a key whose
+    values include it."""
     origin = typing.get_origin(hint)
+    aliases = fld.metadata.get("aliases", {})
+    if (value is None or isinstance(value, bool)) and value in aliases:
+        value = aliases[value]
     if origin is Literal:
         choices = typing.get_args(hint)
-        aliases = fld.metadata.get("aliases", {})
-        if isinstance(value, bool) and value in aliases:
-            value = aliases[value]
+        if value is None and "none" in choices:
+            value = "none"
         if value not in choices:
             raise RecipeError(f"{dotted}={value!r} is not a valid choice"
                               f"{did_you_mean(str(value), [str(c) for c in choices])} "
