@@ -22,10 +22,17 @@ from tftoolkit.recipe import Recipe, recipe_from_dict
 
 
 def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write ``path`` through a temporary file beside it, then rename it into place."""
+    """Write ``path`` through a temporary file beside it, flushed to disk, then rename it
+    into place: ``path`` is always either its old content or the whole new one."""
     tmp = path.with_name(f".tmp-{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)

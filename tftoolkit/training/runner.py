@@ -31,8 +31,8 @@ from tftoolkit.training import distributed, privacy
 from tftoolkit.training.batchnorm import recalibrate_batchnorm
 from tftoolkit.training.callbacks import (EmaValidation, EpochTensorBoard, KeepBest,
                                           RecalibrateBeforeValidation)
-from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, restore_stage_weights,
-                                           restore_state)
+from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, readable_progress,
+                                           restore_stage_weights, restore_state)
 from tftoolkit.training.distributed import is_chief
 from tftoolkit.training.feature_cache import (cache_plan, cached_datasets, split_at_features,
                                               split_below_unfrozen)
@@ -184,7 +184,9 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
     setup = _prepare(recipe, strategy, report_test)
     info, notes = setup.data.info, setup.notes
     resume_from = RunDir.find_resumable(t.run_dir, recipe) if t.resume else None
-    progress = resume_from.progress() if resume_from else None
+    progress, fallback = readable_progress(resume_from) if resume_from else (None, None)
+    if fallback:
+        notes.append(fallback)
     if progress:
         notes.append(f"resuming {resume_from} at epoch {progress.next_epoch} "
                      f"(stage {progress.stage + 1})")
