@@ -193,6 +193,27 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one_and_says_so(q
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # epoch 3 trained again
 
 
+def test_a_run_directory_being_written_is_not_adopted_by_a_second_process(tmp_path, quiet):
+    from tftoolkit.errors import RunDirError
+
+    first = tftoolkit.train("mlp", {**quiet, "train.epochs": 1})
+    (first.run_dir / "metrics.json").unlink()  # unfinished, as while it trains
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from tftoolkit.rundir import RunDir; "
+         "RunDir(sys.argv[1]).lock(); print('locked', flush=True); time.sleep(60)",
+         str(first.run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirError, match=rf"{first.run_dir}.*live run \(pid "
+                                              rf"{holder.pid} on .*train\.resume=false"):
+            tftoolkit.train("mlp", {**quiet, "train.epochs": 1})
+    finally:
+        holder.kill()
+        holder.wait()
+    # the operating system released the dead process's lock: the run resumes
+    assert tftoolkit.train("mlp", {**quiet, "train.epochs": 1}).run_dir == first.run_dir
+
+
 def test_resume_false_starts_a_fresh_run(tmp_path, quiet):
     (tmp_path / "runs" / "mlp").mkdir(parents=True)
     first = tftoolkit.train("mlp", {**quiet, "train.epochs": 1})

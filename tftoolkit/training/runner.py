@@ -195,8 +195,10 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
         notes.append(f"not the chief: writing nothing but scratch files in {run}")
     elif resume_from is not None:
         run = resume_from
+        run.lock()
     else:
         run = RunDir.create(t.run_dir, recipe.name)
+        run.lock()
         run.write_json(RunDir.RECIPE, recipe.to_dict())
         run.write_json(RunDir.DATA_INFO, info.to_dict())
         run.write_json(RunDir.RUNTIME, {
@@ -549,6 +551,7 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
     plot_history(history, run.run / RunDir.CURVES, title=recipe.name)
     save_parity_inputs(run.run, run.data)
     run.run.write_json(RunDir.METRICS, metrics)
+    run.run.release()
     run.notes.extend(note for note in run.data.notes if note not in run.notes)
     result = TrainResult(recipe, model, history, run.run.path, run.data.info, metrics,
                          train_seconds, notes=run.notes)
