@@ -30,7 +30,7 @@ from tftoolkit.serving import export_run, save_parity_inputs
 from tftoolkit.training import distributed, privacy
 from tftoolkit.training.batchnorm import recalibrate_batchnorm
 from tftoolkit.training.callbacks import (EmaValidation, EpochTensorBoard, KeepBest,
-                                          RecalibrateBeforeValidation)
+                                          RecalibrateBeforeValidation, StopOnNonFiniteLoss)
 from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, readable_progress,
                                            restore_stage_weights, restore_state)
 from tftoolkit.training.distributed import is_chief
@@ -279,11 +279,16 @@ def _monitor(run: _Run) -> str:
 
 
 def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callbacks.Callback]:
-    """Callbacks that change the logs first (EMA validation, best-epoch keeping), then
-    those that record them, then the per-epoch resume state."""
+    """The stop at a non-finite loss, then callbacks that change the logs (EMA validation,
+    best-epoch keeping), then those that record them, then the per-epoch resume state."""
     t = run.recipe.train
     has_validation = inputs.val is not None
-    callbacks: list[keras.callbacks.Callback] = []
+    learning_rate_key = ("train.fine_tune_learning_rate" if stage.mode == "fine_tune"
+                         else "train.learning_rate")
+    # First: a diverged step ends training before any other callback sees its epoch.
+    callbacks: list[keras.callbacks.Callback] = [StopOnNonFiniteLoss(
+        f"stage {stage.index + 1} ({stage.mode})", learning_rate_key, stage.learning_rate,
+        run.run)]
     if run.recipe.model.mode == "scratch" and has_validation:
         callbacks.append(RecalibrateBeforeValidation(
             run.model, run.data.dataset("train", batch_size=run.batch_size)))
