@@ -59,6 +59,10 @@ class DataConfig:
     test_fraction: float = _opt(0.1, "share of the data held out as a test split when the "
                                      "source has none (image folders, arrays), stratified "
                                      "and seeded; 0: no test split", min=0.0, max=0.5)
+    max_pixels: int = _opt(40_000_000, "largest image accepted, in pixels (width x height, "
+                                       "read from the file's header before decoding); a "
+                                       "file declaring more is a bad file (on_bad_file)",
+                           min=1)
     on_bad_file: Literal["error", "skip"] = _opt(
         "error", "undecodable image files: stop with their list, or skip and record them")
     class_weight: Literal["none", "balanced"] = _opt("none", "per-class loss weights")

@@ -168,7 +168,7 @@ class DataBundle:
             training=training, seed=train.seed, resize_method=cfg.resize_method,
             cache=cache.mode, cache_path=cache.path, shuffle_buffer=cfg.shuffle_buffer,
             autotune=cfg.autotune, class_weights=self.class_weights() if training else None,
-            augment=augment, first_epoch=first_epoch)
+            augment=augment, first_epoch=first_epoch, max_pixels=cfg.max_pixels)
 
     def arrays(self, split: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``limit`` (0: all) inputs of ``split``, as the model takes them, in order,
