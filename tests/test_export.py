@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import json
 import subprocess
 import sys
@@ -267,3 +269,34 @@ def test_mediapipe_formats_are_refused_for_a_model_that_is_not_an_image_classifi
         export_model(model, info, tmp_path / "exports", parity_inputs=np.zeros((2, 4), "f4"),
                      card={}, formats=["mediapipe"])
     assert not (tmp_path / "exports").exists()
+
+
+def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(tmp_path):
+    root = tmp_path / "exports"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = root / f".tmp-{dead.pid}-0123abcd"
+    (stale / "variables").mkdir(parents=True)
+    (stale / "variables" / "variables.data-00000-of-00001").write_bytes(b"0" * 1000)
+    live = root / f".tmp-{os.getpid()}-4567cdef"  # an export under way in this process
+    live.mkdir()
+    assert _export(_model_with_augmentation_inside(), root).name == "1"
+    assert sorted(p.name for p in root.iterdir()) == [live.name, "1"]
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    tf.errors.ResourceExhaustedError(None, None, "saved_model/variables/variables.data: "
+                                                 "No space left on device")])
+def test_a_full_disk_during_export_is_one_clear_error_and_leaves_nothing(tmp_path,
+                                                                         monkeypatch, error):
+    def full_disk(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(keras.Model, "save", full_disk)  # the last file an export writes
+    root = tmp_path / "exports"
+    with pytest.raises(ExportError, match=r"disk is full: the export to .*exports failed "
+                                          r"\(.*No space left on device.*no version was "
+                                          r"written.*tftoolkit export RUN_DIR"):
+        _export(_model_with_augmentation_inside(), root)
+    assert list(root.iterdir()) == []
