@@ -6,6 +6,7 @@ import errno
 import io
 import os
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -300,3 +301,26 @@ def test_a_full_disk_during_export_is_one_clear_error_and_leaves_nothing(tmp_pat
                                           r"written.*tftoolkit export RUN_DIR"):
         _export(_model_with_augmentation_inside(), root)
     assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated_saved_model_pb", "no_labels_txt"])
+def test_predict_on_a_damaged_export_is_one_line_with_the_fix(trained_export, tmp_path,
+                                                              capsys, damage):
+    import shutil
+
+    from tftoolkit.cli import main
+
+    result, folder = trained_export
+    version = tmp_path / "1"
+    shutil.copytree(result.export_dir, version)
+    if damage == "no_labels_txt":
+        (version / "labels.txt").unlink()
+        expected = rf"{version} has no labels\.txt .*export the run again"
+    else:
+        pb = version / "saved_model.pb"
+        pb.write_bytes(pb.read_bytes()[: pb.stat().st_size // 3])
+        expected = rf"cannot load the SavedModel in {version}: .*damaged or incomplete"
+    image = str(sorted((folder / "circle").glob("*.jpg"))[0])
+    assert main(["predict", str(version), image]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(expected, err), err

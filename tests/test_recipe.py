@@ -199,3 +199,58 @@ def test_none_and_null_mean_the_string_none_for_keys_that_document_it():
         assert (recipe.model.weights, recipe.augment.flip) == ("none", "none")
     with pytest.raises(RecipeError, match=r"train\.epochs=None: expected int"):
         load_recipe("mlp", ["train.epochs=none"])
+
+
+def _one_line_error(capsys, argv) -> str:
+    """The CLI's stderr for ``argv``, checked to be one error line and no traceback."""
+    from tftoolkit.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_a_recipe_file_with_a_syntax_error_is_one_line_naming_file_and_line(tmp_path,
+                                                                            capsys):
+    path = tmp_path / "broken.py"
+    path.write_text("from tftoolkit.recipe import Recipe\n"
+                    "RECIPE = Recipe(name='broken'\n"
+                    "x = [\n")
+    err = _one_line_error(capsys, ["show", str(path)])
+    assert f"recipe file {path}, line " in err and "fix the Python syntax" in err
+    crashing = tmp_path / "crashing.py"
+    crashing.write_text("from tftoolkit.recipe import Recipe\n\nRECIPE = Recipe(nme='x')\n")
+    err = _one_line_error(capsys, ["show", str(crashing)])
+    assert f"{crashing} fails to run at line 3: TypeError" in err and "nme" in err
+    from tftoolkit.cli import main
+
+    with pytest.raises(RecipeError):  # --debug: the traceback, not the line
+        main(["--debug", "show", str(path)])
+
+
+def test_an_image_size_too_small_for_the_backbone_is_one_line_with_the_fix(tmp_path,
+                                                                         capsys):
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=3)
+    err = _one_line_error(capsys, ["train", "image_folder", "--set", f"data.dir={folder}",
+                                   "--set", "data.image_size=8", "--set",
+                                   "model.weights=none", "--set",
+                                   f"train.run_dir={tmp_path / 'runs'}"])
+    assert ("data.image_size=8 is too small for model.architecture='mobilenet_v2', which "
+            "takes images of at least 32x32 pixels: --set data.image_size=32 or more") in err
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(capsys, monkeypatch):
+    from tftoolkit import cli
+
+    def broken(args):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(cli, "_cmd_recipes", broken)
+    assert cli.main(["recipes"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected KeyError" in err and "--debug" in err
+    with pytest.raises(KeyError):
+        cli.main(["--debug", "recipes"])

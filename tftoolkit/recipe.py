@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import traceback
 import types
 import typing
 from dataclasses import dataclass, field
@@ -525,7 +526,18 @@ def _module_from_path(path: Path) -> Any:
     if spec is None or spec.loader is None:
         raise RecipeError(f"cannot import recipe file {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise RecipeError(f"recipe file {path}, line {exc.lineno}: {exc.msg} "
+                          f"({(exc.text or '').strip()[:80]!r}); fix the Python syntax there"
+                          ) from None
+    except Exception as exc:
+        line = next((f.lineno for f in reversed(traceback.extract_tb(exc.__traceback__))
+                     if f.filename == str(path)), None)
+        raise RecipeError(f"recipe file {path} fails to run{f' at line {line}' if line else ''}"
+                          f": {type(exc).__name__}: {exc}; fix the file (--debug shows "
+                          "the traceback)") from exc
     return module
 
 
