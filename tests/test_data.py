@@ -358,19 +358,27 @@ def test_the_decoder_refuses_an_image_over_max_pixels_before_decoding(tmp_path):
 
 def test_a_decompression_bomb_in_a_folder_leaves_memory_bounded(tmp_path):
     """A 48 KB PNG declaring 20000 x 20000 pixels (1.2 GB decoded as RGB): the scan
-    refuses it from its header, so the process's peak memory stays that of TensorFlow."""
+    refuses it from its header, so the peak memory of the process that reads the folder
+    stays that of TensorFlow. It runs as the child of a small launcher whose
+    ``getrusage(RUSAGE_CHILDREN)`` reports it: Linux carries a process's ``ru_maxrss``
+    over from the process it was forked from, so a child of pytest would inherit pytest's."""
     root = make_image_folder(tmp_path / "shapes", per_class=4)
     _bomb(root / "circle" / "bomb.png", 20000, 20000)
-    child = ("import resource, sys\n"
-             "from tftoolkit.data.sources import load_source\n"
-             "from tftoolkit.recipe import DataConfig\n"
-             "source = load_source(DataConfig(source='folder', dir=sys.argv[1], "
-             "on_bad_file='skip'), 0)\n"
-             "print(len(source.bad_files), "
-             "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
-    done = subprocess.run([sys.executable, "-c", child, str(root)], capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    skipped, peak_mb = map(int, done.stdout.split())
+    reader = ("import sys\n"
+              "from tftoolkit.data.sources import load_source\n"
+              "from tftoolkit.recipe import DataConfig\n"
+              "source = load_source(DataConfig(source='folder', dir=sys.argv[1], "
+              "on_bad_file='skip'), 0)\n"
+              "print(len(source.bad_files))\n")
+    launcher = ("import resource, subprocess, sys\n"
+                "done = subprocess.run([sys.executable, '-c', sys.argv[1], sys.argv[2]], "
+                "capture_output=True, text=True)\n"
+                "sys.stderr.write(done.stderr)\n"
+                "print(done.returncode, done.stdout.strip() or -1, "
+                "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n")
+    done = subprocess.run([sys.executable, "-c", launcher, reader, str(root)],
+                          capture_output=True, text=True, timeout=300)
+    returncode, skipped, peak_mb = map(int, done.stdout.split())
+    assert returncode == 0, done.stderr[-2000:]
     assert peak_mb < 1200, f"peak RSS {peak_mb} MB"  # TensorFlow alone: ~700 MB
     assert skipped == 1
