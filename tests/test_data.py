@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -391,3 +393,81 @@ def test_a_stratified_order_keeps_every_prefix_in_class_proportion():
         assert np.all(np.abs(counts - m * np.array([0.3, 0.6, 0.1])) < 2), (m, counts)
     np.testing.assert_array_equal(order, stratified_order(labels, seed=3))
     assert not np.array_equal(order, stratified_order(labels, seed=4))
+
+
+def _bomb(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG (1-bit, all black) that declares ``width`` x ``height`` pixels."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("1", (width, height)).save(path)
+    return path
+
+
+def test_image_headers_are_read_without_decoding(tmp_path):
+    import tensorflow as tf
+
+    from tftoolkit.data.decode import declared_size
+
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    for fmt in ("PNG", "JPEG", "GIF", "BMP"):
+        path = write_image(tmp_path / f"x.{fmt.lower()}", rgb, fmt=fmt)
+        assert [int(v) for v in declared_size(tf.io.read_file(str(path)))] == [30, 20], fmt
+    assert [int(v) for v in declared_size(tf.constant(b"not an image"))] == [0, 0]
+
+
+def test_an_image_declaring_more_than_max_pixels_is_a_bad_file_named(tmp_path, quiet):
+    root = make_image_folder(tmp_path / "shapes", per_class=4)
+    bomb = _bomb(root / "circle" / "huge.png", 8000, 6000)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(DataError, match=rf"{bomb}: declares 8000x6000 pixels, more than "
+                                        r"data\.max_pixels=40000000: a decompression bomb"):
+        load_data(_folder_recipe(root))
+    skipped = load_data(_folder_recipe(root, on_bad_file="skip"))
+    assert [path for path, _ in skipped.info.bad_files] == [str(bomb)]
+    with pytest.raises(DataError, match=r"32x32 pixels, more than data\.max_pixels=1000"):
+        load_data(tftoolkit.load_recipe(_folder_recipe(root), ["data.max_pixels=1000"]))
+
+
+def test_the_decoder_refuses_an_image_over_max_pixels_before_decoding(tmp_path):
+    import tensorflow as tf
+
+    from tftoolkit.data.pipeline import make_dataset
+    from tftoolkit.data.sources import Examples
+    from tftoolkit.labels import ENCODINGS
+
+    bomb = _bomb(tmp_path / "huge.png", 8000, 6000)
+    examples = Examples(np.array([0]), paths=np.array([str(bomb)]))
+    ds = make_dataset(examples, batch_size=1, image_size=32, encoding=ENCODINGS["sparse"],
+                      num_classes=2, training=False, seed=0, cache="off")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"declares 8000x6000 pixels, more than data\.max_pixels"):
+        next(iter(ds))
+
+
+def test_a_decompression_bomb_in_a_folder_leaves_memory_bounded(tmp_path):
+    """A 48 KB PNG declaring 20000 x 20000 pixels (1.2 GB decoded as RGB): the scan
+    refuses it from its header, so the peak memory of the process that reads the folder
+    stays that of TensorFlow. It runs as the child of a small launcher whose
+    ``getrusage(RUSAGE_CHILDREN)`` reports it: Linux carries a process's ``ru_maxrss``
+    over from the process it was forked from, so a child of pytest would inherit pytest's."""
+    root = make_image_folder(tmp_path / "shapes", per_class=4)
+    _bomb(root / "circle" / "bomb.png", 20000, 20000)
+    reader = ("import sys\n"
+              "from tftoolkit.data.sources import load_source\n"
+              "from tftoolkit.recipe import DataConfig\n"
+              "source = load_source(DataConfig(source='folder', dir=sys.argv[1], "
+              "on_bad_file='skip'), 0)\n"
+              "print(len(source.bad_files))\n")
+    launcher = ("import resource, subprocess, sys\n"
+                "done = subprocess.run([sys.executable, '-c', sys.argv[1], sys.argv[2]], "
+                "capture_output=True, text=True)\n"
+                "sys.stderr.write(done.stderr)\n"
+                "print(done.returncode, done.stdout.strip() or -1, "
+                "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n")
+    done = subprocess.run([sys.executable, "-c", launcher, reader, str(root)],
+                          capture_output=True, text=True, timeout=300)
+    returncode, skipped, peak_mb = map(int, done.stdout.split())
+    assert returncode == 0, done.stderr[-2000:]
+    assert peak_mb < 1200, f"peak RSS {peak_mb} MB"  # TensorFlow alone: ~700 MB
+    assert skipped == 1

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -371,3 +374,57 @@ def test_downscaling_is_antialiased_and_upscaling_is_plain_interpolation():
     np.testing.assert_array_equal(
         Resize(97, "bilinear")(small),
         np.clip(np.round(tf.image.resize(small, (97, 97), method="bilinear")), 0, 255))
+
+
+def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(tmp_path):
+    root = tmp_path / "exports"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = root / f".tmp-{dead.pid}-0123abcd"
+    (stale / "variables").mkdir(parents=True)
+    (stale / "variables" / "variables.data-00000-of-00001").write_bytes(b"0" * 1000)
+    live = root / f".tmp-{os.getpid()}-4567cdef"  # an export under way in this process
+    live.mkdir()
+    assert _export(_model_with_augmentation_inside(), root).name == "1"
+    assert sorted(p.name for p in root.iterdir()) == [live.name, "1"]
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    tf.errors.ResourceExhaustedError(None, None, "saved_model/variables/variables.data: "
+                                                 "No space left on device")])
+def test_a_full_disk_during_export_is_one_clear_error_and_leaves_nothing(tmp_path,
+                                                                         monkeypatch, error):
+    def full_disk(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(keras.Model, "save", full_disk)  # the last file an export writes
+    root = tmp_path / "exports"
+    with pytest.raises(ExportError, match=r"disk is full: the export to .*exports failed "
+                                          r"\(.*No space left on device.*no version was "
+                                          r"written.*tftoolkit export RUN_DIR"):
+        _export(_model_with_augmentation_inside(), root)
+    assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated_saved_model_pb", "no_labels_txt"])
+def test_predict_on_a_damaged_export_is_one_line_with_the_fix(trained_export, tmp_path,
+                                                              capsys, damage):
+    import shutil
+
+    from tftoolkit.cli import main
+
+    result, folder = trained_export
+    version = tmp_path / "1"
+    shutil.copytree(result.export_dir, version)
+    if damage == "no_labels_txt":
+        (version / "labels.txt").unlink()
+        expected = rf"{version} has no labels\.txt .*export the run again"
+    else:
+        pb = version / "saved_model.pb"
+        pb.write_bytes(pb.read_bytes()[: pb.stat().st_size // 3])
+        expected = rf"cannot load the SavedModel in {version}: .*damaged or incomplete"
+    image = str(sorted((folder / "circle").glob("*.jpg"))[0])
+    assert main(["predict", str(version), image]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(expected, err), err

@@ -132,3 +132,125 @@ def test_cli_recipes_and_show():
     shown = subprocess.run([sys.executable, "-m", "tftoolkit", "show", "mlp", "--set",
                             "train.epochs=9"], capture_output=True, text=True, check=True)
     assert '"epochs": 9' in shown.stdout and '"activation": "tanh"' in shown.stdout
+
+
+# Values a key documents beyond its type: Literal choices and booleans are read from the
+# type itself; these are the documented words of free-form keys.
+DOCUMENTED_WORDS = {"model.weights": ["imagenet", "imagenet-torchvision", "none"],
+                    "train.learning_rate": ["auto"],
+                    "train.select_best": ["val_accuracy", "val_loss"],
+                    "model.unfreeze": ["block_13"]}
+# What another key must say for a value to be accepted at all.
+NEEDS = {("privacy.enabled", "true"): ["privacy.noise_multiplier=1.0"],
+         ("train.optimizer", "gd"): ["train.batch_size=0"]}
+REFUSED_WITH_A_REASON = {("export.formats", "onnx")}
+
+
+def _documented_values():
+    import dataclasses
+    import typing
+
+    from tftoolkit.recipe import SECTIONS, section_types
+
+    for section, cls in SECTIONS.items():
+        hints = section_types(cls)
+        for fld in dataclasses.fields(cls):
+            if not fld.metadata.get("cli", True):
+                continue
+            key, hint = f"{section}.{fld.name}", hints[fld.name]
+            if typing.get_origin(hint) is list:
+                hint = typing.get_args(hint)[0]
+            if typing.get_origin(hint) is typing.Literal:
+                values = [str(v) for v in typing.get_args(hint)]
+            elif hint is bool:
+                values = ["true", "false"]
+            else:
+                values = DOCUMENTED_WORDS.get(key, [])
+            for value in values:
+                yield key, value
+
+
+def test_every_documented_value_of_every_key_is_accepted_through_set():
+    from tftoolkit.cli import main
+
+    checked = 0
+    for key, value in _documented_values():
+        if (key, value) in REFUSED_WITH_A_REASON:
+            continue
+        overrides = ["regularize.label_smoothing=0", *NEEDS.get((key, value), []),
+                     f"{key}={value}"]
+        recipe = load_recipe("fashion_transfer", overrides)
+        section, _, name = key.partition(".")
+        got = getattr(getattr(recipe, section), name)
+        expected = {"true": True, "false": False}.get(value, value)
+        assert got == expected or got == [expected] or str(got) == value, (key, value, got)
+        checked += 1
+    assert checked > 60
+    args = ["show", "fashion_transfer"] + [f"--set={k}=none" for k in
+                                            ("model.weights", "augment.flip",
+                                             "regularize.kernel", "data.class_weight")]
+    assert main(args) == 0
+
+
+def test_none_and_null_mean_the_string_none_for_keys_that_document_it():
+    for spelling in ("none", "null", "None"):
+        recipe = load_recipe("fashion_transfer", [f"model.weights={spelling}",
+                                                  f"augment.flip={spelling}"])
+        assert (recipe.model.weights, recipe.augment.flip) == ("none", "none")
+    with pytest.raises(RecipeError, match=r"train\.epochs=None: expected int"):
+        load_recipe("mlp", ["train.epochs=none"])
+
+
+def _one_line_error(capsys, argv) -> str:
+    """The CLI's stderr for ``argv``, checked to be one error line and no traceback."""
+    from tftoolkit.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_a_recipe_file_with_a_syntax_error_is_one_line_naming_file_and_line(tmp_path,
+                                                                            capsys):
+    path = tmp_path / "broken.py"
+    path.write_text("from tftoolkit.recipe import Recipe\n"
+                    "RECIPE = Recipe(name='broken'\n"
+                    "x = [\n")
+    err = _one_line_error(capsys, ["show", str(path)])
+    assert f"recipe file {path}, line " in err and "fix the Python syntax" in err
+    crashing = tmp_path / "crashing.py"
+    crashing.write_text("from tftoolkit.recipe import Recipe\n\nRECIPE = Recipe(nme='x')\n")
+    err = _one_line_error(capsys, ["show", str(crashing)])
+    assert f"{crashing} fails to run at line 3: TypeError" in err and "nme" in err
+    from tftoolkit.cli import main
+
+    with pytest.raises(RecipeError):  # --debug: the traceback, not the line
+        main(["--debug", "show", str(path)])
+
+
+def test_an_image_size_too_small_for_the_backbone_is_one_line_with_the_fix(tmp_path,
+                                                                         capsys):
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=3)
+    err = _one_line_error(capsys, ["train", "image_folder", "--set", f"data.dir={folder}",
+                                   "--set", "data.image_size=8", "--set",
+                                   "model.weights=none", "--set",
+                                   f"train.run_dir={tmp_path / 'runs'}"])
+    assert ("data.image_size=8 is too small for model.architecture='mobilenet_v2', which "
+            "takes images of at least 32x32 pixels: --set data.image_size=32 or more") in err
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(capsys, monkeypatch):
+    from tftoolkit import cli
+
+    def broken(args):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(cli, "_cmd_recipes", broken)
+    assert cli.main(["recipes"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected KeyError" in err and "--debug" in err
+    with pytest.raises(KeyError):
+        cli.main(["--debug", "recipes"])

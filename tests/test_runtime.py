@@ -159,7 +159,9 @@ def test_epoch_state_round_trips_and_refuses_another_model(tmp_path):
     trained.fit(x, y[:, :1], epochs=2, verbose=0, callbacks=[SaveProgress(run, 0)])
     progress = run.progress()
     assert progress == Progress(0, 2, "checkpoints/state-0-2.npz")
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["state-0-2.npz"]
+    # the previous epoch's file is kept until the next one is complete
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "state-0-1.npz", "state-0-2.npz"]
 
     resumed = compiled(3)
     restore_state(run, progress, resumed)
@@ -168,6 +170,48 @@ def test_epoch_state_round_trips_and_refuses_another_model(tmp_path):
         np.testing.assert_array_equal(a.value.numpy(), b.value.numpy())
     with pytest.raises(RecipeError, match="shape"):
         restore_state(run, progress, compiled(4))
+
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one_and_says_so(quiet):
+    from tftoolkit.rundir import Progress, RunDir
+
+    overrides = {**quiet, "train.deterministic": True, "train.epochs": 3}
+    clean = tftoolkit.train("mlp", overrides)
+    run = RunDir(clean.run_dir)
+    # as if killed (or out of disk) while the last epoch's file reached the disk
+    (run / "metrics.json").unlink()
+    run.write_progress(Progress(0, 3, "checkpoints/state-0-3.npz"))
+    newest = run / "checkpoints" / "state-0-3.npz"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+
+    resumed = tftoolkit.train("mlp", overrides)
+    assert resumed.run_dir == clean.run_dir
+    notes = " ".join(resumed.notes)
+    assert "state-0-3.npz is damaged" in notes and "previous one" in notes
+    assert "state-0-2.npz" in notes and "at epoch 2" in notes
+    for a, b in zip(clean.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # epoch 3 trained again
+
+
+def test_a_run_directory_being_written_is_not_adopted_by_a_second_process(tmp_path, quiet):
+    from tftoolkit.errors import RunDirError
+
+    first = tftoolkit.train("mlp", {**quiet, "train.epochs": 1})
+    (first.run_dir / "metrics.json").unlink()  # unfinished, as while it trains
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from tftoolkit.rundir import RunDir; "
+         "RunDir(sys.argv[1]).lock(); print('locked', flush=True); time.sleep(60)",
+         str(first.run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirError, match=rf"{first.run_dir}.*live run \(pid "
+                                              rf"{holder.pid} on .*train\.resume=false"):
+            tftoolkit.train("mlp", {**quiet, "train.epochs": 1})
+    finally:
+        holder.kill()
+        holder.wait()
+    # the operating system released the dead process's lock: the run resumes
+    assert tftoolkit.train("mlp", {**quiet, "train.epochs": 1}).run_dir == first.run_dir
 
 
 def test_resume_false_starts_a_fresh_run(tmp_path, quiet):

@@ -166,7 +166,8 @@ def test_a_shared_scan_decodes_only_its_share_and_agrees_with_a_full_scan(tmp_pa
 
     checked = []
     original = scan._check
-    monkeypatch.setattr(scan, "_check", lambda path: checked.append(path) or original(path))
+    monkeypatch.setattr(scan, "_check", lambda path, *limit: checked.append(path)
+                        or original(path, *limit))
     shares = []
     for worker in range(2):  # each worker's own marks, then the sum over both
         checked.clear()

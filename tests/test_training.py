@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -238,3 +239,94 @@ def test_batchnorm_is_recalibrated_on_batches_that_mix_classes(tmp_path, quiet, 
     tftoolkit.train(recipe, quiet)
     assert len(seen) >= 2 * 6  # before validation and after training, all batches
     assert min(len(classes) for classes in seen) >= 3, seen
+
+
+class _NanAfter(keras.layers.Layer):
+    """Identity for ``steps`` training steps, NaN after: a run that diverges mid-way."""
+
+    def __init__(self, steps: int, **kwargs):
+        super().__init__(**kwargs)
+        self.steps = steps
+
+    def build(self, input_shape):
+        self.count = self.add_weight(shape=(), initializer="zeros", trainable=False)
+
+    def call(self, x, training=False):
+        import tensorflow as tf
+
+        if training:
+            self.count.assign_add(1.0)
+        return x + tf.where(self.count > self.steps, float("nan"), 0.0)
+
+
+def _diverging_mlp(steps: int):
+    def build(recipe, info):
+        inputs = keras.Input(info.input_shape)
+        hidden = _NanAfter(steps)(keras.layers.Dense(4, activation="tanh")(inputs))
+        return keras.Model(inputs, keras.layers.Dense(info.num_outputs)(hidden))
+    return build
+
+
+def test_a_nan_loss_mid_run_stops_at_once_keeps_the_last_finite_checkpoint(quiet):
+    from dataclasses import replace
+
+    from tftoolkit.errors import TrainingDiverged
+    from tftoolkit.recipe import load_recipe
+    from tftoolkit.rundir import RunDir
+
+    recipe = load_recipe("mlp", {**quiet, "train.epochs": 3, "train.steps_per_epoch": 4})
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 2, step 3 of stage 1 "
+                                               r"\(scratch\).*train\.learning_rate=0\.5.*"
+                                               r"checkpoint of epoch 1"):
+        tftoolkit.train(replace(recipe, model_fn=_diverging_mlp(6)))
+    (path,) = (Path(quiet["train.run_dir"]) / "mlp").iterdir()
+    run = RunDir(path)
+    for _ in range(300):  # epoch 1's checkpoint may still be on its way to the disk
+        if run.progress() is not None:
+            break
+        time.sleep(0.1)
+    assert not run.finished and not Path(quiet["export.dir"]).exists()
+    assert run.progress().next_epoch == 1
+    assert sorted(p.name for p in (path / "checkpoints").glob("state-*")) == ["state-0-1.npz"]
+    with np.load(path / run.progress().state) as state:
+        assert all(np.isfinite(state[k]).all() for k in state.files if k.startswith("arr_"))
+    assert len(runner.read_history(path / "history.csv")["loss"]) == 1  # no epoch 2 logged
+
+
+@pytest.mark.parametrize("loop", ["keras_fit", "dp_sgd"])
+def test_an_infinite_loss_ends_every_training_loop_with_one_clear_error(quiet, loop):
+    from tftoolkit.errors import TrainingDiverged
+
+    overrides = {**quiet, "train.learning_rate": 1e38, "train.epochs": 3}
+    if loop == "dp_sgd":
+        # DP-SGD draws its noise from OS entropy, which TF refuses while op determinism,
+        # switched on for the whole process by any earlier train.deterministic run, is on
+        from tensorflow.python.framework import config
+        config.disable_op_determinism()
+        overrides.update({"privacy.enabled": True, "privacy.noise_multiplier": 1.0,
+                          "train.optimizer": "sgd", "train.batch_size": 64})
+    with pytest.raises(TrainingDiverged, match=r"at epoch 1, step \d+ .*learning rate too "
+                                               r"high \(train\.learning_rate=1e\+38\)"):
+        tftoolkit.train("mlp", overrides)
+    assert not list(Path(quiet["train.run_dir"]).rglob("metrics.json"))
+    assert not Path(quiet["export.dir"]).exists()
+
+
+def test_the_multi_worker_loop_stops_at_the_first_nan_step():
+    import tensorflow as tf
+
+    from tftoolkit.errors import TrainingDiverged
+    from tftoolkit.training.callbacks import StopOnNonFiniteLoss
+    from tftoolkit.training.distributed import fit_distributed
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4), _NanAfter(2),
+                              keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), keras.losses.MeanSquaredError())
+    x = np.random.default_rng(0).normal(size=(64, 2)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, x[:, :1])).batch(8).repeat()
+    with pytest.raises(TrainingDiverged, match="loss is nan at epoch 1, step 3"):
+        fit_distributed(model, data, strategy=tf.distribute.get_strategy(), epochs=2,
+                        initial_epoch=0, steps_per_epoch=8, verbose=0,
+                        callbacks=[StopOnNonFiniteLoss("stage 1 (scratch)",
+                                                       "train.learning_rate", 0.01, "run")])
+    assert model.layers[1].count.numpy() == 3  # no step after the first NaN

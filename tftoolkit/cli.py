@@ -274,6 +274,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file or folder the user named, a full disk, permissions
+        if args.debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; --debug shows the traceback",
+              file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if args.debug:
+            raise
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        print(f"error: unexpected {type(exc).__name__}: {detail} (rerun with --debug for "
+              "the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -21,6 +21,14 @@ class WeightsError(TftoolkitError):
     """Pretrained weights cannot be found, read or converted."""
 
 
+class TrainingDiverged(TftoolkitError):
+    """The training loss became infinite or NaN; the run stopped without finishing."""
+
+
+class RunDirError(TftoolkitError):
+    """A run directory is being written by another process."""
+
+
 class ExportError(TftoolkitError):
     """An export failed; no partial version directory is left behind."""
 

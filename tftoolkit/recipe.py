@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import traceback
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,8 +28,8 @@ BUNDLED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 def _opt(default: Any, help: str, *, min: float | None = None, max: float | None = None,
          cli: bool = True, aliases: dict | None = None) -> Any:
-    """A recipe field with its help text, allowed range, and older values it accepts
-    (``aliases``: old value -> the choice it now means)."""
+    """A recipe field with its help text, allowed range, and other spellings it accepts
+    (``aliases``: a value -> the one it means, such as ``None`` -> ``"none"``)."""
     meta = {"help": help, "min": min, "max": max, "cli": cli, "aliases": aliases or {}}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -65,6 +66,10 @@ class DataConfig:
     test_fraction: float = _opt(0.1, "share of the data held out as a test split when the "
                                      "source has none (image folders, arrays), stratified "
                                      "and seeded; 0: no test split", min=0.0, max=0.5)
+    max_pixels: int = _opt(40_000_000, "largest image accepted, in pixels (width x height, "
+                                       "read from the file's header before decoding); a "
+                                       "file declaring more is a bad file (on_bad_file)",
+                           min=1)
     on_bad_file: Literal["error", "skip"] = _opt(
         "error", "undecodable image files: stop with their list, or skip and record them")
     class_weight: Literal["none", "balanced"] = _opt("none", "per-class loss weights")
@@ -97,7 +102,8 @@ class ModelConfig:
                                     "(mobilenet_v2, resnet50, ...) or a .keras file")
     mode: Literal["scratch", "feature_extraction", "fine_tune", "two_stage"] = _opt(
         "scratch", "transfer mode")
-    weights: str = _opt("imagenet", "imagenet, imagenet-torchvision, none, or a weights file")
+    weights: str = _opt("imagenet", "imagenet, imagenet-torchvision, none, or a weights file",
+                        aliases={None: "none"})
     backbone_layer: str = _opt("", "layer of a .keras model used as backbone; empty: "
                                    "the whole model minus its last layer")
     unfreeze: int | float | str = _opt(0.3, "top of the backbone trained when fine-tuning: "
@@ -386,13 +392,18 @@ def section_types(cls: type) -> dict[str, Any]:
 
 
 def _coerce(dotted: str, fld: dataclasses.Field, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the field's type and range; return it in that type."""
+    """Check ``value`` against the field's type and range; return it in that type.
+
+    ``None`` (``--set key=none`` or ``null``) means the string ``"none"`` for a key whose
+    values include it."""
     origin = typing.get_origin(hint)
+    aliases = fld.metadata.get("aliases", {})
+    if (value is None or isinstance(value, bool)) and value in aliases:
+        value = aliases[value]
     if origin is Literal:
         choices = typing.get_args(hint)
-        aliases = fld.metadata.get("aliases", {})
-        if isinstance(value, bool) and value in aliases:
-            value = aliases[value]
+        if value is None and "none" in choices:
+            value = "none"
         if value not in choices:
             raise RecipeError(f"{dotted}={value!r} is not a valid choice"
                               f"{did_you_mean(str(value), [str(c) for c in choices])} "
@@ -527,7 +538,18 @@ def _module_from_path(path: Path) -> Any:
     if spec is None or spec.loader is None:
         raise RecipeError(f"cannot import recipe file {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise RecipeError(f"recipe file {path}, line {exc.lineno}: {exc.msg} "
+                          f"({(exc.text or '').strip()[:80]!r}); fix the Python syntax there"
+                          ) from None
+    except Exception as exc:
+        line = next((f.lineno for f in reversed(traceback.extract_tb(exc.__traceback__))
+                     if f.filename == str(path)), None)
+        raise RecipeError(f"recipe file {path} fails to run{f' at line {line}' if line else ''}"
+                          f": {type(exc).__name__}: {exc}; fix the file (--debug shows "
+                          "the traceback)") from exc
     return module
 
 

@@ -4,28 +4,41 @@
 description, the runtime, the history CSV, TensorBoard logs, curves, checkpoints and
 the resume marker, the trained inference model and, written last, the final metrics
 (which mark the run finished). Training writes it; export and evaluation read it.
+
+One process writes a run directory at a time: it holds an advisory lock
+(``fcntl.flock``) on ``writer.lock`` there, which the operating system releases when the
+process ends, however it ends.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 from tftoolkit.data import DataInfo
-from tftoolkit.errors import RecipeError, TftoolkitError
+from tftoolkit.errors import RecipeError, RunDirError, TftoolkitError
 from tftoolkit.recipe import Recipe, recipe_from_dict
 
 
 def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write ``path`` through a temporary file beside it, then rename it into place."""
+    """Write ``path`` through a temporary file beside it, flushed to disk, then rename it
+    into place: ``path`` is always either its old content or the whole new one."""
     tmp = path.with_name(f".tmp-{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,7 @@ class RunDir:
     SKIPPED_FILES = "skipped_files.txt"
     METRICS = "metrics.json"       # written last: marks the run finished
     EVAL = "eval"
+    LOCK = "writer.lock"           # flock-ed by the process writing the run
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -110,6 +124,34 @@ class RunDir:
                 return run
         return None
 
+    def lock(self) -> None:
+        """Become the one process writing this run directory, until :meth:`release` or
+        the end of the process; raises RunDirError naming the live run otherwise."""
+        key = self.path.resolve()
+        if key in _HELD:
+            return
+        handle = open(self.path / self.LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunDirError(
+                f"run directory {self.path} is being written by a live run ({holder}); "
+                "wait for it to finish (then the same command resumes it if it stopped), "
+                "or --set train.resume=false to train a new run beside it") from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        _HELD[key] = handle
+
+    def release(self) -> None:
+        """Let another process write this run directory."""
+        handle = _HELD.pop(self.path.resolve(), None)
+        if handle is not None:
+            handle.close()
+
     def stage_weights(self, stage: int) -> Path:
         """The inference model's weights as stage ``stage`` (0-based) left them."""
         return self.path / self.CHECKPOINTS / f"stage-{stage}.npz"
@@ -158,6 +200,9 @@ class RunDir:
 
     def write_progress(self, progress: Progress) -> None:
         self.write_json(self.PROGRESS, asdict(progress))
+
+
+_HELD: dict[Path, IO] = {}  # run directories this process writes -> their locked file
 
 
 def _plain(value: Any) -> Any:

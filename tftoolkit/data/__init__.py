@@ -202,7 +202,7 @@ class DataBundle:
             training=training, seed=train.seed,
             cache=cache.mode, cache_path=cache.path, shuffle_buffer=cfg.shuffle_buffer,
             autotune=cfg.autotune, class_weights=self.class_weights() if training else None,
-            augment=augment, first_epoch=first_epoch)
+            augment=augment, first_epoch=first_epoch, max_pixels=cfg.max_pixels)
 
     def arrays(self, split: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The inputs of ``split``, as the model takes them, and their class ids (or

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from tftoolkit.data.decode import DEFAULT_MAX_PIXELS, decode_image_bytes
 from tftoolkit.data.sources import Examples
 from tftoolkit.labels import LabelEncoding
 
@@ -78,25 +79,19 @@ def to_rgb_image(image: tf.Tensor, resize: Resize) -> tf.Tensor:
     return resize(to_rgb(image))
 
 
-def decode_image_bytes(data: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG/BMP/GIF bytes -> uint8 RGB image (first frame of a GIF)."""
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def _examples_dataset(examples: Examples, resize: Resize | None) -> tf.data.Dataset:
+def _examples_dataset(examples: Examples, resize: Resize | None,
+                      max_pixels: int) -> tf.data.Dataset:
     """Unbatched ``(input, label)`` pairs: images as uint8 at the model's input size,
     feature vectors as float32."""
     labels = examples.labels
     if examples.paths is not None:
         ds = tf.data.Dataset.from_tensor_slices((examples.paths, labels))
-        ds = ds.map(lambda p, y: (decode_image_bytes(tf.io.read_file(p)), y),
+        ds = ds.map(lambda p, y: (decode_image_bytes(tf.io.read_file(p), max_pixels), y),
                     num_parallel_calls=AUTOTUNE)
     elif examples.dataset is not None:  # TFDS: its length is known from the labels read
         ds = examples.dataset.apply(tf.data.experimental.assert_cardinality(len(examples)))
         if ds.element_spec[0].dtype == tf.string:  # decoded only once selected
-            ds = ds.map(lambda data, y: (decode_image_bytes(data), y),
+            ds = ds.map(lambda data, y: (decode_image_bytes(data, max_pixels), y),
                         num_parallel_calls=AUTOTUNE)
     else:
         ds = tf.data.Dataset.from_tensor_slices((examples.arrays, labels))
@@ -142,7 +137,8 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
                  cache: str = "memory",
                  cache_path: str | None = None, shuffle_buffer: int = 0,
                  class_weights: np.ndarray | None = None, augment: Callable | None = None,
-                 first_epoch: int = 0, autotune: bool = False) -> tf.data.Dataset:
+                 first_epoch: int = 0, autotune: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.data.Dataset:
     """A batched dataset of ``(x, y)`` or ``(x, y, sample_weight)``; images are brought
     to the model's size by ``resize`` (None: feature vectors).
 
@@ -157,9 +153,11 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     ``(x, y) -> (x, y)`` batch map) runs only when ``training`` is true, sequentially so
     that its random draws are reproducible. ``autotune=False`` turns off tf.data's
     autotuning thread: deleting an iterator waits for that thread's current sleep, which
-    stalled 1 to 3 of every 8 Keras ``fit`` calls by 2-4 s on a 2-core machine.
+    stalled 1 to 3 of every 8 Keras ``fit`` calls by 2-4 s on a 2-core machine. An
+    encoded image declaring more than ``max_pixels`` pixels stops the pipeline with an
+    error before it is decoded.
     """
-    ds = _examples_dataset(examples, resize)
+    ds = _examples_dataset(examples, resize, max_pixels)
     n = max(len(examples), 1)
     batch = batch_size or n
     buffer = min(shuffle_buffer or n, n)

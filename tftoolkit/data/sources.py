@@ -217,7 +217,8 @@ def _folder(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Sou
     if empty:
         raise DataError(f"data.dir={cfg.dir!r}: class folder(s) {empty} hold no files; "
                         "remove them or add images")
-    scan = scan_image_folder([p for paths in files.values() for p in paths], share=share)
+    scan = scan_image_folder([p for paths in files.values() for p in paths], share=share,
+                             max_pixels=cfg.max_pixels)
     if scan.bad and cfg.on_bad_file == "error":
         listing = "\n".join(f"  {path}: {why}" for path, why in scan.bad)
         raise DataError(f"{len(scan.bad)} file(s) in {cfg.dir} cannot be read as images "

@@ -8,6 +8,7 @@ Which architectures exist, and what each needs, is the registry's
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import keras
@@ -46,10 +47,20 @@ def build_model(recipe: "Recipe", info: "DataInfo") -> keras.Model:
             if info.image_size is None:
                 raise RecipeError(f"model.architecture={m.architecture!r} needs image data; "
                                   f"{info.description} holds feature vectors")
-            model = build_transfer_model(
-                spec, weights=m.weights, mode=m.mode, unfreeze=m.unfreeze,
-                input_shape=info.input_shape, num_outputs=info.num_outputs,
-                encoding=encoding, dropout=dropout, backbone_layer=m.backbone_layer)
+            try:
+                model = build_transfer_model(
+                    spec, weights=m.weights, mode=m.mode, unfreeze=m.unfreeze,
+                    input_shape=info.input_shape, num_outputs=info.num_outputs,
+                    encoding=encoding, dropout=dropout, backbone_layer=m.backbone_layer)
+            except ValueError as exc:
+                smallest = re.search(r"Input size must be at least (\d+)", str(exc))
+                if smallest is None:
+                    raise
+                raise RecipeError(
+                    f"data.image_size={info.image_size} is too small for "
+                    f"model.architecture={m.architecture!r}, which takes images of at least "
+                    f"{smallest[1]}x{smallest[1]} pixels: --set data.image_size="
+                    f"{smallest[1]} or more (0: its default, {spec.default_size})") from None
         else:
             model = spec.build(input_shape=info.input_shape, num_outputs=info.num_outputs,
                                encoding=encoding, hidden=m.hidden, filters=m.filters,

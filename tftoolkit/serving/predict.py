@@ -66,10 +66,22 @@ def predict(export_dir: str | Path, images: list[str | Path],
     if litert_file:
         probabilities, names = _predict_litert(export_dir, images)
         return _top(probabilities, names, top_k)
-    loaded = tf.saved_model.load(str(export_dir))
+    labels = export_dir / LABELS
+    try:
+        loaded = tf.saved_model.load(str(export_dir))
+    except Exception as exc:  # a damaged file: protobuf's DecodeError, OSError, OpError
+        detail = str(getattr(exc, "message", exc)).splitlines()[0][:160]
+        raise ExportError(f"cannot load the SavedModel in {export_dir}: "
+                          f"{type(exc).__name__}: {detail}; the export is damaged or "
+                          "incomplete: export the run again (tftoolkit export RUN_DIR)"
+                          ) from exc
     if "serve_bytes" not in loaded.signatures:
         raise ExportError(f"{export_dir} is not an image classifier export (no serve_bytes)")
-    names = (export_dir / LABELS).read_text().splitlines()
+    if not labels.is_file():
+        raise ExportError(f"{export_dir} has no {LABELS} (its class names, one a line), "
+                          "which every tftoolkit export writes: export the run again "
+                          "(tftoolkit export RUN_DIR), or write the file")
+    names = labels.read_text().splitlines()
     data = tf.constant([Path(p).read_bytes() for p in images])
     try:
         probabilities = loaded.signatures["serve_bytes"](image_bytes=data)["probabilities"]

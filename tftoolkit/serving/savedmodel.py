@@ -2,8 +2,10 @@
 
 Layout: ``<export.dir>/<recipe>/<version>/`` (what TF Serving loads) holding the
 SavedModel, ``labels.txt``, ``model_card.json`` and ``model.keras``. The version is
-written in a temporary directory beside the target, checked, then renamed into place:
-a failed export leaves no version directory, and an existing version is never touched.
+written in a temporary directory beside the target (``.tmp-<pid>-<id>``), checked, then
+renamed into place: a failed export leaves no version directory, and an existing version
+is never touched. The temporary directory of a process killed mid-export is removed by
+the next export to the same root.
 
 Signatures of an image classifier:
 - ``serving_default``: float ``images`` [batch, H, W, 3], raw 0-255, any H and W
@@ -56,6 +58,36 @@ def next_version(root: Path) -> int:
     """One more than the highest numbered version under ``root`` (1 when none)."""
     versions = [int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
+
+
+TMP_PREFIX = ".tmp-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_exports(root: Path) -> list[Path]:
+    """Remove the temporary export directories under ``root`` whose process is dead (a
+    killed export); returns them."""
+    removed = []
+    for path in root.glob(f"{TMP_PREFIX}*"):
+        pid = path.name[len(TMP_PREFIX):].split("-")[0]
+        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _out_of_space(error: BaseException) -> bool:
+    return (isinstance(error, tf.errors.ResourceExhaustedError)
+            or (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)))
 
 
 def write_savedmodel(model: keras.Model, info: DataInfo, path: Path) -> None:
@@ -218,7 +250,8 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
     returns its path."""
     check_formats(list(formats), info)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_stale_exports(root)
+    tmp = root / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if mixed_precision:
         tolerance = max(tolerance, MIXED_PRECISION_TOLERANCE)
     try:
@@ -254,8 +287,15 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
                 "formats": extra, "formats_refused": refused,
                 "versions": _versions()}
         return _publish(tmp, root, card)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _out_of_space(exc):
+            detail = exc.message if isinstance(exc, tf.errors.OpError) else exc.strerror
+            raise ExportError(f"the disk is full: the export to {root} failed "
+                              f"({str(detail).splitlines()[0][:160]}); its partial files were "
+                              "removed and no version was written. Free some space (or "
+                              "--set export.dir=... on another disk), then `tftoolkit "
+                              "export RUN_DIR` exports the trained run again") from exc
         raise
 
 

@@ -1,5 +1,6 @@
-"""Keras callbacks the training loop adds to runs: epoch-only TensorBoard, validation of
-the weights' moving average, best-epoch keeping, honest validation of scratch BatchNorm."""
+"""Keras callbacks the training loop adds to runs: a stop at the first non-finite loss,
+epoch-only TensorBoard, validation of the weights' moving average, best-epoch keeping,
+honest validation of scratch BatchNorm."""
 
 from __future__ import annotations
 
@@ -8,9 +9,56 @@ import json
 import keras
 import numpy as np
 
+from tftoolkit.errors import TrainingDiverged
 from tftoolkit.rundir import replace_atomically
 from tftoolkit.training.batchnorm import recalibrate_batchnorm
 from tftoolkit.training.step import base_optimizer
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Keras' ``TerminateOnNaN``, as an error: the first training step whose loss is
+    infinite or NaN ends training (every loop calls it after each step), and so does an
+    epoch that leaves a weight non-finite. It raises :class:`TrainingDiverged` before any
+    later callback sees the epoch's end, so no checkpoint of diverged weights is written,
+    the run is not marked finished and nothing is exported.
+
+    Args:
+        stage: what the message calls the stage, e.g. ``"stage 1 (fine_tune)"``.
+        learning_rate_key: the recipe key of the stage's learning rate.
+        learning_rate: its value.
+        run_dir: the run directory, named in the message.
+    """
+
+
+    def __init__(self, stage: str, learning_rate_key: str, learning_rate: float, run_dir):
+        super().__init__()
+        self.stage, self.key, self.learning_rate = stage, learning_rate_key, learning_rate
+        self.run_dir = run_dir
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            raise TrainingDiverged(self._message(f"the training loss is {float(loss)}", batch))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.on_train_batch_end(None, logs)
+        for variable in self.model.trainable_variables:
+            if not np.isfinite(variable.numpy()).all():
+                raise TrainingDiverged(self._message(
+                    f"weight {variable.path} is no longer finite", None))
+
+    def _message(self, what: str, batch: int | None) -> str:
+        where = f"epoch {self.epoch + 1}" + ("" if batch is None else f", step {batch + 1}")
+        kept = (f"keeps the checkpoint of epoch {self.epoch}, the last finite one"
+                if self.epoch else "has no finished epoch")
+        return (f"training diverged: {what} at {where} of {self.stage}; the likely cause is "
+                f"a learning rate too high ({self.key}={self.learning_rate:g}): lower it, or "
+                f"set train.clip_norm. The run stopped: {self.run_dir} {kept}, is not "
+                "marked finished, and nothing was exported")
 
 
 class EpochTensorBoard(keras.callbacks.TensorBoard):

@@ -2,18 +2,23 @@
 
 After every epoch the state of what trains (weights, optimizer and random-generator
 states) is copied to host memory and written in the background to
-``checkpoints/state-<stage>-<epoch>.npz``; the progress marker (stage, next epoch, state
-file) is replaced atomically only once that file is complete, and the older state files
-are removed after it. So a run killed at any moment leaves a progress marker that names a
-whole state file. At the end of each stage the inference model's weights are kept too. A
-new run of the same resolved recipe finds the latest unfinished run directory and resumes
-from its last completed epoch. The input pipeline shuffles each epoch from a seed that
+``checkpoints/state-<stage>-<epoch>.npz`` (a temporary file renamed into place once
+complete); the progress marker (stage, next epoch, state file) is replaced atomically only
+then, and the state files before the previous one are removed after it. So a run killed at
+any moment leaves a progress marker that names a whole state file, and the one before it
+is still there should that file be damaged (a full disk, a crash of the machine). At the
+end of each stage the inference model's weights are kept too. A new run of the same
+resolved recipe finds the latest unfinished run directory and resumes from its last
+completed epoch whose state file reads back. The input pipeline shuffles each epoch from a seed that
 depends only on (seed, epoch), so a resumed run sees the same batches.
 """
 
 from __future__ import annotations
 
+import re
+import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -61,12 +66,55 @@ class SaveProgress(keras.callbacks.Callback):
 
     def _write(self, arrays: list[np.ndarray], paths: np.ndarray, next_epoch: int) -> None:
         name = f"{RunDir.CHECKPOINTS}/state-{self.stage}-{next_epoch}.npz"
+        before = self.run.progress()
         replace_atomically(self.run / name,
                            lambda p: np.savez(p, *arrays, **{PATHS_KEY: paths}))
         self.run.write_progress(Progress(self.stage, next_epoch, name))
+        keep = {name, before.state if before else None}
         for old in (self.run / RunDir.CHECKPOINTS).glob("state-*.npz"):
-            if f"{RunDir.CHECKPOINTS}/{old.name}" != name:
+            if f"{RunDir.CHECKPOINTS}/{old.name}" not in keep:
                 old.unlink()
+
+
+def _damage(path) -> str | None:
+    """Why the state file at ``path`` cannot be read back, or None when it can."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return f"{bad} is corrupt" if bad else None
+
+
+def _earlier_states(run: RunDir, progress: Progress) -> list[tuple[int, str]]:
+    """(next epoch, state file) of the stage's state files before ``progress``'s, latest
+    first."""
+    found = []
+    for path in (run / RunDir.CHECKPOINTS).glob(f"state-{progress.stage}-*.npz"):
+        match = re.fullmatch(rf"state-{progress.stage}-(\d+)\.npz", path.name)
+        if match and int(match[1]) < progress.next_epoch:
+            found.append((int(match[1]), f"{RunDir.CHECKPOINTS}/{path.name}"))
+    return sorted(found, reverse=True)
+
+
+def readable_progress(run: RunDir) -> tuple[Progress | None, str | None]:
+    """The progress to resume ``run`` from, and a note when it is not the marker's own:
+    a damaged newest state file falls back to the previous one (or, with none readable,
+    to the start of the stage)."""
+    progress = run.progress()
+    if progress is None or progress.state is None:
+        return progress, None
+    damage = _damage(run / progress.state)
+    if damage is None:
+        return progress, None
+    for next_epoch, state in _earlier_states(run, progress):
+        if _damage(run / state) is None:
+            return replace(progress, next_epoch=next_epoch, state=state), (
+                f"the newest checkpoint {run / progress.state} is damaged ({damage}); "
+                f"resuming from the previous one, {run / state}")
+    return Progress(progress.stage, 0), (
+        f"the newest checkpoint {run / progress.state} is damaged ({damage}) and no earlier "
+        f"one of stage {progress.stage + 1} reads back; the stage starts again")
 
 
 def finish_stage(run: RunDir, stage: int, next_epoch: int, model: keras.Model) -> None:

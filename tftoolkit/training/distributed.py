@@ -173,6 +173,7 @@ def fit_distributed(model: keras.Model, train_ds: Input, *, strategy, epochs: in
             logs = {"loss": loss_sum / seen}
             if steps.classify:
                 logs["accuracy"] = hits / seen
+            callback_list.on_train_batch_end(step, logs)
             if progress:
                 progress.update(step + 1, list(logs.items()))
         if validation_data is not None:

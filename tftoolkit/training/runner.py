@@ -30,9 +30,9 @@ from tftoolkit.serving import export_run, save_parity_inputs
 from tftoolkit.training import distributed, privacy
 from tftoolkit.training.batchnorm import RECALIBRATION_BATCHES, recalibrate_batchnorm
 from tftoolkit.training.callbacks import (EmaValidation, EpochTensorBoard, KeepBest,
-                                          RecalibrateBeforeValidation)
-from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, restore_stage_weights,
-                                           restore_state)
+                                          RecalibrateBeforeValidation, StopOnNonFiniteLoss)
+from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, readable_progress,
+                                           restore_stage_weights, restore_state)
 from tftoolkit.training.distributed import is_chief
 from tftoolkit.training.feature_cache import (cache_plan, cached_datasets, split_at_features,
                                               split_below_unfrozen)
@@ -221,7 +221,9 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
     _check_selection(setup)
     info, notes = setup.data.info, setup.notes
     resume_from = RunDir.find_resumable(t.run_dir, recipe) if t.resume else None
-    progress = resume_from.progress() if resume_from else None
+    progress, fallback = readable_progress(resume_from) if resume_from else (None, None)
+    if fallback:
+        notes.append(fallback)
     if progress:
         notes.append(f"resuming {resume_from} at epoch {progress.next_epoch} "
                      f"(stage {progress.stage + 1})")
@@ -230,8 +232,10 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
         notes.append(f"not the chief: writing nothing but scratch files in {run}")
     elif resume_from is not None:
         run = resume_from
+        run.lock()
     else:
         run = RunDir.create(t.run_dir, recipe.name)
+        run.lock()
         run.write_json(RunDir.RECIPE, recipe.to_dict())
         run.write_json(RunDir.DATA_INFO, info.to_dict())
         run.write_json(RunDir.RUNTIME, {
@@ -317,11 +321,16 @@ def _monitor(run: _Run) -> str:
 
 
 def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callbacks.Callback]:
-    """Callbacks that change the logs first (EMA validation, best-epoch keeping), then
-    those that record them, then the per-epoch resume state."""
+    """The stop at a non-finite loss, then callbacks that change the logs (EMA validation,
+    best-epoch keeping), then those that record them, then the per-epoch resume state."""
     t = run.recipe.train
     has_validation = inputs.val is not None
-    callbacks: list[keras.callbacks.Callback] = []
+    learning_rate_key = ("train.fine_tune_learning_rate" if stage.mode == "fine_tune"
+                         else "train.learning_rate")
+    # First: a diverged step ends training before any other callback sees its epoch.
+    callbacks: list[keras.callbacks.Callback] = [StopOnNonFiniteLoss(
+        f"stage {stage.index + 1} ({stage.mode})", learning_rate_key, stage.learning_rate,
+        run.run)]
     if run.recipe.model.mode == "scratch" and has_validation:
         callbacks.append(RecalibrateBeforeValidation(run.model, _recalibration_batches(run)))
     if t.ema and has_validation:
@@ -593,6 +602,7 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
     plot_history(history, run.run / RunDir.CURVES, title=recipe.name)
     save_parity_inputs(run.run, run.data)
     run.run.write_json(RunDir.METRICS, metrics)
+    run.run.release()
     run.notes.extend(note for note in run.data.notes if note not in run.notes)
     result = TrainResult(recipe, model, history, run.run.path, run.data.info, metrics,
                          train_seconds, notes=run.notes)

@@ -1,0 +1,60 @@
+"""Decoding encoded image bytes, with the size an image declares checked first.
+
+A small file can declare gigabytes of pixels (a decompression bomb: a 48 KB PNG of
+20000 x 20000). :func:`decode_image_bytes` reads the width and height from the header
+and refuses an image over ``max_pixels`` before the decoder allocates anything; the
+bad-file scan, the input pipeline and the serving signature all decode through it.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tftoolkit.recipe import DataConfig
+
+DEFAULT_MAX_PIXELS = DataConfig.max_pixels  # 40 MP: 120 MB of RGB
+TOO_MANY_PIXELS = "more than data.max_pixels"  # in the error of an image over the limit
+
+
+def declared_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(width, height) that encoded PNG/GIF/BMP/JPEG bytes declare in their header, read
+    without decoding; (0, 0) for another format."""
+    head = tf.cast(tf.io.decode_raw(tf.strings.substr(
+        tf.strings.join([data, tf.constant(b"\0" * 32)]), 0, 32), tf.uint8), tf.int64)
+
+    def number(start: int, length: int, big_endian: bool) -> tf.Tensor:
+        digits = [head[start + k] for k in range(length)]
+        if big_endian:
+            digits.reverse()
+        return tf.add_n([d * (256 ** k) for k, d in enumerate(digits)])
+
+    def starts(*signature: int) -> tf.Tensor:
+        return tf.reduce_all(tf.equal(head[:len(signature)], signature))
+
+    bmp_height = number(22, 4, False)  # signed: negative for top-down bitmaps
+    bmp_height = tf.where(bmp_height >= 2 ** 31, 2 ** 32 - bmp_height, bmp_height)
+    jpeg = starts(0xFF, 0xD8)
+    jpeg_shape = tf.cond(jpeg, lambda: tf.cast(tf.image.extract_jpeg_shape(data), tf.int64),
+                         lambda: tf.zeros([3], tf.int64))
+    cases = [(starts(0x89, 0x50, 0x4E, 0x47), number(16, 4, True), number(20, 4, True)),
+             (starts(0x47, 0x49, 0x46), number(6, 2, False), number(8, 2, False)),
+             (starts(0x42, 0x4D), number(18, 4, False), bmp_height),
+             (jpeg, jpeg_shape[1], jpeg_shape[0])]
+    width = height = tf.constant(0, tf.int64)
+    for matches, w, h in reversed(cases):
+        width, height = tf.where(matches, w, width), tf.where(matches, h, height)
+    return width, height
+
+
+def decode_image_bytes(data: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
+    """Encoded JPEG/PNG/BMP/GIF bytes -> uint8 RGB image (first frame of a GIF). An image
+    whose header declares more than ``max_pixels`` pixels is refused before decoding (a
+    small file can declare gigabytes of pixels: a decompression bomb)."""
+    width, height = declared_size(data)
+    check = tf.debugging.Assert(width * height <= max_pixels, [tf.strings.format(
+        "the image declares {}x{} pixels, " + TOO_MANY_PIXELS + f"={max_pixels}",
+        (width, height))])
+    with tf.control_dependencies([check]):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
