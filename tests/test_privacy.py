@@ -128,6 +128,8 @@ def test_a_target_epsilon_is_never_exceeded(quiet):
     ({"privacy.target_epsilon": 0.0, "privacy.noise_multiplier": 0.0}, "noise_multiplier"),
     ({"train.learning_rate": "auto"}, "train.learning_rate=auto"),
     ({"export.formats": ["tflite_int8"]}, "tflite_int8.*privacy.public_split=val"),
+    ({"export.formats": ["mediapipe_int8"]}, "mediapipe_int8.*privacy.public_split=val"),
+    ({"train.deterministic": True}, "train.deterministic.*insecure_reproducible"),
 ])
 def test_what_dp_sgd_cannot_bound_is_refused(overrides, message):
     with pytest.raises(RecipeError, match=message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -403,3 +404,15 @@ def test_killed_two_worker_run_resumes_on_both_and_matches_an_uninterrupted_one(
     for a, b, c in zip(whole["weights"], chief["weights"], other["weights"]):
         np.testing.assert_array_equal(b, c)
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_run_without_determinism_turns_off_what_an_earlier_run_turned_on():
+    from tensorflow.python.framework import config
+
+    from tftoolkit.training.runtime import seed_everything
+
+    seed_everything(1, deterministic=True)
+    assert config.is_op_determinism_enabled()
+    seed_everything(1, deterministic=False)  # e.g. a private run next in a notebook
+    assert not config.is_op_determinism_enabled()
+    assert "TF_DETERMINISTIC_OPS" not in os.environ

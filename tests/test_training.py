@@ -299,10 +299,6 @@ def test_an_infinite_loss_ends_every_training_loop_with_one_clear_error(quiet, l
 
     overrides = {**quiet, "train.learning_rate": 1e38, "train.epochs": 3}
     if loop == "dp_sgd":
-        # DP-SGD draws its noise from OS entropy, which TF refuses while op determinism,
-        # switched on for the whole process by any earlier train.deterministic run, is on
-        from tensorflow.python.framework import config
-        config.disable_op_determinism()
         overrides.update({"privacy.enabled": True, "privacy.noise_multiplier": 1.0,
                           "train.optimizer": "sgd", "train.batch_size": 64})
     with pytest.raises(TrainingDiverged, match=r"at epoch 1, step \d+ .*learning rate too "

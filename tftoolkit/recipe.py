@@ -525,12 +525,18 @@ def _check_private(recipe: Recipe) -> None:
         raise RecipeError("privacy.enabled with train.learning_rate=auto: the learning-rate "
                           "finder trains without privacy on the private split, outside the "
                           "accountant; set train.learning_rate to a number")
-    if "tflite_int8" in recipe.export.formats and p.public_split != "val":
-        raise RecipeError("privacy.enabled with export.formats including tflite_int8: its "
-                          "calibration ranges would come from private training examples and "
-                          "ship in the file, outside the accountant; set "
+    calibrated = [f for f in recipe.export.formats if f in ("tflite_int8", "mediapipe_int8")]
+    if calibrated and p.public_split != "val":
+        raise RecipeError(f"privacy.enabled with export.formats including {calibrated[0]}: "
+                          "its calibration ranges would come from private training examples "
+                          "and ship in the file, outside the accountant; set "
                           "privacy.public_split=val if the validation split is public data, "
-                          "or remove tflite_int8 from export.formats")
+                          f"or remove {calibrated[0]} from export.formats")
+    if recipe.train.deterministic and not p.insecure_reproducible:
+        raise RecipeError("privacy.enabled with train.deterministic=true: private noise comes "
+                          "from OS entropy, which deterministic ops refuse; set "
+                          "train.deterministic=false, or privacy.insecure_reproducible=true "
+                          "for a run that is reproducible and not private")
 
 
 def _module_from_path(path: Path) -> Any:

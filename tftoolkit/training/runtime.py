@@ -10,6 +10,7 @@ from typing import Iterator
 
 import keras
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
 
 from tftoolkit.errors import RecipeError
 from tftoolkit.recipe import TrainConfig
@@ -24,6 +25,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         os.environ["TF_DETERMINISTIC_OPS"] = "1"
         tf.config.experimental.enable_op_determinism()
+    elif tf_config.is_op_determinism_enabled():  # an earlier run in this process turned it
+        os.environ.pop("TF_DETERMINISTIC_OPS", None)  # on: TF's switch is process-wide,
+        tf_config.disable_op_determinism()            # and has no public way back
 
 
 def verbosity(setting: int | str) -> int:
