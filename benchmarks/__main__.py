@@ -6,7 +6,8 @@ measured side by side in this run (alternating repeats; the best run of each).
 
 from __future__ import annotations
 
-from benchmarks import augment_throughput, feature_cache, fit_overhead, precision
+from benchmarks import (augment_throughput, feature_cache, fit_overhead, precision,
+                        stream_throughput)
 
 ROWS = [
     ("feature_cache", feature_cache, "plain fit s", "plain_seconds", "cached s",
@@ -17,9 +18,14 @@ ROWS = [
      "fused img/s", "fused_img_s", "x faster (target >= 3)"),
     ("precision", precision, "f32 img/s", "float32_img_s", "bf16 img/s",
      "mixed_bfloat16_img_s", "x faster"),
+    ("stream_throughput", stream_throughput, "image_dataset_from_directory img/s",
+     "keras_plain_img_s", "uncached img/s", "toolkit_plain_img_s", "x (target >= 1.0)"),
 ]
 NOTES = {"feature_cache": lambda r: (f"test accuracy plain {r['plain_test_accuracy']:.4f}, "
-                                     f"cached {r['cached_test_accuracy']:.4f}")}
+                                     f"cached {r['cached_test_accuracy']:.4f}"),
+         "stream_throughput": lambda r: (f"random resized crop + flip "
+                                         f"{r['augmented_ratio']:.2f}x the Keras layers "
+                                         "(target >= 1.5)")}
 
 
 def main() -> None:

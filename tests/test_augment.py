@@ -73,7 +73,7 @@ def test_mixed_labels_sum_to_one_and_the_loss_accepts_them(mixer):
                                 SIZE, seed=0)
     x = _batch()
     y = tf.one_hot(np.arange(8) % 4, 4)
-    images, labels = augmenter.pipeline_fn()(tf.constant(x), y)
+    images, labels = augmenter.pipeline_fn().per_batch(tf.constant(x), y)
     labels = np.asarray(labels)
     np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
     assert ((labels > 0) & (labels < 1)).any()  # really soft
@@ -177,3 +177,34 @@ def test_augment_preview_writes_a_grid(image_folder, tmp_path):
 
     width, height = Image.open(out).size
     assert width > height > 100  # five columns, three rows
+
+
+@pytest.mark.parametrize("cache", ["off", "memory"])
+def test_pipeline_augmentation_is_a_function_of_seed_epoch_and_example(tmp_path, cache):
+    from conftest import make_image_folder
+    from tftoolkit.data import load_data
+    from tftoolkit.recipe import DataConfig, Recipe
+
+    folder = make_image_folder(tmp_path / "f", per_class=4)
+    recipe = Recipe(name="p", data=DataConfig(source="folder", dir=str(folder), image_size=SIZE,
+                                              validation_fraction=0.0, test_fraction=0.0,
+                                              cache=cache))
+    policy = AugmentConfig(enabled=True, placement="pipeline", flip="horizontal",
+                           resized_crop_scale=0.3, brightness=0.2)
+
+    def epochs(first_epoch=0, count=3, augment=True):
+        augmenter = build_augmenter(policy, SIZE, 0)  # a fresh build each time
+        assert augmenter.pipeline_fn().per_example is not None
+        dataset = load_data(recipe, SIZE).dataset(
+            "train", training=True, batch_size=8, first_epoch=first_epoch,
+            augment=augmenter.pipeline_fn() if augment else None)
+        return [np.asarray(x) for x, _ in dataset.take(count)]  # one batch per epoch
+
+    first = epochs()
+    for a, b in zip(first, epochs()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(epochs(first_epoch=2, count=1)[0], first[2])  # resumed
+    plain = epochs(augment=False)
+    for epoch in range(3):
+        assert np.abs(first[epoch] - plain[epoch]).max() > 1.0
+    assert not np.array_equal(np.sort(first[1].ravel()), np.sort(first[2].ravel()))

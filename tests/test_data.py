@@ -432,13 +432,14 @@ def test_an_image_declaring_more_than_max_pixels_is_a_bad_file_named(tmp_path, q
 def test_the_decoder_refuses_an_image_over_max_pixels_before_decoding(tmp_path):
     import tensorflow as tf
 
-    from tftoolkit.data.pipeline import make_dataset
+    from tftoolkit.data.pipeline import Resize, make_dataset
     from tftoolkit.data.sources import Examples
     from tftoolkit.labels import ENCODINGS
 
     bomb = _bomb(tmp_path / "huge.png", 8000, 6000)
     examples = Examples(np.array([0]), paths=np.array([str(bomb)]))
-    ds = make_dataset(examples, batch_size=1, image_size=32, encoding=ENCODINGS["sparse"],
+    ds = make_dataset(examples, batch_size=1, resize=Resize(32, "bilinear"),
+                      encoding=ENCODINGS["sparse"],
                       num_classes=2, training=False, seed=0, cache="off")
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"declares 8000x6000 pixels, more than data\.max_pixels"):
@@ -471,3 +472,83 @@ def test_a_decompression_bomb_in_a_folder_leaves_memory_bounded(tmp_path):
     assert returncode == 0, done.stderr[-2000:]
     assert peak_mb < 1200, f"peak RSS {peak_mb} MB"  # TensorFlow alone: ~700 MB
     assert skipped == 1
+
+
+def _dataset_ops(dataset) -> list[tuple[object, dict[str, int]]]:
+    """Every op of a dataset's graph, those of the functions it maps included, each
+    with the integer constants it takes, by input position."""
+    import tensorflow as tf
+
+    graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())
+    ops = []
+    for scope in [graph.node] + [f.node_def for f in graph.library.function]:
+        consts = {n.name: int(tf.make_ndarray(n.attr["value"].tensor)) for n in scope
+                  if n.op == "Const" and n.attr["dtype"].type == tf.int64.as_datatype_enum
+                  and not n.attr["value"].tensor.tensor_shape.dim}
+        for node in scope:
+            inputs = [consts.get(name.split(":")[0]) for name in node.input]
+            ops.append((node, inputs))
+    return ops
+
+
+def test_with_autotune_off_every_map_runs_in_parallel_and_in_order(image_folder):
+    from tftoolkit.augment import build_augmenter
+    from tftoolkit.data.parallelism import PARALLEL_CALLS, PREFETCH_BATCHES
+    from tftoolkit.recipe import AugmentConfig
+
+    recipe = _folder_recipe(image_folder, cache="off", validation_fraction=0.0)
+    data = load_data(recipe, 32)
+    augment = build_augmenter(AugmentConfig(enabled=True, placement="pipeline",
+                                            resized_crop_scale=0.5), 32, 0).pipeline_fn()
+    dataset = data.dataset("train", training=True, batch_size=4, augment=augment)
+    assert dataset.options().autotune.enabled is False
+    assert dataset.options().deterministic is True
+    ops = _dataset_ops(dataset)
+    maps = [(n, inputs) for n, inputs in ops
+            if n.op in ("MapDataset", "ParallelMapDataset", "ParallelMapDatasetV2")]
+    assert len(maps) == 2  # the examples (decode, crop, flip) and the batches
+    assert all(n.op == "ParallelMapDatasetV2" for n, _ in maps)  # none serial
+    assert all(n.attr["deterministic"].s == b"true" for n, _ in maps)
+    assert {inputs[-1] for _, inputs in maps} == {PARALLEL_CALLS} and PARALLEL_CALLS >= 2
+    prefetch = [inputs[1] for n, inputs in ops if n.op == "PrefetchDataset"]
+    assert prefetch == [PREFETCH_BATCHES]
+
+
+def test_a_jpeg_window_is_decoded_alone_and_gives_the_pixels_of_decode_then_crop(tmp_path):
+    import tensorflow as tf
+
+    from tftoolkit.data.pipeline import decode_window
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 255, (45, 61, 3), dtype=np.uint8)
+    window = tf.constant([7, 13, 22, 30])
+    for fmt in ("JPEG", "PNG"):
+        data = tf.constant(write_image(tmp_path / f"x.{fmt}", photo, fmt=fmt).read_bytes())
+        whole = tf.io.decode_image(data, channels=3).numpy()
+        cropped = decode_window(data, lambda shape: window).numpy()
+        np.testing.assert_array_equal(cropped, whole[7:29, 13:43])
+    graph = tf.function(lambda d: decode_window(d, lambda shape: window)).get_concrete_function(
+        tf.TensorSpec([], tf.string)).graph
+    ops = {op.type for op in graph.get_operations()}
+    ops |= {node.op for f in graph.as_graph_def().library.function for node in f.node_def}
+    assert {"ExtractJpegShape", "DecodeAndCropJpeg"} <= ops
+
+
+def test_tfds_record_files_are_read_in_parallel(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    from tftoolkit.data.parallelism import PARALLEL_CALLS
+
+    read_configs = []
+    recipe = tftoolkit.load_recipe("flowers", ["data.max_examples=12"])
+    with tfds.testing.mock_data(num_examples=20), monkeypatch.context() as patch:
+        as_dataset = tfds.core.DatasetBuilder.as_dataset  # the mock's
+
+        def recording(self, *args, **kwargs):
+            read_configs.append(kwargs.get("read_config"))
+            return as_dataset(self, *args, **kwargs)
+
+        patch.setattr(tfds.core.DatasetBuilder, "as_dataset", recording)
+        load_data(recipe, 32)
+    assert read_configs and all(
+        c.num_parallel_calls_for_interleave_files == PARALLEL_CALLS for c in read_configs)

@@ -2,8 +2,10 @@
 
 Augmentation exists only for training, by construction: :func:`training_model` wraps the
 inference model (``augment -> model``) and the input pipeline applies the rest to
-training batches only. Evaluation, prediction and export use the inference model.
-Each layer draws its parameters per image from its own seeded generator.
+training examples only. Evaluation, prediction and export use the inference model.
+Each layer draws its parameters per image from its own seeded generator; in the
+pipeline, a policy of flips, crops, contrast and brightness is instead drawn per example
+from a stateless key (:mod:`tftoolkit.augment.stateless`), so it runs in parallel.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import keras
 
+from tftoolkit.augment.stateless import ExampleAugment, PipelineAugment
 from tftoolkit.layers import FusedGeometric, RandomResizedCrop
 from tftoolkit.recipe import AugmentConfig
 
@@ -64,21 +67,27 @@ class Augmenter:
     in_model: keras.Sequential | None      # pixel ops inside the training graph
     in_pipeline: keras.Sequential | None   # pixel ops in the tf.data map
     mixers: list[keras.layers.Layer]       # MixUp / CutMix: they also mix labels
+    per_example: ExampleAugment | None = None  # in_pipeline's policy, drawn per example
+    #                                            from stateless keys where it can be
 
-    def pipeline_fn(self):
-        """A ``(images, labels) -> (images, labels)`` map for training batches, or None."""
-        if self.in_pipeline is None and not self.mixers:
+    def pipeline_fn(self) -> PipelineAugment | None:
+        """What the input pipeline applies to training examples, or None: the pixel ops
+        per example when :attr:`per_example` draws them, else as layers on batches;
+        the mixers on batches."""
+        layers = self.in_pipeline if self.per_example is None else None
+        if self.per_example is None and layers is None and not self.mixers:
             return None
 
         def apply(images, labels):
-            if self.in_pipeline is not None:
-                images = self.in_pipeline(images, training=True)
+            if layers is not None:
+                images = layers(images, training=True)
             for mixer in self.mixers:
                 out = mixer({"images": images, "labels": labels}, training=True)
                 images, labels = out["images"], out["labels"]
             return images, labels
 
-        return apply
+        return PipelineAugment(self.per_example,
+                               apply if layers is not None or self.mixers else None)
 
 
 def build_augmenter(cfg: AugmentConfig, image_size: int | None, seed: int) -> Augmenter:
@@ -94,7 +103,8 @@ def build_augmenter(cfg: AugmentConfig, image_size: int | None, seed: int) -> Au
         mixers.append(keras.layers.CutMix(factor=cfg.cutmix, seed=seed + 102))
     if cfg.placement == "model":
         return Augmenter(pixels, None, mixers)
-    return Augmenter(None, pixels, mixers)
+    return Augmenter(None, pixels, mixers,
+                     ExampleAugment.from_config(cfg) if pixels is not None else None)
 
 
 def training_model(model: keras.Model, augmenter: Augmenter) -> keras.Model:
@@ -105,4 +115,4 @@ def training_model(model: keras.Model, augmenter: Augmenter) -> keras.Model:
     return keras.Model(inputs, model(augmenter.in_model(inputs)), name="training_graph")
 
 
-__all__ = ["Augmenter", "build_augmenter", "training_model"]
+__all__ = ["Augmenter", "ExampleAugment", "PipelineAugment", "build_augmenter", "training_model"]

@@ -46,15 +46,20 @@ def declared_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return width, height
 
 
+def size_check(data: tf.Tensor, max_pixels: int) -> tf.Operation:
+    """An assertion that encoded image bytes declare at most ``max_pixels`` pixels: run
+    it (as a control dependency) before anything decodes them."""
+    width, height = declared_size(data)
+    return tf.debugging.Assert(width * height <= max_pixels, [tf.strings.format(
+        "the image declares {}x{} pixels, " + TOO_MANY_PIXELS + f"={max_pixels}",
+        (width, height))])
+
+
 def decode_image_bytes(data: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
     """Encoded JPEG/PNG/BMP/GIF bytes -> uint8 RGB image (first frame of a GIF). An image
     whose header declares more than ``max_pixels`` pixels is refused before decoding (a
     small file can declare gigabytes of pixels: a decompression bomb)."""
-    width, height = declared_size(data)
-    check = tf.debugging.Assert(width * height <= max_pixels, [tf.strings.format(
-        "the image declares {}x{} pixels, " + TOO_MANY_PIXELS + f"={max_pixels}",
-        (width, height))])
-    with tf.control_dependencies([check]):
+    with tf.control_dependencies([size_check(data, max_pixels)]):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image

@@ -10,16 +10,18 @@ explain use it too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import tensorflow as tf
 
-from tftoolkit.data.decode import DEFAULT_MAX_PIXELS, decode_image_bytes
+from tftoolkit.data.decode import DEFAULT_MAX_PIXELS, decode_image_bytes, size_check
+from tftoolkit.data.parallelism import PARALLEL_CALLS, PREFETCH_BATCHES
 from tftoolkit.data.sources import Examples
 from tftoolkit.labels import LabelEncoding
 
-AUTOTUNE = tf.data.AUTOTUNE
+if TYPE_CHECKING:
+    from tftoolkit.augment.stateless import PipelineAugment
 
 
 # Methods whose downscaling is filtered by tf.image.resize(antialias=True); "area"
@@ -79,28 +81,66 @@ def to_rgb_image(image: tf.Tensor, resize: Resize) -> tf.Tensor:
     return resize(to_rgb(image))
 
 
-def _examples_dataset(examples: Examples, resize: Resize | None,
-                      max_pixels: int) -> tf.data.Dataset:
-    """Unbatched ``(input, label)`` pairs: images as uint8 at the model's input size,
-    feature vectors as float32."""
-    labels = examples.labels
+def _references(examples: Examples) -> tuple[tf.data.Dataset, str]:
+    """``(index, (reference, label))`` per example, cheap to shuffle, and the kind of
+    reference: ``file`` (a path), ``bytes`` (encoded TFDS images), ``tensor`` (decoded
+    TFDS images) or ``array`` (in-memory images or features)."""
+    index = tf.data.Dataset.range(len(examples))
     if examples.paths is not None:
-        ds = tf.data.Dataset.from_tensor_slices((examples.paths, labels))
-        ds = ds.map(lambda p, y: (decode_image_bytes(tf.io.read_file(p), max_pixels), y),
-                    num_parallel_calls=AUTOTUNE)
+        pairs, kind = tf.data.Dataset.from_tensor_slices((examples.paths, examples.labels)), "file"
     elif examples.dataset is not None:  # TFDS: its length is known from the labels read
-        ds = examples.dataset.apply(tf.data.experimental.assert_cardinality(len(examples)))
-        if ds.element_spec[0].dtype == tf.string:  # decoded only once selected
-            ds = ds.map(lambda data, y: (decode_image_bytes(data, max_pixels), y),
-                        num_parallel_calls=AUTOTUNE)
+        pairs = examples.dataset.apply(tf.data.experimental.assert_cardinality(len(examples)))
+        kind = "bytes" if pairs.element_spec[0].dtype == tf.string else "tensor"
     else:
-        ds = tf.data.Dataset.from_tensor_slices((examples.arrays, labels))
-    if resize:  # uint8 in the cache: a quarter of float32, and exact (already rounded)
-        ds = ds.map(lambda x, y: (tf.cast(to_rgb_image(x, resize), tf.uint8), y),
-                    num_parallel_calls=AUTOTUNE)
-    else:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
-    return ds
+        pairs = tf.data.Dataset.from_tensor_slices((examples.arrays, examples.labels))
+        kind = "array"
+    return tf.data.Dataset.zip(index, pairs), kind
+
+
+def decode_window(data: tf.Tensor, window_fn: Callable,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
+    """Encoded image bytes -> the uint8 RGB window ``window_fn(shape)`` of the image. A
+    JPEG's shape is read from its header and only the window is decoded; other formats
+    are decoded whole, then cropped. Either is refused first if the image declares more
+    than ``max_pixels`` pixels."""
+    def jpeg():
+        with tf.control_dependencies([size_check(data, max_pixels)]):
+            window = window_fn(tf.io.extract_jpeg_shape(data))
+        return tf.image.decode_and_crop_jpeg(data, window, channels=3)
+
+    def other():
+        image = decode_image_bytes(data, max_pixels)
+        return crop_window(image, window_fn(tf.shape(image)))
+
+    image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def crop_window(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
+    """The ``[y, x, height, width]`` window of a decoded image (any channels)."""
+    return image[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+
+
+def _decoder(kind: str, resize: Resize | None, max_pixels: int) -> Callable:
+    """``(reference, window_fn=None) -> input``: images as uint8 at the model's input
+    size (``resize``), feature vectors as float32. ``window_fn`` (``shape -> [y, x, h,
+    w]``) crops each image before it is resized, decoding only that window of a JPEG
+    file. Encoded images declaring more than ``max_pixels`` pixels are refused."""
+    def decode(ref, window_fn=None):
+        if kind == "file":
+            ref = tf.io.read_file(ref)
+        if kind in ("file", "bytes"):
+            image = (decode_image_bytes(ref, max_pixels) if window_fn is None
+                     else decode_window(ref, window_fn, max_pixels))
+        else:
+            image = ref if window_fn is None else crop_window(ref, window_fn(tf.shape(ref)))
+        if resize is None:
+            return tf.cast(image, tf.float32)
+        # uint8 in the cache: a quarter of float32, and exact (Resize rounds)
+        return tf.cast(to_rgb_image(image, resize), tf.uint8)
+
+    return decode
 
 
 def epoch_seed(seed: int, epoch) -> tf.Tensor:
@@ -117,17 +157,33 @@ def epoch_order(n: int, seed: int, epoch) -> tf.Tensor:
                                                     tf.cast(epoch, tf.int64)]))
 
 
-def _permuted_epochs(ds: tf.data.Dataset, n: int, batch: int, seed: int,
-                     first_epoch: int) -> tf.data.Dataset:
-    """Batches of an endless stream of epochs, each the examples of ``ds`` in its own
-    :func:`epoch_order`: the examples are decoded once into one tensor per component
-    (the memory cache, in one piece so that it can be read in any order) and every
-    batch gathers its rows."""
-    cached = next(iter(ds.batch(n)))
+def example_key(seed: int, epoch, index) -> tf.Tensor:
+    """The stateless random key of one example in one epoch: a pure function of
+    (seed, epoch, index), so its augmentation is the same however the pipeline runs
+    and whichever epoch a run resumes at."""
+    return tf.stack([epoch_seed(seed, epoch), tf.cast(index, tf.int64)])
+
+
+def _parallel_map(ds: tf.data.Dataset, fn: Callable) -> tf.data.Dataset:
+    """``ds.map(fn)`` on :data:`PARALLEL_CALLS` examples at a time, in order."""
+    return ds.map(fn, num_parallel_calls=PARALLEL_CALLS, deterministic=True)
+
+
+def _permuted_epochs(stored: tf.data.Dataset, n: int, batch: int, seed: int,
+                     first_epoch: int, prepare: Callable) -> tf.data.Dataset:
+    """Batches of an endless stream of epochs, each the examples of ``stored`` (``(index,
+    (input, label))``) in its own :func:`epoch_order`: the examples are decoded once into
+    one tensor per component (the memory cache, in one piece so that it can be read in
+    any order), and each epoch gathers them in its order through ``prepare(epoch)``."""
+    _, cached = next(iter(stored.batch(n)))
 
     def epoch(e):
-        return tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, e)).batch(batch).map(
-            lambda rows: tf.nest.map_structure(lambda c: tf.gather(c, rows), cached))
+        def example(index):
+            return prepare(e)(index, tf.nest.map_structure(
+                lambda component: tf.gather(component, index), cached))
+
+        return _parallel_map(tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, e)),
+                             example).batch(batch)
 
     return tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch)
 
@@ -136,11 +192,14 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
                  encoding: LabelEncoding, num_classes: int, training: bool, seed: int,
                  cache: str = "memory",
                  cache_path: str | None = None, shuffle_buffer: int = 0,
-                 class_weights: np.ndarray | None = None, augment: Callable | None = None,
+                 class_weights: np.ndarray | None = None,
+                 augment: PipelineAugment | None = None,
                  first_epoch: int = 0, autotune: bool = False,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.data.Dataset:
     """A batched dataset of ``(x, y)`` or ``(x, y, sample_weight)``; images are brought
-    to the model's size by ``resize`` (None: feature vectors).
+    to the model's size by ``resize`` (None: feature vectors), and an encoded image
+    declaring more than ``max_pixels`` pixels stops the pipeline with an error before it
+    is decoded.
 
     ``cache`` is ``memory``, ``disk`` (tf.data's file cache at ``cache_path``) or ``off``.
     Training datasets are an endless stream of epochs, from ``first_epoch`` on (train
@@ -149,47 +208,74 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     each epoch is shuffled with :func:`epoch_seed` through a buffer of
     ``shuffle_buffer`` examples (0: all), so memory holds a bounded buffer, never a copy
     of the split; give those examples in a seeded random order, so that a bounded buffer
-    mixes classes. ``augment`` (a
-    ``(x, y) -> (x, y)`` batch map) runs only when ``training`` is true, sequentially so
-    that its random draws are reproducible. ``autotune=False`` turns off tf.data's
-    autotuning thread: deleting an iterator waits for that thread's current sleep, which
-    stalled 1 to 3 of every 8 Keras ``fit`` calls by 2-4 s on a 2-core machine. An
-    encoded image declaring more than ``max_pixels`` pixels stops the pipeline with an
-    error before it is decoded.
+    mixes classes. Uncached, the buffer holds file names (or encoded records), and
+    examples are decoded after they are drawn.
+
+    ``augment`` runs only when ``training`` is true: its per-example part in parallel,
+    keyed by :func:`example_key`, on the cached image or, uncached, on the source image
+    (a crop decodes only its window of a JPEG); its per-batch part (Keras layers)
+    sequentially, so that their random draws are reproducible.
+
+    Maps run :data:`PARALLEL_CALLS` examples at a time, in order, and batches are
+    prefetched :data:`PREFETCH_BATCHES` ahead, with or without ``autotune``.
+    ``autotune=False`` turns off tf.data's autotuning thread: deleting an iterator waits
+    for that thread's current sleep, which stalled 1 to 3 of every 8 Keras ``fit`` calls
+    by 2-4 s on a 2-core machine.
     """
-    ds = _examples_dataset(examples, resize, max_pixels)
-    n = max(len(examples), 1)
-    batch = batch_size or n
-    buffer = min(shuffle_buffer or n, n)
+    refs, kind = _references(examples)
+    decode = _decoder(kind, resize, max_pixels)
+    stored = refs if cache == "off" else _parallel_map(
+        refs, lambda i, pair: (i, (decode(pair[0]), pair[1])))
     # Decoded once into memory (eagerly: not while a dataset function is traced).
     permuted = training and cache == "memory" and tf.executing_eagerly()
     if cache == "memory" and not permuted:
-        ds = ds.cache()
+        stored = stored.cache()
     elif cache == "disk":
-        ds = ds.cache(str(cache_path))
+        stored = stored.cache(str(cache_path))
+    # Cached examples are decoded images; redecoding them is a crop and resize.
+    redecode = decode if cache == "off" else _decoder("tensor", resize, max_pixels)
+    per_example = augment.per_example if training and augment is not None else None
+    per_batch = augment.per_batch if training and augment is not None else None
+
+    def prepare(epoch):
+        def example(index, pair):
+            x, y = pair
+            if per_example is None:
+                return (redecode(x) if cache == "off" else x), y
+            key = example_key(seed, epoch, index)
+            return per_example.recolor(redecode(x, per_example.window_fn(key)), key), y
+
+        return example
+
+    n = max(len(examples), 1)
+    batch = batch_size or n
+    buffer = min(shuffle_buffer or n, n)
     if permuted:
-        ds = _permuted_epochs(ds, n, batch, seed, first_epoch)
+        ds = _permuted_epochs(stored, n, batch, seed, first_epoch, prepare)
     elif training:
-        examples_ds = ds
         ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(
-            lambda epoch: examples_ds.shuffle(buffer, seed=epoch_seed(seed, epoch))
+            lambda epoch: _parallel_map(
+                stored.shuffle(buffer, seed=epoch_seed(seed, epoch)), prepare(epoch))
             .batch(batch))
     else:
-        ds = ds.batch(batch)
+        ds = _parallel_map(stored, prepare(0)).batch(batch)
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
-    augmenting = training and augment is not None
 
     def finish(x, y):
         x = tf.cast(x, tf.float32)
         sample_weight = None if weights is None else tf.gather(weights, tf.cast(y, tf.int32))
         y = encoding.encode(y, num_classes)
-        if augmenting:
-            x, y = augment(x, y)
+        if per_batch is not None:
+            x, y = per_batch(x, y)
         return (x, y) if sample_weight is None else (x, y, sample_weight)
 
-    ds = ds.map(finish, num_parallel_calls=None if augmenting else AUTOTUNE).prefetch(AUTOTUNE)
+    if per_batch is None:
+        ds = _parallel_map(ds, finish)
+    else:
+        ds = ds.map(finish)  # sequential: Keras layers draw from their own generators
     options = tf.data.Options()
     options.autotune.enabled = autotune
+    options.deterministic = True
     if permuted:  # the rewrites serialize the dataset graph: a copy of the cached tensors
         options.experimental_optimization.apply_default_optimizations = False
-    return ds.with_options(options)
+    return ds.prefetch(PREFETCH_BATCHES).with_options(options)

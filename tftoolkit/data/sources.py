@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tftoolkit.data.parallelism import PARALLEL_CALLS
 from tftoolkit.data.scan import IMAGE_EXTENSIONS, WorkerShare, is_hidden, scan_image_folder
 from tftoolkit.errors import DataError, did_you_mean
 from tftoolkit.paths import keras_datasets_dir
@@ -239,6 +240,14 @@ def _folder(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Sou
 
 # --- TensorFlow Datasets ---------------------------------------------------------------
 
+def _tfds_read_config():
+    """Record files read :data:`~tftoolkit.data.parallelism.PARALLEL_CALLS` at a time
+    (interleaved in a fixed order), whether tf.data autotunes or not."""
+    import tensorflow_datasets as tfds
+
+    return tfds.ReadConfig(num_parallel_calls_for_interleave_files=PARALLEL_CALLS)
+
+
 def _tfds(cfg: DataConfig, seed: int) -> SourceData:
     import tensorflow_datasets as tfds
 
@@ -268,7 +277,7 @@ def _tfds(cfg: DataConfig, seed: int) -> SourceData:
             continue
         try:  # images stay encoded until the pipeline has picked its examples
             dataset = builder.as_dataset(split=spec, as_supervised=True, decoders={
-                image_key: tfds.decode.SkipDecoding()})
+                image_key: tfds.decode.SkipDecoding()}, read_config=_tfds_read_config())
         except (ValueError, KeyError) as exc:
             raise DataError(f"data.{split}_split={spec!r} is not a split of {cfg.name} "
                             f"({', '.join(builder.info.splits)}): {exc}") from None
