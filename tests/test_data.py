@@ -552,3 +552,19 @@ def test_tfds_record_files_are_read_in_parallel(monkeypatch):
         load_data(recipe, 32)
     assert read_configs and all(
         c.num_parallel_calls_for_interleave_files == PARALLEL_CALLS for c in read_configs)
+
+
+def test_a_jpeg_window_is_refused_when_the_image_declares_more_than_max_pixels(tmp_path):
+    import tensorflow as tf
+    from PIL import Image
+
+    from tftoolkit.data.pipeline import decode_window
+
+    path = tmp_path / "large.jpg"
+    Image.new("RGB", (3000, 2000)).save(path)  # 6 MP, a few KB
+    data = tf.io.read_file(str(path))
+    window = tf.constant([0, 0, 10, 10], tf.int32)
+    assert decode_window(data, lambda shape: window, max_pixels=6_000_000).shape == (10, 10, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"declares 3000x2000 pixels, more than data\.max_pixels"):
+        decode_window(data, lambda shape: window, max_pixels=5_000_000)
