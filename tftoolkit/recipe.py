@@ -39,10 +39,21 @@ def _opt(default: Any, help: str, *, min: float | None = None, max: float | None
 class DataConfig:
     """Where examples come from and how they are turned into batches."""
 
-    source: Literal["synthetic", "arrays", "folder", "tfds", "fashion_mnist"] = _opt(
+    source: Literal["synthetic", "arrays", "folder", "csv", "tfds", "fashion_mnist"] = _opt(
         "synthetic", "kind of data source")
     name: str = _opt("", "synthetic generator (linear, sine_product) or TFDS dataset name")
-    dir: str = _opt("", "image folder with one subfolder per class (source=folder)")
+    dir: str = _opt("", "image folder with one subfolder per class (source=folder); the "
+                        "folder a table's paths are relative to and may not leave "
+                        "(source=csv; empty: the CSV file's folder)")
+    csv: str | object = _opt("", "table of images (source=csv): a CSV file's path (.tsv: "
+                                 "tab-separated), or a pandas DataFrame in the Python API")
+    path_column: str = _opt("path", "column of image paths (source=csv)")
+    label_column: str = _opt("label", "column of labels (source=csv): class names, or "
+                                      "numbers in every row for regression targets")
+    label_delimiter: str = _opt("", "separator of several labels in one cell, e.g. ' ' or "
+                                    "'|': multi-label (source=csv); empty: one label per row")
+    split_column: str = _opt("", "column whose values train/val/test place each row "
+                                 "(source=csv); empty: splits held out as for a folder")
     data_dir: str = _opt("", "TFDS data_dir (source=tfds); empty for the TFDS default")
     train_split: str = _opt("train", "TFDS split spec of the training data")
     val_split: str = _opt("", "TFDS split spec of the validation data; empty: split from train")
@@ -305,6 +316,8 @@ class Recipe:
             if values.get("arrays") is not None:
                 values["arrays"] = {k: f"{len(v[0])} examples"
                                     for k, v in values["arrays"].items()}
+            if not isinstance(values.get("csv", ""), str):  # a DataFrame
+                values["csv"] = f"<DataFrame of {len(values['csv'])} rows>"
             out[section] = values
         if self.model_fn is not None:
             out["model"]["model_fn"] = getattr(self.model_fn, "__qualname__", "custom")

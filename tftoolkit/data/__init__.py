@@ -29,7 +29,7 @@ from tftoolkit.recipe import Recipe
 
 # Sources a test split is held out of (data.test_fraction) when they have none; TFDS
 # splits are named by the user, and synthetic data is a teaching example.
-SOURCES_WITHOUT_TEST_SPLIT = ("folder", "arrays")
+SOURCES_WITHOUT_TEST_SPLIT = ("folder", "arrays", "csv")
 # Representative samples (DataBundle.sample) are drawn with the data seed plus this, so
 # that they are not the order of a capped split itself; read in batches of SAMPLE_BATCH.
 SAMPLE_SEED_OFFSET, SAMPLE_BATCH = 7919, 64
