@@ -189,12 +189,18 @@ class TrainConfig:
     ema: float = _opt(0.0, "decay of an exponential moving average of the trainable "
                            "weights, validated every epoch and kept when it validates "
                            "better; 0: off", min=0.0, max=0.99999)
-    select_best: str = _opt("", "validation metric (val_accuracy, val_loss, ...) whose best "
+    select_best: str = _opt("", "validation metric (val_accuracy, val_loss; "
+                                "multi-label val_map, val_f1, ...) whose best "
                                 "epoch's weights are kept, per stage and overall; empty: the "
                                 "last epoch")
     loss: Literal["auto", "mse", "binary_crossentropy", "categorical_crossentropy",
                   "sparse_categorical_crossentropy"] = _opt(
         "auto", "loss; auto: mse for regression, cross-entropy from the labels otherwise")
+    threshold: float | str = _opt("per_class", "multi-label: probability at or above which a "
+                                               "class is predicted: per_class (each class's "
+                                               "own, maximising its F1 on the validation "
+                                               "split), global (one, maximising micro-F1 "
+                                               "there) or a number", min=0.0, max=1.0)
     seed: int = _opt(42, "seed of every random generator", min=0)
     steps_per_epoch: int = _opt(0, "steps per epoch; 0: one pass over the training data",
                                 min=0)
@@ -488,6 +494,9 @@ def _check_combinations(recipe: Recipe) -> None:
                           "'auto' (the learning-rate finder's suggestion)")
     if isinstance(t.verbose, str) and t.verbose != "auto":
         raise RecipeError(f"train.verbose={t.verbose!r}: expected 0, 1, 2 or 'auto'")
+    if isinstance(t.threshold, str) and t.threshold not in ("per_class", "global"):
+        raise RecipeError(f"train.threshold={t.threshold!r}: expected per_class, global or a "
+                          "probability (0.5)")
     if t.select_best and not t.select_best.startswith("val_"):
         raise RecipeError(f"train.select_best={t.select_best!r}: epochs are selected on a "
                           "validation metric (val_accuracy, val_loss, ...), never on "

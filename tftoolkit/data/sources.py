@@ -272,8 +272,11 @@ def _csv(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Source
         raise DataError(f"{table.description}: column {cfg.label_column!r} names "
                         f"{len(table.class_names)} class(es); classification needs two or "
                         "more (numbers in every row would be regression targets)")
-    if table.multilabel and not table.class_names:
-        raise DataError(f"{table.description}: column {cfg.label_column!r} names no label")
+    if table.multilabel and len(table.class_names) < 2:
+        raise DataError(f"{table.description}: column {cfg.label_column!r} names "
+                        f"{len(table.class_names)} label(s); multi-label needs two or more "
+                        "(one label present or absent is binary: leave "
+                        "data.label_delimiter empty)")
     splits = {}
     for split in ("train", "val", "test"):
         chosen = keep & (row_split == split)
