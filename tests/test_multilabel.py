@@ -238,3 +238,85 @@ def test_a_multilabel_run_logs_map_and_f1_and_keeps_thresholds(tag_table, quiet)
     assert "validation" in saved["chosen_by"]
     assert (result.run_dir / "checkpoints" / "best-0.json").is_file()
 
+
+# --- serving -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One multi-label run, exported with a LiteRT file, shared by the serving tests."""
+    root = tmp_path_factory.mktemp("exported")
+    recipe = multilabel_recipe(make_multilabel_table(root / "tags"))
+    recipe = recipe.with_overrides({"export.enabled": True, "export.formats": ["tflite"],
+                                    "train.threshold": "global", "train.verbose": 0,
+                                    "train.run_dir": str(root / "runs"),
+                                    "export.dir": str(root / "exports")})
+    result = tftoolkit.train(recipe)
+    data = load_data(recipe, 32)
+    return result, data.splits["test"].paths
+
+
+def test_both_signatures_serve_the_keras_probabilities_and_a_fixed_shape_label_mask(exported):
+    result, paths = exported
+    version = result.export_dir
+    card = json.loads((version / "model_card.json").read_text())
+    saved = json.loads((result.run_dir / "thresholds.json").read_text())["thresholds"]
+    assert card["thresholds"] == saved and list(saved) == ["bar", "disc", "dot"]
+    assert (version / "labels.txt").read_text().split() == list(saved)
+    thresholds = np.array(list(saved.values()), np.float32)
+    loaded = tf.saved_model.load(str(version))
+    for name in ("serving_default", "serve_bytes"):
+        spec = loaded.signatures[name].structured_outputs
+        assert spec["labels"].dtype == tf.bool and spec["labels"].shape.as_list() == [None, 3]
+        assert spec["probabilities"].shape.as_list() == [None, 3]
+    from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
+
+    images = np.stack([np.asarray(to_rgb_image(decode_image_bytes(tf.io.read_file(p)), 32))
+                       for p in paths])
+    expected = np.asarray(result.model(images, training=False))
+    from_pixels = loaded.signatures["serving_default"](tf.constant(images))
+    from_bytes = loaded.signatures["serve_bytes"](
+        image_bytes=tf.constant([Path(p).read_bytes() for p in paths]))
+    for served in (from_pixels, from_bytes):
+        np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+        np.testing.assert_array_equal(served["labels"].numpy(), expected >= thresholds)
+    names = list(saved)
+    predicted = tftoolkit.predict(version, list(paths))
+    from_litert = tftoolkit.predict(version / "model.tflite", list(paths))
+    for i, row in enumerate(predicted):
+        above = [names[k] for k in np.argsort(-expected[i]) if expected[i, k] >= thresholds[k]]
+        assert [n for n, _ in row] == above
+        assert [n for n, _ in from_litert[i]] == above
+        np.testing.assert_allclose([p for _, p in row], [p for _, p in from_litert[i]],
+                                   atol=1e-5)
+
+
+def test_predict_prints_every_label_above_threshold(exported, capsys):
+    from tftoolkit.cli import main
+
+    result, paths = exported
+    assert main(["predict", str(result.export_dir), *paths[:2]]) == 0
+    printed = capsys.readouterr().out
+    expected = tftoolkit.predict(result.export_dir, list(paths[:2]))
+    for row in expected:
+        for name, p in row:
+            assert f"{p:7.2%}  {name}" in printed
+
+
+def test_saved_model_cli_runs_the_multilabel_signature(exported, tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    result, _ = exported
+    cli = str(Path(sys.executable).parent / "saved_model_cli")
+    np.save(tmp_path / "images.npy", np.full((2, 40, 40, 3), 128.0, dtype=np.float32))
+    shown = subprocess.run([cli, "show", "--dir", str(result.export_dir), "--tag_set", "serve",
+                            "--signature_def", "serve_bytes"], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"outputs\['labels'\] tensor_info:\s+dtype: DT_BOOL\s+shape: \(-1, 3\)",
+                     shown.stdout), shown.stdout
+    ran = subprocess.run([cli, "run", "--dir", str(result.export_dir), "--tag_set", "serve",
+                          "--signature_def", "serving_default", "--inputs",
+                          f"images={tmp_path / 'images.npy'}"], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert "Result for output key labels" in ran.stdout
