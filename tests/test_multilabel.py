@@ -302,6 +302,49 @@ def test_predict_prints_every_label_above_threshold(exported, capsys):
             assert f"{p:7.2%}  {name}" in printed
 
 
+def test_evaluate_writes_the_threshold_table_and_pr_curves(exported, tmp_path):
+    result, paths = exported
+    report, out = tftoolkit.evaluate(result.export_dir, out=tmp_path / "eval")
+    card = json.loads((result.export_dir / "model_card.json").read_text())
+    assert [row["threshold"] for row in report["per_class"]] == pytest.approx(
+        list(card["thresholds"].values()))
+    header = (out / "per_class.csv").read_text().splitlines()[0]
+    assert header == "class,threshold,ap,precision,recall,f1,support"
+    assert (out / "pr_curves.png").stat().st_size > 5000
+    from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
+
+    images = np.stack([np.asarray(to_rgb_image(decode_image_bytes(tf.io.read_file(p)), 32))
+                       for p in paths])
+    probabilities = np.asarray(result.model(images, training=False))
+    labels = load_data(result.recipe, 32).splits["test"].labels.astype(int)
+    present = labels.sum(0) > 0
+    assert report["map"] == pytest.approx(sklearn_metrics.average_precision_score(
+        labels[:, present], probabilities[:, present]), abs=2e-3)
+    thresholds = np.array(list(card["thresholds"].values()))
+    assert report["micro_f1"] == pytest.approx(sklearn_metrics.f1_score(
+        labels, probabilities >= thresholds, average="micro"), abs=1e-6)
+    assert report["per_class"][0]["support"] == labels[:, 0].sum()
+    from tftoolkit.evaluation.metrics import render_report
+
+    assert "threshold" in render_report(report).splitlines()[0]
+
+
+def test_explain_draws_one_grad_cam_per_predicted_label(exported, tmp_path):
+    result, paths = exported
+    images = list(paths[:4])
+    written = tftoolkit.explain(result.export_dir, images, tmp_path / "cams")
+    names = result.info.class_names
+    loaded = tf.saved_model.load(str(result.export_dir))
+    served = loaded.signatures["serve_bytes"](
+        image_bytes=tf.constant([Path(p).read_bytes() for p in images]))
+    marked, probabilities = served["labels"].numpy(), served["probabilities"].numpy()
+    expected = []
+    for p, row, probs in zip(images, marked, probabilities):
+        chosen = np.flatnonzero(row) if row.any() else [int(probs.argmax())]
+        expected += [f"{Path(p).stem}_{names[k]}_gradcam.png" for k in chosen]
+    assert sorted(path.name for path in written) == sorted(expected)
+
+
 def test_saved_model_cli_runs_the_multilabel_signature(exported, tmp_path):
     import re
     import subprocess
