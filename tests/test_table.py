@@ -177,4 +177,7 @@ def test_a_dataframe_reads_as_its_csv_file(images, monkeypatch):
     frame.loc[103, "path"] = None
     with pytest.raises(DataError, match=r"DataFrame row 103 \(no path\): empty path"):
         load_data(_recipe(csv=frame), 32)
-    assert _recipe(csv=frame).to_dict()["data"]["csv"] == "<DataFrame of 12 rows>"
+    saved = _recipe(csv=frame).to_dict()["data"]["csv"]
+    assert saved == "<DataFrame of 12 rows>"
+    with pytest.raises(DataError, match="trained on a DataFrame, which its files do not keep"):
+        load_data(_recipe(csv=saved), 32)

@@ -25,6 +25,7 @@ import numpy as np
 from tftoolkit.errors import DataError, did_you_mean
 
 SPLIT_VALUES = ("train", "val", "test")
+DATAFRAME_MARK = "<DataFrame"   # how a saved recipe names the DataFrame it was given
 
 
 @dataclass
@@ -56,6 +57,10 @@ def read_rows(source: Any, path_column: str, label_column: str,
     """The rows of ``source`` (a CSV path or a pandas DataFrame), the folder of the CSV
     file (None for a DataFrame) and a description of the table."""
     columns = [path_column, label_column] + ([split_column] if split_column else [])
+    if isinstance(source, str) and source.startswith(DATAFRAME_MARK):
+        raise DataError(f"data.csv={source!r}: this run was trained on a DataFrame, which its "
+                        "files do not keep; pass the DataFrame again (data.csv=frame) or save "
+                        "it as a CSV file")
     if isinstance(source, (str, os.PathLike)):
         return _read_csv_file(Path(source).expanduser(), columns)
     if type(source).__name__ == "DataFrame" and hasattr(source, "columns"):
