@@ -270,7 +270,8 @@ def test_both_signatures_serve_the_keras_probabilities_and_a_fixed_shape_label_m
         assert spec["probabilities"].shape.as_list() == [None, 3]
     from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
 
-    images = np.stack([np.asarray(to_rgb_image(decode_image_bytes(tf.io.read_file(p)), 32))
+    images = np.stack([np.asarray(to_rgb_image(decode_image_bytes(tf.io.read_file(p)),
+                                                       result.info.resize))
                        for p in paths])
     expected = np.asarray(result.model(images, training=False))
     from_pixels = loaded.signatures["serving_default"](tf.constant(images))
@@ -313,7 +314,8 @@ def test_evaluate_writes_the_threshold_table_and_pr_curves(exported, tmp_path):
     assert (out / "pr_curves.png").stat().st_size > 5000
     from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
 
-    images = np.stack([np.asarray(to_rgb_image(decode_image_bytes(tf.io.read_file(p)), 32))
+    images = np.stack([np.asarray(to_rgb_image(decode_image_bytes(tf.io.read_file(p)),
+                                                       result.info.resize))
                        for p in paths])
     probabilities = np.asarray(result.model(images, training=False))
     labels = load_data(result.recipe, 32).splits["test"].labels.astype(int)
@@ -363,3 +365,13 @@ def test_saved_model_cli_runs_the_multilabel_signature(exported, tmp_path):
                           f"images={tmp_path / 'images.npy'}"], capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr
     assert "Result for output key labels" in ran.stdout
+
+
+def test_a_threshold_stored_as_float32_counts_from_its_own_bin():
+    positives, negatives = _histograms()
+    for threshold in (0.586, 0.55, 0.35):
+        stored = float(np.float32(threshold))   # as a model card or a signature keeps it
+        assert multilabel.threshold_bins(stored) == round(threshold * multilabel.BINS)
+        counts = multilabel.counts_at(positives, negatives, stored)
+        assert counts.micro_f1 == pytest.approx(sklearn_metrics.f1_score(
+            LABELS, SCORES >= threshold, average="micro"))

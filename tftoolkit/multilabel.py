@@ -102,8 +102,9 @@ def _safe(numerator, denominator) -> np.ndarray:
 
 
 def threshold_bins(thresholds, bins: int = BINS) -> np.ndarray:
-    """The first bin counted as predicted for each threshold."""
-    return np.clip(np.ceil(np.asarray(thresholds, float) * bins - 1e-6), 0, bins).astype(int)
+    """The first bin counted as predicted for each threshold (a threshold ``b / bins``
+    stored as float32, a hair above or below, still starts at bin ``b``)."""
+    return np.clip(np.ceil(np.asarray(thresholds, float) * bins - 1e-3), 0, bins).astype(int)
 
 
 def _counts(positives, negatives, thresholds) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
