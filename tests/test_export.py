@@ -353,7 +353,7 @@ def test_the_parity_check_serves_other_sizes_and_catches_a_different_resize(tmp_
     trained_with = replace(INFO, resize_method="area")
     real_write = savedmodel.write_savedmodel  # a server that resizes another way
     monkeypatch.setattr(savedmodel, "write_savedmodel",
-                        lambda m, info, path: real_write(m, INFO, path))
+                        lambda m, info, path, *rest: real_write(m, INFO, path, *rest))
     with pytest.raises(ExportError, match=r"serving_default at \d+ px differs"):
         export_model(model, trained_with, tmp_path / "skewed",
                      parity_inputs=_images(), card={"recipe": "t"})

@@ -118,6 +118,8 @@ def _cmd_predict(args) -> int:
         print(path)
         for name, p in top:
             print(f"  {p:7.2%}  {name}")
+        if not top:  # multi-label: no label reached its threshold
+            print("  (no label at or above its threshold)")
     return 0
 
 
@@ -131,7 +133,9 @@ def _cmd_evaluate(args) -> int:
     if "tta" in report:
         print(f"accuracy with TTA ({report['tta']['views']} views): "
               f"{report['tta']['accuracy']:.4f}")
-    print(f"wrote {out}/: metrics.json, per_class.csv, confusion_matrix.png, top_losses.png")
+    figures = ("pr_curves.png" if "map" in report
+               else "confusion_matrix.png, top_losses.png")
+    print(f"wrote {out}/: metrics.json, per_class.csv, {figures}")
     return 0
 
 
@@ -246,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "export.dir/<recipe>)")
     p.set_defaults(fn=_cmd_export)
 
-    p = verbs.add_parser("predict", help="top classes of images from an export alone")
+    p = verbs.add_parser("predict", help="top classes of images from an export alone "
+                                           "(multi-label: every label above its threshold)")
     p.add_argument("export_dir", help="a version directory, e.g. saved_models/<recipe>/1")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)

@@ -40,10 +40,21 @@ def _opt(default: Any, help: str, *, min: float | None = None, max: float | None
 class DataConfig:
     """Where examples come from and how they are turned into batches."""
 
-    source: Literal["synthetic", "arrays", "folder", "tfds", "fashion_mnist"] = _opt(
+    source: Literal["synthetic", "arrays", "folder", "csv", "tfds", "fashion_mnist"] = _opt(
         "synthetic", "kind of data source")
     name: str = _opt("", "synthetic generator (linear, sine_product) or TFDS dataset name")
-    dir: str = _opt("", "image folder with one subfolder per class (source=folder)")
+    dir: str = _opt("", "image folder with one subfolder per class (source=folder); the "
+                        "folder a table's paths are relative to and may not leave "
+                        "(source=csv; empty: the CSV file's folder)")
+    csv: str | object = _opt("", "table of images (source=csv): a CSV file's path (.tsv: "
+                                 "tab-separated), or a pandas DataFrame in the Python API")
+    path_column: str = _opt("path", "column of image paths (source=csv)")
+    label_column: str = _opt("label", "column of labels (source=csv): class names, or "
+                                      "numbers in every row for regression targets")
+    label_delimiter: str = _opt("", "separator of several labels in one cell, e.g. ' ' or "
+                                    "'|': multi-label (source=csv); empty: one label per row")
+    split_column: str = _opt("", "column whose values train/val/test place each row "
+                                 "(source=csv); empty: splits held out as for a folder")
     data_dir: str = _opt("", "TFDS data_dir (source=tfds); empty for the TFDS default")
     train_split: str = _opt("train", "TFDS split spec of the training data")
     val_split: str = _opt("", "TFDS split spec of the validation data; empty: split from train")
@@ -184,12 +195,18 @@ class TrainConfig:
     ema: float = _opt(0.0, "decay of an exponential moving average of the trainable "
                            "weights, validated every epoch and kept when it validates "
                            "better; 0: off", min=0.0, max=0.99999)
-    select_best: str = _opt("", "validation metric (val_accuracy, val_loss, ...) whose best "
+    select_best: str = _opt("", "validation metric (val_accuracy, val_loss; "
+                                "multi-label val_map, val_f1, ...) whose best "
                                 "epoch's weights are kept, per stage and overall; empty: the "
                                 "last epoch")
     loss: Literal["auto", "mse", "binary_crossentropy", "categorical_crossentropy",
                   "sparse_categorical_crossentropy"] = _opt(
         "auto", "loss; auto: mse for regression, cross-entropy from the labels otherwise")
+    threshold: float | str = _opt("per_class", "multi-label: probability at or above which a "
+                                               "class is predicted: per_class (each class's "
+                                               "own, maximising its F1 on the validation "
+                                               "split), global (one, maximising micro-F1 "
+                                               "there) or a number", min=0.0, max=1.0)
     seed: int = _opt(42, "seed of every random generator", min=0)
     steps_per_epoch: int = _opt(0, "steps per epoch; 0: one pass over the training data",
                                 min=0)
@@ -311,6 +328,8 @@ class Recipe:
             if values.get("arrays") is not None:
                 values["arrays"] = {k: f"{len(v[0])} examples"
                                     for k, v in values["arrays"].items()}
+            if not isinstance(values.get("csv", ""), str):  # a DataFrame
+                values["csv"] = f"<DataFrame of {len(values['csv'])} rows>"
             out[section] = values
         if self.model_fn is not None:
             out["model"]["model_fn"] = getattr(self.model_fn, "__qualname__", "custom")
@@ -486,6 +505,9 @@ def _check_combinations(recipe: Recipe) -> None:
                           "'auto' (the learning-rate finder's suggestion)")
     if isinstance(t.verbose, str) and t.verbose != "auto":
         raise RecipeError(f"train.verbose={t.verbose!r}: expected 0, 1, 2 or 'auto'")
+    if isinstance(t.threshold, str) and t.threshold not in ("per_class", "global"):
+        raise RecipeError(f"train.threshold={t.threshold!r}: expected per_class, global or a "
+                          "probability (0.5)")
     if t.select_best and not t.select_best.startswith("val_"):
         raise RecipeError(f"train.select_best={t.select_best!r}: epochs are selected on a "
                           "validation metric (val_accuracy, val_loss, ...), never on "

@@ -67,6 +67,7 @@ class RunDir:
     MODEL = "model.keras"
     PARITY_INPUTS = "parity_inputs.npy"
     SKIPPED_FILES = "skipped_files.txt"
+    THRESHOLDS = "thresholds.json"  # multi-label: per class, chosen on validation
     METRICS = "metrics.json"       # written last: marks the run finished
     EVAL = "eval"
     LOCK = "writer.lock"           # flock-ed by the process writing the run

@@ -29,7 +29,7 @@ from tftoolkit.recipe import Recipe
 
 # Sources a test split is held out of (data.test_fraction) when they have none; TFDS
 # splits are named by the user, and synthetic data is a teaching example.
-SOURCES_WITHOUT_TEST_SPLIT = ("folder", "arrays")
+SOURCES_WITHOUT_TEST_SPLIT = ("folder", "arrays", "csv")
 # Representative samples (DataBundle.sample) are drawn with the data seed plus this, so
 # that they are not the order of a capped split itself; read in batches of SAMPLE_BATCH.
 SAMPLE_SEED_OFFSET, SAMPLE_BATCH = 7919, 64
@@ -39,14 +39,16 @@ SAMPLE_SEED_OFFSET, SAMPLE_BATCH = 7919, 64
 class DataInfo:
     """What the model and the export need to know about the data."""
 
-    task: str                          # "classification" or "regression"
-    encoding: str                      # "categorical", "sparse", "binary" or "regression"
+    task: str                          # "classification", "multilabel" or "regression"
+    encoding: str                      # "categorical", "sparse", "binary", "multilabel"
+    #                                    or "regression"
     input_shape: tuple[int, ...]
     class_names: list[str] | None
     image_size: int | None             # square side for images, None for feature vectors
     description: str
     counts: dict[str, int] = field(default_factory=dict)
-    class_counts: list[int] | None = None
+    class_counts: list[int] | None = None  # training examples of (multi-label: with)
+    #                                         each class
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     target_dim: int = 1
     resize_method: str = "bilinear"    # data.resize_method (the only one before it was kept)
@@ -68,6 +70,12 @@ class DataInfo:
     def num_outputs(self) -> int:
         """Units of the model's output layer."""
         return self.label_encoding.output_units(self.num_classes, self.target_dim)
+
+    def positive_weights(self) -> list[float]:
+        """Multi-label: per class, the training examples without it per example with it
+        (the weight of a class's positive term that balances it)."""
+        n = self.counts["train"]
+        return [(n - c) / max(c, 1) for c in self.class_counts]
 
     def to_dict(self) -> dict:
         return {"task": self.task, "encoding": self.encoding,
@@ -95,8 +103,10 @@ class DataBundle:
     share: WorkerShare | None = None   # this worker's part in a multi-worker run
 
     def class_weights(self) -> np.ndarray | None:
-        """Per-class weights n / (k * n_c) when ``data.class_weight = 'balanced'``."""
-        if self.recipe.data.class_weight != "balanced" or not self.info.class_counts:
+        """Per-class weights n / (k * n_c) when ``data.class_weight = 'balanced'``
+        (multi-label: none per example; the loss weighs each class's positives)."""
+        if (self.recipe.data.class_weight != "balanced" or not self.info.class_counts
+                or self.info.task == "multilabel"):
             return None
         counts = np.asarray(self.info.class_counts, dtype="float64")
         return (counts.sum() / (len(counts) * np.maximum(counts, 1))).astype("float32")
@@ -226,6 +236,12 @@ class DataBundle:
 
 def _label_encoding(recipe: Recipe, task: str, num_classes: int) -> str:
     loss = recipe.train.loss
+    if task == "multilabel":
+        if loss not in ("auto", "binary_crossentropy"):
+            raise DataError(f"train.loss={loss!r}: the labels of {recipe.data.source!r} are "
+                            "multi-label (data.label_delimiter), which train with one "
+                            "sigmoid per class; use train.loss=auto or binary_crossentropy")
+        return "multilabel"
     if loss != "auto":
         encoding = ENCODING_OF_LOSS[loss]
         if task == "regression" and encoding != "regression":
@@ -277,7 +293,8 @@ def load_data(recipe: Recipe, image_size: int | None = None,
         if len(examples) == 0:
             raise DataError(f"split {name!r} of {source.description} is empty")
 
-    task = "classification" if source.class_names is not None else "regression"
+    task = ("regression" if source.class_names is None
+            else "multilabel" if source.multilabel else "classification")
     train = splits["train"]
     is_image = (train.paths is not None or train.dataset is not None
                 or (train.arrays is not None and train.arrays.ndim >= 3))
@@ -291,13 +308,16 @@ def load_data(recipe: Recipe, image_size: int | None = None,
     class_counts = None
     if task == "classification":
         class_counts = np.bincount(train.labels, minlength=len(source.class_names)).tolist()
+    elif task == "multilabel":
+        class_counts = train.labels.sum(axis=0).round().astype(int).tolist()
     info = DataInfo(task=task,
                     encoding=_label_encoding(recipe, task, len(source.class_names or [])),
                     input_shape=input_shape, class_names=source.class_names,
                     image_size=image_size, description=source.description,
                     counts={k: len(v) for k, v in splits.items()},
                     class_counts=class_counts, bad_files=source.bad_files,
-                    target_dim=int(np.prod(train.labels.shape[1:], dtype=int)),
+                    target_dim=1 if task != "regression"
+                    else int(np.prod(train.labels.shape[1:], dtype=int)),
                     resize_method=cfg.resize_method)
     return DataBundle(recipe, splits, info, share=share)
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from tftoolkit.data.parallelism import PARALLEL_CALLS
 from tftoolkit.data.scan import IMAGE_EXTENSIONS, WorkerShare, is_hidden, scan_image_folder
+from tftoolkit.data.table import read_table
 from tftoolkit.errors import DataError, did_you_mean
 from tftoolkit.paths import keras_datasets_dir
 from tftoolkit.recipe import DataConfig
@@ -88,12 +89,14 @@ def _select(dataset, indices: np.ndarray):
 
 @dataclass
 class SourceData:
-    """What a source yields: splits, class names (None for regression), notes."""
+    """What a source yields: splits, class names (None for regression), notes;
+    ``multilabel``: labels are multi-hot rows, several classes per example."""
 
     splits: dict[str, Examples]
     class_names: list[str] | None
     description: str
     bad_files: list[tuple[str, str]]
+    multilabel: bool = False
 
 
 def load_source(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> SourceData:
@@ -101,6 +104,7 @@ def load_source(cfg: DataConfig, seed: int, share: WorkerShare | None = None) ->
     multi-worker run split the check of an image folder's files among them."""
     loaders = {"synthetic": _synthetic, "arrays": _arrays,
                "folder": functools.partial(_folder, share=share),
+               "csv": functools.partial(_csv, share=share),
                "tfds": _tfds, "fashion_mnist": _fashion_mnist}
     return loaders[cfg.source](cfg, seed)
 
@@ -221,11 +225,8 @@ def _folder(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Sou
     scan = scan_image_folder([p for paths in files.values() for p in paths], share=share,
                              max_pixels=cfg.max_pixels)
     if scan.bad and cfg.on_bad_file == "error":
-        listing = "\n".join(f"  {path}: {why}" for path, why in scan.bad)
-        raise DataError(f"{len(scan.bad)} file(s) in {cfg.dir} cannot be read as images "
-                        f"({', '.join(IMAGE_EXTENSIONS)}):\n{listing}\n"
-                        "Fix or remove them, or --set data.on_bad_file=skip to train without "
-                        "them (the list is then written to the run directory).")
+        raise _unreadable(scan.bad, f"file(s) in {cfg.dir} cannot be read as images "
+                                    f"({', '.join(IMAGE_EXTENSIONS)})")
     bad = {path for path, _ in scan.bad}
     paths, labels = [], []
     for label, (name, class_files) in enumerate(files.items()):
@@ -236,6 +237,55 @@ def _folder(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Sou
         labels += [label] * len(good)
     return SourceData({"train": Examples(np.array(labels, "int64"), paths=np.array(paths))},
                       list(files), f"folder {root}", scan.bad)
+
+
+def _unreadable(bad: list[tuple[str, str]], what: str) -> DataError:
+    """The error that lists files or rows that cannot be used, and the way round."""
+    listing = "\n".join(f"  {where}: {why}" for where, why in bad)
+    return DataError(f"{len(bad)} {what}:\n{listing}\nFix or remove them, or --set "
+                     "data.on_bad_file=skip to train without them (the list is then "
+                     "written to the run directory).")
+
+
+# --- a table of image paths and labels (CSV file or DataFrame) -------------------------
+
+def _csv(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> SourceData:
+    """Images named by the rows of a table; its split column, when given, sets the
+    splits (the rest are held out of train as for an image folder)."""
+    if cfg.csv is None or (isinstance(cfg.csv, str) and not cfg.csv):
+        raise DataError("data.source='csv' needs data.csv: --set data.csv=PATH/TO/labels.csv "
+                        "(or a pandas DataFrame in the Python API)")
+    table = read_table(cfg.csv, path_column=cfg.path_column, label_column=cfg.label_column,
+                       label_delimiter=cfg.label_delimiter, split_column=cfg.split_column,
+                       data_dir=cfg.dir)
+    if table.bad_rows and cfg.on_bad_file == "error":
+        raise _unreadable(table.bad_rows, f"row(s) of {table.description} cannot be used")
+    scan = scan_image_folder([Path(p) for p in table.paths], share=share)
+    row_of = dict(zip(table.paths, table.rows))
+    scan.bad = [(f"{row_of[path]} ({path})", why) for path, why in scan.bad]
+    if scan.bad and cfg.on_bad_file == "error":
+        raise _unreadable(scan.bad, f"file(s) named in {table.description} cannot be read "
+                                    f"as images ({', '.join(IMAGE_EXTENSIONS)})")
+    readable = set(scan.good)
+    keep = np.array([p in readable for p in table.paths], bool)
+    paths, labels = np.array(table.paths, dtype=str), table.labels
+    row_split = np.array(table.splits, dtype=str)
+    if table.class_names is not None and not table.multilabel and len(table.class_names) < 2:
+        raise DataError(f"{table.description}: column {cfg.label_column!r} names "
+                        f"{len(table.class_names)} class(es); classification needs two or "
+                        "more (numbers in every row would be regression targets)")
+    if table.multilabel and len(table.class_names) < 2:
+        raise DataError(f"{table.description}: column {cfg.label_column!r} names "
+                        f"{len(table.class_names)} label(s); multi-label needs two or more "
+                        "(one label present or absent is binary: leave "
+                        "data.label_delimiter empty)")
+    splits = {}
+    for split in ("train", "val", "test"):
+        chosen = keep & (row_split == split)
+        if chosen.any() or split == "train":
+            splits[split] = Examples(labels[chosen], paths=paths[chosen])
+    return SourceData(splits, table.class_names, table.description,
+                      table.bad_rows + scan.bad, multilabel=table.multilabel)
 
 
 # --- TensorFlow Datasets ---------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Evaluation and interpretability of a run directory or an export.
 
 ``evaluate`` writes metrics (text, JSON, CSV), a confusion matrix and a top-losses grid
-to an ``eval`` folder; ``explain`` writes one Grad-CAM overlay per image.
+to an ``eval`` folder (multi-label: per class AP, precision, recall and F1 at the
+thresholds chosen on validation, and precision-recall curves); ``explain`` writes one
+Grad-CAM overlay per image (multi-label: one per predicted label).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from tftoolkit.data import DataInfo, load_data
 from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
 from tftoolkit.errors import DataError, TftoolkitError
 from tftoolkit.evaluation.gradcam import grad_cam
-from tftoolkit.evaluation.metrics import classification_report, render_report
-from tftoolkit.evaluation.plots import plot_confusion_matrix, plot_top_losses
+from tftoolkit.evaluation.metrics import (classification_report, multilabel_report,
+                                          render_report)
+from tftoolkit.evaluation.plots import plot_confusion_matrix, plot_pr_curves, plot_top_losses
 from tftoolkit.models import load_keras_model
+from tftoolkit.multilabel import Thresholds, precision_recall_curve, score_histograms
 from tftoolkit.recipe import Recipe, recipe_from_dict
 from tftoolkit.rundir import RunDir
 from tftoolkit.serving.litert import LiteRTModel
@@ -58,6 +62,17 @@ def load_trained(path: str | Path) -> tuple[keras.Model | LiteRTModel, Recipe, D
     return load_keras_model(path / RunDir.MODEL), recipe, info, out
 
 
+def thresholds_of(path: str | Path, info: DataInfo) -> np.ndarray:
+    """A multi-label model's thresholds: its run's, or its export's model card's."""
+    path = Path(path)
+    card = (path.parent if path.suffix == ".tflite" else path) / MODEL_CARD
+    if card.is_file():
+        return np.array([json.loads(card.read_text())["thresholds"][n]
+                         for n in info.class_names], np.float32)
+    return Thresholds.from_dict(RunDir(path).read_json(RunDir.THRESHOLDS),
+                                info.class_names).values
+
+
 def _split_arrays(recipe: Recipe, info: DataInfo,
                   split: str) -> tuple[str, np.ndarray, np.ndarray]:
     """The split evaluated (validation when the data has no test split and the test split
@@ -82,6 +97,8 @@ def evaluate(path: str | Path, split: str = "test", tta: int = 0,
     """Evaluate on ``split``; write metrics.json, per_class.csv, confusion_matrix.png and
     top_losses.png into ``out`` (default: ``RUN_DIR/eval`` or ``EXPORT-eval``)."""
     model, recipe, info, default_out = load_trained(path)
+    if info.task == "multilabel":
+        return _evaluate_multilabel(path, split, out or default_out)
     if info.task != "classification":
         raise TftoolkitError(f"{path}: evaluate reports classification metrics; this model "
                              "is a regression")
@@ -110,8 +127,37 @@ def evaluate(path: str | Path, split: str = "test", tta: int = 0,
     return report, out
 
 
+def _evaluate_multilabel(path: str | Path, split: str, out: str | Path) -> tuple[dict, Path]:
+    """Multi-label: metrics.json, per_class.csv (the threshold table, with AP, precision,
+    recall, F1 and support at each threshold) and pr_curves.png."""
+    model, recipe, info, _ = load_trained(path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    evaluated, images, labels = _split_arrays(recipe, info, split)
+    probabilities = np.asarray(model.predict(images, batch_size=64, verbose=0))
+    positives, negatives = (h.numpy() for h in score_histograms(labels, probabilities))
+    thresholds = thresholds_of(path, info)
+    report = {"split": evaluated, **multilabel_report(positives, negatives, info.class_names,
+                                                      thresholds)}
+    if evaluated != split:
+        report["note"] = (f"the data has no {split} split (data.test_fraction=0?); "
+                          f"evaluated on the {evaluated} split instead")
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    with open(out / "per_class.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(report["per_class"][0]))
+        writer.writeheader()
+        writer.writerows(report["per_class"])
+    precision, recall = precision_recall_curve(positives, negatives)
+    plot_pr_curves(precision, recall, report["per_class"], out / "pr_curves.png",
+                   f"{recipe.name} ({evaluated}): precision-recall per class "
+                   "(dot: at its threshold)")
+    return report, out
+
+
 def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list[Path]:
-    """One Grad-CAM overlay PNG per image file, titled with the predicted class."""
+    """One Grad-CAM overlay PNG per image file, titled with the predicted class (a
+    multi-label model: one per label at or above its threshold, or for the most probable
+    one when none is)."""
     model, _, info, _ = load_trained(path)
     if isinstance(model, LiteRTModel):
         raise TftoolkitError(f"{path}: Grad-CAM needs gradients, which a LiteRT file does not "
@@ -121,13 +167,20 @@ def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list
         raise TftoolkitError(f"image file(s) not found: {', '.join(missing)}")
     batch = np.stack([np.asarray(to_rgb_image(decode_image_bytes(tf.io.read_file(str(p))),
                                               info.resize)) for p in images])
-    heatmaps, predicted = grad_cam(model, batch)
     probabilities = np.asarray(model.predict(batch, verbose=0))
+    rows = np.arange(len(batch))
+    if info.task == "multilabel":  # (image, label) pairs: each predicted label explained
+        marked = probabilities >= thresholds_of(path, info)
+        marked[rows, probabilities.argmax(axis=1)] |= ~marked.any(axis=1)
+        rows, classes = np.nonzero(marked)
+        heatmaps, predicted = grad_cam(model, batch[rows], classes)
+    else:
+        heatmaps, predicted = grad_cam(model, batch)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for image_path, image, heat, cls, probs in zip(images, batch, heatmaps, predicted,
-                                                   probabilities):
+    for row, heat, cls in zip(rows, heatmaps, predicted):
+        image_path, image, probs = images[row], batch[row], probabilities[row]
         fig = Figure(figsize=(7, 3.8))
         axes = fig.subplots(1, 2)
         axes[0].imshow(image.astype("uint8"))
@@ -140,10 +193,15 @@ def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list
         fig.colorbar(overlay, ax=axes[1], fraction=0.046, pad=0.04, label="relevance")
         fig.suptitle(Path(image_path).name)
         fig.tight_layout()
-        target = out / f"{Path(image_path).stem}_gradcam.png"
+        label = f"_{_file_safe(info.class_names[cls])}" if info.task == "multilabel" else ""
+        target = out / f"{Path(image_path).stem}{label}_gradcam.png"
         fig.savefig(target, dpi=100)
         written.append(target)
     return written
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 __all__ = ["evaluate", "explain", "grad_cam", "load_trained", "render_report"]

@@ -34,8 +34,10 @@ def _class_scores(logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return predicted, tf.gather(logits, predicted, batch_dims=1)
 
 
-def grad_cam(model: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Heatmaps in [0, 1] at the image size, and the predicted class of each image.
+def grad_cam(model: keras.Model, images: np.ndarray,
+             classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Heatmaps in [0, 1] at the image size, and the class explained for each image:
+    ``classes`` (one per image; a multi-label model's labels) or the predicted one.
 
     The model's top-level layers are applied in order (tftoolkit's models are chains:
     preprocessing, backbone or conv blocks, pooling, head); the last 4-D output is the
@@ -55,6 +57,9 @@ def grad_cam(model: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.nda
         if logits is None:
             logits = head(out, training=False)
         predicted, score = _class_scores(tf.cast(logits, tf.float32))
+        if classes is not None:  # the logit of each class asked for
+            predicted = tf.constant(classes, tf.int64)
+            score = tf.gather(tf.cast(logits, tf.float32), predicted, batch_dims=1)
     if features is None:
         raise ValueError(f"model {model.name} has no convolutional feature map")
     grads = tape.gradient(score, features)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tftoolkit import multilabel
+
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts ``[true, predicted]``; sums to the number of examples."""
@@ -49,8 +51,32 @@ def classification_report(labels: np.ndarray, probabilities: np.ndarray,
     }
 
 
+def multilabel_report(positives: np.ndarray, negatives: np.ndarray,
+                      class_names: list[str], thresholds: np.ndarray) -> dict:
+    """From a split's score histograms (:func:`tftoolkit.multilabel.score_histograms`):
+    mAP, micro/macro F1 and per class AP, precision, recall, F1 and support at each
+    class's threshold (``thresholds``, chosen on validation)."""
+    counts = multilabel.counts_at(positives, negatives, thresholds)
+    ap = multilabel.average_precision(positives, negatives).numpy()
+    support = positives.sum(axis=-1)
+    per_class = [{"class": name, "threshold": float(t), "ap": float(a), "precision": float(p),
+                  "recall": float(r), "f1": float(f), "support": int(round(n))}
+                 for name, t, a, p, r, f, n in zip(class_names, thresholds, ap,
+                                                   counts.precision, counts.recall,
+                                                   counts.f1, support)]
+    return {"examples": int(round((positives + negatives)[0].sum())),
+            "map": float(multilabel.mean_average_precision(positives, negatives)),
+            "micro_f1": counts.micro_f1, "macro_f1": float(counts.f1.mean()),
+            "per_class": per_class,
+            "macro_avg": {"precision": float(counts.precision.mean()),
+                          "recall": float(counts.recall.mean()),
+                          "f1": float(counts.f1.mean())}}
+
+
 def render_report(report: dict) -> str:
     """The report as a text table."""
+    if "map" in report:
+        return _render_multilabel(report)
     width = max(12, *(len(row["class"]) for row in report["per_class"]))
     lines = [f"{'class':{width}s} {'precision':>9s} {'recall':>9s} {'f1':>9s} {'support':>8s}"]
     for row in report["per_class"]:
@@ -64,4 +90,17 @@ def render_report(report: dict) -> str:
     for key, value in report.items():
         if key.endswith("accuracy"):
             lines.append(f"{key}: {value:.4f}")
+    return "\n".join(lines)
+
+
+def _render_multilabel(report: dict) -> str:
+    width = max(12, *(len(row["class"]) for row in report["per_class"]))
+    lines = [f"{'class':{width}s} {'threshold':>9s} {'AP':>7s} {'precision':>9s} "
+             f"{'recall':>7s} {'f1':>7s} {'support':>8s}"]
+    for row in report["per_class"]:
+        lines.append(f"{row['class']:{width}s} {row['threshold']:9.3f} {row['ap']:7.3f} "
+                     f"{row['precision']:9.3f} {row['recall']:7.3f} {row['f1']:7.3f} "
+                     f"{row['support']:8d}")
+    lines += ["", f"mAP: {report['map']:.4f}   micro-F1: {report['micro_f1']:.4f}   "
+                  f"macro-F1: {report['macro_f1']:.4f}   ({report['examples']} examples)"]
     return "\n".join(lines)

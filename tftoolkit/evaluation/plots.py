@@ -1,4 +1,5 @@
-"""Evaluation figures: a normalised confusion matrix and a grid of the top losses."""
+"""Evaluation figures: a normalised confusion matrix, a grid of the top losses, and
+multi-label precision-recall curves."""
 
 from __future__ import annotations
 
@@ -51,6 +52,26 @@ def plot_top_losses(images: np.ndarray, labels: np.ndarray, probabilities: np.nd
                      f"({probabilities[i, predicted[i]]:.0%})", fontsize=9)
     fig.suptitle("top losses: most confidently wrong" if len(order)
                  else "top losses: no misclassified images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_pr_curves(precision: np.ndarray, recall: np.ndarray, per_class: list[dict],
+                   path: Path, title: str = "") -> Path:
+    """One precision-recall curve per class, its AP in the legend and a dot where its
+    threshold puts it."""
+    fig = Figure(figsize=(6.5, 5))
+    ax = fig.subplots()
+    for p, r, row in zip(precision, recall, per_class):
+        line, = ax.step(r, p, where="post", label=f"{row['class']} (AP {row['ap']:.3f})")
+        ax.plot([row["recall"]], [row["precision"]], "o", color=line.get_color())
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title or "precision-recall per class (dot: at the threshold)")
+    ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path

@@ -16,6 +16,7 @@ from tftoolkit.data import DataBundle, DataInfo, load_data
 from tftoolkit.errors import ExportError
 from tftoolkit.models import load_keras_model
 from tftoolkit.models.layout import PREPROCESS
+from tftoolkit.multilabel import Thresholds
 from tftoolkit.rundir import RunDir
 from tftoolkit.serving.predict import predict
 from tftoolkit.serving.savedmodel import MEASURED, MODEL_CARD, Quantization, export_model
@@ -119,6 +120,11 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
     root = Path(to) if to else Path(recipe["export"]["dir"]) / recipe["name"]
     card = {**_card(model, recipe, info, metrics), "run_dir": str(run)}
     formats = recipe["export"].get("formats", [])
+    thresholds = None
+    if info.task == "multilabel":
+        card["thresholds_chosen_by"] = run.read_json(RunDir.THRESHOLDS)["chosen_by"]
+        thresholds = Thresholds.from_dict(run.read_json(RunDir.THRESHOLDS),
+                                          info.class_names).values
     quantization = None
     if any(f in MEASURED for f in formats):
         quantization = quantization_inputs(data or load_data(run.read_recipe(),
@@ -126,7 +132,7 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
     return export_model(model, info, root, parity_inputs=np.load(run / RunDir.PARITY_INPUTS),
                         card=card, tolerance=recipe["export"]["tolerance"],
                         mixed_precision=recipe["train"]["precision"] != "float32",
-                        formats=formats, quantization=quantization)
+                        formats=formats, quantization=quantization, thresholds=thresholds)
 
 
 def formats_table(version: Path) -> str:

@@ -101,22 +101,40 @@ class LiteRTModel:
         with warnings.catch_warnings():  # tf.lite.Interpreter announces its successor
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             self.interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+        self._output_index = self._probabilities_index()
         self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
+        self.output = self._output_details()
         self._batch = None
+
+    def _probabilities_index(self) -> int:
+        """The tensor index of the predictions: a signature's ``probabilities`` (a
+        multi-label file also outputs its ``labels`` mask), else the first output."""
+        for key in self.interpreter.get_signature_list():
+            outputs = self.interpreter.get_signature_runner(key).get_output_details()
+            if "probabilities" in outputs:
+                return outputs["probabilities"]["index"]
+        return self.interpreter.get_output_details()[0]["index"]
+
+    def _output_details(self) -> dict:
+        return next(d for d in self.interpreter.get_output_details()
+                    if d["index"] == self._output_index)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.input["shape"][1:])
 
+    @property
+    def any_size(self) -> bool:
+        """Whether the file takes images of any size (and resizes them inside)."""
+        return any(int(d) < 0 for d in self.input["shape_signature"][1:-1])
+
     def _run(self, images: np.ndarray) -> np.ndarray:
-        if self._batch != len(images):
-            self.interpreter.resize_tensor_input(self.input["index"], [len(images),
-                                                                      *self.input_shape])
+        if self._batch != images.shape:
+            self.interpreter.resize_tensor_input(self.input["index"], list(images.shape))
             self.interpreter.allocate_tensors()
             self.input = self.interpreter.get_input_details()[0]
-            self.output = self.interpreter.get_output_details()[0]
-            self._batch = len(images)
+            self.output = self._output_details()
+            self._batch = images.shape
         x = np.asarray(images, np.float32)
         if self.input["dtype"] != np.float32:
             scale, zero = self.input["quantization"]

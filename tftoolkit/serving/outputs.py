@@ -1,7 +1,8 @@
 """What a served classifier returns, in one place for every format and for evaluation.
 
 A model with one sigmoid unit predicts P(class 1); served and evaluated, it has one
-probability column per class like every other classifier.
+probability column per class like every other classifier. A multi-label model serves
+each class's sigmoid probability and a boolean mask of the labels predicted.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ def classifier_outputs(predictions: tf.Tensor, class_names: tf.Tensor) -> dict[s
     class_id = tf.argmax(probabilities, axis=-1)
     return {"probabilities": probabilities, "class_id": class_id,
             "class_name": tf.gather(class_names, class_id)}
+
+
+def multilabel_outputs(predictions: tf.Tensor, thresholds: tf.Tensor) -> dict[str, tf.Tensor]:
+    """A multi-label signature's outputs: ``probabilities`` [batch, classes] float32 and
+    ``labels`` [batch, classes] bool, true where a probability is at least its class's
+    threshold (the class names, in column order, are ``labels.txt``)."""
+    probabilities = tf.cast(predictions, tf.float32)
+    return {"probabilities": probabilities, "labels": probabilities >= thresholds}
 
 
 def served_key(outputs) -> str:

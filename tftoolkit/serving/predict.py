@@ -1,4 +1,9 @@
-"""Predict from an exported SavedModel alone: no recipe, no training code."""
+"""Predict from an exported SavedModel alone: no recipe, no training code.
+
+A classifier gives its top classes; a multi-label classifier every label at or above its
+threshold (the SavedModel's ``labels`` output; for a LiteRT file, the thresholds of the
+model card beside it).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,13 @@ from tftoolkit.errors import ExportError
 from tftoolkit.serving.savedmodel import LABELS, MODEL_CARD
 
 
-def _predict_litert(path: Path, images: list[str | Path]) -> tuple[np.ndarray, list[str]]:
-    """Class probabilities from a LiteRT file, and its labels: those packed in its
-    metadata (MediaPipe files), else the export version's beside it. Images are resized
-    as the export's model card says the model was trained, or, for a MediaPipe file on
-    its own, with the bilinear resize MediaPipe Tasks applies."""
+def _predict_litert(path: Path, images: list[str | Path]
+                    ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """Class probabilities from a LiteRT file, its labels (those packed in its metadata,
+    for MediaPipe files, else the export version's beside it) and, for a multi-label
+    model, the mask of labels at or above their thresholds (the model card's). Images
+    are resized as the export's model card says the model was trained, or, for a
+    MediaPipe file on its own, with the bilinear resize MediaPipe Tasks applies."""
     import tensorflow as tf
 
     from tftoolkit.data import DataInfo
@@ -24,7 +31,8 @@ def _predict_litert(path: Path, images: list[str | Path]) -> tuple[np.ndarray, l
     from tftoolkit.serving.mediapipe_tasks import packed_labels
     from tftoolkit.serving.outputs import class_probabilities
 
-    names, card = packed_labels(path), path.parent / MODEL_CARD
+    packed, card = packed_labels(path), path.parent / MODEL_CARD
+    names = packed
     if names is None:
         labels = path.parent / LABELS
         if not labels.is_file():
@@ -34,7 +42,7 @@ def _predict_litert(path: Path, images: list[str | Path]) -> tuple[np.ndarray, l
     model = LiteRTModel(path)
     if card.is_file():  # the training pipeline's resize
         resize = DataInfo.from_dict(json.loads(card.read_text())["data_info"]).resize
-    elif names is not None:  # a MediaPipe file on its own: resized as MediaPipe does
+    elif packed is not None:  # a MediaPipe file on its own: resized as MediaPipe does
         resize = Resize(model.input_shape[0], "bilinear")
     else:
         raise ExportError(f"{path} is not inside an export version: no {MODEL_CARD} beside "
@@ -45,12 +53,18 @@ def _predict_litert(path: Path, images: list[str | Path]) -> tuple[np.ndarray, l
     except tf.errors.InvalidArgumentError as exc:
         raise ExportError(f"cannot decode one of {', '.join(map(str, images))} as an image: "
                           f"{exc.message.splitlines()[0][:160]}") from None
-    return class_probabilities(model.predict(batch)), names
+    predictions = model.predict(batch)
+    thresholds = json.loads(card.read_text()).get("thresholds") if card.is_file() else None
+    if thresholds:  # multi-label: sigmoid probabilities, one column per label
+        return predictions, names, predictions >= np.array(list(thresholds.values()),
+                                                           np.float32)
+    return class_probabilities(predictions), names, None
 
 
 def predict(export_dir: str | Path, images: list[str | Path],
             top_k: int = 3) -> list[list[tuple[str, float]]]:
-    """Top-``k`` ``(class_name, probability)`` per image file, from an export version's
+    """Top-``k`` ``(class_name, probability)`` per image file (a multi-label model: every
+    label at or above its threshold, most probable first), from an export version's
     SavedModel (``serve_bytes``) or one of its LiteRT files (``.tflite``)."""
     import tensorflow as tf
 
@@ -64,8 +78,8 @@ def predict(export_dir: str | Path, images: list[str | Path],
     if missing:
         raise ExportError(f"image file(s) not found: {', '.join(missing)}")
     if litert_file:
-        probabilities, names = _predict_litert(export_dir, images)
-        return _top(probabilities, names, top_k)
+        probabilities, names, labels = _predict_litert(export_dir, images)
+        return _top(probabilities, names, top_k, labels)
     labels = export_dir / LABELS
     try:
         loaded = tf.saved_model.load(str(export_dir))
@@ -84,17 +98,21 @@ def predict(export_dir: str | Path, images: list[str | Path],
     names = labels.read_text().splitlines()
     data = tf.constant([Path(p).read_bytes() for p in images])
     try:
-        probabilities = loaded.signatures["serve_bytes"](image_bytes=data)["probabilities"]
+        outputs = loaded.signatures["serve_bytes"](image_bytes=data)
     except tf.errors.InvalidArgumentError as exc:
         raise ExportError(f"cannot decode one of {', '.join(map(str, images))} as an image: "
                           f"{exc.message.splitlines()[0][:160]}") from None
-    return _top(probabilities.numpy(), names, top_k)
+    labels = outputs["labels"].numpy() if "labels" in outputs else None
+    return _top(outputs["probabilities"].numpy(), names, top_k, labels)
 
 
-def _top(probabilities: np.ndarray, names: list[str],
-         top_k: int) -> list[list[tuple[str, float]]]:
+def _top(probabilities: np.ndarray, names: list[str], top_k: int,
+         labels: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
+    """Per image, the ``top_k`` most probable classes, or with a multi-label mask every
+    label it marks, most probable first."""
     results = []
-    for row in probabilities:
-        order = np.argsort(row)[::-1][:top_k]
-        results.append([(names[i], float(row[i])) for i in order])
+    for i, row in enumerate(probabilities):
+        order = np.argsort(row)[::-1]
+        order = order[:top_k] if labels is None else [j for j in order if labels[i, j]]
+        results.append([(names[j], float(row[j])) for j in order])
     return results

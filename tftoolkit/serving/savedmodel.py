@@ -15,6 +15,8 @@ Both bring images to the model's size with the training pipeline's own
 :class:`~tftoolkit.data.pipeline.Resize` (``data.resize_method``, antialiased when
 downscaling, whole pixel levels); the parity check serves real images through both at
 sizes other than the model's.
+A multi-label classifier's two signatures return ``probabilities`` and ``labels``, a
+boolean [batch, classes] mask of the classes at or above their thresholds.
 A feature-vector model has one ``serving_default``: ``features`` -> ``outputs``.
 The model is always called with ``training=False``: no augmentation, dropout or
 BatchNorm update can reach a served prediction.
@@ -43,7 +45,8 @@ from tftoolkit.errors import ExportError
 from tftoolkit.serving import litert, mediapipe_tasks
 from tftoolkit.serving.formats import (ONNX_FILE, ONNX_TOLERANCE, check_formats, write_onnx,
                                        write_tflite)
-from tftoolkit.serving.outputs import classifier_outputs, expected_output, served_key
+from tftoolkit.serving.outputs import (classifier_outputs, expected_output,
+                                       multilabel_outputs, served_key)
 
 MIXED_PRECISION_TOLERANCE = 1e-2
 # Client image sides the parity check also serves (beside the model's own), and how many
@@ -90,26 +93,40 @@ def _out_of_space(error: BaseException) -> bool:
             or (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)))
 
 
-def write_savedmodel(model: keras.Model, info: DataInfo, path: Path) -> None:
-    """Write ``model`` with its serving signatures as a SavedModel at ``path``."""
+def _classifier_outputs(info: DataInfo, thresholds: np.ndarray | None):
+    """The map from the model's predictions to a classifier signature's outputs."""
+    if info.task == "multilabel":
+        if thresholds is None:
+            raise ExportError("a multi-label export needs its per-class thresholds (the "
+                              "run's thresholds.json)")
+        cut = tf.constant(np.asarray(thresholds, np.float32))
+        return lambda predictions: multilabel_outputs(predictions, cut)
+    names = tf.constant(info.class_names)
+    return lambda predictions: classifier_outputs(predictions, names)
+
+
+def write_savedmodel(model: keras.Model, info: DataInfo, path: Path,
+                     thresholds: np.ndarray | None = None) -> None:
+    """Write ``model`` with its serving signatures as a SavedModel at ``path``
+    (``thresholds``: a multi-label model's, per class)."""
     archive = keras.export.ExportArchive()
     archive.track(model)
     if info.image_size and info.class_names:
         size, resize = info.image_size, info.resize
-        names = tf.constant(info.class_names)
+        outputs = _classifier_outputs(info, thresholds)
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32,
                                                     name="images")])
         def serve_images(images):
             # the training pipeline's resize: exact (an identity) at the model's size
-            return classifier_outputs(model(resize(images), training=False), names)
+            return outputs(model(resize(images), training=False))
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve_bytes(image_bytes):
             images = tf.map_fn(lambda b: to_rgb_image(decode_image_bytes(b), resize),
                                image_bytes,
                                fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-            return classifier_outputs(model(images, training=False), names)
+            return outputs(model(images, training=False))
 
         archive.add_endpoint("serving_default", serve_images)
         archive.add_endpoint("serve_bytes", serve_bytes)
@@ -244,10 +261,12 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
 def export_model(model: keras.Model, info: DataInfo, root: Path, *,
                  parity_inputs: np.ndarray, card: dict[str, Any],
                  tolerance: float = 1e-5, mixed_precision: bool = False,
-                 formats: list[str] = (), quantization: Quantization | None = None) -> Path:
+                 formats: list[str] = (), quantization: Quantization | None = None,
+                 thresholds: np.ndarray | None = None) -> Path:
     """Export ``model`` as the next numbered version under ``root`` (plus ``formats``,
-    the float ones parity-checked, the quantized ones measured with ``quantization``);
-    returns its path."""
+    the float ones parity-checked, the quantized ones measured with ``quantization``;
+    ``thresholds``: a multi-label model's, served and kept in the card); returns its
+    path."""
     check_formats(list(formats), info)
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_exports(root)
@@ -255,7 +274,7 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
     if mixed_precision:
         tolerance = max(tolerance, MIXED_PRECISION_TOLERANCE)
     try:
-        write_savedmodel(model, info, tmp)
+        write_savedmodel(model, info, tmp, thresholds)
         diff = parity_check(tmp, model, parity_inputs, tolerance, info.resize)
         extra = {}
         if "tflite" in formats:
@@ -285,6 +304,8 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
                            "note": "mixed precision: looser tolerance" if mixed_precision
                            else "float32"},
                 "formats": extra, "formats_refused": refused,
+                **({} if thresholds is None else {"thresholds": dict(zip(
+                    info.class_names, map(float, thresholds)))}),
                 "versions": _versions()}
         return _publish(tmp, root, card)
     except BaseException as exc:

@@ -181,7 +181,7 @@ def cached_datasets(parts: tuple[keras.Model, keras.Model], data: DataBundle,
     pixels = augmenter.in_model or augmenter.in_pipeline
     if views:
         features = _features(extractor, data, "train", batch_size, pixels, views)
-        labels = np.tile(train.labels, views)
+        labels = np.tile(train.labels, (views,) + (1,) * (train.labels.ndim - 1))
     else:
         features, labels = _features(extractor, data, "train", batch_size), train.labels
     cached = DataBundle(data.recipe, {"train": Examples(labels, arrays=features)}, data.info,

@@ -158,5 +158,8 @@ def compile_model(model: keras.Model, recipe: Recipe, info: DataInfo, learning_r
     if layer_decay_model is not None:
         optimizer.set_learning_rate_multipliers(
             block_learning_rate_multipliers(layer_decay_model, recipe.train.layer_decay))
-    model.compile(optimizer=optimizer, loss=encoding.loss(recipe.regularize.label_smoothing),
-                  metrics=[encoding.metric])
+    loss = (encoding.loss(recipe.regularize.label_smoothing,
+                          info.positive_weights() if recipe.data.class_weight == "balanced"
+                          else None)
+            if encoding.is_multilabel else encoding.loss(recipe.regularize.label_smoothing))
+    model.compile(optimizer=optimizer, loss=loss, metrics=encoding.metrics(info.num_classes))

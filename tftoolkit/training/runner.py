@@ -24,6 +24,7 @@ from tftoolkit.data import DataBundle, DataInfo, load_data
 from tftoolkit.errors import RecipeError, did_you_mean
 from tftoolkit.models import build_model, input_size
 from tftoolkit.models.transfer import set_trainable
+from tftoolkit.multilabel import report_at, split_histograms, validation_thresholds
 from tftoolkit.recipe import Recipe, load_recipe
 from tftoolkit.rundir import Progress, RunDir
 from tftoolkit.serving import export_run, save_parity_inputs
@@ -311,13 +312,14 @@ def _input(strategy: tf.distribute.Strategy, data: DataBundle, split: str,
 def _monitor(run: _Run) -> str:
     """The validation metric that keeps epochs: ``train.select_best``; with early
     stopping alone, the ``val_loss`` it watches; for comparing the weights with their
-    average alone, the task's own."""
+    average alone, the task's own (multi-label: ``val_map``)."""
     t = run.recipe.train
+    encoding = run.data.info.label_encoding
     if t.select_best:
         return t.select_best
-    if t.early_stopping or not run.data.info.label_encoding.is_classification:
+    if t.early_stopping or not encoding.is_classification:
         return "val_loss"
-    return "val_accuracy"
+    return "val_map" if encoding.is_multilabel else "val_accuracy"
 
 
 def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callbacks.Callback]:
@@ -554,7 +556,7 @@ def evaluate_model(model: keras.Model, data: DataBundle, recipe: Recipe, batch_s
                               (model, _input(strategy, data, split, batch_size=batch_size)))
         values = distributed.evaluate(evaluated, dataset, strategy=strategy)
         metrics.update({f"{split}_{k}": v for k, v in values.items()})
-        if (recipe.train.tta and data.info.label_encoding.is_classification
+        if (recipe.train.tta and data.info.task == "classification"
                 and not distributed.needs_own_loop(strategy)):
             metrics[f"{split}_accuracy_tta"] = _tta_accuracy(model, data, split,
                                                              recipe.train.tta)
@@ -588,12 +590,31 @@ def read_history(path: Path) -> dict[str, list[float]]:
     return history
 
 
+def _choose_thresholds(run: _Run) -> dict[str, float]:
+    """Multi-label: the thresholds chosen on validation (kept in the run), and the val
+    and test figures at them."""
+    data, info = run.data, run.data.info
+    thresholds = validation_thresholds(run.model, data, run.recipe.train.threshold)
+    run.run.write_json(RunDir.THRESHOLDS, thresholds.to_dict(info.class_names))
+    run.notes.append(f"thresholds: {thresholds.chosen_by} (mean "
+                     f"{thresholds.values.mean():.3f}; {RunDir.THRESHOLDS})")
+    figures = {}
+    for split in ("val", "test"):
+        if split in data.splits:
+            histograms = split_histograms(run.model, data.dataset(split, batch_size=64))
+            figures.update({f"{split}_{k}_at_thresholds": v for k, v in
+                            report_at(*histograms, thresholds.values).items() if k != "map"})
+    return figures
+
+
 def _finish(run: _Run, train_seconds: float) -> TrainResult:
     """Evaluate, save the model, history plot and parity inputs, mark the run finished
     (metrics last), and export."""
     recipe, model = run.recipe, run.model
     metrics = evaluate_model(model, run.data, recipe, run.batch_size, run.strategy,
                              run.cached_head)
+    if run.data.info.task == "multilabel":
+        metrics.update(_choose_thresholds(run))
     metrics["train_seconds"] = train_seconds
     if run.private is not None:
         metrics.update(epsilon=run.private.epsilon, delta=run.private.delta)
