@@ -187,7 +187,7 @@ def test_mixup_and_cutmix_mix_multi_hot_targets(tag_table):
     augmenter = build_augmenter(AugmentConfig(enabled=True, flip="none", mixup=0.4,
                                               cutmix=1.0), 32, seed=0)
     images, labels = next(iter(data.dataset("train", batch_size=8)))
-    _, mixed = augmenter.pipeline_fn()(images, labels)
+    _, mixed = augmenter.pipeline_fn().per_batch(images, labels)
     mixed = np.asarray(mixed)
     assert mixed.shape == (8, 3) and ((mixed >= 0) & (mixed <= 1)).all()
     assert not np.array_equal(mixed, np.asarray(labels))

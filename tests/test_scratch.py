@@ -35,7 +35,7 @@ def test_linear_regression_recipe_recovers_slope_and_intercept(quiet):
 
 @pytest.mark.parametrize("seed", [0])  # a sample whose least-squares fit is W=3.24, b=2.40
 def test_gradient_descent_converges_to_least_squares(quiet, seed):
-    result = tftoolkit.train("linear_regression", {**quiet, "train.seed": seed})
+    result = tftoolkit.train("linear_regression", {**quiet, "data.split_seed": seed})
     kernel, bias = result.model.get_layer("predictions").get_weights()
     np.testing.assert_allclose([kernel.item(), bias.item()], _ols(seed), atol=0.01)
 
