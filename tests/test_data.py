@@ -416,6 +416,37 @@ def test_image_headers_are_read_without_decoding(tmp_path):
     assert [int(v) for v in declared_size(tf.constant(b"not an image"))] == [0, 0]
 
 
+def _gif_with_canvas(path: Path, width: int, height: int, canvas: tuple[int, int]) -> Path:
+    """A tiny GIF of one ``width`` x ``height`` frame whose logical-screen header (the
+    canvas) claims ``canvas`` instead."""
+    from PIL import Image
+
+    Image.new("P", (width, height)).save(path, format="GIF")
+    data = bytearray(path.read_bytes())
+    data[6:10] = canvas[0].to_bytes(2, "little") + canvas[1].to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_gif_lying_about_its_canvas_is_checked_by_its_first_frame(tmp_path):
+    import tensorflow as tf
+
+    from tftoolkit.data.decode import declared_size
+    from tftoolkit.data.scan import _check
+
+    liar = _gif_with_canvas(tmp_path / "liar.gif", 3000, 3000, canvas=(10, 10))
+    assert liar.stat().st_size < 100_000
+    assert [int(v) for v in declared_size(tf.io.read_file(str(liar)))] == [3000, 3000]
+    assert "declares 3000x3000 pixels, more than data.max_pixels=1000000" in _check(
+        liar, max_pixels=1_000_000)
+    data = liar.read_bytes()
+    headless = tmp_path / "headless.gif"  # no image descriptor: cut before it
+    headless.write_bytes(data[:data.index(b"\x2c", 13)])
+    assert "size cannot be read from its header" in _check(headless)
+    fine = _gif_with_canvas(tmp_path / "fine.gif", 30, 20, canvas=(30, 20))
+    assert _check(fine, max_pixels=1_000_000) is None
+
+
 def test_an_image_declaring_more_than_max_pixels_is_a_bad_file_named(tmp_path, quiet):
     root = make_image_folder(tmp_path / "shapes", per_class=4)
     bomb = _bomb(root / "circle" / "huge.png", 8000, 6000)
