@@ -58,11 +58,11 @@ def _gif_frame_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def declared_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(width, height) that encoded PNG/GIF/BMP/JPEG bytes declare in their header, read
-    without decoding; (0, 0) for another format, (-1, -1) for a GIF without an image
-    descriptor. A GIF's is the larger of its canvas and its first frame."""
+    """(width, height) that encoded PNG/GIF/BMP/JPEG/WebP bytes declare in their header,
+    read without decoding; (-1, -1) when it cannot be read (another format, a GIF
+    without an image descriptor). A GIF's is the larger of its canvas and first frame."""
     head = tf.cast(tf.io.decode_raw(tf.strings.substr(
-        tf.strings.join([data, tf.constant(b"\0" * 32)]), 0, 32), tf.uint8), tf.int64)
+        tf.strings.join([data, tf.constant(b"\0" * 30)]), 0, 30), tf.uint8), tf.int64)
 
     def number(start: int, length: int, big_endian: bool) -> tf.Tensor:
         digits = [head[start + k] for k in range(length)]
@@ -84,11 +84,21 @@ def declared_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     gif_width, gif_height = [tf.where(frame[k] < 0, frame[k], tf.maximum(frame[k], canvas))
                              for k, canvas in enumerate((number(6, 2, False),
                                                          number(8, 2, False)))]
+    # WebP: a RIFF file of one chunk: VP8X (extended: the canvas), VP8L or VP8 (lossy)
+    riff = tf.logical_and(starts(0x52, 0x49, 0x46, 0x46),
+                          tf.reduce_all(tf.equal(head[8:15], list(b"WEBPVP8"))))
+    lossless = number(21, 4, False)  # 14 bits width - 1, then 14 bits height - 1
     cases = [(starts(0x89, 0x50, 0x4E, 0x47), number(16, 4, True), number(20, 4, True)),
              (gif, gif_width, gif_height),
              (starts(0x42, 0x4D), number(18, 4, False), bmp_height),
-             (jpeg, jpeg_shape[1], jpeg_shape[0])]
-    width = height = tf.constant(0, tf.int64)
+             (jpeg, jpeg_shape[1], jpeg_shape[0]),
+             (tf.logical_and(riff, tf.equal(head[15], ord("X"))),
+              number(24, 3, False) + 1, number(27, 3, False) + 1),
+             (tf.logical_and(riff, tf.equal(head[15], ord("L"))),
+              lossless % 2 ** 14 + 1, lossless // 2 ** 14 % 2 ** 14 + 1),
+             (tf.logical_and(riff, tf.equal(head[15], ord(" "))),
+              number(26, 2, False) % 2 ** 14, number(28, 2, False) % 2 ** 14)]
+    width = height = tf.constant(-1, tf.int64)
     for matches, w, h in reversed(cases):
         width, height = tf.where(matches, w, width), tf.where(matches, h, height)
     return width, height
@@ -99,7 +109,8 @@ def size_check(data: tf.Tensor, max_pixels: int) -> tf.Operation:
     it (as a control dependency) before anything decodes them."""
     width, height = declared_size(data)
     readable = tf.debugging.Assert(tf.logical_and(width >= 0, height >= 0), [
-        "the image is refused: " + UNREADABLE_SIZE + " (a damaged or disguised file)"])
+        f"the image is refused: {UNREADABLE_SIZE}: not a JPEG, PNG, GIF, BMP or WebP "
+        "file, or a damaged one"])
     with tf.control_dependencies([readable]):
         return tf.debugging.Assert(width * height <= max_pixels, [tf.strings.format(
             "the image declares {}x{} pixels, " + TOO_MANY_PIXELS + f"={max_pixels}",
@@ -107,9 +118,10 @@ def size_check(data: tf.Tensor, max_pixels: int) -> tf.Operation:
 
 
 def decode_image_bytes(data: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
-    """Encoded JPEG/PNG/BMP/GIF bytes -> uint8 RGB image (first frame of a GIF). An image
-    whose header declares more than ``max_pixels`` pixels is refused before decoding (a
-    small file can declare gigabytes of pixels: a decompression bomb)."""
+    """Encoded JPEG/PNG/BMP/GIF/WebP bytes -> uint8 RGB image (first frame of a GIF). An
+    image whose header declares more than ``max_pixels`` pixels, or whose size cannot be
+    read, is refused before decoding (a small file can declare gigabytes of pixels: a
+    decompression bomb)."""
     with tf.control_dependencies([size_check(data, max_pixels)]):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
