@@ -140,6 +140,30 @@ def test_arrays_with_labels_out_of_range_are_refused():
         load_data(skipped)
 
 
+def test_a_samples_cache_is_keyed_by_the_seed_that_draws_it(monkeypatch):
+    import tftoolkit.data as data_module
+    from tftoolkit.data.cache import plan_cache
+
+    keys = []
+
+    def recording(*args, settings, **kwargs):
+        keys.append(settings["order"])
+        return plan_cache(*args, settings=settings, **kwargs)
+
+    monkeypatch.setattr(data_module, "plan_cache", recording)
+    x = np.zeros((12, 2), "float32")
+    base = Recipe(name="s", data=DataConfig(source="arrays", validation_fraction=0.0,
+                                            test_fraction=0.0,
+                                            arrays={"train": (x, np.arange(12) % 2)}))
+    for split_seed, seed in ((1, 5), (1, 6), (2, 5)):
+        recipe = replace(base, data=replace(base.data, split_seed=split_seed),
+                         train=replace(base.train, seed=seed))
+        load_data(recipe).sample("train", 4)
+    # the sample is drawn by data.split_seed: train.seed changes neither it nor its key
+    assert keys[0] == keys[1] != keys[2]
+    assert keys[0] == f"sample of 4, seed {1 + data_module.SAMPLE_SEED_OFFSET}"
+
+
 def test_balanced_class_weights_change_the_loss():
     x = np.random.default_rng(0).normal(size=(40, 2)).astype("float32")
     y = np.array([0] * 36 + [1] * 4)

@@ -157,7 +157,7 @@ class DataBundle:
                batch_size: int = SAMPLE_BATCH) -> tf.data.Dataset:
         """The evaluation pipeline (no augmentation) of ``count`` examples of ``split``
         drawn in a seeded, stratified order, so that every batch holds the classes in
-        their shares of the split (within two examples): what
+        their shares of the split (within one example): what
         BatchNorm statistics, int8 calibration, parity inputs and capped measurements are
         computed on. The first examples in file order would be one class (folders are
         read class by class)."""
@@ -185,7 +185,8 @@ class DataBundle:
                 len(examples)))
         elif sample:
             examples = examples.subset(self.sample_order(split)[:sample])
-            order = f"sample of {len(examples)}, seed {train.seed + SAMPLE_SEED_OFFSET}"
+            order = (f"sample of {len(examples)}, "
+                     f"seed {cfg.split_seed + SAMPLE_SEED_OFFSET}")
         settings = {"resize": self.info.resize.key if self.info.resize else "none",
                     "order": order}
         if shard is not None:
