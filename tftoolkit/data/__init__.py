@@ -189,6 +189,7 @@ class DataBundle:
                      f"seed {cfg.split_seed + SAMPLE_SEED_OFFSET}")
         settings = {"resize": self.info.resize.key if self.info.resize else "none",
                     "order": order}
+        positions = None  # of the examples in the split (augmentation keys): 0, 1, ...
         if shard is not None:
             try:
                 positions = shard_positions(len(examples), *shard, equal=training)
@@ -213,7 +214,8 @@ class DataBundle:
             training=training, seed=train.seed,
             cache=cache.mode, cache_path=cache.path, shuffle_buffer=cfg.shuffle_buffer,
             autotune=cfg.autotune, class_weights=self.class_weights() if training else None,
-            augment=augment, first_epoch=first_epoch, max_pixels=cfg.max_pixels)
+            augment=augment, first_epoch=first_epoch, max_pixels=cfg.max_pixels,
+            positions=positions)
 
     def arrays(self, split: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The inputs of ``split``, as the model takes them, and their class ids (or
