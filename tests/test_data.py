@@ -140,6 +140,30 @@ def test_arrays_with_labels_out_of_range_are_refused():
         load_data(skipped)
 
 
+def test_a_samples_cache_is_keyed_by_the_seed_that_draws_it(monkeypatch):
+    import tftoolkit.data as data_module
+    from tftoolkit.data.cache import plan_cache
+
+    keys = []
+
+    def recording(*args, settings, **kwargs):
+        keys.append(settings["order"])
+        return plan_cache(*args, settings=settings, **kwargs)
+
+    monkeypatch.setattr(data_module, "plan_cache", recording)
+    x = np.zeros((12, 2), "float32")
+    base = Recipe(name="s", data=DataConfig(source="arrays", validation_fraction=0.0,
+                                            test_fraction=0.0,
+                                            arrays={"train": (x, np.arange(12) % 2)}))
+    for split_seed, seed in ((1, 5), (1, 6), (2, 5)):
+        recipe = replace(base, data=replace(base.data, split_seed=split_seed),
+                         train=replace(base.train, seed=seed))
+        load_data(recipe).sample("train", 4)
+    # the sample is drawn by data.split_seed: train.seed changes neither it nor its key
+    assert keys[0] == keys[1] != keys[2]
+    assert keys[0] == f"sample of 4, seed {1 + data_module.SAMPLE_SEED_OFFSET}"
+
+
 def test_balanced_class_weights_change_the_loss():
     x = np.random.default_rng(0).normal(size=(40, 2)).astype("float32")
     y = np.array([0] * 36 + [1] * 4)
@@ -413,7 +437,66 @@ def test_image_headers_are_read_without_decoding(tmp_path):
     for fmt in ("PNG", "JPEG", "GIF", "BMP"):
         path = write_image(tmp_path / f"x.{fmt.lower()}", rgb, fmt=fmt)
         assert [int(v) for v in declared_size(tf.io.read_file(str(path)))] == [30, 20], fmt
-    assert [int(v) for v in declared_size(tf.constant(b"not an image"))] == [0, 0]
+    assert [int(v) for v in declared_size(tf.constant(b"not an image"))] == [-1, -1]
+
+
+def _gif_with_canvas(path: Path, width: int, height: int, canvas: tuple[int, int]) -> Path:
+    """A tiny GIF of one ``width`` x ``height`` frame whose logical-screen header (the
+    canvas) claims ``canvas`` instead."""
+    from PIL import Image
+
+    Image.new("P", (width, height)).save(path, format="GIF")
+    data = bytearray(path.read_bytes())
+    data[6:10] = canvas[0].to_bytes(2, "little") + canvas[1].to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_gif_lying_about_its_canvas_is_checked_by_its_first_frame(tmp_path):
+    import tensorflow as tf
+
+    from tftoolkit.data.decode import declared_size
+    from tftoolkit.data.scan import _check
+
+    liar = _gif_with_canvas(tmp_path / "liar.gif", 3000, 3000, canvas=(10, 10))
+    assert liar.stat().st_size < 100_000
+    assert [int(v) for v in declared_size(tf.io.read_file(str(liar)))] == [3000, 3000]
+    assert "declares 3000x3000 pixels, more than data.max_pixels=1000000" in _check(
+        liar, max_pixels=1_000_000)
+    data = liar.read_bytes()
+    headless = tmp_path / "headless.gif"  # no image descriptor: cut before it
+    headless.write_bytes(data[:data.index(b"\x2c", 13)])
+    assert "size cannot be read from its header" in _check(headless)
+    fine = _gif_with_canvas(tmp_path / "fine.gif", 30, 20, canvas=(30, 20))
+    assert _check(fine, max_pixels=1_000_000) is None
+
+
+def test_a_webp_is_checked_against_max_pixels_and_small_images_of_every_format_decode(
+        tmp_path):
+    import tensorflow as tf
+    from PIL import Image
+
+    from tftoolkit.data.decode import decode_image_bytes, declared_size
+    from tftoolkit.data.scan import _check
+
+    big = tmp_path / "big.webp"
+    Image.new("1", (6000, 6000)).save(big, format="WEBP", lossless=True)
+    assert big.stat().st_size < 100_000
+    assert "declares 6000x6000 pixels, more than data.max_pixels=1000000" in _check(
+        big, max_pixels=1_000_000)
+    rgb = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    files = {f"x.{fmt.lower()}": dict(format=fmt) for fmt in ("PNG", "JPEG", "GIF", "BMP")}
+    files.update({"lossless.webp": dict(format="WEBP", lossless=True),
+                  "lossy.webp": dict(format="WEBP", quality=80),
+                  "extended.webp": dict(format="WEBP", exif=b"Exif\0\0II*\0")})
+    for name, options in files.items():
+        Image.fromarray(rgb).save(tmp_path / name, **options)
+        data = tf.io.read_file(str(tmp_path / name))
+        assert [int(v) for v in declared_size(data)] == [30, 20], name
+        assert decode_image_bytes(data, max_pixels=1_000_000).shape == (20, 30, 3), name
+        assert _check(tmp_path / name, max_pixels=1_000_000) is None, name
+    (tmp_path / "disguised.png").write_bytes(b"II*\0" + bytes(100))  # a TIFF
+    assert "its size cannot be read from its header" in _check(tmp_path / "disguised.png")
 
 
 def test_an_image_declaring_more_than_max_pixels_is_a_bad_file_named(tmp_path, quiet):

@@ -377,16 +377,25 @@ def test_downscaling_is_antialiased_and_upscaling_is_plain_interpolation():
 
 
 def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(tmp_path):
+    import socket
+
+    from tftoolkit.serving.savedmodel import temporary_export_dir
+
     root = tmp_path / "exports"
+    host = socket.gethostname()
+    assert temporary_export_dir(root).name.startswith(f".tmp-{host}-{os.getpid()}-")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = root / f".tmp-{dead.pid}-0123abcd"
+    stale = root / f".tmp-{host}-{dead.pid}-0123abcd"
     (stale / "variables").mkdir(parents=True)
     (stale / "variables" / "variables.data-00000-of-00001").write_bytes(b"0" * 1000)
-    live = root / f".tmp-{os.getpid()}-4567cdef"  # an export under way in this process
+    live = root / f".tmp-{host}-{os.getpid()}-4567cdef"  # under way in this process
     live.mkdir()
+    # on a shared disk: another host's export, whose process id means nothing here
+    elsewhere = root / f".tmp-other-host.example.org-{dead.pid}-89abcdef"
+    elsewhere.mkdir()
     assert _export(_model_with_augmentation_inside(), root).name == "1"
-    assert sorted(p.name for p in root.iterdir()) == [live.name, "1"]
+    assert sorted(p.name for p in root.iterdir()) == sorted([live.name, elsewhere.name, "1"])
 
 
 @pytest.mark.parametrize("error", [

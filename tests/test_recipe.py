@@ -229,14 +229,15 @@ def test_a_recipe_file_with_a_syntax_error_is_one_line_naming_file_and_line(tmp_
         main(["--debug", "show", str(path)])
 
 
+@pytest.mark.parametrize("weights", ["none", "imagenet"])  # imagenet: the default
 def test_an_image_size_too_small_for_the_backbone_is_one_line_with_the_fix(tmp_path,
-                                                                         capsys):
+                                                                         capsys, weights):
     from conftest import make_image_folder
 
     folder = make_image_folder(tmp_path / "shapes", per_class=3)
     err = _one_line_error(capsys, ["train", "image_folder", "--set", f"data.dir={folder}",
                                    "--set", "data.image_size=8", "--set",
-                                   "model.weights=none", "--set",
+                                   f"model.weights={weights}", "--set",
                                    f"train.run_dir={tmp_path / 'runs'}"])
     assert ("data.image_size=8 is too small for model.architecture='mobilenet_v2', which "
             "takes images of at least 32x32 pixels: --set data.image_size=32 or more") in err

@@ -281,3 +281,40 @@ def test_two_workers_share_the_frozen_backbone_and_train_like_one_process(tmp_pa
         np.testing.assert_allclose(chief["history"][key], alone["history"][key], rtol=1e-3)
     assert chief["metrics"]["val_loss"] == pytest.approx(alone["metrics"]["val_loss"],
                                                          rel=1e-3)
+
+
+class _KeyInGreen:
+    """A per-example augmentation that writes the index of its key into the green
+    channel, so that a batch says which keys its examples were augmented with."""
+
+    def window_fn(self, key):
+        return None
+
+    def recolor(self, image, key):
+        image = tf.cast(image, tf.float32)
+        green = tf.fill(tf.shape(image)[:2], tf.cast(key[1], tf.float32))
+        return tf.stack([image[..., 0], green, image[..., 2]], axis=-1)
+
+
+@pytest.mark.parametrize("cache", ["memory", "off"])
+def test_training_shards_key_each_example_by_its_position_in_the_whole_split(tmp_path,
+                                                                            cache):
+    from tftoolkit.augment.stateless import PipelineAugment
+
+    data = _folder_data(_numbered_folder(tmp_path / "numbers"), tmp_path, cache=cache)
+    augment = PipelineAugment(per_example=_KeyInGreen(), per_batch=None)
+
+    def keys(input_context=None, batch_size=8) -> dict[int, int]:
+        stream = data.dataset("train", training=True, augment=augment,
+                              batch_size=batch_size, input_context=input_context)
+        batch = next(iter(stream))
+        return dict(zip(_numbers(batch), np.asarray(batch[0])[:, 0, 0, 1].astype(int)))
+
+    whole = keys(batch_size=40)  # one epoch of the split in one process
+    assert sorted(whole.values()) == list(range(40))
+    shards = [keys(_context(2, worker), batch_size=40) for worker in range(2)]
+    # each shard augments its examples as the whole split does: never with one
+    # another's keys (before, both shards keyed their examples 0, 1, ... alike)
+    assert not set(shards[0].values()) & set(shards[1].values())
+    for shard in shards:
+        assert shard == {number: whole[number] for number in shard}

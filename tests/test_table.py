@@ -181,3 +181,12 @@ def test_a_dataframe_reads_as_its_csv_file(images, monkeypatch):
     assert saved == "<DataFrame of 12 rows>"
     with pytest.raises(DataError, match="trained on a DataFrame, which its files do not keep"):
         load_data(_recipe(csv=saved), 32)
+
+
+def test_the_images_a_table_names_are_checked_against_data_max_pixels(images):
+    text = "path,label\n" + "".join(f"{p},{k}\n" for p, k in _rows(images, per_kind=3))
+    table = _write(images.parent / "labels.csv", text)
+    with pytest.raises(DataError, match=r"(?s)6 file\(s\) named in csv .*line 2 \(.*000\.jpg\): "
+                                        r"declares 32x32 pixels, more than "
+                                        r"data\.max_pixels=1000"):
+        load_data(_recipe(csv=str(table), max_pixels=1000), 32)

@@ -326,3 +326,45 @@ def test_the_multi_worker_loop_stops_at_the_first_nan_step():
                         callbacks=[StopOnNonFiniteLoss("stage 1 (scratch)",
                                                        "train.learning_rate", 0.01, "run")])
     assert model.layers[1].count.numpy() == 3  # no step after the first NaN
+
+
+def test_the_run_to_resume_is_locked_before_its_progress_is_read(tmp_path, monkeypatch):
+    """Another process may finish the run between finding it and locking it: its
+    progress is read only once the lock is held, and a run finished meanwhile is not
+    resumed (a new run starts)."""
+    import tensorflow as tf
+
+    from tftoolkit.recipe import load_recipe
+    from tftoolkit.rundir import Progress, RunDir
+
+    x = np.linspace(-1, 1, 16, dtype="float32")[:, None]
+    recipe = load_recipe(_arrays_recipe({"train": (x, 2 * x)}, loss="mse"),
+                         {"train.run_dir": str(tmp_path / "runs")})
+    other = RunDir.create(recipe.train.run_dir, recipe.name)
+    other.write_json(RunDir.RECIPE, recipe.to_dict())
+    other.write_progress(Progress(0, 1))
+    assert RunDir.find_resumable(recipe.train.run_dir, recipe).path == other.path
+    events = []
+    real_lock, real_progress = RunDir.lock, runner.readable_progress
+
+    def lock(run):
+        if run.path == other.path:  # the other writer finishes just before this lock
+            other.write_json(RunDir.METRICS, {"loss": 0.0})
+        events.append(("lock", run.path))
+        real_lock(run)
+
+    def progress(run):
+        events.append(("read", run.path))
+        return real_progress(run)
+
+    monkeypatch.setattr(RunDir, "lock", lock)
+    monkeypatch.setattr(runner, "readable_progress", progress)
+    opened = runner._open_run(recipe, tf.distribute.get_strategy())
+    try:
+        assert events[0] == ("lock", other.path)
+        assert ("read", other.path) not in events
+        assert opened.resume_from is None and opened.progress is None
+        assert opened.run.path != other.path and opened.run.path.parent == other.path.parent
+        assert any("finished while this run started" in note for note in opened.notes)
+    finally:
+        opened.run.release()

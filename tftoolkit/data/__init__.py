@@ -157,7 +157,7 @@ class DataBundle:
                batch_size: int = SAMPLE_BATCH) -> tf.data.Dataset:
         """The evaluation pipeline (no augmentation) of ``count`` examples of ``split``
         drawn in a seeded, stratified order, so that every batch holds the classes in
-        their shares of the split (within two examples): what
+        their shares of the split (within one example): what
         BatchNorm statistics, int8 calibration, parity inputs and capped measurements are
         computed on. The first examples in file order would be one class (folders are
         read class by class)."""
@@ -185,9 +185,11 @@ class DataBundle:
                 len(examples)))
         elif sample:
             examples = examples.subset(self.sample_order(split)[:sample])
-            order = f"sample of {len(examples)}, seed {train.seed + SAMPLE_SEED_OFFSET}"
+            order = (f"sample of {len(examples)}, "
+                     f"seed {cfg.split_seed + SAMPLE_SEED_OFFSET}")
         settings = {"resize": self.info.resize.key if self.info.resize else "none",
                     "order": order}
+        positions = None  # of the examples in the split (augmentation keys): 0, 1, ...
         if shard is not None:
             try:
                 positions = shard_positions(len(examples), *shard, equal=training)
@@ -212,7 +214,8 @@ class DataBundle:
             training=training, seed=train.seed,
             cache=cache.mode, cache_path=cache.path, shuffle_buffer=cfg.shuffle_buffer,
             autotune=cfg.autotune, class_weights=self.class_weights() if training else None,
-            augment=augment, first_epoch=first_epoch, max_pixels=cfg.max_pixels)
+            augment=augment, first_epoch=first_epoch, max_pixels=cfg.max_pixels,
+            positions=positions)
 
     def arrays(self, split: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The inputs of ``split``, as the model takes them, and their class ids (or

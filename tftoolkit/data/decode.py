@@ -14,13 +14,55 @@ from tftoolkit.recipe import DataConfig
 
 DEFAULT_MAX_PIXELS = DataConfig.max_pixels  # 40 MP: 120 MB of RGB
 TOO_MANY_PIXELS = "more than data.max_pixels"  # in the error of an image over the limit
+UNREADABLE_SIZE = "its size cannot be read from its header"  # in the error of such an image
+
+
+def _gif_frame_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(width, height) of a GIF's first image descriptor, found by walking its blocks
+    past the global colour table and any extension blocks; (-1, -1) when the file ends
+    or breaks off first. The decoder decodes that frame, whatever the canvas says."""
+    length = tf.cast(tf.strings.length(data), tf.int64)
+    padded = tf.strings.join([data, tf.constant(b"\0" * 8)])
+
+    def read(pos: tf.Tensor, count: int) -> tf.Tensor:
+        """``count`` bytes at ``pos`` as int64, or -1s past the end of the file."""
+        raw = tf.io.decode_raw(tf.strings.substr(padded, tf.minimum(pos, length), count),
+                               tf.uint8)
+        return tf.where(pos + count <= length, tf.cast(raw, tf.int64), -1)
+
+    flags = read(tf.constant(10, tf.int64), 1)[0]
+    table = tf.where(flags >= 128, 3 * tf.bitwise.left_shift(
+        tf.constant(2, tf.int64), flags % 8), 0)
+
+    def step(pos, in_extension, done, width, height):
+        byte = read(pos, 1)[0]
+        descriptor = tf.logical_and(tf.logical_not(in_extension), tf.equal(byte, 0x2C))
+        frame = read(pos + 5, 4)
+        descriptor = tf.logical_and(descriptor, tf.reduce_all(frame >= 0))
+        extension = tf.logical_and(tf.logical_not(in_extension), tf.equal(byte, 0x21))
+        # in an extension: ``byte`` is the size of the next sub-block, 0 ending the block
+        next_pos = tf.where(extension, pos + 2, pos + 1 + tf.maximum(byte, 0))
+        still_in = tf.where(in_extension, byte > 0, extension)
+        stop = tf.logical_or(descriptor, tf.logical_and(tf.logical_not(in_extension),
+                                                        tf.logical_not(extension)))
+        stop = tf.logical_or(stop, byte < 0)
+        return (next_pos, still_in, stop,
+                tf.where(descriptor, frame[0] + 256 * frame[1], width),
+                tf.where(descriptor, frame[2] + 256 * frame[3], height))
+
+    missing = tf.constant(-1, tf.int64)
+    _, _, _, width, height = tf.while_loop(
+        lambda pos, in_extension, done, width, height: tf.logical_not(done), step,
+        (13 + table, tf.constant(False), tf.constant(False), missing, missing))
+    return width, height
 
 
 def declared_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(width, height) that encoded PNG/GIF/BMP/JPEG bytes declare in their header, read
-    without decoding; (0, 0) for another format."""
+    """(width, height) that encoded PNG/GIF/BMP/JPEG/WebP bytes declare in their header,
+    read without decoding; (-1, -1) when it cannot be read (another format, a GIF
+    without an image descriptor). A GIF's is the larger of its canvas and first frame."""
     head = tf.cast(tf.io.decode_raw(tf.strings.substr(
-        tf.strings.join([data, tf.constant(b"\0" * 32)]), 0, 32), tf.uint8), tf.int64)
+        tf.strings.join([data, tf.constant(b"\0" * 30)]), 0, 30), tf.uint8), tf.int64)
 
     def number(start: int, length: int, big_endian: bool) -> tf.Tensor:
         digits = [head[start + k] for k in range(length)]
@@ -36,11 +78,27 @@ def declared_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     jpeg = starts(0xFF, 0xD8)
     jpeg_shape = tf.cond(jpeg, lambda: tf.cast(tf.image.extract_jpeg_shape(data), tf.int64),
                          lambda: tf.zeros([3], tf.int64))
+    gif = starts(0x47, 0x49, 0x46)
+    frame = tf.cond(gif, lambda: tf.stack(_gif_frame_size(data)),
+                    lambda: tf.zeros([2], tf.int64))
+    gif_width, gif_height = [tf.where(frame[k] < 0, frame[k], tf.maximum(frame[k], canvas))
+                             for k, canvas in enumerate((number(6, 2, False),
+                                                         number(8, 2, False)))]
+    # WebP: a RIFF file of one chunk: VP8X (extended: the canvas), VP8L or VP8 (lossy)
+    riff = tf.logical_and(starts(0x52, 0x49, 0x46, 0x46),
+                          tf.reduce_all(tf.equal(head[8:15], list(b"WEBPVP8"))))
+    lossless = number(21, 4, False)  # 14 bits width - 1, then 14 bits height - 1
     cases = [(starts(0x89, 0x50, 0x4E, 0x47), number(16, 4, True), number(20, 4, True)),
-             (starts(0x47, 0x49, 0x46), number(6, 2, False), number(8, 2, False)),
+             (gif, gif_width, gif_height),
              (starts(0x42, 0x4D), number(18, 4, False), bmp_height),
-             (jpeg, jpeg_shape[1], jpeg_shape[0])]
-    width = height = tf.constant(0, tf.int64)
+             (jpeg, jpeg_shape[1], jpeg_shape[0]),
+             (tf.logical_and(riff, tf.equal(head[15], ord("X"))),
+              number(24, 3, False) + 1, number(27, 3, False) + 1),
+             (tf.logical_and(riff, tf.equal(head[15], ord("L"))),
+              lossless % 2 ** 14 + 1, lossless // 2 ** 14 % 2 ** 14 + 1),
+             (tf.logical_and(riff, tf.equal(head[15], ord(" "))),
+              number(26, 2, False) % 2 ** 14, number(28, 2, False) % 2 ** 14)]
+    width = height = tf.constant(-1, tf.int64)
     for matches, w, h in reversed(cases):
         width, height = tf.where(matches, w, width), tf.where(matches, h, height)
     return width, height
@@ -50,15 +108,20 @@ def size_check(data: tf.Tensor, max_pixels: int) -> tf.Operation:
     """An assertion that encoded image bytes declare at most ``max_pixels`` pixels: run
     it (as a control dependency) before anything decodes them."""
     width, height = declared_size(data)
-    return tf.debugging.Assert(width * height <= max_pixels, [tf.strings.format(
-        "the image declares {}x{} pixels, " + TOO_MANY_PIXELS + f"={max_pixels}",
-        (width, height))])
+    readable = tf.debugging.Assert(tf.logical_and(width >= 0, height >= 0), [
+        f"the image is refused: {UNREADABLE_SIZE}: not a JPEG, PNG, GIF, BMP or WebP "
+        "file, or a damaged one"])
+    with tf.control_dependencies([readable]):
+        return tf.debugging.Assert(width * height <= max_pixels, [tf.strings.format(
+            "the image declares {}x{} pixels, " + TOO_MANY_PIXELS + f"={max_pixels}",
+            (width, height))])
 
 
 def decode_image_bytes(data: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
-    """Encoded JPEG/PNG/BMP/GIF bytes -> uint8 RGB image (first frame of a GIF). An image
-    whose header declares more than ``max_pixels`` pixels is refused before decoding (a
-    small file can declare gigabytes of pixels: a decompression bomb)."""
+    """Encoded JPEG/PNG/BMP/GIF/WebP bytes -> uint8 RGB image (first frame of a GIF). An
+    image whose header declares more than ``max_pixels`` pixels, or whose size cannot be
+    read, is refused before decoding (a small file can declare gigabytes of pixels: a
+    decompression bomb)."""
     with tf.control_dependencies([size_check(data, max_pixels)]):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])

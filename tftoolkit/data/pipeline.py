@@ -81,11 +81,14 @@ def to_rgb_image(image: tf.Tensor, resize: Resize) -> tf.Tensor:
     return resize(to_rgb(image))
 
 
-def _references(examples: Examples) -> tuple[tf.data.Dataset, str]:
+def _references(examples: Examples, positions: np.ndarray | None = None
+                ) -> tuple[tf.data.Dataset, str]:
     """``(index, (reference, label))`` per example, cheap to shuffle, and the kind of
     reference: ``file`` (a path), ``bytes`` (encoded TFDS images), ``tensor`` (decoded
-    TFDS images) or ``array`` (in-memory images or features)."""
-    index = tf.data.Dataset.range(len(examples))
+    TFDS images) or ``array`` (in-memory images or features). The index is the example's
+    position in ``positions`` order (default: 0, 1, ...)."""
+    index = (tf.data.Dataset.range(len(examples)) if positions is None
+             else tf.data.Dataset.from_tensor_slices(np.asarray(positions, np.int64)))
     if examples.paths is not None:
         pairs, kind = tf.data.Dataset.from_tensor_slices((examples.paths, examples.labels)), "file"
     elif examples.dataset is not None:  # TFDS: its length is known from the labels read
@@ -175,12 +178,12 @@ def _permuted_epochs(stored: tf.data.Dataset, n: int, batch: int, seed: int,
     (input, label))``) in its own :func:`epoch_order`: the examples are decoded once into
     one tensor per component (the memory cache, in one piece so that it can be read in
     any order), and each epoch gathers them in its order through ``prepare(epoch)``."""
-    _, cached = next(iter(stored.batch(n)))
+    indices, cached = next(iter(stored.batch(n)))
 
     def epoch(e):
-        def example(index):
-            return prepare(e)(index, tf.nest.map_structure(
-                lambda component: tf.gather(component, index), cached))
+        def example(row):
+            return prepare(e)(tf.gather(indices, row), tf.nest.map_structure(
+                lambda component: tf.gather(component, row), cached))
 
         return _parallel_map(tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, e)),
                              example).batch(batch)
@@ -195,7 +198,8 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
                  class_weights: np.ndarray | None = None,
                  augment: PipelineAugment | None = None,
                  first_epoch: int = 0, autotune: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.data.Dataset:
+                 max_pixels: int = DEFAULT_MAX_PIXELS,
+                 positions: np.ndarray | None = None) -> tf.data.Dataset:
     """A batched dataset of ``(x, y)`` or ``(x, y, sample_weight)``; images are brought
     to the model's size by ``resize`` (None: feature vectors), and an encoded image
     declaring more than ``max_pixels`` pixels stops the pipeline with an error before it
@@ -214,7 +218,9 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     ``augment`` runs only when ``training`` is true: its per-example part in parallel,
     keyed by :func:`example_key`, on the cached image or, uncached, on the source image
     (a crop decodes only its window of a JPEG); its per-batch part (Keras layers)
-    sequentially, so that their random draws are reproducible.
+    sequentially, so that their random draws are reproducible. An example's key names
+    its entry of ``positions`` (its position in the whole split when ``examples`` is a
+    shard of it: shards then never repeat one another's draws; default 0, 1, ...).
 
     Maps run :data:`PARALLEL_CALLS` examples at a time, in order, and batches are
     prefetched :data:`PREFETCH_BATCHES` ahead, with or without ``autotune``.
@@ -222,7 +228,7 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     for that thread's current sleep, which stalled 1 to 3 of every 8 Keras ``fit`` calls
     by 2-4 s on a 2-core machine.
     """
-    refs, kind = _references(examples)
+    refs, kind = _references(examples, positions)
     decode = _decoder(kind, resize, max_pixels)
     stored = refs if cache == "off" else _parallel_map(
         refs, lambda i, pair: (i, (decode(pair[0]), pair[1])))

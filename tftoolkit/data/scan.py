@@ -17,9 +17,10 @@ from typing import Callable
 
 import numpy as np
 
-from tftoolkit.data.decode import DEFAULT_MAX_PIXELS, TOO_MANY_PIXELS, decode_image_bytes
+from tftoolkit.data.decode import (DEFAULT_MAX_PIXELS, TOO_MANY_PIXELS, UNREADABLE_SIZE,
+                                   decode_image_bytes)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 # Files and folders that operating systems and tools leave in folders of images; with
 # every name that starts with a dot (macOS' .DS_Store and ._name.jpg AppleDouble files,
@@ -68,6 +69,9 @@ def _check(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
         if declared:  # refused from its header, before decoding
             return (f"{declared[0]}: a decompression bomb, or a picture to downscale first "
                     "(or raise data.max_pixels)")
+        if UNREADABLE_SIZE in text:  # refused: its size, hence its memory, is unknown
+            return (f"{UNREADABLE_SIZE}: not a JPEG, PNG, GIF, BMP or WebP file, or a "
+                    "damaged one")
         # "{{function_node ...}} Unknown image file format. ...\n\t [[{{node ...}}]]"
         message = text.split("[Op:")[0].splitlines()[0].split("}}")[-1].strip()
         return "cannot be decoded: " + message[-120:]

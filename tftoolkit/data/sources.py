@@ -260,7 +260,8 @@ def _csv(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Source
                        data_dir=cfg.dir)
     if table.bad_rows and cfg.on_bad_file == "error":
         raise _unreadable(table.bad_rows, f"row(s) of {table.description} cannot be used")
-    scan = scan_image_folder([Path(p) for p in table.paths], share=share)
+    scan = scan_image_folder([Path(p) for p in table.paths], share=share,
+                             max_pixels=cfg.max_pixels)
     row_of = dict(zip(table.paths, table.rows))
     scan.bad = [(f"{row_of[path]} ({path})", why) for path, why in scan.bad]
     if scan.bad and cfg.on_bad_file == "error":

