@@ -123,7 +123,11 @@ def test_a_target_epsilon_is_never_exceeded(quiet):
 @pytest.mark.parametrize("overrides,message", [
     ({"model.architecture": "cnn", "model.mode": "scratch"}, "BatchNorm"),
     ({"augment.enabled": True, "augment.mixup": 0.2}, "mixup"),
-    ({"augment.enabled": True, "augment.cached_views": 2}, "cached_views"),
+    ({"augment.enabled": True}, "augment.enabled=true: per-example gradients are "
+                                "vectorised.*augment.enabled=false"),
+    ({"augment.enabled": True, "augment.placement": "pipeline"}, "augment.enabled=true"),
+    ({"regularize.dropout": 0.2}, "regularize.dropout=0.2: .*draw once per batch.*"
+                                  "regularize.dropout=0"),
     ({"data.class_weight": "balanced"}, "class_weight"),
     ({"privacy.target_epsilon": 0.0, "privacy.noise_multiplier": 0.0}, "noise_multiplier"),
     ({"train.learning_rate": "auto"}, "train.learning_rate=auto"),
@@ -239,7 +243,8 @@ def test_both_stages_of_a_private_two_stage_run_spend_one_budget(image_folder, q
     result = tftoolkit.train("image_folder", {
         **quiet, "data.dir": str(image_folder), "data.image_size": 33,
         "model.weights": "none", "model.mode": "two_stage", "model.unfreeze": "block_16",
-        "augment.enabled": False, "train.epochs": 1, "train.fine_tune_epochs": 1,
+        "augment.enabled": False, "regularize.dropout": 0.0, "train.epochs": 1,
+        "train.fine_tune_epochs": 1,
         "train.batch_size": 8, "privacy.enabled": True, "privacy.noise_multiplier": 1.0,
         "export.enabled": False})
     n = result.info.counts["train"]
