@@ -414,3 +414,26 @@ def test_insecure_reproducible_runs_repeat_and_say_the_guarantee_is_void(
     for a, b in zip(*(r.model.get_weights() for r in results)):
         np.testing.assert_array_equal(a, b)
     assert _card(results[1])["privacy"]["guarantee"].startswith("NONE")
+
+
+def test_one_overflowing_example_does_not_skip_a_mixed_precision_dp_step():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
+        2, activation="softmax", dtype="mixed_float16")])
+    model.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)),
+                  keras.losses.CategoricalCrossentropy())
+    x = tf.constant([[1.0, 0.5, -1.0], [0.2, 1.0, 0.3], [3000.0, 3000.0, 3000.0],
+                     [-1.0, 0.1, 0.4]])
+    y = tf.constant(np.eye(2, dtype="float32")[[0, 1, 1, 0]])
+    private = privacy.PrivateGradients(l2_clip=1.0, noise_multiplier=0.0, expected_batch=4)
+    step = TrainStep(model, private)
+    scale = model.optimizer.scale_loss(tf.constant(1.0))
+    _, _, grads = private.per_example_gradients(model, step.loss_fn, x, y, scale)
+    finite = np.all([np.isfinite(g).reshape(4, -1).all(axis=1) for g in grads], axis=0)
+    assert 0 < finite.sum() < 4  # under the loss scale, some example's float16 overflows
+    summed = private.clipped_sum([g / scale for g in grads])
+    assert all(np.isfinite(s).all() for s in summed)
+    before = model.get_weights()
+    tf.function(step)(x, y, tf.ones([4]))
+    assert float(model.optimizer.dynamic_scale) == float(scale)  # not skipped
+    assert all(np.abs(a - b).max() > 0 for a, b in zip(model.get_weights(), before))
