@@ -405,6 +405,20 @@ def test_the_card_of_a_private_run_releases_no_per_class_counts(quiet, tmp_path)
     assert "training loss" in card["privacy"]["not_private"]
 
 
+def test_the_card_of_a_private_run_names_no_skipped_training_file():
+    import json
+
+    from tftoolkit.data import DataInfo
+    from tftoolkit.serving import _card as card_of
+
+    info = DataInfo("classification", "sparse", (8, 8, 3), ["a", "b"], 8, "folder",
+                    {"train": 4}, [2, 2], bad_files=[("/private/alice.png", "truncated")])
+    recipe = {"name": "r", "train": {"seed": 0}}
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    private = card_of(model, {**recipe, "privacy": {"enabled": True}}, info, {})
+    assert "alice" not in json.dumps(private)
+
+
 def test_insecure_reproducible_runs_repeat_and_say_the_guarantee_is_void(
         quiet, tmp_path):
     results = [tftoolkit.train(_noise_recipe(quiet, tmp_path, name,
