@@ -378,11 +378,28 @@ def test_a_resumed_private_run_does_not_repeat_its_noise(quiet, tmp_path, monkey
     assert not np.allclose(first_epoch_noise, resumed_epoch_noise, rtol=0.1, atol=0)
 
 
-def test_int8_calibration_of_a_private_run_needs_a_public_split():
-    recipe = tftoolkit.load_recipe("fashion_transfer", {
-        "privacy.enabled": True, "privacy.target_epsilon": 8.0,
-        "export.formats": ["tflite_int8"], "privacy.public_split": "val"})
-    assert recipe.privacy.public_split == "val"
+def test_int8_calibration_of_a_private_run_is_on_its_public_split():
+    from tftoolkit import serving
+    from tftoolkit.data import load_data
+
+    rng = np.random.default_rng(0)
+    train = rng.uniform(0, 1, size=(64, 4)).astype("float32")  # private: below 1
+    val = rng.uniform(10, 11, size=(32, 4)).astype("float32")  # public: above 10
+    labels = (rng.random(64) > 0.5).astype("int64"), (rng.random(32) > 0.5).astype("int64")
+    arrays = {"train": (train, labels[0]), "val": (val, labels[1])}
+
+    def calibration(private: bool) -> np.ndarray:
+        recipe = Recipe(name="calibrated", data=DataConfig(source="arrays", arrays=arrays),
+                        model=ModelConfig(architecture="mlp", hidden=[8]),
+                        train=TrainConfig(batch_size=8, optimizer="sgd", learning_rate=0.5),
+                        export=ExportConfig(formats=["tflite_int8"], calibration_steps=2),
+                        privacy=PrivacyConfig(enabled=private, noise_multiplier=1.0,
+                                              public_split="val"))
+        return np.concatenate(serving.quantization_inputs(load_data(recipe)).calibration)
+
+    private = calibration(True)
+    assert len(private) == 16 and private.min() >= 10  # validation samples only
+    assert calibration(False).max() < 1  # without privacy: training samples
 
 
 def _card(result) -> dict:
