@@ -120,6 +120,19 @@ def test_a_target_epsilon_is_never_exceeded(quiet):
     assert len(stopped.history["loss"]) == 1
 
 
+def test_a_private_stage_schedules_its_learning_rate_over_the_steps_it_takes(quiet):
+    # 288 training examples in batches of 70: 4 expected Poisson batches an epoch (a
+    # pass over the data would be 5)
+    recipe = _private_recipe(noise_multiplier=1.0).with_overrides({
+        "train.batch_size": 70, "train.schedule": "cosine", "train.warmup_epochs": 0.0})
+    result = tftoolkit.train(recipe, quiet)
+    assert result.info.counts["train"] == 288
+    optimizer = result.model.optimizer
+    assert int(optimizer.iterations) == 4 * 4
+    assert optimizer._learning_rate.decay_steps == 4 * 4  # the cosine ends at the last step
+    assert float(optimizer.learning_rate) == pytest.approx(0.0, abs=1e-7)
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"model.architecture": "cnn", "model.mode": "scratch"}, "BatchNorm"),
     ({"augment.enabled": True, "augment.mixup": 0.2}, "mixup"),
@@ -129,6 +142,7 @@ def test_a_target_epsilon_is_never_exceeded(quiet):
     ({"regularize.dropout": 0.2}, "regularize.dropout=0.2: .*draw once per batch.*"
                                   "regularize.dropout=0"),
     ({"data.class_weight": "balanced"}, "class_weight"),
+    ({"train.steps_per_epoch": 5}, "train.steps_per_epoch=5.*train.steps_per_epoch=0"),
     ({"privacy.target_epsilon": 0.0, "privacy.noise_multiplier": 0.0}, "noise_multiplier"),
     ({"train.learning_rate": "auto"}, "train.learning_rate=auto"),
     ({"export.formats": ["tflite_int8"]}, "tflite_int8.*privacy.public_split=val"),

@@ -542,6 +542,12 @@ def _check_private(recipe: Recipe) -> None:
                           "vectorised, so random layers draw once per batch and every "
                           "example gets the same mask or augmentation, which correlates "
                           f"the examples; set {fix}")
+    if recipe.train.steps_per_epoch:
+        raise RecipeError(f"privacy.enabled with train.steps_per_epoch="
+                          f"{recipe.train.steps_per_epoch}: a private epoch is the expected "
+                          "number of Poisson-sampled batches (training examples / "
+                          "train.batch_size), which the accountant counts; set "
+                          "train.steps_per_epoch=0")
     if recipe.data.class_weight != "none":
         raise RecipeError("privacy.enabled with data.class_weight: the weights are computed "
                           "from the private labels; set data.class_weight=none")

@@ -362,7 +362,10 @@ def _run_stage(run: _Run, stage: Stage) -> None:
     first_epoch = run.progress.next_epoch if run.resumes(stage) else stage.first_epoch
     set_trainable(run.model, stage.mode, recipe.model.unfreeze)
     inputs = _stage_inputs(run, stage, first_epoch)
-    steps = t.steps_per_epoch or inputs.steps_per_epoch
+    # DP-SGD's epoch is its expected number of Poisson batches (train.steps_per_epoch is
+    # refused with privacy)
+    steps = (privacy.steps_per_epoch(len(run.data.splits["train"]), run.batch_size)
+             if run.private is not None else t.steps_per_epoch or inputs.steps_per_epoch)
     # The schedule spans the whole stage; a resumed stage continues it from the
     # optimizer's restored step count.
     learning_rate = learning_rate_schedule(t, stage.learning_rate, stage.epochs * steps, steps)
