@@ -392,6 +392,30 @@ def test_a_resumed_private_run_does_not_repeat_its_noise(quiet, tmp_path, monkey
     assert not np.allclose(first_epoch_noise, resumed_epoch_noise, rtol=0.1, atol=0)
 
 
+def test_a_resumed_private_stage_with_no_affordable_epoch_keeps_its_best_epoch(
+        quiet, tmp_path, monkeypatch):
+    n, batch = 144, 20  # training examples of _noise_recipe
+    spent = [privacy.epsilon(batch / n, 1.0, epochs * round(n / batch), 1e-3)
+             for epochs in (2, 3)]
+    recipe = _noise_recipe(quiet, tmp_path, "budget", insecure_reproducible=True,
+                           delta=1e-3).with_overrides({
+        "privacy.noise_multiplier": 1.0, "privacy.target_epsilon": sum(spent) / 2,
+        "train.epochs": 4, "train.learning_rate": 4.0, "train.select_best": "val_accuracy"})
+    _watched(monkeypatch, interrupt_after=1)  # the budget's last epoch, before the end
+    with pytest.raises(KeyboardInterrupt):
+        tftoolkit.train(recipe)
+    result = tftoolkit.train(recipe)  # resumes at epoch 2, which it cannot afford
+    assert result.info.counts["train"] == n
+    assert any("resuming" in note for note in result.notes)
+    kept = next(note for note in result.notes if "kept epoch" in note)
+    assert "kept epoch 1 " in kept  # the best is not the last epoch taken
+    [best] = result.run_dir.glob("checkpoints/best-0.npz")
+    with np.load(best) as saved:
+        for weights, kept_weights in zip(result.model.get_weights(),
+                                         [saved[f"arr_{i}"] for i in range(len(saved.files))]):
+            np.testing.assert_array_equal(weights, kept_weights)
+
+
 def test_int8_calibration_of_a_private_run_is_on_its_public_split():
     from tftoolkit import serving
     from tftoolkit.data import load_data

@@ -437,8 +437,8 @@ def _fit_private(run: _Run, stage: Stage, inputs: StageInputs, first_epoch: int)
     end = privacy.affordable_end(
         lambda steps: dataclasses.replace(spent, steps=steps).epsilon, first_epoch,
         stage.end, epoch_steps, spent.steps, cfg.target_epsilon)
-    if end <= first_epoch:
-        return
+    # With no affordable epoch left (a resumed stage) fit still runs, for no epoch: its
+    # callbacks end the stage as after any other fit, KeepBest putting the best back.
     # insecure_reproducible: a function of (seed, first epoch), so nothing repeats after
     # a resume either; otherwise OS entropy
     seed = ([t.seed, first_epoch] if cfg.insecure_reproducible else None)
