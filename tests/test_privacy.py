@@ -120,11 +120,29 @@ def test_a_target_epsilon_is_never_exceeded(quiet):
     assert len(stopped.history["loss"]) == 1
 
 
+def test_a_private_stage_schedules_its_learning_rate_over_the_steps_it_takes(quiet):
+    # 288 training examples in batches of 70: 4 expected Poisson batches an epoch (a
+    # pass over the data would be 5)
+    recipe = _private_recipe(noise_multiplier=1.0).with_overrides({
+        "train.batch_size": 70, "train.schedule": "cosine", "train.warmup_epochs": 0.0})
+    result = tftoolkit.train(recipe, quiet)
+    assert result.info.counts["train"] == 288
+    optimizer = result.model.optimizer
+    assert int(optimizer.iterations) == 4 * 4
+    assert optimizer._learning_rate.decay_steps == 4 * 4  # the cosine ends at the last step
+    assert float(optimizer.learning_rate) == pytest.approx(0.0, abs=1e-7)
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"model.architecture": "cnn", "model.mode": "scratch"}, "BatchNorm"),
     ({"augment.enabled": True, "augment.mixup": 0.2}, "mixup"),
-    ({"augment.enabled": True, "augment.cached_views": 2}, "cached_views"),
+    ({"augment.enabled": True}, "augment.enabled=true: per-example gradients are "
+                                "vectorised.*augment.enabled=false"),
+    ({"augment.enabled": True, "augment.placement": "pipeline"}, "augment.enabled=true"),
+    ({"regularize.dropout": 0.2}, "regularize.dropout=0.2: .*draw once per batch.*"
+                                  "regularize.dropout=0"),
     ({"data.class_weight": "balanced"}, "class_weight"),
+    ({"train.steps_per_epoch": 5}, "train.steps_per_epoch=5.*train.steps_per_epoch=0"),
     ({"privacy.target_epsilon": 0.0, "privacy.noise_multiplier": 0.0}, "noise_multiplier"),
     ({"train.learning_rate": "auto"}, "train.learning_rate=auto"),
     ({"export.formats": ["tflite_int8"]}, "tflite_int8.*privacy.public_split=val"),
@@ -239,7 +257,8 @@ def test_both_stages_of_a_private_two_stage_run_spend_one_budget(image_folder, q
     result = tftoolkit.train("image_folder", {
         **quiet, "data.dir": str(image_folder), "data.image_size": 33,
         "model.weights": "none", "model.mode": "two_stage", "model.unfreeze": "block_16",
-        "augment.enabled": False, "train.epochs": 1, "train.fine_tune_epochs": 1,
+        "augment.enabled": False, "regularize.dropout": 0.0, "train.epochs": 1,
+        "train.fine_tune_epochs": 1,
         "train.batch_size": 8, "privacy.enabled": True, "privacy.noise_multiplier": 1.0,
         "export.enabled": False})
     n = result.info.counts["train"]
@@ -373,11 +392,52 @@ def test_a_resumed_private_run_does_not_repeat_its_noise(quiet, tmp_path, monkey
     assert not np.allclose(first_epoch_noise, resumed_epoch_noise, rtol=0.1, atol=0)
 
 
-def test_int8_calibration_of_a_private_run_needs_a_public_split():
-    recipe = tftoolkit.load_recipe("fashion_transfer", {
-        "privacy.enabled": True, "privacy.target_epsilon": 8.0,
-        "export.formats": ["tflite_int8"], "privacy.public_split": "val"})
-    assert recipe.privacy.public_split == "val"
+def test_a_resumed_private_stage_with_no_affordable_epoch_keeps_its_best_epoch(
+        quiet, tmp_path, monkeypatch):
+    n, batch = 144, 20  # training examples of _noise_recipe
+    spent = [privacy.epsilon(batch / n, 1.0, epochs * round(n / batch), 1e-3)
+             for epochs in (2, 3)]
+    recipe = _noise_recipe(quiet, tmp_path, "budget", insecure_reproducible=True,
+                           delta=1e-3).with_overrides({
+        "privacy.noise_multiplier": 1.0, "privacy.target_epsilon": sum(spent) / 2,
+        "train.epochs": 4, "train.learning_rate": 4.0, "train.select_best": "val_accuracy"})
+    _watched(monkeypatch, interrupt_after=1)  # the budget's last epoch, before the end
+    with pytest.raises(KeyboardInterrupt):
+        tftoolkit.train(recipe)
+    result = tftoolkit.train(recipe)  # resumes at epoch 2, which it cannot afford
+    assert result.info.counts["train"] == n
+    assert any("resuming" in note for note in result.notes)
+    kept = next(note for note in result.notes if "kept epoch" in note)
+    assert "kept epoch 1 " in kept  # the best is not the last epoch taken
+    [best] = result.run_dir.glob("checkpoints/best-0.npz")
+    with np.load(best) as saved:
+        for weights, kept_weights in zip(result.model.get_weights(),
+                                         [saved[f"arr_{i}"] for i in range(len(saved.files))]):
+            np.testing.assert_array_equal(weights, kept_weights)
+
+
+def test_int8_calibration_of_a_private_run_is_on_its_public_split():
+    from tftoolkit import serving
+    from tftoolkit.data import load_data
+
+    rng = np.random.default_rng(0)
+    train = rng.uniform(0, 1, size=(64, 4)).astype("float32")  # private: below 1
+    val = rng.uniform(10, 11, size=(32, 4)).astype("float32")  # public: above 10
+    labels = (rng.random(64) > 0.5).astype("int64"), (rng.random(32) > 0.5).astype("int64")
+    arrays = {"train": (train, labels[0]), "val": (val, labels[1])}
+
+    def calibration(private: bool) -> np.ndarray:
+        recipe = Recipe(name="calibrated", data=DataConfig(source="arrays", arrays=arrays),
+                        model=ModelConfig(architecture="mlp", hidden=[8]),
+                        train=TrainConfig(batch_size=8, optimizer="sgd", learning_rate=0.5),
+                        export=ExportConfig(formats=["tflite_int8"], calibration_steps=2),
+                        privacy=PrivacyConfig(enabled=private, noise_multiplier=1.0,
+                                              public_split="val"))
+        return np.concatenate(serving.quantization_inputs(load_data(recipe)).calibration)
+
+    private = calibration(True)
+    assert len(private) == 16 and private.min() >= 10  # validation samples only
+    assert calibration(False).max() < 1  # without privacy: training samples
 
 
 def _card(result) -> dict:
@@ -400,6 +460,20 @@ def test_the_card_of_a_private_run_releases_no_per_class_counts(quiet, tmp_path)
     assert "training loss" in card["privacy"]["not_private"]
 
 
+def test_the_card_of_a_private_run_names_no_skipped_training_file():
+    import json
+
+    from tftoolkit.data import DataInfo
+    from tftoolkit.serving import _card as card_of
+
+    info = DataInfo("classification", "sparse", (8, 8, 3), ["a", "b"], 8, "folder",
+                    {"train": 4}, [2, 2], bad_files=[("/private/alice.png", "truncated")])
+    recipe = {"name": "r", "train": {"seed": 0}}
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    private = card_of(model, {**recipe, "privacy": {"enabled": True}}, info, {})
+    assert "alice" not in json.dumps(private)
+
+
 def test_insecure_reproducible_runs_repeat_and_say_the_guarantee_is_void(
         quiet, tmp_path):
     results = [tftoolkit.train(_noise_recipe(quiet, tmp_path, name,
@@ -409,3 +483,26 @@ def test_insecure_reproducible_runs_repeat_and_say_the_guarantee_is_void(
     for a, b in zip(*(r.model.get_weights() for r in results)):
         np.testing.assert_array_equal(a, b)
     assert _card(results[1])["privacy"]["guarantee"].startswith("NONE")
+
+
+def test_one_overflowing_example_does_not_skip_a_mixed_precision_dp_step():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
+        2, activation="softmax", dtype="mixed_float16")])
+    model.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)),
+                  keras.losses.CategoricalCrossentropy())
+    x = tf.constant([[1.0, 0.5, -1.0], [0.2, 1.0, 0.3], [3000.0, 3000.0, 3000.0],
+                     [-1.0, 0.1, 0.4]])
+    y = tf.constant(np.eye(2, dtype="float32")[[0, 1, 1, 0]])
+    private = privacy.PrivateGradients(l2_clip=1.0, noise_multiplier=0.0, expected_batch=4)
+    step = TrainStep(model, private)
+    scale = model.optimizer.scale_loss(tf.constant(1.0))
+    _, _, grads = private.per_example_gradients(model, step.loss_fn, x, y, scale)
+    finite = np.all([np.isfinite(g).reshape(4, -1).all(axis=1) for g in grads], axis=0)
+    assert 0 < finite.sum() < 4  # under the loss scale, some example's float16 overflows
+    summed = private.clipped_sum([g / scale for g in grads])
+    assert all(np.isfinite(s).all() for s in summed)
+    before = model.get_weights()
+    tf.function(step)(x, y, tf.ones([4]))
+    assert float(model.optimizer.dynamic_scale) == float(scale)  # not skipped
+    assert all(np.abs(a - b).max() > 0 for a, b in zip(model.get_weights(), before))

@@ -135,3 +135,85 @@ def test_clipping_holds_for_a_mixed_float16_model_over_two_replicas():
     assert out["wrapped"] == "LossScaleOptimizer"
     # learning rate 1 times the whole batch's gradient clipped to 1e-3
     assert out["update_norm"] == pytest.approx(1e-3, rel=0.02)
+
+
+MIRRORED_FIT = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from tftoolkit.training import distributed
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(16, 5)).astype("float32")
+y = np.eye(3, dtype="float32")[rng.integers(0, 3, 16)]
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with mirrored.scope():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(keras.optimizers.SGD(1.0, global_clipnorm=1e-3),
+                  keras.losses.CategoricalCrossentropy())
+before = model.get_weights()
+distributed.fit(model, tf.data.Dataset.from_tensors((x, y)).repeat(), strategy=mirrored,
+                epochs=1, initial_epoch=0, steps_per_epoch=1, verbose=0)
+update = np.sqrt(sum(float(np.sum((a - b) ** 2))
+                     for a, b in zip(model.get_weights(), before)))
+print(json.dumps({"update_norm": update}))
+"""
+
+
+def test_keras_fit_over_two_replicas_clips_the_whole_batch_gradient():
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_FIT], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # learning rate 1 times the whole batch's gradient clipped to 1e-3 (each replica's
+    # share clipped to 1e-3 would move the weights by up to 2e-3)
+    assert out["update_norm"] == pytest.approx(1e-3, rel=0.02)
+
+
+MIRRORED_OVERFLOW = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from tftoolkit.training import distributed
+from tftoolkit.training.runtime import precision_policy
+rng = np.random.default_rng(0)
+x = rng.normal(size=(16, 5)).astype("float32")
+x[12] = 3e4  # on the second replica's half
+y = np.eye(3, dtype="float32")[rng.integers(0, 3, 16)]
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with precision_policy("mixed_float16"), mirrored.scope():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8),
+                              keras.layers.Dense(3, activation="softmax", dtype="float32")])
+    model.compile(keras.optimizers.SGD(1.0), keras.losses.CategoricalCrossentropy())
+before = model.get_weights()
+with precision_policy("mixed_float16"):
+    distributed.fit(model, tf.data.Dataset.from_tensors((x, y)).repeat(),
+                    strategy=mirrored, epochs=1, initial_epoch=0, steps_per_epoch=1,
+                    verbose=0)
+v = model.trainable_variables[0]
+a, b = (np.asarray(t) for t in mirrored.experimental_local_results(v.value))
+scales = mirrored.experimental_local_results(model.optimizer.dynamic_scale.value)
+print(json.dumps({"finite": bool(np.isfinite(a).all() and np.isfinite(b).all()),
+                  "scales": [float(s) for s in scales],
+                  "moved": float(max(np.abs(p - q).max()
+                                     for p, q in zip(model.get_weights(), before)))}))
+"""
+
+
+def test_a_float16_overflow_on_one_replica_skips_the_step_on_every_replica():
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_OVERFLOW], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # one loss-scale decision for both replicas: skipped, scale halved, weights kept
+    assert out["finite"] and out["moved"] == 0.0
+    assert out["scales"] == [16384.0, 16384.0]

@@ -300,7 +300,8 @@ def test_an_infinite_loss_ends_every_training_loop_with_one_clear_error(quiet, l
     overrides = {**quiet, "train.learning_rate": 1e38, "train.epochs": 3}
     if loop == "dp_sgd":
         overrides.update({"privacy.enabled": True, "privacy.noise_multiplier": 1.0,
-                          "train.optimizer": "sgd", "train.batch_size": 64})
+                          "train.optimizer": "sgd", "train.batch_size": 64,
+                          "train.steps_per_epoch": 0})
     with pytest.raises(TrainingDiverged, match=r"at epoch 1, step \d+ .*learning rate too "
                                                r"high \(train\.learning_rate=1e\+38\)"):
         tftoolkit.train("mlp", overrides)

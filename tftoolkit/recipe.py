@@ -533,13 +533,21 @@ def _check_private(recipe: Recipe) -> None:
     if a.enabled and (a.mixup or a.cutmix):
         raise RecipeError("privacy.enabled with augment.mixup/cutmix: mixing examples breaks "
                           "the per-example bound; turn them off")
-    if a.enabled and a.placement == "pipeline":
-        raise RecipeError("privacy.enabled samples examples itself: use "
-                          "augment.placement=model")
-    if a.enabled and a.cached_views:
-        raise RecipeError("privacy.enabled with augment.cached_views: several cached copies "
-                          "of one image would each count as an example; set "
-                          "augment.cached_views=0")
+    if recipe.regularize.dropout > 0 or a.enabled:
+        key = (f"regularize.dropout={recipe.regularize.dropout}"
+               if recipe.regularize.dropout > 0 else "augment.enabled=true")
+        fix = ("regularize.dropout=0" if recipe.regularize.dropout > 0
+               else "augment.enabled=false")
+        raise RecipeError(f"privacy.enabled with {key}: per-example gradients are "
+                          "vectorised, so random layers draw once per batch and every "
+                          "example gets the same mask or augmentation, which correlates "
+                          f"the examples; set {fix}")
+    if recipe.train.steps_per_epoch:
+        raise RecipeError(f"privacy.enabled with train.steps_per_epoch="
+                          f"{recipe.train.steps_per_epoch}: a private epoch is the expected "
+                          "number of Poisson-sampled batches (training examples / "
+                          "train.batch_size), which the accountant counts; set "
+                          "train.steps_per_epoch=0")
     if recipe.data.class_weight != "none":
         raise RecipeError("privacy.enabled with data.class_weight: the weights are computed "
                           "from the private labels; set data.class_weight=none")

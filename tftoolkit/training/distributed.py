@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.data import WorkerShare
-from tftoolkit.training.step import TrainStep, per_example_loss
+from tftoolkit.training.step import TrainStep, per_example_loss, use_in_fit
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -205,6 +205,10 @@ def fit(model: keras.Model, train_ds: Input, *, strategy, epochs: int, initial_e
                         validation_data=validation_data, callbacks=callbacks,
                         verbose=verbose)
     else:
+        if strategy.num_replicas_in_sync > 1 and "train_step" not in vars(model):
+            # Keras' own step clips each replica's share of the gradient; this one clips
+            # the whole batch's (a private run has put its DP-SGD step in place already)
+            use_in_fit(model, TrainStep(model))
         model.fit(train_ds, validation_data=validation_data, epochs=epochs,
                   initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
                   callbacks=list(callbacks), verbose=verbose, shuffle=False)

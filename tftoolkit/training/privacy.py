@@ -105,13 +105,21 @@ class PrivateGradients:
 
     def clipped_sum(self, grads: list[tf.Tensor], mask=None) -> list[tf.Tensor]:
         """The sum over the batch of each example's gradient clipped to ``l2_clip``
-        (examples whose ``mask`` is 0, padding, count for nothing)."""
-        norms = tf.sqrt(tf.add_n([tf.reduce_sum(tf.reshape(g, [tf.shape(g)[0], -1]) ** 2,
-                                                axis=1) for g in grads]))
+        (examples whose ``mask`` is 0, padding, count for nothing). An example whose
+        gradient is not finite (float16 overflow under a loss scale) counts for nothing
+        either, so that whether a loss-scaled step is skipped depends on the noised sum,
+        never on one example's unclipped gradient."""
+        rows = [tf.reshape(g, [tf.shape(g)[0], -1]) for g in grads]
+        finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(r), axis=1)
+                                         for r in rows]), axis=0)
+        rows = [tf.where(finite[:, None], r, tf.zeros_like(r)) for r in rows]
+        norms = tf.sqrt(tf.add_n([tf.reduce_sum(r ** 2, axis=1) for r in rows]))
         factors = tf.minimum(1.0, self.l2_clip / tf.maximum(norms, 1e-12))
+        factors = tf.where(finite, factors, tf.zeros_like(factors))
         if mask is not None:
             factors *= tf.cast(mask, factors.dtype)
-        return [tf.tensordot(factors, g, axes=1) for g in grads]
+        return [tf.reshape(tf.tensordot(factors, r, axes=1), tf.shape(g)[1:])
+                for r, g in zip(rows, grads)]
 
     def noised_average(self, sums: list[tf.Tensor]) -> list[tf.Tensor]:
         """``(sum + N(0, (noise_multiplier * l2_clip)^2 / R)) / expected_batch``: one

@@ -368,7 +368,10 @@ def _run_stage(run: _Run, stage: Stage) -> None:
     first_epoch = run.progress.next_epoch if run.resumes(stage) else stage.first_epoch
     set_trainable(run.model, stage.mode, recipe.model.unfreeze)
     inputs = _stage_inputs(run, stage, first_epoch)
-    steps = t.steps_per_epoch or inputs.steps_per_epoch
+    # DP-SGD's epoch is its expected number of Poisson batches (train.steps_per_epoch is
+    # refused with privacy)
+    steps = (privacy.steps_per_epoch(len(run.data.splits["train"]), run.batch_size)
+             if run.private is not None else t.steps_per_epoch or inputs.steps_per_epoch)
     # The schedule spans the whole stage; a resumed stage continues it from the
     # optimizer's restored step count.
     learning_rate = learning_rate_schedule(t, stage.learning_rate, stage.epochs * steps, steps)
@@ -440,8 +443,8 @@ def _fit_private(run: _Run, stage: Stage, inputs: StageInputs, first_epoch: int)
     end = privacy.affordable_end(
         lambda steps: dataclasses.replace(spent, steps=steps).epsilon, first_epoch,
         stage.end, epoch_steps, spent.steps, cfg.target_epsilon)
-    if end <= first_epoch:
-        return
+    # With no affordable epoch left (a resumed stage) fit still runs, for no epoch: its
+    # callbacks end the stage as after any other fit, KeepBest putting the best back.
     # insecure_reproducible: a function of (seed, first epoch), so nothing repeats after
     # a resume either; otherwise OS entropy
     seed = ([t.seed, first_epoch] if cfg.insecure_reproducible else None)

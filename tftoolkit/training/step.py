@@ -8,8 +8,8 @@ optimizer's update. Mixed precision is the optimizer's: the loss is multiplied b
 gradients by the scale again (skipping steps whose gradients overflow), so clipping
 works on scaled gradients against a scaled bound. The multi-worker loop runs it under
 ``strategy.run``; Keras' ``fit`` runs it as the model's ``train_step``
-(:func:`use_in_fit`), so private runs keep fit's callbacks, progress bar, validation and
-EMA finalisation.
+(:func:`use_in_fit`) for private runs and for every run over several replicas, so they
+keep fit's callbacks, progress bar, validation and EMA finalisation.
 """
 
 from __future__ import annotations
@@ -77,19 +77,23 @@ class TrainStep:
         is given, before its all-reduce: with several replicas that is each one's share.
         So sum the replicas' gradients, clip (to the bound times the loss scale: the
         gradients are scaled), and hand the optimizer this replica's 1/R of the result,
-        whose norm is below the bound, so Keras leaves it."""
+        whose norm is below the bound, so Keras leaves it. With several replicas the sum
+        is taken without a clip too, so that every replica's loss-scale check (finite or
+        not) sees the same gradient and all of them skip a step or none."""
         clip = base_optimizer(self.model.optimizer).global_clipnorm
         context = tf.distribute.get_replica_context()
-        if not clip or context.num_replicas_in_sync == 1:
+        if context.num_replicas_in_sync == 1:
             return grads  # the optimizer clips the whole gradient itself, unscaled
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        grads, _ = tf.clip_by_global_norm(grads, clip * scale)
+        if clip:
+            grads, _ = tf.clip_by_global_norm(grads, clip * scale)
         return [g / context.num_replicas_in_sync for g in grads]
 
 
 def use_in_fit(model: keras.Model, step: TrainStep) -> None:
-    """Make ``step`` the ``train_step`` that Keras' ``fit`` runs on ``model`` (until it is
-    compiled again), with fit's loss and metric logs."""
+    """Make ``step`` the ``train_step`` that Keras' ``fit`` runs on ``model``, with fit's
+    loss and metric logs. It is an attribute of the model: compiling again keeps it (in
+    place of the class's ``train_step``) until another call replaces it."""
 
     def train_step(data):
         x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
