@@ -96,7 +96,9 @@ def test_ema_of_a_mixed_float16_model_is_validated_and_put_in_place():
     assert any(np.abs(a - b).max() > 0 for a, b in zip(model.get_weights(), before))
 
 
-MIRRORED_MIXED = """
+# What each two-replica script below starts from: two logical CPUs, a MirroredStrategy
+# over them, and 16 examples of 5 features and 3 classes (8 on each replica).
+TWO_REPLICAS = """
 import json
 import numpy as np
 import tensorflow as tf
@@ -110,6 +112,18 @@ rng = np.random.default_rng(0)
 x = rng.normal(size=(16, 5)).astype("float32")
 y = np.eye(3, dtype="float32")[rng.integers(0, 3, 16)]
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+"""
+
+
+def _on_two_replicas(script: str) -> dict:
+    """Run ``script`` after :data:`TWO_REPLICAS` in a fresh process; its last line's JSON."""
+    proc = subprocess.run([sys.executable, "-c", TWO_REPLICAS + script],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+MIRRORED_MIXED = """
 with precision_policy("mixed_float16"), mirrored.scope():
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"),
@@ -128,28 +142,13 @@ print(json.dumps({"update_norm": update, "wrapped": type(model.optimizer).__name
 
 
 def test_clipping_holds_for_a_mixed_float16_model_over_two_replicas():
-    proc = subprocess.run([sys.executable, "-c", MIRRORED_MIXED], capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _on_two_replicas(MIRRORED_MIXED)
     assert out["wrapped"] == "LossScaleOptimizer"
     # learning rate 1 times the whole batch's gradient clipped to 1e-3
     assert out["update_norm"] == pytest.approx(1e-3, rel=0.02)
 
 
 MIRRORED_FIT = """
-import json
-import numpy as np
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import keras
-from tftoolkit.training import distributed
-
-rng = np.random.default_rng(0)
-x = rng.normal(size=(16, 5)).astype("float32")
-y = np.eye(3, dtype="float32")[rng.integers(0, 3, 16)]
-mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with mirrored.scope():
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"),
@@ -166,29 +165,14 @@ print(json.dumps({"update_norm": update}))
 
 
 def test_keras_fit_over_two_replicas_clips_the_whole_batch_gradient():
-    proc = subprocess.run([sys.executable, "-c", MIRRORED_FIT], capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _on_two_replicas(MIRRORED_FIT)
     # learning rate 1 times the whole batch's gradient clipped to 1e-3 (each replica's
     # share clipped to 1e-3 would move the weights by up to 2e-3)
     assert out["update_norm"] == pytest.approx(1e-3, rel=0.02)
 
 
 MIRRORED_OVERFLOW = """
-import json
-import numpy as np
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import keras
-from tftoolkit.training import distributed
-from tftoolkit.training.runtime import precision_policy
-rng = np.random.default_rng(0)
-x = rng.normal(size=(16, 5)).astype("float32")
 x[12] = 3e4  # on the second replica's half
-y = np.eye(3, dtype="float32")[rng.integers(0, 3, 16)]
-mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with precision_policy("mixed_float16"), mirrored.scope():
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8),
@@ -210,10 +194,7 @@ print(json.dumps({"finite": bool(np.isfinite(a).all() and np.isfinite(b).all()),
 
 
 def test_a_float16_overflow_on_one_replica_skips_the_step_on_every_replica():
-    proc = subprocess.run([sys.executable, "-c", MIRRORED_OVERFLOW], capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _on_two_replicas(MIRRORED_OVERFLOW)
     # one loss-scale decision for both replicas: skipped, scale halved, weights kept
     assert out["finite"] and out["moved"] == 0.0
     assert out["scales"] == [16384.0, 16384.0]
