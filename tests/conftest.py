@@ -76,3 +76,16 @@ def _work_in_tmp_path(tmp_path, monkeypatch):
     """Every test runs in its own folder: default run and export folders (``runs/``,
     ``saved_models/``) land there, never in the checkout."""
     monkeypatch.chdir(tmp_path)
+
+
+def shapes_recipe(folder: Path, tmp: Path, test_fraction: float, **export):
+    """A small CNN classifier of the 32 px shapes in ``folder`` (see
+    :func:`make_image_folder`), run and exported under ``tmp``, for export tests."""
+    from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
+
+    return Recipe(name="shapes", data=DataConfig(source="folder", dir=str(folder),
+                                                 image_size=32, test_fraction=test_fraction),
+                  model=ModelConfig(architecture="cnn", filters=[8, 16]),
+                  train=TrainConfig(epochs=4, batch_size=8, learning_rate=3e-3, verbose=0,
+                                    run_dir=str(tmp / "runs")),
+                  export=ExportConfig(dir=str(tmp / "exports"), **export))

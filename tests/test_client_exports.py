@@ -16,8 +16,8 @@ import pytest
 import keras
 import tensorflow as tf
 import tftoolkit
+from conftest import shapes_recipe
 from tftoolkit.data import DataInfo
-from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
 from tftoolkit.rundir import RunDir
 from tftoolkit.serving import litert, mediapipe_tasks, quantization_inputs
 from tftoolkit.serving.savedmodel import export_model
@@ -57,22 +57,14 @@ print(json.dumps(out))
 """
 
 
-def _recipe(folder, tmp, **export) -> Recipe:
-    return Recipe(name="shapes", data=DataConfig(source="folder", dir=str(folder),
-                                                 image_size=32, test_fraction=0.5),
-                  model=ModelConfig(architecture="cnn", filters=[8, 16]),
-                  train=TrainConfig(epochs=4, batch_size=8, learning_rate=3e-3, verbose=0,
-                                    run_dir=str(tmp / "runs")),
-                  export=ExportConfig(dir=str(tmp / "exports"), **export))
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from conftest import make_image_folder
 
     tmp = tmp_path_factory.mktemp("clients")
     folder = make_image_folder(tmp / "shapes", per_class=32)
-    result = tftoolkit.train(_recipe(folder, tmp, formats=FORMATS, max_accuracy_drop=1.0))
+    result = tftoolkit.train(shapes_recipe(folder, tmp, 0.5, formats=FORMATS,
+                                           max_accuracy_drop=1.0))
     data = tftoolkit.load_data(result.recipe, 32)
     test_files = [str(p) for p in data.splits["test"].paths]
     return result, test_files, tmp

@@ -10,19 +10,10 @@ import numpy as np
 import pytest
 
 import tftoolkit
-from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
+from conftest import shapes_recipe
 from tftoolkit.serving import litert
 
 ALL = ["tflite", "tflite_dynamic", "tflite_float16", "tflite_int8"]
-
-
-def _recipe(folder, tmp, **export) -> Recipe:
-    return Recipe(name="shapes", data=DataConfig(source="folder", dir=str(folder),
-                                                 image_size=32, test_fraction=0.25),
-                  model=ModelConfig(architecture="cnn", filters=[8, 16]),
-                  train=TrainConfig(epochs=4, batch_size=8, learning_rate=3e-3, verbose=0,
-                                    run_dir=str(tmp / "runs")),
-                  export=ExportConfig(dir=str(tmp / "exports"), **export))
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +22,8 @@ def quantized(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("litert")
     folder = make_image_folder(tmp / "shapes", per_class=16)
-    result = tftoolkit.train(_recipe(folder, tmp, formats=ALL, max_accuracy_drop=1.0,
-                                     int8_io="uint8"))
+    result = tftoolkit.train(shapes_recipe(folder, tmp, 0.25, formats=ALL,
+                                           max_accuracy_drop=1.0, int8_io="uint8"))
     return result, folder, tmp
 
 
