@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,25 @@ def imported_mobilenet(keras_home) -> dict[str, Path]:
     from tftoolkit.models.weights import import_torchvision
 
     return import_torchvision("mobilenet_v2")
+
+
+@pytest.fixture
+def cli(capsys):
+    """Runs the ``tftoolkit`` command line in this process, as the console script would
+    (exit status, standard output and standard error), without a new interpreter and
+    TensorFlow import per call. Tests about a fresh process start one themselves."""
+    from tftoolkit.cli import main
+
+    def run(*argv) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            returncode = main([str(arg) for arg in argv])
+        except SystemExit as exc:  # argparse's usage errors
+            returncode = exc.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(argv), returncode, out, err)
+
+    return run
 
 
 @pytest.fixture

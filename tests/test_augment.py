@@ -163,15 +163,11 @@ def test_fused_crop_to_crops_a_window_at_a_per_image_offset():
     assert abs(np.mean(ys) - (SIZE - 1) / 2) < 2
 
 
-def test_augment_preview_writes_a_grid(image_folder, tmp_path):
-    import subprocess
-    import sys
-
+def test_augment_preview_writes_a_grid(image_folder, tmp_path, cli):
     out = tmp_path / "grid.png"
-    proc = subprocess.run([sys.executable, "-m", "tftoolkit", "augment-preview", "image_folder",
-                           "--set", f"data.dir={image_folder}", "--set", "data.image_size=48",
-                           "--set", "augment.rotation=0.1", "--out", str(out), "--images", "3",
-                           "--views", "4"], capture_output=True, text=True)
+    proc = cli("augment-preview", "image_folder", "--set", f"data.dir={image_folder}",
+               "--set", "data.image_size=48", "--set", "augment.rotation=0.1", "--out", out,
+               "--images", "3", "--views", "4")
     assert proc.returncode == 0, proc.stderr
     from PIL import Image
 

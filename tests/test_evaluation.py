@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -126,15 +125,13 @@ def test_train_reports_tta_beside_the_plain_figure(quadrant_run):
     assert result.metrics["test_accuracy"] == pytest.approx(plain, abs=1e-6)
 
 
-def test_evaluate_writes_tables_and_figures(tmp_path, image_folder, quiet):
+def test_evaluate_writes_tables_and_figures(tmp_path, image_folder, quiet, cli):
     recipe = Recipe(name="shapes", data=DataConfig(source="folder", dir=str(image_folder),
                                                    image_size=32),
                     model=ModelConfig(architecture="cnn", filters=[8]),
                     train=TrainConfig(epochs=1, batch_size=8))
     result = tftoolkit.train(recipe, quiet)
-    proc = subprocess.run([sys.executable, "-m", "tftoolkit", "evaluate",
-                           str(result.export_dir), "--split", "val", "--tta", "2"],
-                          capture_output=True, text=True)
+    proc = cli("evaluate", result.export_dir, "--split", "val", "--tta", "2")
     assert proc.returncode == 0, proc.stderr
     assert "macro_avg" in proc.stdout and "accuracy with TTA (2 views)" in proc.stdout
     out = result.export_dir.parent / "1-eval"
@@ -143,25 +140,22 @@ def test_evaluate_writes_tables_and_figures(tmp_path, image_folder, quiet):
     for name in ("per_class.csv", "confusion_matrix.png", "top_losses.png"):
         assert (out / name).stat().st_size > 0
     # The folder got a held-out test split (data.test_fraction), so the default works...
-    tested = subprocess.run(["tftoolkit", "evaluate", str(result.export_dir)],
-                            capture_output=True, text=True)
+    tested = cli("evaluate", result.export_dir)
     assert tested.returncode == 0, tested.stderr
     report = json.loads((out / "metrics.json").read_text())
     assert report["split"] == "test" and report["examples"] == result.info.counts["test"]
     # ...and without one, evaluation falls back to validation and says so.
     no_test = tftoolkit.train(recipe, {**quiet, "data.test_fraction": 0.0,
                                        "export.enabled": False})
-    fallback = subprocess.run(["tftoolkit", "evaluate", str(no_test.run_dir)],
-                              capture_output=True, text=True)
+    fallback = cli("evaluate", no_test.run_dir)
     assert fallback.returncode == 0, fallback.stderr
     assert "no test split" in fallback.stdout and "evaluated on the val split" in fallback.stdout
     bad = subprocess.run(["tftoolkit", "evaluate", str(result.run_dir), "--split", "holdout"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "split 'holdout' does not exist" in bad.stderr
     assert "oneDNN" not in bad.stderr and "absl" not in bad.stderr  # no TensorFlow banner
-    shown = subprocess.run([sys.executable, "-m", "tftoolkit", "explain",
-                            str(result.run_dir), str(next(image_folder.rglob("*.png"))),
-                            "--out", str(tmp_path / "cams")], capture_output=True, text=True)
+    shown = cli("explain", result.run_dir, next(image_folder.rglob("*.png")),
+                "--out", tmp_path / "cams")
     assert shown.returncode == 0, shown.stderr
     assert len(list((tmp_path / "cams").glob("*_gradcam.png"))) == 1
 

@@ -164,11 +164,9 @@ def test_training_exports_a_complete_version(trained_export):
     assert reloaded.output_shape == (None, 2)
 
 
-def test_export_verb_writes_the_next_version(trained_export, tmp_path):
+def test_export_verb_writes_the_next_version(trained_export, tmp_path, cli):
     result, _ = trained_export
-    proc = subprocess.run([sys.executable, "-m", "tftoolkit", "export", str(result.run_dir),
-                           "--to", str(tmp_path / "elsewhere")], capture_output=True,
-                          text=True)
+    proc = cli("export", result.run_dir, "--to", tmp_path / "elsewhere")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "elsewhere" / "1" / "saved_model.pb").is_file()
 
@@ -220,12 +218,10 @@ def test_export_serves_in_a_process_that_imports_only_tensorflow(trained_export)
     assert name in ("circle", "square") and shape == "(1, 2)"
 
 
-def test_predict_cli_prints_top_classes(trained_export):
+def test_predict_cli_prints_top_classes(trained_export, cli):
     result, folder = trained_export
     images = [str(sorted((folder / c).glob("*.jpg"))[0]) for c in ("circle", "square")]
-    proc = subprocess.run([sys.executable, "-m", "tftoolkit", "predict",
-                           str(result.export_dir), *images, "--top-k", "2"],
-                          capture_output=True, text=True)
+    proc = cli("predict", result.export_dir, *images, "--top-k", "2")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == images[0] and lines[3] == images[1]
@@ -234,9 +230,8 @@ def test_predict_cli_prints_top_classes(trained_export):
     assert probabilities[0] + probabilities[1] == pytest.approx(100, abs=0.02)
 
 
-def test_predict_rejects_a_non_export(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tftoolkit", "predict", str(tmp_path),
-                           "x.jpg"], capture_output=True, text=True)
+def test_predict_rejects_a_non_export(tmp_path, cli):
+    proc = cli("predict", tmp_path, "x.jpg")
     assert proc.returncode == 2 and "saved_model.pb" in proc.stderr
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from tftoolkit.errors import RecipeError
@@ -106,31 +103,26 @@ def test_recipe_object_with_bad_field_value_is_refused():
         load_recipe(bad)
 
 
-def test_cli_rejects_a_typo_before_training(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "tftoolkit", "train", "mlp", "--set", "train.epochz=3",
-         "--set", f"train.run_dir={tmp_path}/runs"],
-        capture_output=True, text=True, cwd=tmp_path)
+def test_cli_rejects_a_typo_before_training(tmp_path, cli):
+    proc = cli("train", "mlp", "--set", "train.epochz=3", "--set",
+               f"train.run_dir={tmp_path}/runs")
     assert proc.returncode == 2
     assert "train.epochz" in proc.stderr and "train.epochs" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
 
 
-def test_cli_help_documents_every_verb():
-    proc = subprocess.run([sys.executable, "-m", "tftoolkit", "--help"],
-                          capture_output=True, text=True)
+def test_cli_help_documents_every_verb(cli):
+    proc = cli("--help")
     assert proc.returncode == 0
     for verb in ("recipes", "show", "train", "compare", "export", "predict", "weights"):
         assert verb in proc.stdout
 
 
-def test_cli_recipes_and_show():
-    listing = subprocess.run([sys.executable, "-m", "tftoolkit", "recipes"],
-                             capture_output=True, text=True, check=True).stdout
+def test_cli_recipes_and_show(cli):
+    listing = cli("recipes").stdout
     assert "linear_regression" in listing and "full-batch gradient descent" in listing
-    shown = subprocess.run([sys.executable, "-m", "tftoolkit", "show", "mlp", "--set",
-                            "train.epochs=9"], capture_output=True, text=True, check=True)
+    shown = cli("show", "mlp", "--set", "train.epochs=9")
     assert '"epochs": 9' in shown.stdout and '"activation": "tanh"' in shown.stdout
 
 

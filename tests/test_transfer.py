@@ -169,16 +169,12 @@ def test_crafted_checkpoint_that_would_run_a_command_is_rejected(tmp_path):
     assert not marker.exists()
 
 
-def test_crafted_checkpoint_rejected_by_the_import_command(tmp_path):
-    import subprocess
-    import sys
-
+def test_crafted_checkpoint_rejected_by_the_import_command(tmp_path, cli):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     path.write_bytes(_legacy_checkpoint(
         _reduce_pickle("builtins", "eval", f"open({str(marker)!r}, 'w')"), []))
-    proc = subprocess.run([sys.executable, "-m", "tftoolkit", "weights", "import",
-                           "mobilenet_v2", "--from", str(path)], capture_output=True, text=True)
+    proc = cli("weights", "import", "mobilenet_v2", "--from", path)
     assert proc.returncode == 2
     assert "builtins.eval" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists()
