@@ -10,6 +10,14 @@ import tftoolkit
 from tftoolkit.data import DataBundle
 from tftoolkit.recipe import Recipe
 
+# The training plain_keras_fit does: Adam at a constant rate, plain cross-entropy, no
+# gradient clipping or weight average, the last epoch kept. A benchmark of the training
+# loop's own cost sets these in its recipe, so that both sides do the same work.
+PLAIN_TRAINING = {"train.optimizer": "adam", "train.weight_decay": 0.0,
+                  "train.schedule": "constant", "train.warmup_epochs": 0.0,
+                  "train.clip_norm": 0.0, "train.ema": 0.0, "train.select_best": "",
+                  "regularize.label_smoothing": 0.0}
+
 
 def plain_keras_fit(recipe: Recipe, data: DataBundle, epochs: int) -> tuple[keras.Model, float]:
     """The recipe's model trained by a hand-written ``compile``/``fit`` on the same data

@@ -136,14 +136,15 @@ def decode_ceiling(folder: Path, batches: int) -> float:
 
 
 def disk_cache_second_epoch(folder: Path, batches: int) -> float:
-    """Images per second of the second epoch of ``data.cache=disk`` (the first writes it)."""
+    """Images per second of the second epoch read from ``data.cache=disk`` (the cache is
+    written in one pass when the pipeline is built)."""
     with tempfile.TemporaryDirectory() as caches:
         data = load_data(_recipe(folder, cache="disk", cache_dir=caches), SIZE)
         iterator = iter(data.dataset("train", training=True, batch_size=BATCH))
-        first = _images_per_second(iterator, batches)  # writes the cache
+        assert "written this run" in data.notes[-1], data.notes[-1]
+        _images_per_second(iterator, batches)
         second = _images_per_second(iterator, batches)
         del iterator  # stops its prefetching before the cache folder is removed
-        assert second.cpu_ms_per_image < first.cpu_ms_per_image, "the cache was not read"
         return second
 
 

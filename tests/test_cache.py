@@ -52,7 +52,7 @@ def test_disk_cache_is_reused_and_invalidated_by_size_or_content(image_folder, t
     written = _batches(first)
     assert "written this run" in first.notes[-1]
     folders = {p.name for p in (tmp_path / "caches").iterdir()}
-    assert len(folders) == 1 and list((tmp_path / "caches").rglob("cache.index"))
+    assert len(folders) == 1 and list((tmp_path / "caches").rglob("cache.json"))
 
     again = load_data(recipe, 20)
     reread = _batches(again)
@@ -106,3 +106,88 @@ def test_training_runs_with_each_cache(image_folder, tmp_path, mode, quiet):
     recipe = _recipe(image_folder, tmp_path, cache=mode, image_size=32)
     result = tftoolkit.train(recipe, {**quiet, "train.epochs": 2, "export.enabled": False})
     assert any(f"data cache for train: {mode}" in note for note in result.notes)
+
+
+def _two_epochs(data, **kw) -> list[tuple[np.ndarray, ...]]:
+    steps = data.steps_per_epoch("train", 8)
+    return [tuple(np.asarray(t) for t in b)
+            for b in data.dataset("train", training=True, batch_size=8, **kw)
+            .take(2 * steps)]
+
+
+def test_every_cache_mode_trains_on_the_same_epochs(image_folder, tmp_path):
+    epochs = {mode: _two_epochs(load_data(_recipe(image_folder, tmp_path, cache=mode,
+                                                  image_size=16), 16))
+              for mode in ("memory", "disk", "off")}
+    for mode in ("disk", "off"):
+        for a, b in zip(epochs["memory"], epochs[mode]):
+            np.testing.assert_array_equal(a[1], b[1])  # the same examples, in one order
+            np.testing.assert_array_equal(a[0], b[0])
+    steps = len(epochs["memory"]) // 2
+    first, second = (np.concatenate([b[0] for b in epochs["memory"][e * steps:
+                                                                   (e + 1) * steps]])
+                     for e in (0, 1))
+    assert not np.array_equal(first, second)  # each epoch its own order
+
+
+def _gradient_folder(root, count: int = 8):
+    """Non-square images whose pixels say where they are: red grows left to right, green
+    top to bottom."""
+    from conftest import write_image
+
+    yy, xx = np.mgrid[:24, :48]
+    image = np.stack([xx * 255 / 47, yy * 255 / 23, np.zeros_like(xx)], -1).astype(np.uint8)
+    for i in range(count):
+        write_image(root / ("a" if i % 2 else "b") / f"{i}.png", image)
+    return root
+
+
+@pytest.mark.parametrize("policy", [{"resized_crop_scale": 0.2}, {"crop": 0.4}])
+def test_a_crop_is_the_same_region_of_the_image_cached_or_not(tmp_path, policy):
+    from tftoolkit.augment import build_augmenter
+    from tftoolkit.recipe import AugmentConfig
+
+    folder = _gradient_folder(tmp_path / "gradients")
+    augment = build_augmenter(AugmentConfig(enabled=True, placement="pipeline", **policy),
+                              16, 0).pipeline_fn()
+    views = {mode: _two_epochs(load_data(_recipe(folder, tmp_path, cache=mode,
+                                                 image_size=16), 16), augment=augment)
+             for mode in ("memory", "off")}
+    cached, uncached = (np.concatenate([b[0] for b in views[m]]) for m in ("memory", "off"))
+    # within about a pixel of the 16 px cached image (255 / 16 levels) of the crop from
+    # the source; another region of the image would differ by far more
+    assert np.abs(cached - uncached).mean() < 6
+    assert np.abs(cached - uncached)[..., :2].max() < 40
+    assert np.abs(uncached[:1] - uncached[1:]).mean() > 10  # the crops do differ
+
+
+def test_a_resumed_auto_run_reads_the_cache_its_start_chose(image_folder, tmp_path,
+                                                             monkeypatch, quiet):
+    import keras
+
+    import tftoolkit
+    from tftoolkit.data import cache
+    from tftoolkit.training import runner
+
+    recipe = _recipe(image_folder, tmp_path, cache="auto", image_size=16).with_overrides(
+        {**quiet, "train.epochs": 2, "export.enabled": False})
+    monkeypatch.setattr(cache, "available_memory", lambda: 2 ** 40)  # plenty: memory
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    real_callbacks = runner._callbacks
+    monkeypatch.setattr(runner, "_callbacks", lambda *a: [*real_callbacks(*a), Kill()])
+    with pytest.raises(KeyboardInterrupt):
+        tftoolkit.train(recipe)
+    monkeypatch.setattr(runner, "_callbacks", real_callbacks)
+    monkeypatch.setattr(cache, "available_memory", lambda: 2 ** 10)  # now it would not fit
+    resumed = tftoolkit.train(recipe)
+    assert any("resuming" in note for note in resumed.notes)
+    train_note = next(n for n in resumed.notes if n.startswith("data cache for train:"))
+    assert train_note.startswith("data cache for train: memory"), train_note
+    assert "choice when the run started" in train_note
+    fresh = tftoolkit.train(recipe.with_overrides({"train.resume": False}))
+    assert any(n.startswith("data cache for train: disk") for n in fresh.notes)

@@ -94,9 +94,10 @@ class DataConfig:
     memory_budget_mb: int = _opt(0, "memory one split may take under data.cache=auto; 0: a "
                                     "quarter of the memory available when the run starts",
                                  min=0)
-    shuffle_buffer: int = _opt(2048, "training examples shuffled at a time when they are "
-                                     "read from disk (a memory cache is re-permuted whole "
-                                     "every epoch); 0: the whole split", min=0)
+    shuffle_buffer: int = _opt(2048, "training examples shuffled at a time in an uncached "
+                                     "TFDS split, which is read in one order (every other "
+                                     "split is re-permuted whole every epoch); 0: the "
+                                     "whole split", min=0)
     autotune: bool = _opt(False, "tf.data's autotuning thread; off by default because ending "
                                  "an iterator waits for it (a 2-4 s stall after 1 to 3 of "
                                  "every 8 fit calls); parallel maps then use the default "

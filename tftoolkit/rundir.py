@@ -1,8 +1,8 @@
 """The run directory: the files of one training run, their names, and reading them back.
 
 ``<train.run_dir>/<recipe>/<timestamp>/`` holds the resolved recipe, the data
-description, the runtime, the history CSV, TensorBoard logs, curves, checkpoints and
-the resume marker, the trained inference model and, written last, the final metrics
+description, the runtime, the data caches' modes, the history CSV, TensorBoard logs,
+curves, checkpoints and the resume marker, the trained inference model and, written last, the final metrics
 (which mark the run finished). Training writes it; export and evaluation read it.
 
 One process writes a run directory at a time: it holds an advisory lock
@@ -57,6 +57,7 @@ class RunDir:
     RECIPE = "recipe.json"
     DATA_INFO = "data_info.json"
     RUNTIME = "runtime.json"
+    DATA_CACHE = "data_cache.json"  # data.cache=auto: the mode chosen for each cache
     HISTORY = "history.csv"
     CURVES = "curves.png"
     LOGS = "logs"

@@ -1,11 +1,11 @@
 """Where a split's decoded examples are kept between epochs: memory, disk, or nowhere.
 
 ``data.cache``: ``memory`` keeps images as uint8 pixels at the model's input size (a
-quarter of float32); ``disk`` writes tf.data's file cache to a folder named by a
+quarter of float32); ``disk`` writes them to a :class:`DiskCache` in a folder named by a
 fingerprint of the data and of everything that shapes a decoded example (reused by
 every run of the same data and size, and never by another); ``auto`` chooses memory
 when the split fits ``data.memory_budget_mb`` and disk otherwise; ``off`` decodes every
-epoch.
+epoch. Both caches are read in any order, so every mode trains on the same epochs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -28,7 +29,7 @@ class CachePlan:
     """How one split is cached, and the line that says so."""
 
     mode: str                     # memory | disk | off
-    path: Path | None             # the disk cache's file prefix
+    path: Path | None             # the disk cache's folder
     subject: str                  # data cache for train (and a worker's shard)
     detail: str
 
@@ -57,9 +58,74 @@ def example_bytes(examples: Examples, image_size: int | None) -> int:
     return int(np.prod(examples.arrays.shape[1:])) * 4
 
 
+class DiskCache:
+    """A split's decoded inputs on disk, one fixed-size record per example in read order,
+    beside each example's source image shape (what a crop is drawn from): any record
+    can be read on its own, so each epoch reads them in its own order. Written once
+    through temporary files; ``cache.json``, written last, marks it complete."""
+
+    INPUTS, SHAPES, COMPLETE = "inputs.bin", "shapes.npy", "cache.json"
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    @property
+    def complete(self) -> bool:
+        return (self.folder / self.COMPLETE).is_file()
+
+    def write(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Store ``(inputs, source shapes)`` batches, in order."""
+        tmp = f".tmp-{os.getpid()}"
+        inputs, shapes_file = (self.folder / (name + tmp) for name in (self.INPUTS,
+                                                                       self.SHAPES))
+        shapes, spec = [], None
+        try:
+            with open(inputs, "wb") as f:
+                for x, shape in batches:
+                    x = np.ascontiguousarray(x)
+                    spec = spec or {"shape": list(x.shape[1:]), "dtype": x.dtype.name}
+                    f.write(x.tobytes())
+                    shapes.append(np.asarray(shape, np.int32))
+                f.flush()
+                os.fsync(f.fileno())
+            with open(shapes_file, "wb") as f:
+                np.save(f, np.concatenate(shapes))
+            os.replace(inputs, self.folder / self.INPUTS)
+            os.replace(shapes_file, self.folder / self.SHAPES)
+        finally:
+            inputs.unlink(missing_ok=True)
+            shapes_file.unlink(missing_ok=True)
+        spec["count"] = sum(len(s) for s in shapes)
+        (self.folder / self.COMPLETE).write_text(json.dumps(spec))
+
+    @property
+    def spec(self) -> dict:
+        """``{"shape": [...], "dtype": ..., "count": n}`` of the records."""
+        return json.loads((self.folder / self.COMPLETE).read_text())
+
+    def shapes(self) -> np.ndarray:
+        """``[count, 2]``: each example's source image height and width."""
+        return np.load(self.folder / self.SHAPES)
+
+    def reader(self):
+        """``row -> the record`` (a NumPy array), reading only that record."""
+        spec = self.spec
+        dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        path = self.folder / self.INPUTS
+
+        def read(row) -> np.ndarray:
+            with open(path, "rb") as f:
+                data = os.pread(f.fileno(), size, int(row) * size)
+            return np.frombuffer(data, dtype).reshape(shape)
+
+        return read
+
+
 def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | None,
                settings: dict, cache_root: Path, budget_mb: int,
-               count: int | None = None, budget_share: float = 1.0) -> CachePlan:
+               count: int | None = None, budget_share: float = 1.0,
+               chosen: dict[str, str] | None = None) -> CachePlan:
     """The cache of one split: ``mode`` as asked, or what ``auto`` chooses.
 
     Args:
@@ -71,6 +137,8 @@ def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | N
         count: how many of ``examples`` are cached (a worker's shard); None: all.
         budget_share: the part of the budget this cache may take (one of a worker's
             several replica shards).
+        chosen: what ``auto`` chose for each cache (by its subject) when the run started,
+            reused as it was (a resumed run: free memory may have changed since).
     """
     count = len(examples) if count is None else count
     subject = f"data cache for {split}"
@@ -78,7 +146,10 @@ def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | N
         subject += f" (shard {settings['shard']}, {count} examples)"
     size = count * example_bytes(examples, image_size)
     megabytes = size / 2 ** 20
-    if mode == "auto":
+    if mode == "auto" and chosen and subject in chosen:
+        mode = chosen[subject]
+        why = "data.cache=auto's choice when the run started"
+    elif mode == "auto":
         budget = budget_share * (budget_mb * 2 ** 20 if budget_mb
                                  else DEFAULT_BUDGET_SHARE * available_memory())
         mode = "memory" if size <= budget else "disk"
@@ -93,14 +164,10 @@ def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | N
         return CachePlan("memory", None, subject,
                          f"memory, {kind}, {megabytes:.0f} MB ({why})")
     key = hashlib.sha1(json.dumps({"content": examples.fingerprint, "split": split,
-                                   "image_size": image_size, **settings},
+                                   "image_size": image_size, "format": "records",
+                                   **settings},
                                   sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root / key
     folder.mkdir(parents=True, exist_ok=True)
-    prefix = folder / "cache"
-    reused = prefix.with_suffix(".index").is_file()
-    if not reused:
-        for stale in folder.glob("*.lockfile"):  # left by a run that died while writing
-            stale.unlink()
-    use = "reused" if reused else "written this run"
-    return CachePlan("disk", prefix, subject, f"disk, {folder} ({use}; {why})")
+    use = "reused" if DiskCache(folder).complete else "written this run"
+    return CachePlan("disk", folder, subject, f"disk, {folder} ({use}; {why})")

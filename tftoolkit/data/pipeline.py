@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import tensorflow as tf
 
+from tftoolkit.data.cache import DiskCache
 from tftoolkit.data.decode import DEFAULT_MAX_PIXELS, decode_image_bytes, size_check
 from tftoolkit.data.parallelism import PARALLEL_CALLS, PREFETCH_BATCHES
 from tftoolkit.data.sources import Examples
@@ -131,19 +132,42 @@ def _decoder(kind: str, resize: Resize | None, max_pixels: int) -> Callable:
     w]``) crops each image before it is resized, decoding only that window of a JPEG
     file. Encoded images declaring more than ``max_pixels`` pixels are refused."""
     def decode(ref, window_fn=None):
-        if kind == "file":
-            ref = tf.io.read_file(ref)
-        if kind in ("file", "bytes"):
-            image = (decode_image_bytes(ref, max_pixels) if window_fn is None
-                     else decode_window(ref, window_fn, max_pixels))
-        else:
-            image = ref if window_fn is None else crop_window(ref, window_fn(tf.shape(ref)))
-        if resize is None:
-            return tf.cast(image, tf.float32)
-        # uint8 in the cache: a quarter of float32, and exact (Resize rounds)
-        return tf.cast(to_rgb_image(image, resize), tf.uint8)
+        return _decode_with_shape(kind, resize, max_pixels, ref, window_fn)[0]
 
     return decode
+
+
+def _cache_decoder(kind: str, resize: Resize | None, max_pixels: int) -> Callable:
+    """``reference -> (input, source shape)``: what a cache keeps of an example, its
+    input at the model's size and its source image's ``[height, width]`` (zeros for
+    feature vectors), from which its crops are drawn."""
+    return lambda ref: _decode_with_shape(kind, resize, max_pixels, ref)
+
+
+def _decode_with_shape(kind, resize, max_pixels, ref, window_fn=None):
+    """What :func:`_decoder` and :func:`_cache_decoder` return, the input and the
+    source shape."""
+    if kind == "file":
+        ref = tf.io.read_file(ref)
+    if kind in ("file", "bytes"):
+        image = (decode_image_bytes(ref, max_pixels) if window_fn is None
+                 else decode_window(ref, window_fn, max_pixels))
+    else:
+        image = ref if window_fn is None else crop_window(ref, window_fn(tf.shape(ref)))
+    if resize is None:
+        return tf.cast(image, tf.float32), tf.zeros([2], tf.int32)
+    # uint8 in the cache: a quarter of float32, and exact (Resize rounds)
+    return tf.cast(to_rgb_image(image, resize), tf.uint8), tf.shape(image)[:2]
+
+
+def in_resized(window: tf.Tensor, source_shape: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
+    """A ``[y, x, height, width]`` window of a source image of ``source_shape`` -> the
+    same window of that image resized to ``shape``, to the nearest pixel (at least one)."""
+    scale = tf.cast(shape[:2], tf.float32) / tf.cast(source_shape[:2], tf.float32)
+    start = tf.cast(tf.round(tf.cast(window[:2], tf.float32) * scale), tf.int32)
+    end = tf.cast(tf.round(tf.cast(window[:2] + window[2:], tf.float32) * scale), tf.int32)
+    start = tf.minimum(start, shape[:2] - 1)
+    return tf.concat([start, tf.maximum(tf.minimum(end, shape[:2]) - start, 1)], 0)
 
 
 def epoch_seed(seed: int, epoch) -> tf.Tensor:
@@ -172,23 +196,43 @@ def _parallel_map(ds: tf.data.Dataset, fn: Callable) -> tf.data.Dataset:
     return ds.map(fn, num_parallel_calls=PARALLEL_CALLS, deterministic=True)
 
 
-def _permuted_epochs(stored: tf.data.Dataset, n: int, batch: int, seed: int,
-                     first_epoch: int, prepare: Callable) -> tf.data.Dataset:
-    """Batches of an endless stream of epochs, each the examples of ``stored`` (``(index,
-    (input, label))``) in its own :func:`epoch_order`: the examples are decoded once into
-    one tensor per component (the memory cache, in one piece so that it can be read in
-    any order), and each epoch gathers them in its order through ``prepare(epoch)``."""
-    indices, cached = next(iter(stored.batch(n)))
+@dataclass(frozen=True)
+class _Rows:
+    """A split held so that any example can be read on its own: ``read(row) -> (index,
+    (stored input, label))``; ``in_memory``: the data are tensors of the dataset graph."""
 
-    def epoch(e):
-        def example(row):
-            return prepare(e)(tf.gather(indices, row), tf.nest.map_structure(
-                lambda component: tf.gather(component, row), cached))
+    read: Callable[[tf.Tensor], tuple]
+    in_memory: bool
 
-        return _parallel_map(tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, e)),
-                             example).batch(batch)
 
-    return tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch)
+def _in_memory(stored: tf.data.Dataset, n: int) -> _Rows:
+    """The ``n`` elements of ``stored`` (``(index, (input, label))``) read once into one
+    tensor per component, gathered by row."""
+    indices, pairs = next(iter(stored.batch(n)))
+    return _Rows(lambda row: (tf.gather(indices, row), tf.nest.map_structure(
+        lambda component: tf.gather(component, row), pairs)), True)
+
+
+def _on_disk(stored: tf.data.Dataset, folder, indices: np.ndarray,
+             labels: np.ndarray) -> _Rows:
+    """The inputs and source shapes of ``stored`` in a :class:`DiskCache` (written in
+    one pass first, unless complete), each read on its own; indices and labels in
+    memory."""
+    cache = DiskCache(folder)
+    if not cache.complete:
+        cache.write((np.asarray(x), np.asarray(shape))
+                    for _, ((x, shape), _) in stored.batch(256))
+    spec, read = cache.spec, cache.reader()
+    dtype, shape = tf.as_dtype(spec["dtype"]), spec["shape"]
+    shapes, indices, labels = (tf.constant(a) for a in (cache.shapes(), indices, labels))
+
+    def row_of(row):
+        x = tf.numpy_function(read, [row], dtype, stateful=False)
+        x.set_shape(shape)
+        return tf.gather(indices, row), ((x, tf.gather(shapes, row)),
+                                         tf.gather(labels, row))
+
+    return _Rows(row_of, False)
 
 
 def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
@@ -205,22 +249,24 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     declaring more than ``max_pixels`` pixels stops the pipeline with an error before it
     is decoded.
 
-    ``cache`` is ``memory``, ``disk`` (tf.data's file cache at ``cache_path``) or ``off``.
-    Training datasets are an endless stream of epochs, from ``first_epoch`` on (train
-    with ``steps_per_epoch``). In memory, each epoch is a permutation of its own
-    (:func:`epoch_order`); from disk or undecoded files, which are read in one order,
-    each epoch is shuffled with :func:`epoch_seed` through a buffer of
-    ``shuffle_buffer`` examples (0: all), so memory holds a bounded buffer, never a copy
-    of the split; give those examples in a seeded random order, so that a bounded buffer
-    mixes classes. Uncached, the buffer holds file names (or encoded records), and
-    examples are decoded after they are drawn.
+    ``cache`` is ``memory``, ``disk`` (a :class:`DiskCache` in the folder
+    ``cache_path``) or ``off``. Training datasets are an endless stream of epochs, from
+    ``first_epoch`` on (train with ``steps_per_epoch``), each the examples in its own
+    :func:`epoch_order`, whatever the cache: the memory cache is one tensor gathered
+    by row, the disk cache one record per example read on its own, and uncached files
+    or arrays are gathered by row, then decoded. Only uncached TFDS records, which are
+    read in one order, are shuffled instead, with :func:`epoch_seed`, through a buffer
+    of ``shuffle_buffer`` examples (0: all).
 
     ``augment`` runs only when ``training`` is true: its per-example part in parallel,
-    keyed by :func:`example_key`, on the cached image or, uncached, on the source image
-    (a crop decodes only its window of a JPEG); its per-batch part (Keras layers)
-    sequentially, so that their random draws are reproducible. An example's key names
-    its entry of ``positions`` (its position in the whole split when ``examples`` is a
-    shard of it: shards then never repeat one another's draws; default 0, 1, ...).
+    keyed by :func:`example_key`; its per-batch part (Keras layers) sequentially, so
+    that their random draws are reproducible. A crop's window is drawn from the source
+    image's shape, so an example's crop is the same region of its image in every cache
+    mode: uncached, only that window is decoded (of a JPEG); cached, it is cut from the
+    cached image, whose cache keeps the source shape (:func:`in_resized`), and resized
+    again. An example's key names its entry of ``positions`` (its position in the whole
+    split when ``examples`` is a shard of it: shards then never repeat one another's
+    draws; default 0, 1, ...).
 
     Maps run :data:`PARALLEL_CALLS` examples at a time, in order, and batches are
     prefetched :data:`PREFETCH_BATCHES` ahead, with or without ``autotune``.
@@ -229,42 +275,65 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     by 2-4 s on a 2-core machine.
     """
     refs, kind = _references(examples, positions)
+    n = max(len(examples), 1)
+    batch = batch_size or n
+    cached = cache != "off"
     decode = _decoder(kind, resize, max_pixels)
-    stored = refs if cache == "off" else _parallel_map(
-        refs, lambda i, pair: (i, (decode(pair[0]), pair[1])))
-    # Decoded once into memory (eagerly: not while a dataset function is traced).
-    permuted = training and cache == "memory" and tf.executing_eagerly()
-    if cache == "memory" and not permuted:
-        stored = stored.cache()
-    elif cache == "disk":
-        stored = stored.cache(str(cache_path))
+    stored = refs if not cached else _parallel_map(
+        refs, lambda i, pair: (i, (_cache_decoder(kind, resize, max_pixels)(pair[0]),
+                                   pair[1])))
     # Cached examples are decoded images; redecoding them is a crop and resize.
-    redecode = decode if cache == "off" else _decoder("tensor", resize, max_pixels)
+    redecode = _decoder("tensor", resize, max_pixels)
     per_example = augment.per_example if training and augment is not None else None
     per_batch = augment.per_batch if training and augment is not None else None
 
     def prepare(epoch):
         def example(index, pair):
             x, y = pair
+            if cached:
+                x, source_shape = x
             if per_example is None:
-                return (redecode(x) if cache == "off" else x), y
+                return (x if cached else decode(x)), y
             key = example_key(seed, epoch, index)
-            return per_example.recolor(redecode(x, per_example.window_fn(key)), key), y
+            window_fn = per_example.window_fn(key)
+            if not cached:
+                return per_example.recolor(decode(x, window_fn), key), y
+            if window_fn is not None:  # the window of the source, in the cached image
+                source_window = window_fn
+                window_fn = lambda shape: in_resized(source_window(source_shape),  # noqa: E731
+                                                     source_shape, shape)
+            return per_example.recolor(redecode(x, window_fn), key), y
 
         return example
 
-    n = max(len(examples), 1)
-    batch = batch_size or n
-    buffer = min(shuffle_buffer or n, n)
-    if permuted:
-        ds = _permuted_epochs(stored, n, batch, seed, first_epoch, prepare)
+    # Read once (eagerly: not while a dataset function is traced) into rows read in any
+    # order; uncached TFDS records have no rows (nor a memory cache traced in a function).
+    rows = None
+    if cache == "disk":
+        rows = _on_disk(stored, cache_path, np.arange(len(examples)) if positions is None
+                        else np.asarray(positions, np.int64), examples.labels)
+    elif training and tf.executing_eagerly() and (cache == "memory"
+                                                  or kind in ("file", "array")):
+        rows = _in_memory(stored, n)
+    if rows is not None and training:
+        ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(
+            lambda epoch: _parallel_map(
+                tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, epoch)),
+                lambda row: prepare(epoch)(*rows.read(row))).batch(batch))
+    elif rows is not None:  # a disk cache, in read order
+        ds = _parallel_map(tf.data.Dataset.range(n),
+                           lambda row: prepare(0)(*rows.read(row))).batch(batch)
     elif training:
+        if cache == "memory":
+            stored = stored.cache()
+        buffer = min(shuffle_buffer or n, n)
         ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(
             lambda epoch: _parallel_map(
                 stored.shuffle(buffer, seed=epoch_seed(seed, epoch)), prepare(epoch))
             .batch(batch))
     else:
-        ds = _parallel_map(stored, prepare(0)).batch(batch)
+        ds = _parallel_map(stored.cache() if cache == "memory" else stored,
+                           prepare(0)).batch(batch)
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
     def finish(x, y):
@@ -282,6 +351,7 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     options = tf.data.Options()
     options.autotune.enabled = autotune
     options.deterministic = True
-    if permuted:  # the rewrites serialize the dataset graph: a copy of the cached tensors
+    if rows is not None and rows.in_memory:  # the rewrites serialize the dataset graph:
+        # a copy of the tensors it holds
         options.experimental_optimization.apply_default_optimizations = False
     return ds.prefetch(PREFETCH_BATCHES).with_options(options)
