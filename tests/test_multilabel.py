@@ -341,3 +341,25 @@ def test_a_threshold_stored_as_float32_counts_from_its_own_bin():
         assert counts.micro_f1 == pytest.approx(sklearn_metrics.f1_score(
             LABELS, SCORES >= threshold, average="micro"))
 
+
+def test_evaluate_with_tta_averages_sigmoid_probabilities_then_applies_thresholds(
+        exported, tmp_path, capsys):
+    from tftoolkit.cli import main
+
+    result, _ = exported
+    report, _ = tftoolkit.evaluate(result.export_dir, tta=2, out=tmp_path / "eval")
+    images, labels = load_data(result.recipe, 32).arrays("test")
+    flipped = images[:, :, ::-1]
+    averaged = (np.asarray(result.model(images, training=False))
+                + np.asarray(result.model(flipped, training=False))) / 2
+    card = json.loads((result.export_dir / "model_card.json").read_text())
+    thresholds = np.array(list(card["thresholds"].values()), np.float32)
+    assert report["tta"]["views"] == 2
+    # (mAP from the score histograms, as every figure: tested against scikit-learn above)
+    assert report["tta"]["map"] == pytest.approx(float(multilabel.mean_average_precision(
+        *_histograms(labels, averaged))), abs=1e-6)
+    assert report["tta"]["micro_f1"] == pytest.approx(sklearn_metrics.f1_score(
+        labels, averaged >= thresholds, average="micro"), abs=1e-6)
+    assert main(["evaluate", str(result.export_dir), "--tta", "2", "--out",
+                 str(tmp_path / "cli")]) == 0
+    assert f"with TTA (2 views): mAP {report['tta']['map']:.4f}" in capsys.readouterr().out
