@@ -109,3 +109,42 @@ def shapes_recipe(folder: Path, tmp: Path, test_fraction: float, **export):
                   train=TrainConfig(epochs=4, batch_size=8, learning_rate=3e-3, verbose=0,
                                     run_dir=str(tmp / "runs")),
                   export=ExportConfig(dir=str(tmp / "exports"), **export))
+
+
+# --- a tiny multi-label table -----------------------------------------------------------
+
+TAGS = ("disc", "bar", "dot")
+
+
+def make_multilabel_table(root: Path, n: int = 48, size: int = 32, seed: int = 0) -> Path:
+    """``n`` images, each with a random non-empty subset of: a disc top-left, a bar
+    bottom-right, a dot top-right; ``labels.csv`` names them, ``|``-separated."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    lines = ["path,tags"]
+    for i in range(n):
+        present = [t for t in TAGS if rng.random() < 0.5] or [TAGS[i % 3]]
+        image = rng.integers(0, 50, (size, size, 3), dtype=np.uint8)
+        if "disc" in present:
+            image[(yy - 8) ** 2 + (xx - 8) ** 2 < 36] = 230
+        if "bar" in present:
+            image[20:28, 18:30] = 230
+        if "dot" in present:
+            image[5:10, 22:27, 0] = 250
+        write_image(root / "images" / f"{i:03d}.png", image)
+        lines.append(f"images/{i:03d}.png,{'|'.join(present)}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+def multilabel_recipe(table: Path, **train):
+    """A small CNN of the multi-label table ``table`` (:func:`make_multilabel_table`)."""
+    from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
+
+    return Recipe(name="tags", data=DataConfig(source="csv", csv=str(table), image_size=32,
+                                               label_column="tags", label_delimiter="|",
+                                               validation_fraction=0.25,
+                                               test_fraction=0.25),
+                  model=ModelConfig(architecture="cnn", filters=[8]),
+                  train=TrainConfig(epochs=2, batch_size=8, **train),
+                  export=ExportConfig(enabled=False))

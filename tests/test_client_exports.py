@@ -153,9 +153,9 @@ def test_a_mediapipe_file_losing_too_much_is_refused_with_its_metadata(exported,
     result, _, tmp = exported
     real = litert.measure
 
-    def int8_loses_too_much(candidate, reference, splits, classification):
-        measured = real(candidate, reference, splits, classification)
-        if candidate.input["dtype"] != np.float32:
+    def int8_loses_too_much(*args):
+        measured = real(*args)
+        if args[0].input["dtype"] != np.float32:
             measured.drop = 2.0
         return measured
 
@@ -238,3 +238,107 @@ def test_the_parser_version_follows_the_fields_the_metadata_uses():
     assert mediapipe_tasks.minimum_parser_version(packed(root)) == "1.4.1"
     graph.customMetadata = [schema.CustomMetadataT()]
     assert mediapipe_tasks.minimum_parser_version(packed(root)) == "1.5.0"
+
+
+# --- a multi-label classifier ------------------------------------------------------------
+
+# MediaPipe's ImageClassifier on a multi-label file, TensorFlow blocked: every score (one
+# call with a threshold near 0: it takes 0 or below as unset, and falls back on the
+# file's), and the categories it returns with the file's own defaults.
+MULTILABEL_CLIENT = """
+import json, sys
+sys.modules["tensorflow"] = None
+import mediapipe as mp
+from mediapipe.tasks.python import BaseOptions, vision
+
+version, images = sys.argv[1], sys.argv[2:]
+out = {}
+for fmt in ("mediapipe", "mediapipe_int8"):
+    path = f"{version}/model_{fmt}.tflite"
+    every = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=path),
+                                          score_threshold=1e-9)
+    default = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=path))
+    with vision.ImageClassifier.create_from_options(every) as classifier:
+        scores = []
+        for image in images:
+            categories = classifier.classify(mp.Image.create_from_file(image)).classifications[0]
+            by_index = {c.index: c.score for c in categories.categories}
+            scores.append([by_index[i] for i in range(len(by_index))])
+    with vision.ImageClassifier.create_from_options(default) as classifier:
+        returned = [sorted(c.index for c in classifier.classify(
+            mp.Image.create_from_file(image)).classifications[0].categories) for image in images]
+    # the per-class thresholds, as a client reads them from the file's metadata
+    metadata = json.load(open(f"{version}/model_{fmt}_metadata.json"))
+    described = metadata["subgraph_metadata"][0]["output_tensor_metadata"][0]["description"]
+    thresholds = list(json.loads(described.split("Per-class thresholds: ", 1)[1]).values())
+    labels = [[s >= t for s, t in zip(row, thresholds)] for row in scores]
+    out[fmt] = {"scores": scores, "returned": returned, "labels": labels}
+out["tensorflow_imported"] = any(m.startswith(("tensorflow", "tftoolkit")) and sys.modules[m]
+                                 for m in sys.modules)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def multilabel_clients(tmp_path_factory):
+    """A multi-label run exported as both MediaPipe files, what MediaPipe returns on its
+    test images, and what the SavedModel serves for them."""
+    from conftest import make_multilabel_table, multilabel_recipe
+
+    tmp = tmp_path_factory.mktemp("multilabel_clients")
+    # seed 1: every label has positive and negative validation images to choose on
+    recipe = multilabel_recipe(make_multilabel_table(tmp / "tags", seed=1)).with_overrides({
+        "export.enabled": True, "export.formats": ["mediapipe", "mediapipe_int8"],
+        "export.max_accuracy_drop": 1.0, "train.verbose": 0, "train.epochs": 4,
+        "train.learning_rate": 3e-3, "train.run_dir": str(tmp / "runs"),
+        "export.dir": str(tmp / "exports")})
+    result = tftoolkit.train(recipe)
+    files = [str(p) for p in tftoolkit.load_data(recipe, 32).splits["test"].paths]
+    proc = subprocess.run([sys.executable, "-c", MULTILABEL_CLIENT, str(result.export_dir),
+                           *files], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    served = tf.saved_model.load(str(result.export_dir)).signatures["serving_default"](
+        images=tf.constant(_pixels(files)))
+    card = json.loads((result.export_dir / "model_card.json").read_text())
+    return (card, json.loads(proc.stdout.strip().splitlines()[-1]),
+            {k: v.numpy() for k, v in served.items()}, result.export_dir)
+
+
+def test_mediapipe_scores_a_multilabel_file_as_the_savedmodels_probabilities_and_labels(
+        multilabel_clients):
+    card, clients, served, _ = multilabel_clients
+    assert clients["tensorflow_imported"] is False
+    got = clients["mediapipe"]
+    assert served["probabilities"].shape == (12, 3)
+    np.testing.assert_allclose(got["scores"], served["probabilities"], atol=1e-5)
+    np.testing.assert_array_equal(got["labels"], served["labels"])
+    thresholds = np.array(list(card["thresholds"].values()))
+    assert len(set(thresholds.tolist())) > 1 and thresholds.min() > 0  # each label its own
+    # MediaPipe's one threshold, by default the lowest: every label above its own is in
+    for scores, returned, labels in zip(got["scores"], got["returned"], got["labels"]):
+        assert returned == [i for i, s in enumerate(scores) if s >= thresholds.min()]
+        assert set(np.flatnonzero(labels)) <= set(returned)
+    int8 = np.array(clients["mediapipe_int8"]["labels"])
+    assert np.mean(int8 == served["labels"]) == pytest.approx(
+        card["formats"]["mediapipe_int8"]["test_agreement"])
+
+
+def test_a_multilabel_mediapipe_file_carries_its_thresholds_and_is_judged_by_map(
+        multilabel_clients):
+    card, _, _, version = multilabel_clients
+    for fmt in ("mediapipe", "mediapipe_int8"):
+        entry = card["formats"][fmt]
+        assert set(entry) >= {"val_map", "val_float_map", "test_map", "val_agreement",
+                              "test_agreement", "map_drop"}
+        assert entry["map_drop"] == pytest.approx(entry["val_float_map"] - entry["val_map"])
+        assert "val_accuracy" not in entry and "val_loss" not in entry
+        model = litert.LiteRTModel(version / entry["file"])
+        assert model.output["shape"].tolist() == [1, 3]
+        assert mediapipe_tasks.packed_labels(version / entry["file"]) == card["class_names"]
+        metadata = json.loads((version / entry["metadata_file"]).read_text())
+        output = metadata["subgraph_metadata"][0]["output_tensor_metadata"][0]
+        described = output["description"].split(mediapipe_tasks.THRESHOLDS_PREFIX, 1)[1]
+        assert json.loads(described) == card["thresholds"]
+        # (the JSON leaves out a field at its default, 0)
+        assert output["process_units"][0]["options"].get("global_score_threshold", 0.0) == \
+            pytest.approx(min(card["thresholds"].values()))

@@ -102,8 +102,9 @@ def test_a_variant_losing_too_much_is_refused_and_nothing_of_it_is_left(quantize
     result, folder, tmp = quantized
     real = litert.measure
 
-    def int8_loses_too_much(candidate, reference, splits, classification):
-        measured = real(candidate, reference, splits, classification)
+    def int8_loses_too_much(*args):
+        measured = real(*args)
+        candidate = args[0]
         if candidate.input["dtype"] != np.float32:
             measured.drop = 2.0  # beyond any accuracy: over the max of 1.0
         return measured
@@ -142,13 +143,13 @@ def test_the_validation_split_alone_decides_and_test_is_only_reported():
     reference = _Fixed({4: eye[y_val], 3: eye[y_test]})
     # Right on every validation example, wrong on every test example.
     candidate = _Fixed({4: eye[y_val], 3: eye[1 - y_test]})
-    measured = litert.measure(candidate, reference, splits, classification=True)
+    measured = litert.measure(candidate, reference, splits, task="classification")
     assert measured.drop == 0.0
     assert measured.figures["test_accuracy_drop"] == 1.0  # reported, not deciding
     assert measured.figures["val_accuracy_drop"] == 0.0
     # And a validation loss decides even when test is perfect.
     candidate = _Fixed({4: eye[1 - y_val], 3: eye[y_test]})
-    assert litert.measure(candidate, reference, splits, classification=True).drop == 1.0
+    assert litert.measure(candidate, reference, splits, task="classification").drop == 1.0
 
 
 def test_quantized_variants_are_not_judged_without_a_validation_split():
@@ -158,4 +159,75 @@ def test_quantized_variants_are_not_judged_without_a_validation_split():
     only_test = {"test": (np.zeros((2, 1)), np.array([0, 1]))}
     model = _Fixed({2: eye})
     with pytest.raises(ExportError, match="validation split"):
-        litert.measure(model, model, only_test, classification=True)
+        litert.measure(model, model, only_test, task="classification")
+
+
+def test_a_multilabel_variant_is_judged_by_validation_map_and_its_decisions():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    scores = {n: rng.uniform(0, 1, (n, 3)).astype(np.float32) for n in (8, 6)}
+    labels = {n: (scores[n] > 0.5).astype(int) for n in scores}   # float model: mAP 1
+    labels[8][0], labels[6][0] = 1, 0                            # not a perfect ranking
+    splits = {"val": (np.zeros((8, 1)), labels[8]), "test": (np.zeros((6, 1)), labels[6])}
+    thresholds = np.array([0.4, 0.5, 0.6], np.float32)
+    reference = _Fixed(scores)
+    # Equal on validation, every score reversed on test.
+    candidate = _Fixed({8: scores[8], 6: 1 - scores[6]})
+    measured = litert.measure(candidate, reference, splits, "multilabel", thresholds)
+    assert measured.drop == 0.0 and measured.drop_key == "map_drop"
+    assert measured.figures["val_agreement"] == 1.0
+    want_test = sklearn_metrics.average_precision_score(labels[6], 1 - scores[6])
+    assert measured.figures["test_map"] == pytest.approx(want_test, abs=1e-6)
+    assert measured.figures["test_float_map"] == pytest.approx(
+        sklearn_metrics.average_precision_score(labels[6], scores[6]), abs=1e-6)
+    assert measured.figures["test_map_drop"] > 0.2                 # reported, not deciding
+    assert measured.figures["test_agreement"] == pytest.approx(np.mean(
+        (1 - scores[6] >= thresholds) == (scores[6] >= thresholds)))
+    # Reversed on validation: its mAP drop there decides.
+    candidate = _Fixed({8: 1 - scores[8], 6: scores[6]})
+    measured = litert.measure(candidate, reference, splits, "multilabel", thresholds)
+    assert measured.drop == pytest.approx(
+        sklearn_metrics.average_precision_score(labels[8], scores[8])
+        - sklearn_metrics.average_precision_score(labels[8], 1 - scores[8]), abs=1e-6)
+    with pytest.raises(tftoolkit.ExportError, match="thresholds"):
+        litert.measure(candidate, reference, splits, "multilabel")
+
+
+def test_a_quantized_multilabel_file_losing_validation_map_is_refused(tmp_path, monkeypatch):
+    import keras
+
+    from tftoolkit.data import DataInfo
+    from tftoolkit.serving import savedmodel
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="sigmoid")(x))
+    reversed_model = keras.Model(inputs, 1.0 - model(inputs))    # its ranking upside down
+    images = np.random.default_rng(0).uniform(0, 255, (16, 8, 8, 3)).astype(np.float32)
+    labels = (np.asarray(model(images)) >= 0.5).astype(int)
+    real = litert.convert
+
+    def float16_reversed(model_, fmt, *args, **kwargs):
+        return real(reversed_model if fmt == "tflite_float16" else model_, fmt, *args,
+                    **kwargs)
+
+    monkeypatch.setattr(litert, "convert", float16_reversed)
+    info = DataInfo("multilabel", "multilabel", (8, 8, 3), ["a", "b", "c"], 8, "t")
+    thresholds = np.full(3, 0.5, np.float32)
+    quantization = savedmodel.Quantization({"val": (images, labels), "test": (images, labels)},
+                                           [images], max_accuracy_drop=0.05)
+    version = savedmodel.export_model(model, info, tmp_path, parity_inputs=images, card={},
+                                      formats=["tflite_dynamic", "tflite_float16"],
+                                      quantization=quantization, thresholds=thresholds)
+    card = json.loads((version / "model_card.json").read_text())
+    kept = card["formats"]["tflite_dynamic"]
+    assert kept["val_float_map"] == pytest.approx(1.0) and kept["map_drop"] <= 0.05
+    got = litert.LiteRTModel(version / "model_dynamic.tflite").predict(images)
+    assert kept["val_agreement"] == pytest.approx(np.mean(
+        (got >= 0.5) == (np.asarray(model(images)) >= 0.5)))
+    refused = card["formats_refused"]["tflite_float16"]
+    assert "validation mAP" in refused["reason"] and refused["map_drop"] > 0.05
+    assert refused["val_agreement"] < 0.5
+    assert not (version / "model_float16.tflite").exists()
+    table = tftoolkit.serving.formats_table(version)
+    assert "val mAP" in table.splitlines()[0] and f"{kept['val_map']:8.4f}" in table

@@ -12,10 +12,9 @@ import pytest
 import tensorflow as tf
 
 import tftoolkit
-from conftest import write_image
+from conftest import make_multilabel_table, multilabel_recipe
 from tftoolkit import multilabel
 from tftoolkit.data import load_data
-from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -116,40 +115,6 @@ def test_thresholds_maximise_each_classs_f1_on_the_histograms_given():
 
 
 # --- a tiny multi-label table -----------------------------------------------------------
-
-TAGS = ("disc", "bar", "dot")
-
-
-def make_multilabel_table(root: Path, n: int = 48, size: int = 32, seed: int = 0) -> Path:
-    """``n`` images, each with a random non-empty subset of: a disc top-left, a bar
-    bottom-right, a dot top-right; ``labels.csv`` names them, ``|``-separated."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    lines = ["path,tags"]
-    for i in range(n):
-        present = [t for t in TAGS if rng.random() < 0.5] or [TAGS[i % 3]]
-        image = rng.integers(0, 50, (size, size, 3), dtype=np.uint8)
-        if "disc" in present:
-            image[(yy - 8) ** 2 + (xx - 8) ** 2 < 36] = 230
-        if "bar" in present:
-            image[20:28, 18:30] = 230
-        if "dot" in present:
-            image[5:10, 22:27, 0] = 250
-        write_image(root / "images" / f"{i:03d}.png", image)
-        lines.append(f"images/{i:03d}.png,{'|'.join(present)}")
-    (root / "labels.csv").write_text("\n".join(lines) + "\n")
-    return root / "labels.csv"
-
-
-def multilabel_recipe(table: Path, **train) -> Recipe:
-    return Recipe(name="tags", data=DataConfig(source="csv", csv=str(table), image_size=32,
-                                               label_column="tags", label_delimiter="|",
-                                               validation_fraction=0.25,
-                                               test_fraction=0.25),
-                  model=ModelConfig(architecture="cnn", filters=[8]),
-                  train=TrainConfig(epochs=2, batch_size=8, **train),
-                  export=ExportConfig(enabled=False))
-
 
 @pytest.fixture
 def tag_table(tmp_path) -> Path:
@@ -375,3 +340,26 @@ def test_a_threshold_stored_as_float32_counts_from_its_own_bin():
         counts = multilabel.counts_at(positives, negatives, stored)
         assert counts.micro_f1 == pytest.approx(sklearn_metrics.f1_score(
             LABELS, SCORES >= threshold, average="micro"))
+
+
+def test_evaluate_with_tta_averages_sigmoid_probabilities_then_applies_thresholds(
+        exported, tmp_path, capsys):
+    from tftoolkit.cli import main
+
+    result, _ = exported
+    report, _ = tftoolkit.evaluate(result.export_dir, tta=2, out=tmp_path / "eval")
+    images, labels = load_data(result.recipe, 32).arrays("test")
+    flipped = images[:, :, ::-1]
+    averaged = (np.asarray(result.model(images, training=False))
+                + np.asarray(result.model(flipped, training=False))) / 2
+    card = json.loads((result.export_dir / "model_card.json").read_text())
+    thresholds = np.array(list(card["thresholds"].values()), np.float32)
+    assert report["tta"]["views"] == 2
+    # (mAP from the score histograms, as every figure: tested against scikit-learn above)
+    assert report["tta"]["map"] == pytest.approx(float(multilabel.mean_average_precision(
+        *_histograms(labels, averaged))), abs=1e-6)
+    assert report["tta"]["micro_f1"] == pytest.approx(sklearn_metrics.f1_score(
+        labels, averaged >= thresholds, average="micro"), abs=1e-6)
+    assert main(["evaluate", str(result.export_dir), "--tta", "2", "--out",
+                 str(tmp_path / "cli")]) == 0
+    assert f"with TTA (2 views): mAP {report['tta']['map']:.4f}" in capsys.readouterr().out

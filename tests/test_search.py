@@ -135,3 +135,33 @@ def test_a_bad_space_is_refused_before_anything_runs(recipe_file, monkeypatch, s
 def test_the_objective_must_be_a_validation_metric(recipe_file):
     with pytest.raises(RecipeError, match="validation metric"):
         search_module.search(str(recipe_file), SPACE, objective="test_accuracy")
+
+
+MULTILABEL_RECIPE_FILE = '''
+from conftest import multilabel_recipe
+
+RECIPE = multilabel_recipe({table!r}).with_overrides({{"train.verbose": 0}})
+'''
+
+
+def test_tune_maximises_val_map_on_a_multilabel_recipe(tmp_path, trial_calls, capsys):
+    from conftest import make_multilabel_table
+    from tftoolkit.cli import main
+
+    recipe_file = tmp_path / "tags_recipe.py"
+    recipe_file.write_text(MULTILABEL_RECIPE_FILE.format(
+        table=str(make_multilabel_table(tmp_path / "tags", seed=1))))
+    assert main(["tune", str(recipe_file), "--space", "train.learning_rate=1e-4:3e-2:log",
+                 "--trials", "2", "--objective", "val_map"]) == 0
+    printed = capsys.readouterr().out
+    folder = next((tmp_path / "runs").glob("tags/search-*"))
+    with open(folder / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    maps = [float(r["val_map"]) for r in rows]
+    assert len(rows) == 2 and len(set(maps)) > 1
+    assert [c[1]["val_map"] for c in trial_calls[:2]] == pytest.approx(maps)
+    assert not any(report for report, _ in trial_calls[:2])     # trials never read test
+    best = rows[maps.index(max(maps))]                           # direction: max
+    tuned = tftoolkit.load_recipe(next(folder.glob("*.py")))
+    assert tuned.train.learning_rate == pytest.approx(float(best["train.learning_rate"]))
+    assert "best by val_map" in printed and "retrained: test_map" in printed

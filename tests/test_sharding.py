@@ -318,3 +318,52 @@ def test_training_shards_key_each_example_by_its_position_in_the_whole_split(tmp
     assert not set(shards[0].values()) & set(shards[1].values())
     for shard in shards:
         assert shard == {number: whole[number] for number in shard}
+
+
+def _numbered_table(root, n=40):
+    """A CSV of ``n`` images whose pixels are 5 x their number (every fifth one in the
+    ``val`` split by a split column), tagged ``even``/``odd`` and ``big`` (from n / 2 on):
+    a multi-label table whose labels say which image they belong to."""
+    rows = ["file,tags,split"]
+    for number in range(n):
+        write_image(root / "images" / f"{number:02d}.png",
+                    np.full((8, 8, 3), 5 * number, np.uint8))
+        tags = ["even" if number % 2 == 0 else "odd"] + (["big"] if number >= n // 2 else [])
+        rows.append(f"images/{number:02d}.png,{' '.join(tags)},"
+                    f"{'val' if number % 5 == 0 else 'train'}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"
+
+
+def test_csv_worker_shards_are_disjoint_cover_the_table_and_keep_their_labels(tmp_path):
+    recipe = Recipe(name="table", data=DataConfig(
+        source="csv", csv=str(_numbered_table(tmp_path / "table")), path_column="file",
+        label_column="tags", label_delimiter=" ", split_column="split", test_fraction=0.0,
+        image_size=8, cache="off"), model=ModelConfig(architecture="cnn"),
+        train=TrainConfig(batch_size=8))
+    data = load_data(recipe, 8)
+    assert data.info.class_names == ["big", "even", "odd"]
+    steps = data.steps_per_epoch("train", 8)
+    shards = []
+    for worker in range(2):
+        stream = data.dataset("train", training=True, input_context=_context(2, worker))
+        shard = []
+        for images, labels in stream.take(steps):   # one epoch of this worker
+            for number, row in zip(_numbers((images,)), np.asarray(labels)):
+                assert row.tolist() == [number >= 20, number % 2 == 0, number % 2 == 1]
+                shard.append(number)
+        assert len(shard) == len(set(shard)) == 16
+        shards.append(shard)
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(shards[0] + shards[1]) == [n for n in range(40) if n % 5]
+    evaluated = [sum(map(_numbers, data.dataset("val", input_context=_context(2, w))), [])
+                 for w in range(2)]
+    assert not set(evaluated[0]) & set(evaluated[1])
+    assert sorted(evaluated[0] + evaluated[1]) == list(range(0, 40, 5))
+    # a worker reads only its own rows' files: break every other one, it still runs
+    for path in data.splits["train"].paths:
+        number = int(np.asarray(tf.io.decode_png(tf.io.read_file(path)))[0, 0, 0]) // 5
+        if number not in shards[0]:
+            open(path, "wb").write(b"broken")
+    again = data.dataset("train", training=True, input_context=_context(2, 0))
+    assert sorted(sum(map(_numbers, again.take(steps)), [])) == sorted(shards[0])

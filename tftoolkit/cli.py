@@ -130,7 +130,10 @@ def _cmd_evaluate(args) -> int:
     if "note" in report:
         print(f"tftoolkit: {report['note']}")
     print(render_report(report))
-    if "tta" in report:
+    if "tta" in report and "map" in report:
+        print(f"with TTA ({report['tta']['views']} views): mAP {report['tta']['map']:.4f}, "
+              f"micro-F1 {report['tta']['micro_f1']:.4f} at the thresholds")
+    elif "tta" in report:
         print(f"accuracy with TTA ({report['tta']['views']} views): "
               f"{report['tta']['accuracy']:.4f}")
     figures = ("pr_curves.png" if "map" in report

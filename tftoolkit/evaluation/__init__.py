@@ -26,7 +26,8 @@ from tftoolkit.evaluation.metrics import (classification_report, multilabel_repo
                                           render_report)
 from tftoolkit.evaluation.plots import plot_confusion_matrix, plot_pr_curves, plot_top_losses
 from tftoolkit.models import load_keras_model
-from tftoolkit.multilabel import Thresholds, precision_recall_curve, score_histograms
+from tftoolkit.multilabel import (Thresholds, precision_recall_curve, report_at,
+                                  score_histograms)
 from tftoolkit.recipe import Recipe, recipe_from_dict
 from tftoolkit.rundir import RunDir
 from tftoolkit.serving.litert import LiteRTModel
@@ -98,7 +99,7 @@ def evaluate(path: str | Path, split: str = "test", tta: int = 0,
     top_losses.png into ``out`` (default: ``RUN_DIR/eval`` or ``EXPORT-eval``)."""
     model, recipe, info, default_out = load_trained(path)
     if info.task == "multilabel":
-        return _evaluate_multilabel(path, split, out or default_out)
+        return _evaluate_multilabel(path, split, out or default_out, tta)
     if info.task != "classification":
         raise TftoolkitError(f"{path}: evaluate reports classification metrics; this model "
                              "is a regression")
@@ -127,9 +128,11 @@ def evaluate(path: str | Path, split: str = "test", tta: int = 0,
     return report, out
 
 
-def _evaluate_multilabel(path: str | Path, split: str, out: str | Path) -> tuple[dict, Path]:
+def _evaluate_multilabel(path: str | Path, split: str, out: str | Path,
+                         tta: int = 0) -> tuple[dict, Path]:
     """Multi-label: metrics.json, per_class.csv (the threshold table, with AP, precision,
-    recall, F1 and support at each threshold) and pr_curves.png."""
+    recall, F1 and support at each threshold) and pr_curves.png; with ``tta`` views, the
+    figures of the sigmoid probabilities averaged over them, at the same thresholds."""
     model, recipe, info, _ = load_trained(path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,6 +145,11 @@ def _evaluate_multilabel(path: str | Path, split: str, out: str | Path) -> tuple
     if evaluated != split:
         report["note"] = (f"the data has no {split} split (data.test_fraction=0?); "
                           f"evaluated on the {evaluated} split instead")
+    if tta:
+        averaged = report_at(*(h.numpy() for h in score_histograms(
+            labels, predict_tta(model, images, tta))), thresholds)
+        report["tta"] = {"views": tta, "map": averaged["map"], "micro_f1": averaged["f1"],
+                         "macro_f1": averaged["macro_f1"]}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     with open(out / "per_class.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(report["per_class"][0]))

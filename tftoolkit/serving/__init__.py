@@ -18,6 +18,7 @@ from tftoolkit.models import load_keras_model
 from tftoolkit.models.layout import PREPROCESS
 from tftoolkit.multilabel import Thresholds
 from tftoolkit.rundir import RunDir
+from tftoolkit.serving.litert import SCORES
 from tftoolkit.serving.predict import predict
 from tftoolkit.serving.savedmodel import MEASURED, MODEL_CARD, Quantization, export_model
 
@@ -136,20 +137,22 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
 
 
 def formats_table(version: Path) -> str:
-    """The extra formats of an export version as a table (refused variants included)."""
+    """The extra formats of an export version as a table (refused variants included):
+    accuracy, or a multi-label model's mAP, or a regression model's loss."""
     card = json.loads((version / MODEL_CARD).read_text())
-    rows = {**card.get("formats", {}), **card.get("formats_refused", {})}
-    if not any(f in MEASURED for f in rows):
+    rows = {f: row for f, row in {**card.get("formats", {}),
+                                   **card.get("formats_refused", {})}.items() if f in MEASURED}
+    if not rows:
         return ""
-    lines = [f"{'format':16s} {'size (KB)':>10s} {'x float':>8s} {'val acc':>8s} "
-             f"{'test acc':>9s} {'agree':>7s} {'ms/img':>7s} {'x float':>8s}  file"]
+    score = SCORES[card.get("task", "classification")]
+    short = {"accuracy": "acc", "map": "mAP", "loss": "loss"}[score]
+    lines = [f"{'format':16s} {'size (KB)':>10s} {'x float':>8s} {'val ' + short:>8s} "
+             f"{'test ' + short:>9s} {'agree':>7s} {'ms/img':>7s} {'x float':>8s}  file"]
     for fmt, row in rows.items():
-        if fmt not in MEASURED:
-            continue
         lines.append(
             f"{fmt:16s} {row['size_bytes'] / 1024:10.0f} {row['size_vs_float_tflite']:8.2f} "
-            f"{row.get('val_accuracy', float('nan')):8.4f} "
-            f"{row.get('test_accuracy', float('nan')):9.4f} "
+            f"{row.get(f'val_{score}', float('nan')):8.4f} "
+            f"{row.get(f'test_{score}', float('nan')):9.4f} "
             f"{row.get('test_agreement', row.get('val_agreement', float('nan'))):7.4f} "
             f"{row['latency_ms']:7.2f} {row['latency_vs_float_tflite']:8.2f}  "
             f"{row['file'] or 'not written: ' + row['reason']}")

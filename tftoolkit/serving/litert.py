@@ -8,10 +8,12 @@ Variants of the inference model (fixed input size, float RGB 0-255 in, predictio
   pipeline (no augmentation); input and output float, uint8 or int8 (``export.int8_io``).
 
 Every variant is run with the LiteRT interpreter on the validation and test examples and
-compared with the float model on the same examples: accuracy (loss for regression),
-agreement of its top-1 class with the float model's, file size, and the median latency
-of one image on this machine. A variant that loses more than ``export.max_accuracy_drop``
-on the validation split is not written; the test split's figures are only reported.
+compared with the float model on the same examples: accuracy and the agreement of its
+top-1 class with the float model's (multi-label: mAP, and the agreement of its
+decisions, one per image and class, at the thresholds; regression: the loss), file size,
+and the median latency of one image on this machine. A variant that loses more than
+``export.max_accuracy_drop`` of accuracy (mAP; or gains more loss) on the validation
+split is not written; the test split's figures are only reported.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tftoolkit import multilabel
 from tftoolkit.errors import ExportError
 from tftoolkit.serving.outputs import class_probabilities
 
@@ -175,42 +178,71 @@ class LiteRTModel:
 class Measured:
     """A LiteRT file's figures against the float model on the same examples."""
 
-    figures: dict[str, float]     # per split: accuracy (or loss), agreement, drop
-    drop: float                   # loss of accuracy (or rise of loss) vs float, on DECIDED_ON
+    figures: dict[str, float]     # per split: the score, agreement, drop
+    drop: float                   # loss of the score (rise of the loss) vs float, on DECIDED_ON
     latency_ms: float
+    score: str                    # what dropped: "accuracy", "map" or "loss"
+
+    @property
+    def drop_key(self) -> str:
+        """The card's name of :attr:`drop`."""
+        return drop_key(self.score)
+
+
+def drop_key(score: str) -> str:
+    """The name of a variant's change of ``score`` for the worse."""
+    return "loss_rise" if score == "loss" else f"{score}_drop"
 
 
 # The split whose figures decide whether a variant ships; test figures are only reported.
 DECIDED_ON = "val"
+# task -> the score a variant is judged by
+SCORES = {"classification": "accuracy", "multilabel": "map", "regression": "loss"}
 
 
 def measure(candidate, reference, splits: dict[str, tuple[np.ndarray, np.ndarray]],
-            classification: bool) -> Measured:
+            task: str, thresholds: np.ndarray | None = None) -> Measured:
     """Compare ``candidate`` with the ``reference`` model (both with ``predict``) on each
-    split's ``(inputs, class ids or targets)``; ``splits`` must hold the validation split
-    (:data:`DECIDED_ON`), whose drop is the one that decides."""
+    split's ``(inputs, labels)``: class ids (``classification``), multi-hot rows
+    (``multilabel``, decided at the per-class ``thresholds``) or targets
+    (``regression``); ``splits`` must hold the validation split (:data:`DECIDED_ON`),
+    whose drop is the one that decides."""
     if DECIDED_ON not in splits:
         raise ExportError(f"a quantized variant is judged on the validation split, and "
                           f"only {', '.join(splits) or 'no split'} was given")
+    if task == "multilabel" and thresholds is None:
+        raise ExportError("a multi-label variant is judged at its per-class thresholds, "
+                          "and none were given")
+    score = SCORES[task]
     figures: dict[str, float] = {}
     drops: dict[str, float] = {}
     for split, (x, y) in splits.items():
         got, want = candidate.predict(x), np.asarray(reference.predict(x, verbose=0))
-        if classification:
+        if task == "classification":
             top, ref_top = _top1(got), _top1(want)
-            accuracy, ref_accuracy = float(np.mean(top == y)), float(np.mean(ref_top == y))
-            figures[f"{split}_accuracy"] = accuracy
-            figures[f"{split}_float_accuracy"] = ref_accuracy
-            figures[f"{split}_agreement"] = float(np.mean(top == ref_top))
-            drops[split] = figures[f"{split}_accuracy_drop"] = ref_accuracy - accuracy
+            value, ref_value = float(np.mean(top == y)), float(np.mean(ref_top == y))
+            agreement = float(np.mean(top == ref_top))
+        elif task == "multilabel":
+            value, ref_value = _map(y, got), _map(y, want)
+            agreement = float(np.mean((got >= thresholds) == (want >= thresholds)))
         else:
-            loss, ref_loss = (float(np.mean((p.reshape(y.shape) - y) ** 2)) for p in (got, want))
-            figures[f"{split}_loss"], figures[f"{split}_float_loss"] = loss, ref_loss
-            drops[split] = figures[f"{split}_loss_rise"] = loss - ref_loss
+            value, ref_value = (float(np.mean((p.reshape(y.shape) - y) ** 2))
+                                for p in (got, want))
+        figures[f"{split}_{score}"], figures[f"{split}_float_{score}"] = value, ref_value
+        if task != "regression":
+            figures[f"{split}_agreement"] = agreement
+        drop = value - ref_value if score == "loss" else ref_value - value
+        drops[split] = figures[f"{split}_{drop_key(score)}"] = drop
     latency = (candidate.latency_ms(splits[DECIDED_ON][0]) if hasattr(candidate, "latency_ms")
                else float("nan"))
-    return Measured(figures, drops[DECIDED_ON], latency)
+    return Measured(figures, drops[DECIDED_ON], latency, score)
 
 
 def _top1(predictions: np.ndarray) -> np.ndarray:
     return class_probabilities(predictions).argmax(axis=1)
+
+
+def _map(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """mAP of sigmoid ``probabilities`` against multi-hot ``labels``."""
+    return float(multilabel.mean_average_precision(
+        *multilabel.score_histograms(labels, np.asarray(probabilities, np.float32))))

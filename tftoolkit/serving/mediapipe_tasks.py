@@ -7,8 +7,16 @@ like ``tflite_int8``) are files that MediaPipe Tasks' ``ImageClassifier`` loads 
   each image to it); the backbone's own preprocessing is inside the graph, so the
   metadata's normalization is mean 0 / std 1 (MediaPipe takes one mean and std for all
   channels);
-- one output ``[1, classes]`` of probabilities (MediaPipe applies no softmax);
+- one output ``[1, classes]`` of probabilities (MediaPipe applies no softmax); a
+  multi-label model's are each class's sigmoid, computed inside the graph;
 - the class names packed in the file as its label file (``labels.txt``).
+
+A multi-label file also carries its per-class thresholds (chosen on validation) in its
+metadata: listed, in label order, in the output tensor's description, and the lowest of
+them as the metadata's score threshold. MediaPipe applies one ``score_threshold`` to every
+class, so by default it returns each class whose score is at least that lowest
+threshold; a client keeps the categories whose ``score`` is at least the threshold of
+their ``index`` (the model card's ``thresholds``), which gives the SavedModel's ``labels``.
 
 Beside each file, ``model_<format>_metadata.json`` is its metadata as JSON, as MediaPipe
 Model Maker writes it. The metadata is written by MediaPipe's own writer (the
@@ -17,6 +25,7 @@ Model Maker writes it. The metadata is written by MediaPipe's own writer (the
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 import zipfile
@@ -43,9 +52,10 @@ def metadata_file(fmt: str) -> str:
 
 
 def convert(model: keras.Model, fmt: str, image_size: int, class_names: list[str],
-            calibration: Iterable[np.ndarray] = ()) -> tuple[bytes, str]:
+            calibration: Iterable[np.ndarray] = (),
+            thresholds: np.ndarray | None = None) -> tuple[bytes, str]:
     """The MediaPipe file of ``model`` (flatbuffer with its metadata) and the metadata
-    as JSON."""
+    as JSON; ``thresholds``: a multi-label model's, per class."""
     int8 = fmt == "mediapipe_int8"
 
     def endpoint(image):
@@ -64,14 +74,46 @@ def convert(model: keras.Model, fmt: str, image_size: int, class_names: list[str
             raise ExportError(f"{fmt}: the converter gave the uint8 input scale {scale} and "
                               f"zero point {zero}, but MediaPipe feeds raw pixels (needs 1 "
                               "and 0); not written")
-    writers = metadata_writers()
-    writer = writers.image_classifier.MetadataWriter.create(
-        bytearray(flatbuffer), input_norm_mean=[0.0], input_norm_std=[1.0],
-        labels=writers.metadata_writer.Labels().add(list(class_names),
-                                                    exported_filename=LABELS_FILE))
+    writer = _metadata_writer(bytearray(flatbuffer), list(class_names), thresholds)
     with_metadata, metadata_json = writer.populate()
     del writer  # removes its temporary folder now rather than at interpreter exit
     return bytes(with_metadata), metadata_json
+
+
+def _metadata_writer(flatbuffer: bytearray, class_names: list[str],
+                     thresholds: np.ndarray | None):
+    """MediaPipe's image-classifier metadata writer for the file: raw pixels in (mean 0,
+    std 1), the class names as its label file; for a multi-label file, its thresholds
+    (:func:`thresholds_description`) and the lowest as the score threshold."""
+    writers = metadata_writers()
+    labels = writers.metadata_writer.Labels().add(class_names, exported_filename=LABELS_FILE)
+    if thresholds is None:
+        return writers.image_classifier.MetadataWriter.create(
+            flatbuffer, input_norm_mean=[0.0], input_norm_std=[1.0], labels=labels)
+    writer = writers.metadata_writer.MetadataWriter.create(flatbuffer)
+    writer.add_general_info(MULTILABEL_NAME, MULTILABEL_DESCRIPTION)
+    writer.add_image_input([0.0], [1.0])
+    writer.add_classification_output(
+        labels, score_thresholding=writers.metadata_writer.ScoreThresholding(
+            float(np.min(thresholds))),
+        description=thresholds_description(class_names, thresholds))
+    return writer
+
+
+MULTILABEL_NAME = "ImageClassifier"
+MULTILABEL_DESCRIPTION = "Identify every object of a known set of categories in the image."
+THRESHOLDS_PREFIX = "Per-class thresholds: "
+
+
+def thresholds_description(class_names: list[str], thresholds: np.ndarray) -> str:
+    """The output tensor's description in a multi-label file: what its scores are, and
+    the thresholds a client applies to them (a JSON object after
+    :data:`THRESHOLDS_PREFIX`, label -> threshold, in label order)."""
+    listed = json.dumps({name: float(t) for name, t in zip(class_names, thresholds)})
+    return ("Probability of each label (a sigmoid each, multi-label). A label is predicted "
+            "when its score is at least its own threshold; MediaPipe's score_threshold is "
+            "one for all labels (by default the lowest of them), so keep each category "
+            "whose score is at least its index's threshold. " + THRESHOLDS_PREFIX + listed)
 
 
 def packed_labels(path: Path) -> list[str] | None:

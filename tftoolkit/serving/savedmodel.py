@@ -210,11 +210,12 @@ class Quantization:
     """What the quantized and MediaPipe LiteRT files are measured and calibrated on.
 
     Attributes:
-        splits: ``{split: (inputs, class ids or targets)}`` to measure each file on; the
-            validation split decides, the test split is only reported.
+        splits: ``{split: (inputs, class ids, multi-hot rows or targets)}`` to measure
+            each file on; the validation split decides, the test split is only reported.
         calibration: batches of training inputs for ``tflite_int8`` and ``mediapipe_int8``.
         int8_io: ``float``, ``uint8`` or ``int8`` input/output of ``tflite_int8``.
-        max_accuracy_drop: the most accuracy a variant may lose against the float model.
+        max_accuracy_drop: the most accuracy (multi-label: mAP) a variant may lose
+            against the float model.
     """
 
     splits: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -224,11 +225,11 @@ class Quantization:
 
 
 def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
-                        quantization: Quantization, tmp: Path) -> tuple[dict, dict]:
-    """Write each measured variant (quantized, MediaPipe) that keeps its accuracy into
-    ``tmp``; returns the card entries of the written ones and of the refused ones (with
-    the reason)."""
-    classification = info.task == "classification"
+                        quantization: Quantization, tmp: Path,
+                        thresholds: np.ndarray | None = None) -> tuple[dict, dict]:
+    """Write each measured variant (quantized, MediaPipe) that keeps its accuracy (a
+    multi-label model's mAP) into ``tmp``; returns the card entries of the written ones
+    and of the refused ones (with the reason)."""
     float_file = litert.convert(model, "tflite", info.input_shape)
     reference = litert.LiteRTModel(float_file)
     float_latency = reference.latency_ms(quantization.splits[litert.DECIDED_ON][0])
@@ -237,16 +238,16 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
         metadata = None
         if fmt in mediapipe_tasks.MEDIAPIPE:
             flatbuffer, metadata = mediapipe_tasks.convert(
-                model, fmt, info.image_size, info.class_names, quantization.calibration)
+                model, fmt, info.image_size, info.class_names, quantization.calibration,
+                thresholds)
         else:
             flatbuffer = litert.convert(model, fmt, info.input_shape,
                                         quantization.calibration, quantization.int8_io)
         measured = litert.measure(litert.LiteRTModel(flatbuffer), model,
-                                  quantization.splits, classification)
+                                  quantization.splits, info.task, thresholds)
         entry = {"file": litert.file_name(fmt), "size_bytes": len(flatbuffer),
                  "size_vs_float_tflite": len(flatbuffer) / len(float_file),
-                 **measured.figures, "accuracy_drop" if classification else "loss_rise":
-                     measured.drop,
+                 **measured.figures, measured.drop_key: measured.drop,
                  "latency_ms": measured.latency_ms,
                  "latency_vs_float_tflite": measured.latency_ms / float_latency,
                  "examples": {s: int(len(x)) for s, (x, _) in quantization.splits.items()}}
@@ -255,7 +256,7 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
         if metadata is not None:
             entry["metadata_file"] = mediapipe_tasks.metadata_file(fmt)
         if measured.drop > quantization.max_accuracy_drop:
-            what = "accuracy" if classification else "loss"
+            what = {"map": "mAP"}.get(measured.score, measured.score)
             refused[fmt] = {**entry, "file": None, "reason": (
                 f"{fmt} changes validation {what} by {measured.drop:.4f} against the float "
                 f"model, more than export.max_accuracy_drop="
@@ -302,7 +303,7 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
                                   "measured on "
                                   "(export a run directory, or pass quantization=)")
             written, refused = _quantized_variants(model, info, list(formats), quantization,
-                                                   tmp)
+                                                   tmp, thresholds)
             extra.update(written)
         if info.class_names:
             (tmp / LABELS).write_text("".join(f"{n}\n" for n in info.class_names))
