@@ -3,9 +3,9 @@
 The flagship (MobileNetV2 at 97 px, blocks 13 and up fine-tuned) on 16,000 Fashion-MNIST
 training images (``data.max_examples=20000``): one epoch of plain Keras ``fit`` through
 the whole model on images, and one epoch of the unfrozen top on the cached output of the
-frozen blocks, alternated twice, the faster of each compared; the one-time pass that fills the cache is timed
-apart. Then the whole recipe is trained both ways (``train.cache_features=off|auto``)
-for the validation and test accuracy.
+frozen blocks, alternated twice, the faster of each compared; the one-time pass that
+fills the cache is timed apart. Then the whole recipe is trained both ways
+(``train.cache_features=off|auto``) for the validation and test accuracy.
 
     python -m benchmarks.prefix_cache
 

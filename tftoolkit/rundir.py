@@ -2,8 +2,9 @@
 
 ``<train.run_dir>/<recipe>/<timestamp>/`` holds the resolved recipe, the data
 description, the runtime, the data caches' modes, the history CSV, TensorBoard logs,
-curves, checkpoints and the resume marker, the trained inference model and, written last, the final metrics
-(which mark the run finished). Training writes it; export and evaluation read it.
+curves, checkpoints and the resume marker, the trained inference model and, written
+last, the final metrics (which mark the run finished). Training writes it; export and
+evaluation read it.
 
 One process writes a run directory at a time: it holds an advisory lock
 (``fcntl.flock``) on ``writer.lock`` there, which the operating system releases when the
