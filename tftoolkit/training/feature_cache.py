@@ -195,4 +195,4 @@ def cached_datasets(parts: tuple[keras.Model, keras.Model], data: DataBundle,
                               first_epoch=first_epoch)
     val_ds = cached.dataset("val", batch_size=batch_size) if "val" in cached.splits else None
     return StageInputs(head, train_ds, val_ds, cached.steps_per_epoch("train", batch_size),
-                       cached.dataset("train", batch_size=batch_size))
+                       lambda: cached.dataset("train", batch_size=batch_size))

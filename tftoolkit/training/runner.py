@@ -29,7 +29,8 @@ from tftoolkit.recipe import Recipe, load_recipe
 from tftoolkit.rundir import Progress, RunDir
 from tftoolkit.serving import export_run, save_parity_inputs
 from tftoolkit.training import distributed, privacy
-from tftoolkit.training.batchnorm import RECALIBRATION_BATCHES, recalibrate_batchnorm
+from tftoolkit.training.batchnorm import (RECALIBRATION_BATCHES, recalibrate_batchnorm,
+                                          trainable_batchnorms)
 from tftoolkit.training.callbacks import (EmaValidation, EpochTensorBoard, KeepBest,
                                           RecalibrateBeforeValidation, StopOnNonFiniteLoss)
 from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, readable_progress,
@@ -140,12 +141,18 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
                 _run_stage(run, stage)
         if _keep_best_stage(run, stages):
             run.cached_head = None  # an earlier stage's weights: evaluate the whole model
-        if recipe.model.mode == "scratch":
+        if _recalibrates(run):
             used = recalibrate_batchnorm(run.model, _recalibration_batches(run))
             if used:
                 run.notes.append(f"BatchNorm statistics recalibrated on {used} training "
                                  "batches")
         return _finish(run, time.perf_counter() - start)
+
+
+def _recalibrates(run: _Run) -> bool:
+    """Whether BatchNorm statistics are re-estimated: a from-scratch network that has
+    BatchNorm layers (building the batches for one that has none would cost time)."""
+    return run.recipe.model.mode == "scratch" and bool(trainable_batchnorms(run.model))
 
 
 def _recalibration_batches(run: _Run) -> tf.data.Dataset:
@@ -305,7 +312,7 @@ def _stage_inputs(run: _Setup, stage: Stage, first_epoch: int) -> StageInputs:
         _input(run.strategy, data, "val", batch_size=run.batch_size)
         if "val" in data.splits else None,
         data.steps_per_epoch("train", run.batch_size),
-        data.dataset("train", batch_size=run.batch_size))
+        lambda: data.dataset("train", batch_size=run.batch_size))
 
 
 def _input(strategy: tf.distribute.Strategy, data: DataBundle, split: str,
@@ -341,7 +348,7 @@ def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callb
     callbacks: list[keras.callbacks.Callback] = [StopOnNonFiniteLoss(
         f"stage {stage.index + 1} ({stage.mode})", learning_rate_key, stage.learning_rate,
         run.run)]
-    if run.recipe.model.mode == "scratch" and has_validation:
+    if _recalibrates(run) and has_validation:
         callbacks.append(RecalibrateBeforeValidation(run.model, _recalibration_batches(run)))
     if t.ema and has_validation:
         callbacks.append(EmaValidation(inputs.val, lambda model, data: distributed.evaluate(
@@ -427,7 +434,7 @@ def _training_arrays(inputs: StageInputs, on_images: bool) -> tuple[np.ndarray, 
     pipeline's pixels are whole numbers) when it trains on images, else the features or
     activations of the frozen part as they are."""
     xs, ys = [], []
-    for batch in inputs.plain_train:
+    for batch in inputs.plain_train():
         x = np.asarray(batch[0])
         xs.append(x.astype(np.uint8) if on_images else x)
         ys.append(np.asarray(batch[1]))

@@ -7,6 +7,7 @@ the stages (the history and resume markers use these global numbers).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -40,7 +41,8 @@ class StageInputs:
     train: tf.data.Dataset | tf.distribute.DistributedDataset   # (each worker's shard)
     val: tf.data.Dataset | tf.distribute.DistributedDataset | None
     steps_per_epoch: int
-    plain_train: tf.data.Dataset       # the training split once, in order, not augmented
+    # builds the training split once, in order, not augmented (DP-SGD's arrays), when read
+    plain_train: Callable[[], tf.data.Dataset]
 
 
 def stage_modes(recipe: Recipe) -> list[str]:
