@@ -1,9 +1,10 @@
 """The flagship's client files as their own runtimes run them: MediaPipe Tasks'
 ImageClassifier on ``mediapipe`` and ``mediapipe_int8``, ONNX Runtime on ``onnx``.
 
-    python -m benchmarks.client_exports [--set key=value ...]
+    python -m benchmarks.client_exports [--set key=value ...] [--run-dir RUN]
 
-Trains the flagship with ``export.formats=[mediapipe,mediapipe_int8,onnx]``, then, in a
+Trains the flagship with ``export.formats=[mediapipe,mediapipe_int8,onnx]`` (or, with
+``--run-dir``, exports a finished flagship run with those formats), then, in a
 process that imports neither tftoolkit nor TensorFlow, classifies every test image with
 each file: test accuracy, top-1 agreement with the SavedModel on the same uint8 pixels,
 median latency of one image. The Keras model's own latency of one image is measured in
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,7 +25,11 @@ from pathlib import Path
 import numpy as np
 
 import tftoolkit
+from tftoolkit.models import load_keras_model
 from tftoolkit.recipe import parse_overrides
+from tftoolkit.rundir import RunDir
+
+FORMATS = ["mediapipe", "mediapipe_int8", "onnx"]
 
 CLIENT = """
 import json, sys, time
@@ -60,15 +66,32 @@ print(json.dumps(out))
 """
 
 
-def run(overrides: dict, workdir: Path) -> dict:
+def _trained(overrides: dict, workdir: Path, run_dir: str | None):
+    """The flagship trained with the client formats and exported (``run_dir``: a finished
+    flagship run, exported again with them instead of training one)."""
+    if not run_dir:
+        result = tftoolkit.train("fashion_transfer", {
+            **overrides, "train.run_dir": str(workdir / "runs"),
+            "export.dir": str(workdir / "exports"), "train.verbose": 0,
+            "export.formats": FORMATS})
+        return result.export_dir, result.recipe, result.info, result.model
+    run = workdir / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    recipe = json.loads((run / RunDir.RECIPE).read_text())
+    if recipe["name"] != "fashion_transfer":
+        raise SystemExit(f"{run_dir} is a run of {recipe['name']}, not of fashion_transfer")
+    recipe["export"]["formats"] = FORMATS
+    (run / RunDir.RECIPE).write_text(json.dumps(recipe))
+    version = tftoolkit.export(run, to=workdir / "exports")
+    return (version, RunDir(run).read_recipe(), RunDir(run).read_info(),
+            load_keras_model(run / RunDir.MODEL))
+
+
+def run(overrides: dict, workdir: Path, run_dir: str | None = None) -> dict:
     import tensorflow as tf
 
-    result = tftoolkit.train("fashion_transfer", {
-        **overrides, "train.run_dir": str(workdir / "runs"),
-        "export.dir": str(workdir / "exports"), "train.verbose": 0,
-        "export.formats": ["mediapipe", "mediapipe_int8", "onnx"]})
-    version = result.export_dir
-    data = tftoolkit.load_data(result.recipe, result.info.image_size)
+    version, recipe, info, model = _trained(overrides, workdir, run_dir)
+    data = tftoolkit.load_data(recipe, info.image_size)
     x, y = data.arrays("test")
     pixels = np.clip(np.round(x), 0, 255).astype(np.uint8)  # what a camera gives MediaPipe
     served = tf.saved_model.load(str(version)).signatures["serving_default"]
@@ -78,7 +101,7 @@ def run(overrides: dict, workdir: Path) -> dict:
     times = []
     for image in pixels[:200].astype(np.float32):
         start = time.perf_counter()
-        result.model(image[None], training=False)
+        model(image[None], training=False)
         times.append(time.perf_counter() - start)
     np.save(workdir / "pixels.npy", pixels)
     card = json.loads((version / "model_card.json").read_text())
@@ -107,10 +130,14 @@ def run(overrides: dict, workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--run-dir", help="a finished `tftoolkit train fashion_transfer` run "
+                        "to export with the client formats instead of training one")
     args = parser.parse_args()
+    if args.run_dir and args.set:
+        raise SystemExit("--set changes the training, which --run-dir does not run")
     overrides = parse_overrides(args.set)
     with tempfile.TemporaryDirectory() as workdir:
-        report = run(overrides, Path(workdir))
+        report = run(overrides, Path(workdir), args.run_dir)
     rows = report["rows"]
     print(f"test images: {report['test_examples']}; refused: {report['refused'] or 'none'}")
     print(f"model card: {json.dumps(report['card'])}")

@@ -134,6 +134,8 @@ def test_mediapipe_files_are_measured_in_the_card_with_their_metadata(exported):
         assert (normalization["mean"], normalization["std"]) == ([0.0], [1.0])
         assert graph["output_tensor_metadata"][0]["associated_files"][0]["name"] == "labels.txt"
         assert mediapipe_tasks.packed_labels(path) == card["class_names"]
+        assert entry["client_resize"] in metadata["description"]
+        assert "by bilinear resizing, antialiased when downscaling" in entry["client_resize"]
     assert card["formats"]["mediapipe_int8"]["size_bytes"] < \
         card["formats"]["mediapipe"]["size_bytes"]
 
@@ -183,14 +185,22 @@ def _flattening_classifier() -> keras.Model:
 def test_mediapipe_int8_takes_raw_pixels_even_when_calibrated_on_dark_images():
     dark = [np.random.default_rng(0).integers(10, 100, (8, 16, 16, 3)).astype("float32")]
     flatbuffer, _ = mediapipe_tasks.convert(_flattening_classifier(), "mediapipe_int8", 16,
-                                            ["a", "b", "c"], dark)
+                                            ["a", "b", "c"], "bilinear", dark)
     # MediaPipe writes uint8 pixels into the input as they are: scale 1, zero point 0
     assert litert.LiteRTModel(flatbuffer).input["quantization"] == (1.0, 0)
 
 
+def test_a_mediapipe_files_metadata_says_how_to_resize_images_for_it():
+    flatbuffer, metadata = mediapipe_tasks.convert(_flattening_classifier(), "mediapipe", 16,
+                                                   ["a", "b", "c"], "nearest")
+    text = json.loads(metadata)["description"]
+    assert "16x16 by nearest resizing." in text and "MediaPipe resizes" in text
+    assert text.encode() in flatbuffer  # in the file's packed metadata, not only the JSON
+
+
 def test_a_file_of_a_fixed_batch_is_measured_one_image_at_a_time():
     model = _flattening_classifier()
-    flatbuffer, _ = mediapipe_tasks.convert(model, "mediapipe", 16, ["a", "b", "c"])
+    flatbuffer, _ = mediapipe_tasks.convert(model, "mediapipe", 16, ["a", "b", "c"], "bilinear")
     images = np.random.default_rng(1).uniform(0, 255, (10, 16, 16, 3)).astype("float32")
     np.testing.assert_allclose(litert.LiteRTModel(flatbuffer).predict(images),
                                model(images, training=False), atol=1e-5)

@@ -254,8 +254,8 @@ class ExportConfig:
         "float", "input and output type of tflite_int8 (float: the same pre-processing as "
                  "every other format)")
     calibration_steps: int = _opt(8, "training batches (no augmentation, a seeded sample "
-                                     "with classes mixed) that calibrate tflite_int8",
-                                  min=1)
+                                     "with classes mixed) that calibrate tflite_int8 and "
+                                     "mediapipe_int8", min=1)
     eval_examples: int = _opt(0, "validation and test examples each quantized file is "
                                  "measured on (a seeded sample); 0: all", min=0)
     max_accuracy_drop: float = _opt(0.02, "a quantized file that loses more validation "

@@ -5,7 +5,9 @@ Variants of the inference model (fixed input size, float RGB 0-255 in, predictio
 - ``tflite_dynamic``: weights stored as int8, activations float (no calibration);
 - ``tflite_float16``: weights stored as float16;
 - ``tflite_int8``: full integer, calibrated on training images through the evaluation
-  pipeline (no augmentation); input and output float, uint8 or int8 (``export.int8_io``).
+  pipeline (no augmentation), each tensor on its own values
+  (``tftoolkit.serving.calibration``); input and output float, uint8 or int8
+  (``export.int8_io``).
 
 Every variant is run with the LiteRT interpreter on the validation and test examples and
 compared with the float model on the same examples: accuracy and the agreement of its
@@ -31,6 +33,7 @@ import tensorflow as tf
 
 from tftoolkit import multilabel
 from tftoolkit.errors import ExportError
+from tftoolkit.serving.calibration import full_integer
 from tftoolkit.serving.outputs import class_probabilities
 
 QUANTIZED = ("tflite_dynamic", "tflite_float16", "tflite_int8")
@@ -73,21 +76,18 @@ def _convert(converter, fmt: str, quantize: str, calibration: Iterable[np.ndarra
     if quantize == "tflite_float16":
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "tflite_int8":
-        batches = [np.asarray(b, np.float32) for b in calibration]
-        if not batches:
+        samples = [image[None] for batch in calibration
+                   for image in np.asarray(batch, np.float32)]
+        if not samples:
             raise ExportError(f"{fmt} needs calibration images: the training split "
                               "gave none")
-
-        def representative():
-            for batch in batches:
-                for image in batch:
-                    yield [image[None]]
-
-        converter.representative_dataset = representative
+        converter.representative_dataset = lambda: ([sample] for sample in samples)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = IO_TYPES[int8_io]
         converter.inference_output_type = IO_TYPES[int8_io]
     try:
+        if quantize == "tflite_int8":
+            return full_integer(converter, samples, IO_TYPES[int8_io])
         return converter.convert()
     except Exception as exc:  # the converter raises ConverterError and plain errors
         raise ExportError(f"LiteRT {fmt} conversion failed: "

@@ -9,7 +9,9 @@ like ``tflite_int8``) are files that MediaPipe Tasks' ``ImageClassifier`` loads 
   channels);
 - one output ``[1, classes]`` of probabilities (MediaPipe applies no softmax); a
   multi-label model's are each class's sigmoid, computed inside the graph;
-- the class names packed in the file as its label file (``labels.txt``).
+- the class names packed in the file as its label file (``labels.txt``);
+- a description of how images were resized in training (``data.resize_method``), which
+  a client should reproduce: MediaPipe's own resize of other sizes does not.
 
 A multi-label file also carries its per-class thresholds (chosen on validation) in its
 metadata: listed, in label order, in the output tensor's description, and the lowest of
@@ -36,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tftoolkit.data.pipeline import ANTIALIASED
 from tftoolkit.errors import ExportError
 from tftoolkit.serving import litert
 from tftoolkit.serving.outputs import served_probabilities
@@ -51,11 +54,24 @@ def metadata_file(fmt: str) -> str:
     return f"model_{fmt}_metadata.json"
 
 
+def resize_note(image_size: int, resize_method: str) -> str:
+    """How to bring an image to the model's input as training did (``data.resize_method``),
+    which MediaPipe's own resize of an image of another size does not reproduce, not even
+    for bilinear; part of the metadata's description."""
+    antialiased = ", antialiased when downscaling" if resize_method in ANTIALIASED else ""
+    size = f"{image_size}x{image_size}"
+    return (f"Trained on images brought to {size} by {resize_method} resizing{antialiased}. "
+            "MediaPipe resizes an image of another size its own way (bilinear, not "
+            "antialiased), which changes some classes; for the served model's classes, resize "
+            f"images to {size} as training did before classifying them.")
+
+
 def convert(model: keras.Model, fmt: str, image_size: int, class_names: list[str],
-            calibration: Iterable[np.ndarray] = (),
+            resize_method: str, calibration: Iterable[np.ndarray] = (),
             thresholds: np.ndarray | None = None) -> tuple[bytes, str]:
     """The MediaPipe file of ``model`` (flatbuffer with its metadata) and the metadata
-    as JSON; ``thresholds``: a multi-label model's, per class."""
+    as JSON; ``thresholds``: a multi-label model's, per class. The metadata's description
+    says how to resize images for it (:func:`resize_note`)."""
     int8 = fmt == "mediapipe_int8"
 
     def endpoint(image):
@@ -74,24 +90,30 @@ def convert(model: keras.Model, fmt: str, image_size: int, class_names: list[str
             raise ExportError(f"{fmt}: the converter gave the uint8 input scale {scale} and "
                               f"zero point {zero}, but MediaPipe feeds raw pixels (needs 1 "
                               "and 0); not written")
-    writer = _metadata_writer(bytearray(flatbuffer), list(class_names), thresholds)
+    writer = _metadata_writer(bytearray(flatbuffer), list(class_names), thresholds,
+                              resize_note(image_size, resize_method))
     with_metadata, metadata_json = writer.populate()
     del writer  # removes its temporary folder now rather than at interpreter exit
     return bytes(with_metadata), metadata_json
 
 
 def _metadata_writer(flatbuffer: bytearray, class_names: list[str],
-                     thresholds: np.ndarray | None):
+                     thresholds: np.ndarray | None, note: str):
     """MediaPipe's image-classifier metadata writer for the file: raw pixels in (mean 0,
-    std 1), the class names as its label file; for a multi-label file, its thresholds
-    (:func:`thresholds_description`) and the lowest as the score threshold."""
+    std 1), the class names as its label file, ``note`` (:func:`resize_note`) in its
+    description; for a multi-label file, its thresholds (:func:`thresholds_description`)
+    and the lowest as the score threshold."""
     writers = metadata_writers()
     labels = writers.metadata_writer.Labels().add(class_names, exported_filename=LABELS_FILE)
     if thresholds is None:
-        return writers.image_classifier.MetadataWriter.create(
+        writer = writers.image_classifier.MetadataWriter.create(
             flatbuffer, input_norm_mean=[0.0], input_norm_std=[1.0], labels=labels)
+        writer.writer.add_general_info(  # replaces the writer's generic description
+            "ImageClassifier", f"Classifies an RGB image into {len(class_names)} classes. "
+                               f"{note}")
+        return writer
     writer = writers.metadata_writer.MetadataWriter.create(flatbuffer)
-    writer.add_general_info(MULTILABEL_NAME, MULTILABEL_DESCRIPTION)
+    writer.add_general_info(MULTILABEL_NAME, f"{MULTILABEL_DESCRIPTION} {note}")
     writer.add_image_input([0.0], [1.0])
     writer.add_classification_output(
         labels, score_thresholding=writers.metadata_writer.ScoreThresholding(

@@ -238,8 +238,8 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
         metadata = None
         if fmt in mediapipe_tasks.MEDIAPIPE:
             flatbuffer, metadata = mediapipe_tasks.convert(
-                model, fmt, info.image_size, info.class_names, quantization.calibration,
-                thresholds)
+                model, fmt, info.image_size, info.class_names, info.resize_method,
+                quantization.calibration, thresholds)
         else:
             flatbuffer = litert.convert(model, fmt, info.input_shape,
                                         quantization.calibration, quantization.int8_io)
@@ -255,6 +255,8 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
             entry["io"] = quantization.int8_io if fmt == "tflite_int8" else "uint8"
         if metadata is not None:
             entry["metadata_file"] = mediapipe_tasks.metadata_file(fmt)
+            entry["client_resize"] = mediapipe_tasks.resize_note(info.image_size,
+                                                                 info.resize_method)
         if measured.drop > quantization.max_accuracy_drop:
             what = {"map": "mAP"}.get(measured.score, measured.score)
             refused[fmt] = {**entry, "file": None, "reason": (
