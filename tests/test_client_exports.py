@@ -292,7 +292,7 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def multilabel_clients(tmp_path_factory):
     """A multi-label run exported as both MediaPipe files, what MediaPipe returns on its
-    test images, and what the SavedModel serves for them."""
+    test images, what the SavedModel serves for them, the export and those images."""
     from conftest import make_multilabel_table, multilabel_recipe
 
     tmp = tmp_path_factory.mktemp("multilabel_clients")
@@ -311,12 +311,12 @@ def multilabel_clients(tmp_path_factory):
         images=tf.constant(_pixels(files)))
     card = json.loads((result.export_dir / "model_card.json").read_text())
     return (card, json.loads(proc.stdout.strip().splitlines()[-1]),
-            {k: v.numpy() for k, v in served.items()}, result.export_dir)
+            {k: v.numpy() for k, v in served.items()}, result.export_dir, files)
 
 
 def test_mediapipe_scores_a_multilabel_file_as_the_savedmodels_probabilities_and_labels(
         multilabel_clients):
-    card, clients, served, _ = multilabel_clients
+    card, clients, served, _, _ = multilabel_clients
     assert clients["tensorflow_imported"] is False
     got = clients["mediapipe"]
     assert served["probabilities"].shape == (12, 3)
@@ -335,7 +335,7 @@ def test_mediapipe_scores_a_multilabel_file_as_the_savedmodels_probabilities_and
 
 def test_a_multilabel_mediapipe_file_carries_its_thresholds_and_is_judged_by_map(
         multilabel_clients):
-    card, _, _, version = multilabel_clients
+    card, _, _, version, _ = multilabel_clients
     for fmt in ("mediapipe", "mediapipe_int8"):
         entry = card["formats"][fmt]
         assert set(entry) >= {"val_map", "val_float_map", "test_map", "val_agreement",
@@ -352,3 +352,16 @@ def test_a_multilabel_mediapipe_file_carries_its_thresholds_and_is_judged_by_map
         # (the JSON leaves out a field at its default, 0)
         assert output["process_units"][0]["options"].get("global_score_threshold", 0.0) == \
             pytest.approx(min(card["thresholds"].values()))
+
+
+def test_predict_on_a_multilabel_mediapipe_file_alone_applies_its_packed_thresholds(
+        multilabel_clients, tmp_path):
+    card, _, _, version, files = multilabel_clients
+    alone = tmp_path / "tags.tflite"  # no model card nor labels.txt beside it
+    shutil.copy(version / card["formats"]["mediapipe"]["file"], alone)
+    assert mediapipe_tasks.packed_thresholds(alone) == card["thresholds"]
+    assert mediapipe_tasks.packed_thresholds(version / "model_card.json") is None
+    got = tftoolkit.predict(alone, files, top_k=3)
+    want = tftoolkit.predict(version, files, top_k=3)
+    assert [[n for n, _ in image] for image in got] == [[n for n, _ in image] for image in want]
+    assert any(len(image) != 3 for image in got)  # thresholds applied, not the top 3

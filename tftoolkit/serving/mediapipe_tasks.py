@@ -138,6 +138,24 @@ def thresholds_description(class_names: list[str], thresholds: np.ndarray) -> st
             "whose score is at least its index's threshold. " + THRESHOLDS_PREFIX + listed)
 
 
+def packed_thresholds(path: Path) -> dict[str, float] | None:
+    """The per-class thresholds a multi-label file's metadata carries (see
+    :func:`thresholds_description`), label -> threshold in label order; None for a file
+    without them. The description is a flatbuffer string in the file: UTF-8 bytes ended by
+    a NUL byte, read without the metadata schema."""
+    data = Path(path).read_bytes()
+    start = data.find(THRESHOLDS_PREFIX.encode())
+    if start < 0:
+        return None
+    start += len(THRESHOLDS_PREFIX)
+    end = data.find(b"\0", start)
+    try:
+        return json.loads(data[start:end if end >= 0 else len(data)])
+    except ValueError:
+        raise ExportError(f"{path}: its metadata's per-class thresholds are not readable "
+                          "JSON; export the run again") from None
+
+
 def packed_labels(path: Path) -> list[str] | None:
     """The class names packed in a LiteRT file's metadata (None when it has none)."""
     if not zipfile.is_zipfile(path):  # packed files are a zip archive after the model

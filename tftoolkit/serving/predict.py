@@ -20,7 +20,8 @@ def _predict_litert(path: Path, images: list[str | Path]
                     ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """Class probabilities from a LiteRT file, its labels (those packed in its metadata,
     for MediaPipe files, else the export version's beside it) and, for a multi-label
-    model, the mask of labels at or above their thresholds (the model card's). Images
+    model, the mask of labels at or above their thresholds (the model card's, or for a
+    MediaPipe file on its own those in its metadata). Images
     are resized as the export's model card says the model was trained, or, for a
     MediaPipe file on its own, with the bilinear resize MediaPipe Tasks applies."""
     import tensorflow as tf
@@ -28,7 +29,7 @@ def _predict_litert(path: Path, images: list[str | Path]
     from tftoolkit.data import DataInfo
     from tftoolkit.data.pipeline import Resize, decode_image_bytes, to_rgb_image
     from tftoolkit.serving.litert import LiteRTModel
-    from tftoolkit.serving.mediapipe_tasks import packed_labels
+    from tftoolkit.serving.mediapipe_tasks import packed_labels, packed_thresholds
     from tftoolkit.serving.outputs import class_probabilities
 
     packed, card = packed_labels(path), path.parent / MODEL_CARD
@@ -54,7 +55,8 @@ def _predict_litert(path: Path, images: list[str | Path]
         raise ExportError(f"cannot decode one of {', '.join(map(str, images))} as an image: "
                           f"{exc.message.splitlines()[0][:160]}") from None
     predictions = model.predict(batch)
-    thresholds = json.loads(card.read_text()).get("thresholds") if card.is_file() else None
+    thresholds = (json.loads(card.read_text()).get("thresholds") if card.is_file()
+                  else packed_thresholds(path))
     if thresholds:  # multi-label: sigmoid probabilities, one column per label
         return predictions, names, predictions >= np.array(list(thresholds.values()),
                                                            np.float32)
