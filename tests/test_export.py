@@ -94,6 +94,22 @@ def test_serve_bytes_matches_serving_default(tmp_path):
     assert np.abs(jpeg["probabilities"].numpy() - by_array).max() <= 0.05
 
 
+def test_serve_bytes_refuses_images_over_the_recipes_max_pixels(tmp_path):
+    from dataclasses import replace
+
+    model = _model_with_augmentation_inside()
+    limited = replace(INFO, max_pixels=300 * 300)  # data.max_pixels=90000
+    version = export_model(model, limited, tmp_path, parity_inputs=_images(), card={})
+    serve = tf.saved_model.load(str(version)).signatures["serve_bytes"]
+    assert serve(image_bytes=_encode(_images(1, size=300), "PNG"))["probabilities"].shape == (
+        1, 2)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"declares 301x301 pixels, more than data\.max_pixels=90000"):
+        serve(image_bytes=_encode(_images(1, size=301), "PNG"))
+    # the card's data_info carries the limit to predict and explain
+    assert DataInfo.from_dict(limited.to_dict()).max_pixels == 300 * 300
+
+
 def test_failed_export_leaves_no_version_directory(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")

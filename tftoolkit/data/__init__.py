@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.data.cache import plan_cache
+from tftoolkit.data.decode import DEFAULT_MAX_PIXELS
 from tftoolkit.data.pipeline import Resize, make_dataset
 from tftoolkit.data.scan import WorkerShare
 from tftoolkit.data.sources import Examples, load_source
@@ -52,6 +53,7 @@ class DataInfo:
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     target_dim: int = 1
     resize_method: str = "bilinear"    # data.resize_method (the only one before it was kept)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # data.max_pixels: every served decode refuses more
 
     @property
     def resize(self) -> Resize | None:
@@ -82,14 +84,16 @@ class DataInfo:
                 "input_shape": list(self.input_shape), "class_names": self.class_names,
                 "image_size": self.image_size, "description": self.description,
                 "counts": self.counts, "class_counts": self.class_counts,
-                "target_dim": self.target_dim, "resize_method": self.resize_method}
+                "target_dim": self.target_dim, "resize_method": self.resize_method,
+                "max_pixels": self.max_pixels}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataInfo":
         return cls(d["task"], d["encoding"], tuple(d["input_shape"]), d["class_names"],
                    d["image_size"], d["description"], d.get("counts", {}),
                    d.get("class_counts"), target_dim=d.get("target_dim", 1),
-                   resize_method=d.get("resize_method", "bilinear"))
+                   resize_method=d.get("resize_method", "bilinear"),
+                   max_pixels=d.get("max_pixels", DEFAULT_MAX_PIXELS))
 
 
 @dataclass
@@ -328,7 +332,7 @@ def load_data(recipe: Recipe, image_size: int | None = None,
                     class_counts=class_counts, bad_files=source.bad_files,
                     target_dim=1 if task != "regression"
                     else int(np.prod(train.labels.shape[1:], dtype=int)),
-                    resize_method=cfg.resize_method)
+                    resize_method=cfg.resize_method, max_pixels=cfg.max_pixels)
     return DataBundle(recipe, splits, info, share=share)
 
 

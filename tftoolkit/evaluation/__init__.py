@@ -173,8 +173,8 @@ def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         raise TftoolkitError(f"image file(s) not found: {', '.join(missing)}")
-    batch = np.stack([np.asarray(to_rgb_image(decode_image_bytes(tf.io.read_file(str(p))),
-                                              info.resize)) for p in images])
+    batch = np.stack([np.asarray(to_rgb_image(decode_image_bytes(
+        tf.io.read_file(str(p)), info.max_pixels), info.resize)) for p in images])
     probabilities = np.asarray(model.predict(batch, verbose=0))
     rows = np.arange(len(batch))
     if info.task == "multilabel":  # (image, label) pairs: each predicted label explained

@@ -27,6 +27,7 @@ def _predict_litert(path: Path, images: list[str | Path]
     import tensorflow as tf
 
     from tftoolkit.data import DataInfo
+    from tftoolkit.data.decode import DEFAULT_MAX_PIXELS
     from tftoolkit.data.pipeline import Resize, decode_image_bytes, to_rgb_image
     from tftoolkit.serving.litert import LiteRTModel
     from tftoolkit.serving.mediapipe_tasks import packed_labels, packed_thresholds
@@ -41,8 +42,10 @@ def _predict_litert(path: Path, images: list[str | Path]
                               f"export version: no {LABELS} beside it")
         names = labels.read_text().splitlines()
     model = LiteRTModel(path)
-    if card.is_file():  # the training pipeline's resize
-        resize = DataInfo.from_dict(json.loads(card.read_text())["data_info"]).resize
+    max_pixels = DEFAULT_MAX_PIXELS
+    if card.is_file():  # the training pipeline's resize and pixel limit
+        info = DataInfo.from_dict(json.loads(card.read_text())["data_info"])
+        resize, max_pixels = info.resize, info.max_pixels
     elif packed is not None:  # a MediaPipe file on its own: resized as MediaPipe does
         resize = Resize(model.input_shape[0], "bilinear")
     else:
@@ -50,7 +53,7 @@ def _predict_litert(path: Path, images: list[str | Path]
                           "it, which says how images are resized for it")
     try:
         batch = np.stack([np.asarray(to_rgb_image(decode_image_bytes(
-            tf.io.read_file(str(p))), resize)) for p in images])
+            tf.io.read_file(str(p)), max_pixels), resize)) for p in images])
     except tf.errors.InvalidArgumentError as exc:
         raise ExportError(f"cannot decode one of {', '.join(map(str, images))} as an image: "
                           f"{exc.message.splitlines()[0][:160]}") from None

@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.data import DataInfo
+from tftoolkit.data.decode import DEFAULT_MAX_PIXELS
 from tftoolkit.data.pipeline import Resize, decode_image_bytes, to_rgb_image
 from tftoolkit.errors import ExportError
 from tftoolkit.serving import litert, mediapipe_tasks
@@ -133,7 +134,8 @@ def write_savedmodel(model: keras.Model, info: DataInfo, path: Path,
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve_bytes(image_bytes):
-            images = tf.map_fn(lambda b: to_rgb_image(decode_image_bytes(b), resize),
+            images = tf.map_fn(lambda b: to_rgb_image(decode_image_bytes(b, info.max_pixels),
+                                                      resize),
                                image_bytes,
                                fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
             return outputs(model(images, training=False))
@@ -166,12 +168,12 @@ def _compare(what: str, got: np.ndarray, expected: np.ndarray, tolerance: float)
 
 
 def parity_check(path: Path, model: keras.Model, inputs: np.ndarray, tolerance: float,
-                 resize: Resize | None) -> float:
+                 resize: Resize | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> float:
     """Serve ``inputs`` from the SavedModel at ``path`` (twice) and compare with the Keras
     model in inference mode; for images (``resize``), serve them again through
-    ``serving_default`` and ``serve_bytes`` (PNG) at other sizes (:data:`PARITY_SIDES`)
-    and compare with the Keras model on ``resize`` of those. Returns the max abs
-    difference; raises ExportError."""
+    ``serving_default`` and ``serve_bytes`` (PNG) at other sizes (:data:`PARITY_SIDES`;
+    ``serve_bytes`` only those within its ``max_pixels``) and compare with the Keras model
+    on ``resize`` of those. Returns the max abs difference; raises ExportError."""
     loaded = tf.saved_model.load(str(path))
     served = loaded.signatures["serving_default"]
     x = tf.constant(inputs, tf.float32)
@@ -192,11 +194,13 @@ def parity_check(path: Path, model: keras.Model, inputs: np.ndarray, tolerance: 
         client = _at_side(inputs[:PARITY_RESIZED], side)
         expected = expected_output(model, np.asarray(resize(client)), key)
         by_array = served(tf.constant(client, tf.float32))[key].numpy()
-        png = [tf.io.encode_png(tf.cast(image, tf.uint8)) for image in client]
-        by_bytes = loaded.signatures["serve_bytes"](image_bytes=tf.stack(png))[key].numpy()
         diff = max(diff, _compare(f"serving_default at {side} px", by_array, expected,
-                                  tolerance),
-                   _compare(f"serve_bytes (PNG) at {side} px", by_bytes, expected, tolerance))
+                                  tolerance))
+        if side * side <= max_pixels:
+            png = [tf.io.encode_png(tf.cast(image, tf.uint8)) for image in client]
+            by_bytes = loaded.signatures["serve_bytes"](image_bytes=tf.stack(png))[key]
+            diff = max(diff, _compare(f"serve_bytes (PNG) at {side} px", by_bytes.numpy(),
+                                      expected, tolerance))
     return diff
 
 
@@ -288,7 +292,8 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
         tolerance = max(tolerance, MIXED_PRECISION_TOLERANCE)
     try:
         write_savedmodel(model, info, tmp, thresholds)
-        diff = parity_check(tmp, model, parity_inputs, tolerance, info.resize)
+        diff = parity_check(tmp, model, parity_inputs, tolerance, info.resize,
+                            info.max_pixels)
         extra = {}
         if "tflite" in formats:
             extra["tflite"] = {"file": "model.tflite", "max_abs_diff": write_tflite(
