@@ -164,7 +164,7 @@ def test_a_samples_cache_is_keyed_by_the_seed_that_draws_it(monkeypatch):
     assert keys[0] == f"sample of 4, seed {1 + data_module.SAMPLE_SEED_OFFSET}"
 
 
-def test_balanced_class_weights_change_the_loss():
+def test_balanced_class_weights_change_the_loss(tmp_path):
     x = np.random.default_rng(0).normal(size=(40, 2)).astype("float32")
     y = np.array([0] * 36 + [1] * 4)
     base = Recipe(name="imb", data=DataConfig(source="arrays", arrays={"train": (x, y)},
@@ -190,7 +190,7 @@ def test_balanced_class_weights_change_the_loss():
     def minority_rate(recipe):
         result = tftoolkit.train(replace(recipe, train=replace(recipe.train, epochs=30,
                                                                learning_rate=0.1, verbose=0,
-                                                               run_dir="/tmp/tftk-cw-runs"),
+                                                               run_dir=str(tmp_path)),
                                          export=replace(recipe.export, enabled=False)))
         return float(np.mean(np.argmax(result.model.predict(x, verbose=0), 1) == 1))
     assert minority_rate(balanced) > minority_rate(base)

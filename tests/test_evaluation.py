@@ -160,6 +160,12 @@ def test_evaluate_writes_tables_and_figures(tmp_path, image_folder, quiet, cli):
     assert len(list((tmp_path / "cams").glob("*_gradcam.png"))) == 1
 
 
+def test_evaluate_refuses_tta_views_out_of_range_before_reading_the_run(tmp_path, cli):
+    proc = cli("evaluate", tmp_path / "no_run", "--tta", "9")
+    assert proc.returncode == 2
+    assert "--tta 9: test-time augmentation takes 1 to 7 views (0: none)" in proc.stderr
+
+
 def test_grad_cam_of_one_sigmoid_unit_explains_the_predicted_class():
     import keras
 

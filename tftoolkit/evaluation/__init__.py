@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from matplotlib.figure import Figure
 
-from tftoolkit.augment.tta import predict_tta
+from tftoolkit.augment.tta import MAX_VIEWS, predict_tta
 from tftoolkit.data import DataInfo, load_data
 from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
 from tftoolkit.errors import DataError, TftoolkitError
@@ -97,6 +97,9 @@ def evaluate(path: str | Path, split: str = "test", tta: int = 0,
              out: str | Path | None = None) -> tuple[dict, Path]:
     """Evaluate on ``split``; write metrics.json, per_class.csv, confusion_matrix.png and
     top_losses.png into ``out`` (default: ``RUN_DIR/eval`` or ``EXPORT-eval``)."""
+    if not 0 <= tta <= MAX_VIEWS:  # before anything is evaluated or written
+        raise TftoolkitError(f"--tta {tta}: test-time augmentation takes 1 to {MAX_VIEWS} "
+                             "views (0: none)")
     model, recipe, info, default_out = load_trained(path)
     if info.task == "multilabel":
         return _evaluate_multilabel(path, split, out or default_out, tta)
