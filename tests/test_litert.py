@@ -193,6 +193,27 @@ def test_a_multilabel_variant_is_judged_by_validation_map_and_its_decisions():
         litert.measure(candidate, reference, splits, "multilabel")
 
 
+def test_a_multilabel_variant_keeping_its_map_but_not_its_decisions_is_refused():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(1)
+    scores = rng.uniform(0, 1, (40, 3)).astype(np.float32)
+    labels = (scores > 0.5).astype(int)
+    labels[:4] = 1 - labels[:4]                                  # not a perfect ranking
+    thresholds = np.full(3, 0.5, np.float32)
+    splits = {"val": (np.zeros((40, 1)), labels)}
+    # Every score raised to the 4th power: the same ranking (mAP), other decisions.
+    measured = litert.measure(_Fixed({40: scores ** 4}), _Fixed({40: scores}), splits,
+                              "multilabel", thresholds)
+    assert measured.drop == pytest.approx(0.0, abs=1e-3)  # (mAP from score histograms)
+    want = sklearn_metrics.f1_score(labels, scores >= 0.5, average="micro") - \
+        sklearn_metrics.f1_score(labels, scores ** 4 >= 0.5, average="micro")
+    assert measured.f1_drop == pytest.approx(want, abs=1e-6) and want > 0.2
+    assert measured.figures["val_f1_drop"] == measured.f1_drop
+    reason = measured.refusal("tflite_int8", 0.1)
+    assert reason.startswith("tflite_int8 changes validation micro-F1 at the thresholds by")
+    assert measured.refusal("tflite_int8", want + 0.01) is None
+
+
 def test_a_quantized_multilabel_file_losing_validation_map_is_refused(tmp_path, monkeypatch):
     import keras
 

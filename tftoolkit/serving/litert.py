@@ -182,11 +182,24 @@ class Measured:
     drop: float                   # loss of the score (rise of the loss) vs float, on DECIDED_ON
     latency_ms: float
     score: str                    # what dropped: "accuracy", "map" or "loss"
+    # multi-label: the fall of micro-F1 at the thresholds on DECIDED_ON (mAP ranks scores
+    # only, and a shift of the scores changes the decisions clients make)
+    f1_drop: float | None = None
 
     @property
     def drop_key(self) -> str:
         """The card's name of :attr:`drop`."""
         return drop_key(self.score)
+
+    def refusal(self, fmt: str, max_drop: float) -> str | None:
+        """Why the variant ``fmt`` is not written (its validation score, or a multi-label
+        file's micro-F1 at the thresholds, falls by more than ``max_drop``), or None."""
+        what = {"map": "mAP"}.get(self.score, self.score)
+        for name, drop in ((what, self.drop), ("micro-F1 at the thresholds", self.f1_drop)):
+            if drop is not None and drop > max_drop:
+                return (f"{fmt} changes validation {name} by {drop:.4f} against the float "
+                        f"model, more than export.max_accuracy_drop={max_drop}; not written")
+        return None
 
 
 def drop_key(score: str) -> str:
@@ -225,6 +238,9 @@ def measure(candidate, reference, splits: dict[str, tuple[np.ndarray, np.ndarray
         elif task == "multilabel":
             value, ref_value = _map(y, got), _map(y, want)
             agreement = float(np.mean((got >= thresholds) == (want >= thresholds)))
+            f1, ref_f1 = (_micro_f1(y, p >= thresholds) for p in (got, want))
+            figures[f"{split}_f1"], figures[f"{split}_float_f1"] = f1, ref_f1
+            figures[f"{split}_f1_drop"] = ref_f1 - f1
         else:
             value, ref_value = (float(np.mean((p.reshape(y.shape) - y) ** 2))
                                 for p in (got, want))
@@ -235,11 +251,19 @@ def measure(candidate, reference, splits: dict[str, tuple[np.ndarray, np.ndarray
         drops[split] = figures[f"{split}_{drop_key(score)}"] = drop
     latency = (candidate.latency_ms(splits[DECIDED_ON][0]) if hasattr(candidate, "latency_ms")
                else float("nan"))
-    return Measured(figures, drops[DECIDED_ON], latency, score)
+    return Measured(figures, drops[DECIDED_ON], latency, score,
+                    figures.get(f"{DECIDED_ON}_f1_drop"))
 
 
 def _top1(predictions: np.ndarray) -> np.ndarray:
     return class_probabilities(predictions).argmax(axis=1)
+
+
+def _micro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """Micro-F1 of the multi-hot ``predicted`` decisions against multi-hot ``labels``."""
+    truth = np.asarray(labels) > 0.5
+    return multilabel.Counts(np.sum(predicted & truth, axis=0), np.sum(predicted & ~truth, axis=0),
+                             np.sum(~predicted & truth, axis=0)).micro_f1
 
 
 def _map(labels: np.ndarray, probabilities: np.ndarray) -> float:

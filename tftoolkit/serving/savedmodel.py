@@ -232,7 +232,7 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
                         quantization: Quantization, tmp: Path,
                         thresholds: np.ndarray | None = None) -> tuple[dict, dict]:
     """Write each measured variant (quantized, MediaPipe) that keeps its accuracy (a
-    multi-label model's mAP) into ``tmp``; returns the card entries of the written ones
+    multi-label model's mAP and micro-F1 at the thresholds) into ``tmp``; returns the card entries of the written ones
     and of the refused ones (with the reason)."""
     float_file = litert.convert(model, "tflite", info.input_shape)
     reference = litert.LiteRTModel(float_file)
@@ -261,12 +261,9 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
             entry["metadata_file"] = mediapipe_tasks.metadata_file(fmt)
             entry["client_resize"] = mediapipe_tasks.resize_note(info.image_size,
                                                                  info.resize_method)
-        if measured.drop > quantization.max_accuracy_drop:
-            what = {"map": "mAP"}.get(measured.score, measured.score)
-            refused[fmt] = {**entry, "file": None, "reason": (
-                f"{fmt} changes validation {what} by {measured.drop:.4f} against the float "
-                f"model, more than export.max_accuracy_drop="
-                f"{quantization.max_accuracy_drop}; not written")}
+        reason = measured.refusal(fmt, quantization.max_accuracy_drop)
+        if reason:
+            refused[fmt] = {**entry, "file": None, "reason": reason}
             continue
         (tmp / entry["file"]).write_bytes(flatbuffer)
         if metadata is not None:
