@@ -280,3 +280,17 @@ def test_a_full_integer_file_keeps_the_preprocessed_image_to_about_a_pixel_level
     # union with the next op's (an input read after the op wrote over it) rounded
     # x / 255 - mean over the normalized range: 3.4 levels off (torch), 1.3 (caffe).
     assert error.max() < levels
+
+
+def test_calibration_refuses_a_model_without_calibrated_ranges():
+    import keras
+    import tensorflow as tf
+
+    from tftoolkit.serving.calibration import with_own_ranges
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    # what the converter gives when its calibrate-only switch is ignored: no ranges
+    plain = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    with pytest.raises(tftoolkit.ExportError, match="did not give the calibrated float model"):
+        with_own_ranges(plain, [np.zeros((1, 4), np.float32)])

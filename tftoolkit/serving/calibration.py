@@ -22,6 +22,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from tftoolkit.errors import ExportError
+
 
 def full_integer(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray],
                  io_type: tf.DType) -> bytes:
@@ -66,6 +68,7 @@ def with_own_ranges(calibrated: bytes, samples: Sequence[np.ndarray]) -> bytes:
     """``calibrated`` (the calibrator's float model, each tensor's range recorded in its
     quantization parameters) with every range of its main subgraph measured again by
     :func:`own_ranges` on the same ``samples``."""
+    from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
@@ -73,6 +76,12 @@ def with_own_ranges(calibrated: bytes, samples: Sequence[np.ndarray]) -> bytes:
     recorded = [i for i, t in enumerate(tensors)
                 if t.quantization is not None and t.quantization.min is not None
                 and len(t.quantization.min) == 1]
+    floats = all(tensors[i].type == schema.TensorType.FLOAT32
+                 for i in model.subgraphs[0].inputs)
+    if not recorded or not floats:  # the private switch was ignored: TF's own ranges
+        raise ExportError("this TensorFlow's LiteRT converter did not give the calibrated "
+                          "float model (converter._experimental_calibrate_only), which "
+                          "full-integer export needs; it is built for tensorflow 2.21")
     for i, (low, high) in own_ranges(calibrated, samples, recorded).items():
         tensors[i].quantization.min, tensors[i].quantization.max = [low], [high]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
