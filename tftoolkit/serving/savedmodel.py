@@ -232,8 +232,8 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
                         quantization: Quantization, tmp: Path,
                         thresholds: np.ndarray | None = None) -> tuple[dict, dict]:
     """Write each measured variant (quantized, MediaPipe) that keeps its accuracy (a
-    multi-label model's mAP and micro-F1 at the thresholds) into ``tmp``; returns the card entries of the written ones
-    and of the refused ones (with the reason)."""
+    multi-label model's mAP and micro-F1 at the thresholds) into ``tmp``; returns the card
+    entries of the written ones and of the refused ones (with the reason)."""
     float_file = litert.convert(model, "tflite", info.input_shape)
     reference = litert.LiteRTModel(float_file)
     float_latency = reference.latency_ms(quantization.splits[litert.DECIDED_ON][0])
