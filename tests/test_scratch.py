@@ -157,3 +157,26 @@ def test_kernel_regularizer_reaches_model_losses(kind):
     l2 = 0.01 * sum((k ** 2).sum() for k in kernels)
     expected = {"l1": l1, "l2": l2, "l1_l2": l1 + l2}[kind]
     assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_training_builds_only_the_pipelines_it_reads(quiet, monkeypatch):
+    from tftoolkit.data import DataBundle
+
+    built = []
+    real_dataset, real_sample = DataBundle.dataset, DataBundle.sample
+
+    def dataset(self, split, **kwargs):
+        built.append((split, "augmented" if kwargs.get("training") else "in order"))
+        return real_dataset(self, split, **kwargs)
+
+    def sample(self, split, count, **kwargs):
+        built.append((split, "sample"))
+        return real_sample(self, split, count, **kwargs)
+
+    monkeypatch.setattr(DataBundle, "dataset", dataset)
+    monkeypatch.setattr(DataBundle, "sample", sample)
+    # a from-scratch MLP: no BatchNorm to recalibrate, no DP-SGD arrays to gather
+    tftoolkit.train("mlp", {**quiet, "train.epochs": 2, "train.steps_per_epoch": 2,
+                            "data.validation_fraction": 0.25, "export.enabled": False})
+    training = [b for b in built if b[0] == "train"]
+    assert training == [("train", "augmented")], built
