@@ -159,35 +159,3 @@ def test_a_crop_is_the_same_region_of_the_image_cached_or_not(tmp_path, policy):
     assert np.abs(cached - uncached).mean() < 6
     assert np.abs(cached - uncached)[..., :2].max() < 40
     assert np.abs(uncached[:1] - uncached[1:]).mean() > 10  # the crops do differ
-
-
-def test_a_resumed_auto_run_reads_the_cache_its_start_chose(image_folder, tmp_path,
-                                                             monkeypatch, quiet):
-    import keras
-
-    import tftoolkit
-    from tftoolkit.data import cache
-    from tftoolkit.training import runner
-
-    recipe = _recipe(image_folder, tmp_path, cache="auto", image_size=16).with_overrides(
-        {**quiet, "train.epochs": 2, "export.enabled": False})
-    monkeypatch.setattr(cache, "available_memory", lambda: 2 ** 40)  # plenty: memory
-
-    class Kill(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt
-
-    real_callbacks = runner._callbacks
-    monkeypatch.setattr(runner, "_callbacks", lambda *a: [*real_callbacks(*a), Kill()])
-    with pytest.raises(KeyboardInterrupt):
-        tftoolkit.train(recipe)
-    monkeypatch.setattr(runner, "_callbacks", real_callbacks)
-    monkeypatch.setattr(cache, "available_memory", lambda: 2 ** 10)  # now it would not fit
-    resumed = tftoolkit.train(recipe)
-    assert any("resuming" in note for note in resumed.notes)
-    train_note = next(n for n in resumed.notes if n.startswith("data cache for train:"))
-    assert train_note.startswith("data cache for train: memory"), train_note
-    assert "choice when the run started" in train_note
-    fresh = tftoolkit.train(recipe.with_overrides({"train.resume": False}))
-    assert any(n.startswith("data cache for train: disk") for n in fresh.notes)

@@ -45,7 +45,6 @@ class RunDir:
     RECIPE = "recipe.json"
     DATA_INFO = "data_info.json"
     RUNTIME = "runtime.json"
-    DATA_CACHE = "data_cache.json"  # data.cache=auto: the mode chosen for each cache
     HISTORY = "history.csv"
     CURVES = "curves.png"
     LOGS = "logs"

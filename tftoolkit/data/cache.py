@@ -124,8 +124,7 @@ class DiskCache:
 
 def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | None,
                settings: dict, cache_root: Path, budget_mb: int,
-               count: int | None = None, budget_share: float = 1.0,
-               chosen: dict[str, str] | None = None) -> CachePlan:
+               count: int | None = None, budget_share: float = 1.0) -> CachePlan:
     """The cache of one split: ``mode`` as asked, or what ``auto`` chooses.
 
     Args:
@@ -137,8 +136,6 @@ def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | N
         count: how many of ``examples`` are cached (a worker's shard); None: all.
         budget_share: the part of the budget this cache may take (one of a worker's
             several replica shards).
-        chosen: what ``auto`` chose for each cache (by its subject) when the run started,
-            reused as it was (a resumed run: free memory may have changed since).
     """
     count = len(examples) if count is None else count
     subject = f"data cache for {split}"
@@ -146,10 +143,7 @@ def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | N
         subject += f" (shard {settings['shard']}, {count} examples)"
     size = count * example_bytes(examples, image_size)
     megabytes = size / 2 ** 20
-    if mode == "auto" and chosen and subject in chosen:
-        mode = chosen[subject]
-        why = "data.cache=auto's choice when the run started"
-    elif mode == "auto":
+    if mode == "auto":
         budget = budget_share * (budget_mb * 2 ** 20 if budget_mb
                                  else DEFAULT_BUDGET_SHARE * available_memory())
         mode = "memory" if size <= budget else "disk"
