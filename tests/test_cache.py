@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -159,3 +161,80 @@ def test_a_crop_is_the_same_region_of_the_image_cached_or_not(tmp_path, policy):
     assert np.abs(cached - uncached).mean() < 6
     assert np.abs(cached - uncached)[..., :2].max() < 40
     assert np.abs(uncached[:1] - uncached[1:]).mean() > 10  # the crops do differ
+
+
+def _disk_cache_folder(tmp_path):
+    (folder,) = (tmp_path / "caches").iterdir()
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["empty marker", "truncated inputs", "no inputs",
+                                    "shapes of another count"])
+def test_a_damaged_disk_cache_is_written_again(image_folder, tmp_path, damage):
+    recipe = _recipe(image_folder, tmp_path, cache="disk", image_size=16)
+    written = _two_epochs(load_data(recipe, 16))
+    folder = _disk_cache_folder(tmp_path)
+    if damage == "empty marker":  # a kill while the marker was written
+        (folder / "cache.json").write_text("")
+    elif damage == "truncated inputs":
+        with open(folder / "inputs.bin", "r+b") as f:
+            f.truncate(100)
+    elif damage == "no inputs":
+        (folder / "inputs.bin").unlink()
+    else:
+        np.save(folder / "shapes.npy", np.zeros((3, 2), np.int32))
+    again = load_data(recipe, 16)
+    reread = _two_epochs(again)
+    assert "written this run" in again.notes[-1], again.notes[-1]
+    for a, b in zip(written, reread):
+        np.testing.assert_array_equal(a[0], b[0])
+    third = load_data(recipe, 16)
+    _two_epochs(third)
+    assert "reused" in third.notes[-1]  # whole again
+
+
+def test_a_write_of_the_marker_cut_short_leaves_no_marker(image_folder, tmp_path,
+                                                           monkeypatch):
+    from pathlib import Path
+
+    recipe = _recipe(image_folder, tmp_path, cache="disk", image_size=16)
+    write_text = Path.write_text
+
+    def killed(path, text, *args, **kwargs):  # the process dies halfway
+        write_text(path, text[:len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _two_epochs(load_data(recipe, 16))
+    monkeypatch.setattr(Path, "write_text", write_text)
+    folder = _disk_cache_folder(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["inputs.bin", "shapes.npy"]
+    again = load_data(recipe, 16)
+    _two_epochs(again)
+    assert "written this run" in again.notes[-1]
+
+
+def test_a_disk_cache_write_removes_the_temporary_files_of_dead_writers(image_folder,
+                                                                        tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    recipe = _recipe(image_folder, tmp_path, cache="disk", image_size=16)
+    load_data(recipe, 16).dataset("train")
+    folder = _disk_cache_folder(tmp_path)
+    (folder / "cache.json").unlink()  # to be written again
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    stale = folder / f".tmp-{host}-{dead.pid}-0123abcd"  # a killed writer's inputs
+    stale.write_bytes(b"0" * 1000)
+    live = folder / f".tmp-{host}-{os.getpid()}-4567cdef"  # a live one's
+    live.write_bytes(b"0" * 1000)
+    data = load_data(recipe, 16)
+    data.dataset("train")
+    assert "written this run" in data.notes[-1]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["cache.json", "inputs.bin", "shapes.npy", live.name])
+

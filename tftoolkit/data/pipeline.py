@@ -219,7 +219,7 @@ def _on_disk(stored: tf.data.Dataset, folder, indices: np.ndarray,
     one pass first, unless complete), each read on its own; indices and labels in
     memory."""
     cache = DiskCache(folder)
-    if not cache.complete:
+    if not cache.complete(len(indices)):
         cache.write((np.asarray(x), np.asarray(shape))
                     for _, ((x, shape), _) in stored.batch(256))
     spec, read = cache.spec, cache.reader()
