@@ -154,12 +154,14 @@ def test_a_crop_is_the_same_region_of_the_image_cached_or_not(tmp_path, policy):
                               16, 0).pipeline_fn()
     views = {mode: _two_epochs(load_data(_recipe(folder, tmp_path, cache=mode,
                                                  image_size=16), 16), augment=augment)
-             for mode in ("memory", "off")}
-    cached, uncached = (np.concatenate([b[0] for b in views[m]]) for m in ("memory", "off"))
+             for mode in ("memory", "disk", "off")}
+    memory, disk, uncached = (np.concatenate([b[0] for b in views[m]])
+                              for m in ("memory", "disk", "off"))
+    np.testing.assert_array_equal(disk, memory)  # the same cached image, cut the same way
     # within about a pixel of the 16 px cached image (255 / 16 levels) of the crop from
     # the source; another region of the image would differ by far more
-    assert np.abs(cached - uncached).mean() < 6
-    assert np.abs(cached - uncached)[..., :2].max() < 40
+    assert np.abs(memory - uncached).mean() < 6
+    assert np.abs(memory - uncached)[..., :2].max() < 40
     assert np.abs(uncached[:1] - uncached[1:]).mean() > 10  # the crops do differ
 
 
@@ -238,3 +240,32 @@ def test_a_disk_cache_write_removes_the_temporary_files_of_dead_writers(image_fo
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["cache.json", "inputs.bin", "shapes.npy", live.name])
 
+
+_UNCACHED_ARRAYS = """
+import numpy as np
+from tftoolkit.data.pipeline import make_dataset
+from tftoolkit.data.sources import Examples
+from tftoolkit.labels import ENCODINGS
+
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+x = np.random.default_rng(0).random((1000, 25000), np.float32)  # 95 MB
+before = resident()
+dataset = make_dataset(Examples(np.arange(1000) % 2, arrays=x), batch_size=8, resize=None,
+                       encoding=ENCODINGS["sparse"], num_classes=2, training=True, seed=0,
+                       cache="off")
+next(iter(dataset))
+print((resident() - before) / x.nbytes)
+"""
+
+
+def test_uncached_arrays_are_held_once_by_their_training_dataset():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _UNCACHED_ARRAYS], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    # one copy of the arrays (and TensorFlow's first iteration), not a second batch of
+    # them all
+    assert float(out.split()[-1]) < 1.5, out
