@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -152,42 +154,118 @@ def test_a_crop_is_the_same_region_of_the_image_cached_or_not(tmp_path, policy):
                               16, 0).pipeline_fn()
     views = {mode: _two_epochs(load_data(_recipe(folder, tmp_path, cache=mode,
                                                  image_size=16), 16), augment=augment)
-             for mode in ("memory", "off")}
-    cached, uncached = (np.concatenate([b[0] for b in views[m]]) for m in ("memory", "off"))
+             for mode in ("memory", "disk", "off")}
+    memory, disk, uncached = (np.concatenate([b[0] for b in views[m]])
+                              for m in ("memory", "disk", "off"))
+    np.testing.assert_array_equal(disk, memory)  # the same cached image, cut the same way
     # within about a pixel of the 16 px cached image (255 / 16 levels) of the crop from
     # the source; another region of the image would differ by far more
-    assert np.abs(cached - uncached).mean() < 6
-    assert np.abs(cached - uncached)[..., :2].max() < 40
+    assert np.abs(memory - uncached).mean() < 6
+    assert np.abs(memory - uncached)[..., :2].max() < 40
     assert np.abs(uncached[:1] - uncached[1:]).mean() > 10  # the crops do differ
 
 
-def test_a_resumed_auto_run_reads_the_cache_its_start_chose(image_folder, tmp_path,
-                                                             monkeypatch, quiet):
-    import keras
+def _disk_cache_folder(tmp_path):
+    (folder,) = (tmp_path / "caches").iterdir()
+    return folder
 
-    import tftoolkit
-    from tftoolkit.data import cache
-    from tftoolkit.training import runner
 
-    recipe = _recipe(image_folder, tmp_path, cache="auto", image_size=16).with_overrides(
-        {**quiet, "train.epochs": 2, "export.enabled": False})
-    monkeypatch.setattr(cache, "available_memory", lambda: 2 ** 40)  # plenty: memory
+@pytest.mark.parametrize("damage", ["empty marker", "truncated inputs", "no inputs",
+                                    "shapes of another count"])
+def test_a_damaged_disk_cache_is_written_again(image_folder, tmp_path, damage):
+    recipe = _recipe(image_folder, tmp_path, cache="disk", image_size=16)
+    written = _two_epochs(load_data(recipe, 16))
+    folder = _disk_cache_folder(tmp_path)
+    if damage == "empty marker":  # a kill while the marker was written
+        (folder / "cache.json").write_text("")
+    elif damage == "truncated inputs":
+        with open(folder / "inputs.bin", "r+b") as f:
+            f.truncate(100)
+    elif damage == "no inputs":
+        (folder / "inputs.bin").unlink()
+    else:
+        np.save(folder / "shapes.npy", np.zeros((3, 2), np.int32))
+    again = load_data(recipe, 16)
+    reread = _two_epochs(again)
+    assert "written this run" in again.notes[-1], again.notes[-1]
+    for a, b in zip(written, reread):
+        np.testing.assert_array_equal(a[0], b[0])
+    third = load_data(recipe, 16)
+    _two_epochs(third)
+    assert "reused" in third.notes[-1]  # whole again
 
-    class Kill(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt
 
-    real_callbacks = runner._callbacks
-    monkeypatch.setattr(runner, "_callbacks", lambda *a: [*real_callbacks(*a), Kill()])
+def test_a_write_of_the_marker_cut_short_leaves_no_marker(image_folder, tmp_path,
+                                                           monkeypatch):
+    from pathlib import Path
+
+    recipe = _recipe(image_folder, tmp_path, cache="disk", image_size=16)
+    write_text = Path.write_text
+
+    def killed(path, text, *args, **kwargs):  # the process dies halfway
+        write_text(path, text[:len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed)
     with pytest.raises(KeyboardInterrupt):
-        tftoolkit.train(recipe)
-    monkeypatch.setattr(runner, "_callbacks", real_callbacks)
-    monkeypatch.setattr(cache, "available_memory", lambda: 2 ** 10)  # now it would not fit
-    resumed = tftoolkit.train(recipe)
-    assert any("resuming" in note for note in resumed.notes)
-    train_note = next(n for n in resumed.notes if n.startswith("data cache for train:"))
-    assert train_note.startswith("data cache for train: memory"), train_note
-    assert "choice when the run started" in train_note
-    fresh = tftoolkit.train(recipe.with_overrides({"train.resume": False}))
-    assert any(n.startswith("data cache for train: disk") for n in fresh.notes)
+        _two_epochs(load_data(recipe, 16))
+    monkeypatch.setattr(Path, "write_text", write_text)
+    folder = _disk_cache_folder(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["inputs.bin", "shapes.npy"]
+    again = load_data(recipe, 16)
+    _two_epochs(again)
+    assert "written this run" in again.notes[-1]
+
+
+def test_a_disk_cache_write_removes_the_temporary_files_of_dead_writers(image_folder,
+                                                                        tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    recipe = _recipe(image_folder, tmp_path, cache="disk", image_size=16)
+    load_data(recipe, 16).dataset("train")
+    folder = _disk_cache_folder(tmp_path)
+    (folder / "cache.json").unlink()  # to be written again
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    stale = folder / f".tmp-{host}-{dead.pid}-0123abcd"  # a killed writer's inputs
+    stale.write_bytes(b"0" * 1000)
+    live = folder / f".tmp-{host}-{os.getpid()}-4567cdef"  # a live one's
+    live.write_bytes(b"0" * 1000)
+    data = load_data(recipe, 16)
+    data.dataset("train")
+    assert "written this run" in data.notes[-1]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["cache.json", "inputs.bin", "shapes.npy", live.name])
+
+
+_UNCACHED_ARRAYS = """
+import numpy as np
+from tftoolkit.data.pipeline import make_dataset
+from tftoolkit.data.sources import Examples
+from tftoolkit.labels import ENCODINGS
+
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+x = np.random.default_rng(0).random((1000, 25000), np.float32)  # 95 MB
+before = resident()
+dataset = make_dataset(Examples(np.arange(1000) % 2, arrays=x), batch_size=8, resize=None,
+                       encoding=ENCODINGS["sparse"], num_classes=2, training=True, seed=0,
+                       cache="off")
+next(iter(dataset))
+print((resident() - before) / x.nbytes)
+"""
+
+
+def test_uncached_arrays_are_held_once_by_their_training_dataset():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _UNCACHED_ARRAYS], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    # one copy of the arrays (and TensorFlow's first iteration), not a second batch of
+    # them all
+    assert float(out.split()[-1]) < 1.5, out

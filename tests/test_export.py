@@ -390,11 +390,11 @@ def test_downscaling_is_antialiased_and_upscaling_is_plain_interpolation():
 def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(tmp_path):
     import socket
 
-    from tftoolkit.serving.savedmodel import temporary_export_dir
+    from tftoolkit.tempfiles import temporary_path
 
     root = tmp_path / "exports"
     host = socket.gethostname()
-    assert temporary_export_dir(root).name.startswith(f".tmp-{host}-{os.getpid()}-")
+    assert temporary_path(root).name.startswith(f".tmp-{host}-{os.getpid()}-")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = root / f".tmp-{host}-{dead.pid}-0123abcd"

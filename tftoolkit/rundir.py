@@ -21,25 +21,12 @@ import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from tftoolkit.data import DataInfo
 from tftoolkit.errors import RecipeError, RunDirError, TftoolkitError
 from tftoolkit.recipe import Recipe, recipe_from_dict
-
-
-def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write ``path`` through a temporary file beside it, flushed to disk, then rename it
-    into place: ``path`` is always either its old content or the whole new one."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+from tftoolkit.tempfiles import replace_atomically
 
 
 @dataclass(frozen=True)
@@ -58,7 +45,6 @@ class RunDir:
     RECIPE = "recipe.json"
     DATA_INFO = "data_info.json"
     RUNTIME = "runtime.json"
-    DATA_CACHE = "data_cache.json"  # data.cache=auto: the mode chosen for each cache
     HISTORY = "history.csv"
     CURVES = "curves.png"
     LOGS = "logs"

@@ -105,10 +105,6 @@ class DataBundle:
     info: DataInfo
     notes: list[str] = field(default_factory=list)   # how each split is cached
     share: WorkerShare | None = None   # this worker's part in a multi-worker run
-    # data.cache=auto: the mode chosen for each cache (by its subject, e.g. "data cache
-    # for train"), once per run; a resumed run restores them, so that it reads what the
-    # interrupted one did whatever memory is free now
-    cache_modes: dict[str, str] = field(default_factory=dict)
 
     def class_weights(self) -> np.ndarray | None:
         """Per-class weights n / (k * n_c) when ``data.class_weight = 'balanced'``
@@ -213,10 +209,7 @@ class DataBundle:
         cache = plan_cache(cfg.cache, self.splits[split], split=split,
                            image_size=self.info.image_size, settings=settings,
                            cache_root=self.cache_root(), budget_mb=cfg.memory_budget_mb,
-                           count=len(examples), budget_share=budget_share,
-                           chosen=self.cache_modes)
-        if cfg.cache == "auto":
-            self.cache_modes.setdefault(cache.subject, cache.mode)
+                           count=len(examples), budget_share=budget_share)
         if not any(n.startswith(cache.subject + ":") for n in self.notes):
             self.notes.append(cache.note)
         return make_dataset(

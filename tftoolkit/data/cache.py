@@ -20,6 +20,8 @@ from typing import Iterable
 import numpy as np
 
 from tftoolkit.data.sources import Examples
+from tftoolkit.tempfiles import (fsync, remove_stale_temporaries, replace_atomically,
+                                 temporary_path)
 
 DEFAULT_BUDGET_SHARE = 0.25       # of the memory available when the run starts
 
@@ -62,22 +64,32 @@ class DiskCache:
     """A split's decoded inputs on disk, one fixed-size record per example in read order,
     beside each example's source image shape (what a crop is drawn from): any record
     can be read on its own, so each epoch reads them in its own order. Written once
-    through temporary files; ``cache.json``, written last, marks it complete."""
+    through temporary files flushed to disk; ``cache.json``, written last, marks it
+    complete."""
 
     INPUTS, SHAPES, COMPLETE = "inputs.bin", "shapes.npy", "cache.json"
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
 
-    @property
-    def complete(self) -> bool:
-        return (self.folder / self.COMPLETE).is_file()
+    def complete(self, count: int) -> bool:
+        """Whether the cache holds ``count`` whole records: a readable ``cache.json``,
+        an ``inputs.bin`` of ``count`` records and ``count`` source shapes (anything
+        else, e.g. a truncated file or a marker cut short by a kill, is rewritten)."""
+        try:
+            spec = self.spec
+            size = int(np.prod(spec["shape"], dtype=np.int64)) * np.dtype(spec["dtype"]).itemsize
+            shapes = np.load(self.folder / self.SHAPES, mmap_mode="r")
+            return (spec["count"] == count and len(shapes) == count
+                    and (self.folder / self.INPUTS).stat().st_size == count * size)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
 
     def write(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
         """Store ``(inputs, source shapes)`` batches, in order."""
-        tmp = f".tmp-{os.getpid()}"
-        inputs, shapes_file = (self.folder / (name + tmp) for name in (self.INPUTS,
-                                                                       self.SHAPES))
+        (self.folder / self.COMPLETE).unlink(missing_ok=True)
+        remove_stale_temporaries(self.folder)
+        inputs, shapes_file = temporary_path(self.folder), temporary_path(self.folder)
         shapes, spec = [], None
         try:
             with open(inputs, "wb") as f:
@@ -86,17 +98,18 @@ class DiskCache:
                     spec = spec or {"shape": list(x.shape[1:]), "dtype": x.dtype.name}
                     f.write(x.tobytes())
                     shapes.append(np.asarray(shape, np.int32))
-                f.flush()
-                os.fsync(f.fileno())
             with open(shapes_file, "wb") as f:
                 np.save(f, np.concatenate(shapes))
+            fsync(inputs)
+            fsync(shapes_file)
             os.replace(inputs, self.folder / self.INPUTS)
             os.replace(shapes_file, self.folder / self.SHAPES)
         finally:
             inputs.unlink(missing_ok=True)
             shapes_file.unlink(missing_ok=True)
         spec["count"] = sum(len(s) for s in shapes)
-        (self.folder / self.COMPLETE).write_text(json.dumps(spec))
+        replace_atomically(self.folder / self.COMPLETE,
+                           lambda p: p.write_text(json.dumps(spec)))
 
     @property
     def spec(self) -> dict:
@@ -124,8 +137,7 @@ class DiskCache:
 
 def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | None,
                settings: dict, cache_root: Path, budget_mb: int,
-               count: int | None = None, budget_share: float = 1.0,
-               chosen: dict[str, str] | None = None) -> CachePlan:
+               count: int | None = None, budget_share: float = 1.0) -> CachePlan:
     """The cache of one split: ``mode`` as asked, or what ``auto`` chooses.
 
     Args:
@@ -137,8 +149,6 @@ def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | N
         count: how many of ``examples`` are cached (a worker's shard); None: all.
         budget_share: the part of the budget this cache may take (one of a worker's
             several replica shards).
-        chosen: what ``auto`` chose for each cache (by its subject) when the run started,
-            reused as it was (a resumed run: free memory may have changed since).
     """
     count = len(examples) if count is None else count
     subject = f"data cache for {split}"
@@ -146,10 +156,7 @@ def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | N
         subject += f" (shard {settings['shard']}, {count} examples)"
     size = count * example_bytes(examples, image_size)
     megabytes = size / 2 ** 20
-    if mode == "auto" and chosen and subject in chosen:
-        mode = chosen[subject]
-        why = "data.cache=auto's choice when the run started"
-    elif mode == "auto":
+    if mode == "auto":
         budget = budget_share * (budget_mb * 2 ** 20 if budget_mb
                                  else DEFAULT_BUDGET_SHARE * available_memory())
         mode = "memory" if size <= budget else "disk"
@@ -169,5 +176,5 @@ def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | N
                                   sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root / key
     folder.mkdir(parents=True, exist_ok=True)
-    use = "reused" if DiskCache(folder).complete else "written this run"
+    use = "reused" if DiskCache(folder).complete(count) else "written this run"
     return CachePlan("disk", folder, subject, f"disk, {folder} ({use}; {why})")

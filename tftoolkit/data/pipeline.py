@@ -82,22 +82,33 @@ def to_rgb_image(image: tf.Tensor, resize: Resize) -> tf.Tensor:
     return resize(to_rgb(image))
 
 
-def _references(examples: Examples, positions: np.ndarray | None = None
+def _reference_tensors(examples: Examples, positions: np.ndarray | None = None
+                       ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]] | None:
+    """``(indices, (references, labels))`` of files or in-memory arrays as tensors, the
+    one copy their dataset and their rows share (None for TFDS). The index is the
+    example's position in ``positions`` order (default: 0, 1, ...)."""
+    if examples.dataset is not None:
+        return None
+    indices = (np.arange(len(examples), dtype=np.int64) if positions is None
+               else np.asarray(positions, np.int64))
+    refs = examples.paths if examples.paths is not None else examples.arrays
+    return tf.constant(indices), (tf.constant(refs), tf.constant(examples.labels))
+
+
+def _references(examples: Examples, tensors, positions: np.ndarray | None = None
                 ) -> tuple[tf.data.Dataset, str]:
     """``(index, (reference, label))`` per example, cheap to shuffle, and the kind of
     reference: ``file`` (a path), ``bytes`` (encoded TFDS images), ``tensor`` (decoded
-    TFDS images) or ``array`` (in-memory images or features). The index is the example's
-    position in ``positions`` order (default: 0, 1, ...)."""
+    TFDS images) or ``array`` (in-memory images or features). ``tensors``: what
+    :func:`_reference_tensors` returned; ``positions``: as there."""
+    if tensors is not None:
+        return (tf.data.Dataset.from_tensor_slices(tensors),
+                "file" if examples.paths is not None else "array")
+    # TFDS: its length is known from the labels read
+    pairs = examples.dataset.apply(tf.data.experimental.assert_cardinality(len(examples)))
+    kind = "bytes" if pairs.element_spec[0].dtype == tf.string else "tensor"
     index = (tf.data.Dataset.range(len(examples)) if positions is None
              else tf.data.Dataset.from_tensor_slices(np.asarray(positions, np.int64)))
-    if examples.paths is not None:
-        pairs, kind = tf.data.Dataset.from_tensor_slices((examples.paths, examples.labels)), "file"
-    elif examples.dataset is not None:  # TFDS: its length is known from the labels read
-        pairs = examples.dataset.apply(tf.data.experimental.assert_cardinality(len(examples)))
-        kind = "bytes" if pairs.element_spec[0].dtype == tf.string else "tensor"
-    else:
-        pairs = tf.data.Dataset.from_tensor_slices((examples.arrays, examples.labels))
-        kind = "array"
     return tf.data.Dataset.zip(index, pairs), kind
 
 
@@ -205,10 +216,9 @@ class _Rows:
     in_memory: bool
 
 
-def _in_memory(stored: tf.data.Dataset, n: int) -> _Rows:
-    """The ``n`` elements of ``stored`` (``(index, (input, label))``) read once into one
-    tensor per component, gathered by row."""
-    indices, pairs = next(iter(stored.batch(n)))
+def _in_memory(indices: tf.Tensor, pairs) -> _Rows:
+    """Rows gathered from one tensor per component: ``indices`` and ``pairs``
+    (``(inputs, labels)``)."""
     return _Rows(lambda row: (tf.gather(indices, row), tf.nest.map_structure(
         lambda component: tf.gather(component, row), pairs)), True)
 
@@ -219,7 +229,7 @@ def _on_disk(stored: tf.data.Dataset, folder, indices: np.ndarray,
     one pass first, unless complete), each read on its own; indices and labels in
     memory."""
     cache = DiskCache(folder)
-    if not cache.complete:
+    if not cache.complete(len(indices)):
         cache.write((np.asarray(x), np.asarray(shape))
                     for _, ((x, shape), _) in stored.batch(256))
     spec, read = cache.spec, cache.reader()
@@ -274,7 +284,8 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     for that thread's current sleep, which stalled 1 to 3 of every 8 Keras ``fit`` calls
     by 2-4 s on a 2-core machine.
     """
-    refs, kind = _references(examples, positions)
+    tensors = _reference_tensors(examples, positions)
+    refs, kind = _references(examples, tensors, positions)
     n = max(len(examples), 1)
     batch = batch_size or n
     cached = cache != "off"
@@ -312,9 +323,10 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     if cache == "disk":
         rows = _on_disk(stored, cache_path, np.arange(len(examples)) if positions is None
                         else np.asarray(positions, np.int64), examples.labels)
-    elif training and tf.executing_eagerly() and (cache == "memory"
-                                                  or kind in ("file", "array")):
-        rows = _in_memory(stored, n)
+    elif training and tf.executing_eagerly() and cache == "memory":
+        rows = _in_memory(*next(iter(stored.batch(n))))  # decoded once
+    elif training and tf.executing_eagerly() and tensors is not None:
+        rows = _in_memory(*tensors)  # uncached: the references' own tensors
     if rows is not None and training:
         ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(
             lambda epoch: _parallel_map(

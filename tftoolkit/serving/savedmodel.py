@@ -31,8 +31,6 @@ import json
 import os
 import platform
 import shutil
-import socket
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,7 @@ from tftoolkit.serving.formats import (ONNX_FILE, ONNX_TOLERANCE, check_formats,
                                        write_tflite)
 from tftoolkit.serving.outputs import (classifier_outputs, expected_output,
                                        multilabel_outputs, served_key)
+from tftoolkit.tempfiles import remove_stale_temporaries, temporary_path
 
 MIXED_PRECISION_TOLERANCE = 1e-2
 # Client image sides the parity check also serves (beside the model's own), and how many
@@ -64,39 +63,6 @@ def next_version(root: Path) -> int:
     """One more than the highest numbered version under ``root`` (1 when none)."""
     versions = [int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
-
-
-TMP_PREFIX = ".tmp-"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def temporary_export_dir(root: Path) -> Path:
-    """A new name under ``root`` for an export under way: this host, this process, and a
-    random part (hostnames hold no ``/``)."""
-    return root / f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def remove_stale_exports(root: Path) -> list[Path]:
-    """Remove the temporary export directories under ``root`` that this host's processes
-    left when they died (a killed export); returns them. Another host's are left alone:
-    its process ids mean nothing here."""
-    removed, host = [], socket.gethostname()
-    for path in root.glob(f"{TMP_PREFIX}*"):
-        written_by = path.name[len(TMP_PREFIX):].rsplit("-", 2)  # host-pid-random
-        if (path.is_dir() and len(written_by) == 3 and written_by[0] == host
-                and written_by[1].isdigit() and not _alive(int(written_by[1]))):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
 
 
 def _out_of_space(error: BaseException) -> bool:
@@ -283,8 +249,8 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
     path."""
     check_formats(list(formats), info)
     root.mkdir(parents=True, exist_ok=True)
-    remove_stale_exports(root)
-    tmp = temporary_export_dir(root)
+    remove_stale_temporaries(root)
+    tmp = temporary_path(root)
     if mixed_precision:
         tolerance = max(tolerance, MIXED_PRECISION_TOLERANCE)
     try:

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from tftoolkit.errors import TrainingDiverged
-from tftoolkit.rundir import replace_atomically
+from tftoolkit.tempfiles import replace_atomically
 from tftoolkit.training.batchnorm import recalibrate_batchnorm
 from tftoolkit.training.step import base_optimizer
 

@@ -24,7 +24,8 @@ import keras
 import numpy as np
 
 from tftoolkit.errors import RecipeError
-from tftoolkit.rundir import Progress, RunDir, replace_atomically
+from tftoolkit.rundir import Progress, RunDir
+from tftoolkit.tempfiles import replace_atomically
 
 PATHS_KEY = "variable_paths"
 

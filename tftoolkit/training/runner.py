@@ -237,8 +237,6 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
                          "run")
             resume_from = None
     progress, fallback = readable_progress(resume_from) if resume_from else (None, None)
-    if resume_from is not None and (resume_from / RunDir.DATA_CACHE).is_file():
-        setup.data.cache_modes.update(resume_from.read_json(RunDir.DATA_CACHE))
     if fallback:
         notes.append(fallback)
     if progress:
@@ -377,8 +375,6 @@ def _run_stage(run: _Run, stage: Stage) -> None:
     first_epoch = run.progress.next_epoch if run.resumes(stage) else stage.first_epoch
     set_trainable(run.model, stage.mode, recipe.model.unfreeze)
     inputs = _stage_inputs(run, stage, first_epoch)
-    if run.data.cache_modes:  # before the first epoch: a resume reads what this run reads
-        run.run.write_json(RunDir.DATA_CACHE, run.data.cache_modes)
     # DP-SGD's epoch is its expected number of Poisson batches (train.steps_per_epoch is
     # refused with privacy)
     steps = (privacy.steps_per_epoch(len(run.data.splits["train"]), run.batch_size)
