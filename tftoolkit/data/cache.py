@@ -78,10 +78,10 @@ class DiskCache:
         else, e.g. a truncated file or a marker cut short by a kill, is rewritten)."""
         try:
             spec = self.spec
-            size = int(np.prod(spec["shape"], dtype=np.int64)) * np.dtype(spec["dtype"]).itemsize
             shapes = np.load(self.folder / self.SHAPES, mmap_mode="r")
             return (spec["count"] == count and len(shapes) == count
-                    and (self.folder / self.INPUTS).stat().st_size == count * size)
+                    and (self.folder / self.INPUTS).stat().st_size
+                    == count * _record_bytes(spec))
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
@@ -121,18 +121,18 @@ class DiskCache:
         return np.load(self.folder / self.SHAPES)
 
     def reader(self):
-        """``row -> the record`` (a NumPy array), reading only that record."""
+        """``row -> the record`` (a NumPy array), reading only that record (the file is
+        mapped once, not opened per record)."""
         spec = self.spec
-        dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        path = self.folder / self.INPUTS
+        dtype, shape = np.dtype(spec["dtype"]), (spec["count"], *spec["shape"])
+        records = (np.memmap(self.folder / self.INPUTS, dtype, "r", shape=shape)
+                   if spec["count"] else np.empty(shape, dtype))  # (an empty file: no map)
+        return lambda row: np.array(records[int(row)])
 
-        def read(row) -> np.ndarray:
-            with open(path, "rb") as f:
-                data = os.pread(f.fileno(), size, int(row) * size)
-            return np.frombuffer(data, dtype).reshape(shape)
 
-        return read
+def _record_bytes(spec: dict) -> int:
+    """The size of one record of a :class:`DiskCache` of ``spec``."""
+    return int(np.prod(spec["shape"], dtype=np.int64)) * np.dtype(spec["dtype"]).itemsize
 
 
 def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | None,
