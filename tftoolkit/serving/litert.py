@@ -14,8 +14,9 @@ compared with the float model on the same examples: accuracy and the agreement o
 top-1 class with the float model's (multi-label: mAP, and the agreement of its
 decisions, one per image and class, at the thresholds; regression: the loss), file size,
 and the median latency of one image on this machine. A variant that loses more than
-``export.max_accuracy_drop`` of accuracy (mAP; or gains more loss) on the validation
-split is not written; the test split's figures are only reported.
+``export.max_accuracy_drop`` of accuracy (multi-label: of mAP or of micro-F1 at the
+thresholds; regression: gains more loss) on the validation split is not written; the
+test split's figures are only reported.
 """
 
 from __future__ import annotations
