@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import keras
@@ -12,6 +13,17 @@ import keras
 # "none" for architectures that rescale inside themselves (EfficientNet, MobileNetV3).
 PREPROCESSING_MODES = ("tf", "torch", "caffe", "efficientnet_lite", "affine", "none")
 RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "lanczos3", "lanczos5", "area")
+
+
+@dataclass(frozen=True)
+class AffinePreprocessing:
+    """The ``affine`` mode's parameters: resize to ``size`` (None: keep), then
+    ``x * scale + offset`` (one value, or one per channel; no offset: empty)."""
+
+    scale: tuple[float, ...]
+    offset: tuple[float, ...] = ()
+    size: tuple[int, int] | None = None
+    interpolation: str = "bilinear"
 
 
 @keras.saving.register_keras_serializable(package="tftoolkit")

@@ -79,6 +79,8 @@ def build_transfer_model(spec: ArchitectureSpec, *, weights: str, mode: str,
     x = backbone(x, training=False) if mode != "scratch" else backbone(x)
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name=FEATURES)(x)
+    elif len(x.shape) == 3:  # a transformer's tokens (KerasHub ViT, DINOv2): their mean
+        x = keras.layers.GlobalAveragePooling1D(name=FEATURES)(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name=HEAD_DROPOUT)(x)
     model = keras.Model(inputs, output_layer(num_outputs, encoding)(x),

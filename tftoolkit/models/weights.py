@@ -54,8 +54,14 @@ def _missing_imagenet_message(architecture: str, error: Exception) -> str:
     return "\n".join(lines)
 
 
-def _preprocess(mode: str, source: str) -> Preprocess:
-    return Preprocess(mode, source=source, name=PREPROCESS)
+def _preprocess(spec: ArchitectureSpec, source: str, mode: str | None = None) -> Preprocess:
+    """The preprocessing layer of ``spec`` (``mode``: that of imported weights instead)."""
+    affine = spec.affine if mode is None else None
+    return Preprocess(mode or spec.preprocessing, scale=affine.scale if affine else (),
+                      offset=affine.offset if affine else (),
+                      size=affine.size if affine else None,
+                      interpolation=affine.interpolation if affine else "bilinear",
+                      source=source, name=PREPROCESS)
 
 
 def _with_imported(spec: ArchitectureSpec, importer: Importer, weights: str,
@@ -71,9 +77,10 @@ def _with_imported(spec: ArchitectureSpec, importer: Importer, weights: str,
     backbone = spec.build(weights=None, input_shape=input_shape)
     backbone.load_weights(files.notop)
     record = files.record()
-    return backbone, _preprocess(importer.preprocessing, (
+    return backbone, _preprocess(spec, (
         f"{record['description']}: {record['file']} (sha256 {record['sha256'][:16]}), "
-        f"imported into {files.notop.name}; preprocessing {importer.preprocessing}"))
+        f"imported into {files.notop.name}; preprocessing {importer.preprocessing}"),
+        importer.preprocessing)
 
 
 def build_backbone(spec: ArchitectureSpec, weights: str,
@@ -84,7 +91,7 @@ def build_backbone(spec: ArchitectureSpec, weights: str,
     importer = IMPORTERS.get(architecture)
     if weights == "none":
         return (spec.build(weights=None, input_shape=input_shape),
-                _preprocess(spec.preprocessing, "none (random initialisation)"))
+                _preprocess(spec, "none (random initialisation)"))
     if importer is not None and weights == importer.weights:
         return _with_imported(spec, importer, weights, input_shape)
     named = {i.weights: i for i in IMPORTERS.values() if i.weights != "imagenet"}
@@ -95,8 +102,9 @@ def build_backbone(spec: ArchitectureSpec, weights: str,
     if weights == "imagenet":
         try:
             backbone = spec.build(weights="imagenet", input_shape=input_shape)
-            return backbone, _preprocess(spec.preprocessing,
-                                         f"Keras' ImageNet weights for {architecture}")
+            return backbone, _preprocess(spec, f"{spec.imagenet} ({architecture})")
+        except WeightsError:
+            raise  # the architecture's own message (a KerasHub preset's)
         except Exception as exc:  # keras.utils.get_file raises a bare Exception offline
             if isinstance(exc, ValueError) and INPUT_TOO_SMALL.search(str(exc)):
                 raise  # the image size's fault, not the weights': build_model names it
@@ -124,4 +132,4 @@ def build_backbone(spec: ArchitectureSpec, weights: str,
     except Exception as exc:
         raise WeightsError(f"model.weights={weights!r} does not fit a headless "
                            f"{architecture}: {str(exc).splitlines()[0][:200]}") from None
-    return backbone, _preprocess(spec.preprocessing, f"weights file {path.resolve()}")
+    return backbone, _preprocess(spec, f"weights file {path.resolve()}")
