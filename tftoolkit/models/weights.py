@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import urllib.error
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -56,12 +57,8 @@ def _missing_imagenet_message(architecture: str, error: Exception) -> str:
 
 def _preprocess(spec: ArchitectureSpec, source: str, mode: str | None = None) -> Preprocess:
     """The preprocessing layer of ``spec`` (``mode``: that of imported weights instead)."""
-    affine = spec.affine if mode is None else None
-    return Preprocess(mode or spec.preprocessing, scale=affine.scale if affine else (),
-                      offset=affine.offset if affine else (),
-                      size=affine.size if affine else None,
-                      interpolation=affine.interpolation if affine else "bilinear",
-                      source=source, name=PREPROCESS)
+    options = asdict(spec.affine) if mode is None and spec.affine else {}
+    return Preprocess(mode or spec.preprocessing, **options, source=source, name=PREPROCESS)
 
 
 def _with_imported(spec: ArchitectureSpec, importer: Importer, weights: str,
