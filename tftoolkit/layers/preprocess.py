@@ -17,13 +17,15 @@ RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "lanczos3", "lanczos5", "are
 
 @dataclass(frozen=True)
 class AffinePreprocessing:
-    """The ``affine`` mode's parameters: resize to ``size`` (None: keep), then
-    ``x * scale + offset`` (one value, or one per channel; no offset: empty)."""
+    """The ``affine`` mode's parameters: resize to ``size`` (None: keep; ``antialias``:
+    filtered when downscaling), then ``x * scale + offset`` (one value, or one per
+    channel; no offset: empty)."""
 
     scale: tuple[float, ...]
     offset: tuple[float, ...] = ()
     size: tuple[int, int] | None = None
     interpolation: str = "bilinear"
+    antialias: bool = False
 
 
 @keras.saving.register_keras_serializable(package="tftoolkit")
@@ -40,7 +42,7 @@ class Preprocess(keras.layers.Layer):
 
     def __init__(self, mode: str, scale: Sequence[float] = (), offset: Sequence[float] = (),
                  size: Sequence[int] | None = None, interpolation: str = "bilinear",
-                 source: str = "", **kwargs):
+                 antialias: bool = False, source: str = "", **kwargs):
         super().__init__(**kwargs)
         if mode not in PREPROCESSING_MODES:
             raise ValueError(f"preprocessing mode {mode!r} not in {PREPROCESSING_MODES}")
@@ -54,6 +56,7 @@ class Preprocess(keras.layers.Layer):
         self.offset = [float(o) for o in offset]
         self.size = [int(s) for s in size] if size else None
         self.interpolation = interpolation
+        self.antialias = bool(antialias)
         self.source = source
 
     def call(self, images):
@@ -65,7 +68,8 @@ class Preprocess(keras.layers.Layer):
         if self.mode == "affine":
             if self.size and list(images.shape[1:3]) != self.size:
                 images = keras.ops.image.resize(images, self.size,
-                                                interpolation=self.interpolation)
+                                                interpolation=self.interpolation,
+                                                antialias=self.antialias)
             images = images * keras.ops.convert_to_tensor(self.scale, self.compute_dtype)
             if self.offset:
                 images = images + keras.ops.convert_to_tensor(self.offset, self.compute_dtype)
@@ -81,4 +85,5 @@ class Preprocess(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "mode": self.mode, "scale": self.scale,
                 "offset": self.offset, "size": self.size,
-                "interpolation": self.interpolation, "source": self.source}
+                "interpolation": self.interpolation, "antialias": self.antialias,
+                "source": self.source}

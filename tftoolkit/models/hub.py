@@ -84,14 +84,12 @@ def _affine(converter) -> AffinePreprocessing:
         return () if v is None else tuple(float(x) for x in (v if isinstance(
             v, (list, tuple)) else [v]))
 
-    if converter.antialias:
-        raise RecipeError(f"{type(converter).__name__} resizes with antialiasing, which the "
-                          "in-graph resize does not reproduce")
     size = converter.image_size
     return AffinePreprocessing(scale=values(converter.scale) or (1.0,),
                                offset=values(converter.offset),
                                size=tuple(int(s) for s in size) if size else None,
-                               interpolation=converter.interpolation)
+                               interpolation=converter.interpolation,
+                               antialias=bool(converter.antialias))
 
 
 def _build(preset: str, *, weights: str | None,

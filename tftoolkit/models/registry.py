@@ -75,7 +75,8 @@ def _keras_file_spec(path: str) -> ArchitectureSpec:
 
 
 def get_architecture(name: str) -> ArchitectureSpec:
-    """The spec of ``name`` (a registered architecture or a ``.keras`` path)."""
+    """The spec of ``name``: a registered architecture, a name with a registered prefix
+    (``hub:...``) or a ``.keras`` path."""
     if name in ARCHITECTURES:
         return ARCHITECTURES[name]
     for prefix, resolve in PREFIXES.items():
