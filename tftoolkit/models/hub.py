@@ -32,7 +32,7 @@ def _keras_hub():
         import keras_hub
     except ImportError:
         raise RecipeError("model.architecture='hub:...' needs KerasHub, which is not "
-                          "installed: see the README's 'KerasHub backbones' for the install "
+                          "installed: see the README's 'KerasHub presets' for the install "
                           "line (pip install --no-deps keras-hub beside tensorflow-cpu)"
                           ) from None
     return keras_hub
