@@ -145,3 +145,12 @@ def test_an_unknown_preset_or_an_incomplete_folder_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(RecipeError, match="no image_converter.json"):
         tftoolkit.models.get_architecture(f"hub:{tmp_path}")
+
+
+def test_without_keras_hub_a_hub_architecture_says_how_to_install(monkeypatch):
+    from tftoolkit.models import hub
+
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # import keras_hub: ImportError
+    hub.hub_spec.cache_clear()
+    with pytest.raises(RecipeError, match="needs KerasHub, which is not installed"):
+        tftoolkit.models.get_architecture("hub:resnet_18_imagenet")
