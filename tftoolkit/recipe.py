@@ -111,7 +111,8 @@ class ModelConfig:
     """Which network is built and how a pretrained backbone is adapted."""
 
     architecture: str = _opt("mlp", "linear, mlp, cnn, a keras.applications backbone "
-                                    "(mobilenet_v2, resnet50, ...) or a .keras file")
+                                    "(mobilenet_v2, resnet50, ...), efficientnet_lite0/1/2, "
+                                    "hub:PRESET (KerasHub) or a .keras file")
     mode: Literal["scratch", "feature_extraction", "fine_tune", "two_stage"] = _opt(
         "scratch", "transfer mode")
     weights: str = _opt("imagenet", "imagenet, imagenet-torchvision, none, or a weights file",

@@ -6,7 +6,8 @@ toolkit writes.
 """
 
 from tftoolkit.layers.fused_geometric import FusedGeometric
-from tftoolkit.layers.preprocess import PREPROCESSING_MODES, Preprocess
+from tftoolkit.layers.preprocess import PREPROCESSING_MODES, AffinePreprocessing, Preprocess
 from tftoolkit.layers.random_resized_crop import RandomResizedCrop
 
-__all__ = ["PREPROCESSING_MODES", "FusedGeometric", "Preprocess", "RandomResizedCrop"]
+__all__ = ["PREPROCESSING_MODES", "AffinePreprocessing", "FusedGeometric", "Preprocess",
+           "RandomResizedCrop"]

@@ -14,6 +14,7 @@ import keras
 
 from tftoolkit.errors import RecipeError
 from tftoolkit.models.backbones import BACKBONES
+from tftoolkit.models.hub import HUB_PREFIX  # registers hub:PRESET architectures
 from tftoolkit.models.registry import (ARCHITECTURES, MODES, ArchitectureSpec,
                                        check_architecture, get_architecture)
 from tftoolkit.models.regularize import apply_kernel_regularizer
@@ -66,6 +67,6 @@ def build_model(recipe: "Recipe", info: "DataInfo") -> keras.Model:
     return model
 
 
-__all__ = ["ARCHITECTURES", "BACKBONES", "MODES", "SCRATCH_ARCHITECTURES", "ArchitectureSpec",
-           "build_model", "check_architecture", "get_architecture", "input_size",
-           "load_keras_model"]
+__all__ = ["ARCHITECTURES", "BACKBONES", "HUB_PREFIX", "MODES", "SCRATCH_ARCHITECTURES",
+           "ArchitectureSpec", "build_model", "check_architecture", "get_architecture",
+           "input_size", "load_keras_model"]

@@ -1,7 +1,8 @@
-"""Every ``keras.applications`` architecture, registered as a backbone.
+"""Every ``keras.applications`` architecture, and EfficientNet-Lite, registered as backbones.
 
 Each entry knows its constructor, its default input size, and the preprocessing that
-belongs to its Keras ImageNet weights. Preprocessing runs inside the model (the
+belongs to its ImageNet weights (Keras' own; EfficientNet-Lite's are imported, see
+``models.weight_import``). Preprocessing runs inside the model (the
 :class:`~tftoolkit.layers.Preprocess` layer), so every model takes raw RGB pixels 0-255.
 """
 
@@ -11,6 +12,7 @@ import functools
 
 import keras
 
+from tftoolkit.models.efficientnet_lite import VARIANTS, EfficientNetLite
 from tftoolkit.models.layout import BACKBONE
 from tftoolkit.models.registry import MODES, ArchitectureSpec, register_architecture
 
@@ -66,3 +68,17 @@ BACKBONES: dict[str, ArchitectureSpec] = {
         name, "backbone", size, MODES, functools.partial(_build_application, constructor),
         preprocessing))
     for name, constructor, size, preprocessing in _applications()}
+
+
+def _build_efficientnet_lite(variant: str, *, weights: None,
+                             input_shape: tuple[int, int, int]) -> keras.Model:
+    """The headless EfficientNet-Lite, random weights (its ImageNet weights are imported
+    ones, which ``models.weights`` loads), named ``backbone``."""
+    return EfficientNetLite(variant, input_shape=input_shape, name=BACKBONE)
+
+
+EFFICIENTNET_LITE: dict[str, ArchitectureSpec] = {
+    variant: register_architecture(ArchitectureSpec(
+        variant, "backbone", size, MODES,
+        functools.partial(_build_efficientnet_lite, variant), "efficientnet_lite"))
+    for variant, (_, _, size, _) in VARIANTS.items()}

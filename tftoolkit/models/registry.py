@@ -5,7 +5,8 @@ Each :class:`ArchitectureSpec` says what an architecture is (a from-scratch
 its default input size, the preprocessing its Keras ImageNet weights expect and the
 transfer modes it allows. ``build_model``, ``input_size``, recipe validation and
 ``compare`` all read it. A path to a ``.keras`` file is an architecture too: a saved
-model whose layers become the next model's backbone.
+model whose layers become the next model's backbone; so is any name with a registered
+prefix (``hub:PRESET``, a KerasHub preset), whose spec the prefix's resolver makes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 from tftoolkit.errors import RecipeError, did_you_mean
+from tftoolkit.layers import AffinePreprocessing
 
 MODES = ("scratch", "feature_extraction", "fine_tune", "two_stage")
 TRANSFER_MODES = ("feature_extraction", "fine_tune", "two_stage")
@@ -32,7 +34,9 @@ class ArchitectureSpec:
         build: ``tabular``/``image``: ``build(*, input_shape, task, hidden, filters,
             activation, dropout)``; ``backbone``: ``build(*, weights, input_shape)`` returning
             the headless backbone.
-        preprocessing: for backbones, the ``Preprocess`` mode of Keras' ImageNet weights.
+        preprocessing: for backbones, the ``Preprocess`` mode of their ImageNet weights.
+        affine: the parameters of the ``affine`` mode (a KerasHub preset's converter).
+        imagenet: what ``model.weights=imagenet`` loads, as the model card records it.
     """
 
     name: str
@@ -41,9 +45,13 @@ class ArchitectureSpec:
     modes: tuple[str, ...]
     build: Callable
     preprocessing: str = "none"
+    affine: AffinePreprocessing | None = None
+    imagenet: str = "Keras' ImageNet weights"
 
 
 ARCHITECTURES: dict[str, ArchitectureSpec] = {}
+# name prefix -> resolver: the spec of a name that starts with it
+PREFIXES: dict[str, Callable[[str], ArchitectureSpec]] = {}
 
 
 def register_architecture(spec: ArchitectureSpec) -> ArchitectureSpec:
@@ -54,6 +62,11 @@ def register_architecture(spec: ArchitectureSpec) -> ArchitectureSpec:
     return spec
 
 
+def register_prefix(prefix: str, resolve: Callable[[str], ArchitectureSpec]) -> None:
+    """Names starting with ``prefix`` are architectures that ``resolve(name)`` describes."""
+    PREFIXES[prefix] = resolve
+
+
 def _keras_file_spec(path: str) -> ArchitectureSpec:
     def build(*, weights, input_shape):  # built by models.transfer from the file
         raise NotImplementedError
@@ -62,14 +75,19 @@ def _keras_file_spec(path: str) -> ArchitectureSpec:
 
 
 def get_architecture(name: str) -> ArchitectureSpec:
-    """The spec of ``name`` (a registered architecture or a ``.keras`` path)."""
+    """The spec of ``name``: a registered architecture, a name with a registered prefix
+    (``hub:...``) or a ``.keras`` path."""
     if name in ARCHITECTURES:
         return ARCHITECTURES[name]
+    for prefix, resolve in PREFIXES.items():
+        if name.startswith(prefix):
+            return resolve(name)
     if name.endswith(".keras"):
         return _keras_file_spec(name)
     known = list(ARCHITECTURES)
     raise RecipeError(f"model.architecture={name!r} is unknown{did_you_mean(name, known)} "
-                      f"(choices: {', '.join(known)}, or a path to a .keras model)")
+                      f"(choices: {', '.join(known)}, hub:PRESET, or a path to a .keras "
+                      "model)")
 
 
 def check_architecture(architecture: str, mode: str) -> ArchitectureSpec:

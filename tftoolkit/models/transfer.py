@@ -68,17 +68,19 @@ def build_transfer_model(spec: ArchitectureSpec, *, weights: str, mode: str,
     """
     if spec.name.endswith(".keras"):
         backbone = _load_keras_backbone(Path(spec.name), backbone_layer)
-        preprocessing = "none"
+        preprocess = Preprocess("none", source=f"the layers of {spec.name}", name=PREPROCESS)
     else:
-        backbone, preprocessing = build_backbone(
+        backbone, preprocess = build_backbone(
             spec, "none" if mode == "scratch" else weights, input_shape)
     inputs = keras.Input(input_shape, name="image")
-    x = Preprocess(preprocessing, name=PREPROCESS)(inputs)
+    x = preprocess(inputs)
     # Frozen or fine-tuned backbones always run in inference mode (BatchNorm statistics
     # stay as pretrained); a scratch backbone follows the training flag.
     x = backbone(x, training=False) if mode != "scratch" else backbone(x)
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name=FEATURES)(x)
+    elif len(x.shape) == 3:  # a transformer's tokens (KerasHub ViT, DINOv2): their mean
+        x = keras.layers.GlobalAveragePooling1D(name=FEATURES)(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name=HEAD_DROPOUT)(x)
     model = keras.Model(inputs, output_layer(task)(x),

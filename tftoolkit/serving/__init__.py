@@ -27,11 +27,13 @@ from tftoolkit.unnoised import not_private, unnoised_reads
 PARITY_EXAMPLES = 16
 
 
-def _preprocessing(model: keras.Model) -> str:
+def _preprocessing(model: keras.Model) -> tuple[str, str]:
+    """The model's in-graph preprocessing, and the pretrained weights it belongs to."""
     try:
-        return model.get_layer(PREPROCESS).mode
+        layer = model.get_layer(PREPROCESS)
     except ValueError:
-        return "none (raw inputs)"
+        return "none (raw inputs)", ""
+    return layer.mode, layer.source
 
 
 def _card(model: keras.Model, recipe: dict, info: DataInfo, metrics: dict) -> dict:
@@ -39,9 +41,10 @@ def _card(model: keras.Model, recipe: dict, info: DataInfo, metrics: dict) -> di
     data_info = info.to_dict()
     if private:  # per-class counts of the private split are not released
         data_info["class_counts"] = None
+    preprocessing, pretrained = _preprocessing(model)
     card = {"recipe": recipe["name"], "resolved_recipe": recipe, "data_info": data_info,
             "dataset": info.description, "split_sizes": info.counts,
-            "preprocessing": _preprocessing(model),
+            "preprocessing": preprocessing, "pretrained_weights": pretrained or None,
             "input": "float RGB pixels 0-255, any size (resized inside)"
             if info.image_size else "feature vectors",
             "metrics": metrics, "seed": recipe["train"]["seed"],

@@ -92,7 +92,11 @@ def write_onnx(model: keras.Model, info: DataInfo, target: Path, inputs: np.ndar
             tf.TensorSpec([None, *info.input_shape], tf.float32, name=x.name)])
     except Exception as exc:  # tf2onnx raises plain errors of many types
         raise ExportError(f"ONNX conversion failed: {str(exc).splitlines()[0][:300]}") from None
-    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # an op the converter wrote that ONNX Runtime lacks
+        raise ExportError(f"ONNX Runtime cannot load the converted model: "
+                          f"{str(exc).splitlines()[0][-300:]}") from None
     got = session.run(None, {session.get_inputs()[0].name: inputs.astype(np.float32)})[0]
     expected = expected_output(model, inputs, info.task,
                                info.task.serving_key if classifier else "outputs")
