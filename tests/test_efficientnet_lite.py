@@ -15,7 +15,7 @@ import keras
 import tftoolkit
 from conftest import write_image
 from tftoolkit.errors import WeightsError
-from tftoolkit.labels import ENCODINGS
+from tftoolkit.tasks import SingleLabel
 from tftoolkit.layers import Preprocess
 from tftoolkit.models.efficientnet_lite import EfficientNetLite, round_filters, stage_repeats
 from tftoolkit.models.registry import get_architecture
@@ -168,8 +168,8 @@ def test_imagenet_loads_the_imported_weights_and_records_them(architecture, impo
 def _transfer_model(architecture: str, weights: str, mode: str = "feature_extraction",
                     unfreeze="block6a") -> keras.Model:
     return build_transfer_model(get_architecture(architecture), weights=weights, mode=mode,
-                                unfreeze=unfreeze, input_shape=(32, 32, 3), num_outputs=2,
-                                encoding=ENCODINGS["categorical"])
+                                unfreeze=unfreeze, input_shape=(32, 32, 3),
+                                task=SingleLabel(2))
 
 
 # --- the toolkit's paths on a Lite backbone ----------------------------------------------
