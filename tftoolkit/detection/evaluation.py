@@ -72,7 +72,7 @@ class CocoMetrics:
                    precision)
 
 
-def _iou(detections: np.ndarray, truths: np.ndarray) -> np.ndarray:
+def box_iou(detections: np.ndarray, truths: np.ndarray) -> np.ndarray:
     """[D, G] IoU of corner boxes."""
     d, g = detections[:, None, :], truths[None, :, :]
     height = np.clip(np.minimum(d[..., 2], g[..., 2]) - np.maximum(d[..., 0], g[..., 0]), 0,
@@ -95,7 +95,7 @@ def _match(detections: np.ndarray, truths: np.ndarray) -> np.ndarray:
     matched = np.zeros((len(IOU_THRESHOLDS), len(detections)), bool)
     if not len(truths) or not len(detections):
         return matched
-    iou = _iou(detections, truths)
+    iou = box_iou(detections, truths)
     taken = np.zeros((len(IOU_THRESHOLDS), len(truths)), bool)
     floor = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[:, None]
     for d in range(len(detections)):

@@ -17,7 +17,8 @@ maps, so frozen features can be cached) is:
 
 No BatchNorm in the head: it trains the same from the first step (Keras' backbone
 BatchNorm momentum of 0.999 would keep near-initial statistics over a short run). The
-anchors and box coding are stored in the model, in the ``box_encodings`` layer's config.
+anchors and box coding are stored in the model, in the config of its ``box_encodings``
+layer (:class:`~tftoolkit.layers.BoxEncodings`).
 
 Modes follow classifiers (:mod:`tftoolkit.models.transfer`): the backbone is frozen and
 runs in inference mode (``feature_extraction``), or its top blocks train with BatchNorm
@@ -35,7 +36,7 @@ import keras
 from tftoolkit.detection.anchors import AnchorConfig, AnchorSet
 from tftoolkit.detection.boxes import BoxCoder
 from tftoolkit.errors import RecipeError
-from tftoolkit.layers import Preprocess
+from tftoolkit.layers import BoxEncodings, Preprocess
 from tftoolkit.models.layout import BACKBONE, PREPROCESS
 from tftoolkit.models.registry import ArchitectureSpec
 from tftoolkit.models.transfer import set_trainable
@@ -63,25 +64,6 @@ class DetectorSpec:
     anchors: AnchorSet
     coder: BoxCoder
     num_classes: int
-
-
-@keras.saving.register_keras_serializable(package="tftoolkit")
-class BoxEncodings(keras.layers.Layer):
-    """The box codes output (float32, unchanged), carrying the anchors and the box
-    coding they are relative to, so a saved model decodes itself."""
-
-    def __init__(self, anchors: dict, coder: dict, **kwargs):
-        super().__init__(**kwargs)
-        self.anchors, self.coder = dict(anchors), dict(coder)
-
-    def call(self, codes):
-        return keras.ops.cast(codes, "float32")
-
-    def compute_output_spec(self, codes):
-        return keras.KerasTensor(codes.shape, "float32")
-
-    def get_config(self):
-        return {**super().get_config(), "anchors": self.anchors, "coder": self.coder}
 
 
 def detector_spec(model: keras.Model) -> DetectorSpec:
