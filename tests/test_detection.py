@@ -19,7 +19,8 @@ from tftoolkit.detection.evaluation import (ImageBoxes, MapAccumulator, coco_eva
 from tftoolkit.detection.losses import BoxLoss, FocalLoss
 from tftoolkit.detection.matching import BACKGROUND, IGNORED, MatchConfig, TargetEncoder
 from tftoolkit.detection.model import (BOX_ENCODINGS, CLASS_SCORES, HEAD, DetectorSpec,
-                                       build_detector, detector_spec, feature_taps)
+                                       build_detector, detector_spec, feature_taps,
+                                       split_detector)
 from tftoolkit.errors import RecipeError
 from tftoolkit.models.registry import get_architecture
 
@@ -268,6 +269,28 @@ def test_a_saved_detector_loads_with_its_anchors(small_detector, tmp_path):
     x = np.full((1, 64, 64, 3), 90.0, np.float32)
     np.testing.assert_allclose(again(x)[BOX_ENCODINGS], small_detector(x)[BOX_ENCODINGS],
                                atol=1e-6)
+
+
+def test_the_head_on_the_features_gives_the_detectors_outputs(small_detector):
+    features, head = split_detector(small_detector)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    maps = features(x)
+    assert [tuple(m.shape[1:3]) for m in maps] == [(8, 8), (4, 4), (2, 2)]
+    np.testing.assert_allclose(head(maps)[CLASS_SCORES], small_detector(x)[CLASS_SCORES],
+                               atol=1e-6)
+
+
+def test_a_compiled_detector_loads_in_a_new_process_with_only_tftoolkit_imported(
+        small_detector, tmp_path):
+    import subprocess
+    import sys
+
+    small_detector.compile(loss={BOX_ENCODINGS: BoxLoss(), CLASS_SCORES: FocalLoss()})
+    small_detector.save(tmp_path / "detector.keras")
+    code = "import sys, keras, tftoolkit; keras.models.load_model(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "detector.keras")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 # --- COCO metrics ----------------------------------------------------------------------

@@ -79,6 +79,16 @@ def detector_spec(model: keras.Model) -> DetectorSpec:
                         int(scores.output.shape[-1]))
 
 
+def split_detector(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """The detector as two models sharing its layers: raw pixels -> the tapped feature
+    maps (preprocessing and backbone in inference mode), and the head, feature maps ->
+    outputs. With a frozen backbone, the first's outputs can be cached and the second
+    trained on them alone."""
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    features = model.get_layer(BACKBONE)(model.get_layer(PREPROCESS)(inputs), training=False)
+    return keras.Model(inputs, features, name="detector_features"), model.get_layer(HEAD)
+
+
 def feature_taps(backbone: keras.Model, strides: tuple[int, ...], image_size: int
                  ) -> list[str]:
     """The layer of ``backbone`` whose output is the last feature map at each stride
