@@ -93,3 +93,16 @@ def test_an_image_without_boxes_stays_without_boxes():
         tf.constant(image), tf.zeros([0, 4]), tf.zeros([0], tf.int32),
         tf.constant([1, 2], tf.int64), Resize(SIZE, "bilinear"))
     assert out.shape == (SIZE, SIZE, 3) and boxes.shape == (0, 4) and classes.shape == (0,)
+
+
+def test_the_augmentation_runs_in_a_tf_data_map_and_is_keyed_there_too():
+    image, boxes = _rendered((10, 30, 34, 58))
+    policy, resize = POLICIES["everything"], Resize(SIZE, "bilinear")
+    keys = tf.constant([[seed, 7] for seed in range(3)], tf.int64)
+    mapped = tf.data.Dataset.from_tensor_slices(keys).map(
+        lambda key: policy(tf.constant(image), boxes, tf.constant([4]), key, resize))
+    for key, (out, out_boxes, _) in zip(keys, mapped):
+        eager, eager_boxes, _ = policy(tf.constant(image), boxes, tf.constant([4]), key,
+                                       resize)
+        np.testing.assert_allclose(out.numpy(), eager.numpy(), atol=1e-3)
+        np.testing.assert_allclose(out_boxes.numpy(), eager_boxes.numpy(), atol=1e-6)

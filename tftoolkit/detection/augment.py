@@ -20,8 +20,7 @@ evaluation or export never sees it (the inference model holds none of it).
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import tensorflow as tf
 
@@ -100,12 +99,16 @@ class BoxAugment:
     brightness: float = 0.0
     min_visible: float = 0.5
 
-    @functools.cached_property
-    def _geometric(self) -> FusedGeometric | None:
-        if self.flip == "none" and not (self.rotation or self.zoom or self.translation):
-            return None
-        return FusedGeometric(flip=self.flip, rotation=self.rotation, zoom=self.zoom,
-                              translation=self.translation, fill_mode="CONSTANT")
+    _geometric: FusedGeometric | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        # built now, not inside a tf.data trace (a Keras layer makes a variable); only its
+        # parameter distributions and resampling are used, drawn from the example's key
+        geometric = None
+        if self.flip != "none" or self.rotation or self.zoom or self.translation:
+            geometric = FusedGeometric(flip=self.flip, rotation=self.rotation, zoom=self.zoom,
+                                       translation=self.translation, fill_mode="CONSTANT")
+        object.__setattr__(self, "_geometric", geometric)
 
     def window(self, shape: tf.Tensor, key: tf.Tensor) -> tf.Tensor | None:
         """The crop window ``[y, x, height, width]`` of an image of ``shape``, or None
