@@ -242,14 +242,10 @@ def test_the_detector_outputs_codes_and_scores_of_every_anchor(small_detector):
     assert 0.001 < float(np.median(out[CLASS_SCORES])) < 0.05
 
 
-def test_a_frozen_backbone_trains_nothing_and_runs_in_inference_mode(small_detector):
-    backbone = small_detector.get_layer("backbone")
+def test_a_frozen_backbone_trains_nothing(small_detector):
+    backbone, head = small_detector.get_layer("backbone"), small_detector.get_layer(HEAD)
     assert not backbone.trainable_weights
-    head = small_detector.get_layer(HEAD)
     assert len(small_detector.trainable_weights) == len(head.trainable_weights) > 0
-    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
-    np.testing.assert_array_equal(small_detector(x, training=True)[CLASS_SCORES],
-                                  small_detector(x, training=False)[CLASS_SCORES])
 
 
 def test_fine_tuning_trains_the_top_blocks_with_batchnorm_frozen():

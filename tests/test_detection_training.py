@@ -57,6 +57,7 @@ class Trained:
     images: np.ndarray
     boxes: np.ndarray
     classes: np.ndarray
+    backbone_before: list[np.ndarray]   # the backbone's weights and statistics before fit
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,7 @@ def trained(imported_mobilenet) -> Trained:
     model = build_detector(get_architecture("mobilenet_v2"), weights=TORCHVISION,
                            mode="feature_extraction", image_size=SIZE, num_classes=2,
                            anchors=ANCHORS, head=HeadConfig(width=32, depth=1))
+    backbone_before = [w.numpy().copy() for w in model.get_layer("backbone").weights]
     encoder = TargetEncoder(detector_spec(model).anchors)
     box_targets, class_targets = zip(*(encoder(b, c) for b, c in zip(boxes, classes)))
     model.compile(keras.optimizers.Adam(1e-2),
@@ -73,7 +75,7 @@ def trained(imported_mobilenet) -> Trained:
     history = model.fit(images, {BOX_ENCODINGS: np.stack(box_targets),
                                  CLASS_SCORES: np.stack(class_targets)},
                         batch_size=16, epochs=60, verbose=0)
-    return Trained(model, history.history["loss"], images, boxes, classes)
+    return Trained(model, history.history["loss"], images, boxes, classes, backbone_before)
 
 
 def test_a_tiny_detector_learns_to_put_boxes_on_the_squares(trained):
@@ -85,6 +87,17 @@ def test_a_tiny_detector_learns_to_put_boxes_on_the_squares(trained):
         found["detection_boxes"].numpy()[:, 0], trained.boxes)])
     right = found["detection_classes"].numpy()[:, 0] == trained.classes[:, 0]
     assert np.mean((iou >= 0.5) & right) >= 0.9, (iou.round(2), right)
+
+
+def test_training_leaves_a_frozen_backbone_and_its_batchnorm_statistics_as_they_were(
+        trained):
+    backbone = trained.model.get_layer("backbone")
+    for before, after in zip(trained.backbone_before, backbone.weights):
+        np.testing.assert_array_equal(before, after.numpy(), err_msg=after.path)
+    # the head's BatchNorm statistics did follow the training batches
+    head_means = [w for w in trained.model.get_layer("detection_head").weights
+                  if w.path.endswith("moving_mean")]
+    assert head_means and all(np.abs(w.numpy()).max() > 0 for w in head_means)
 
 
 @pytest.fixture(scope="module")
@@ -195,23 +208,28 @@ def test_mediapipe_files_are_builtin_ops_raw_outputs_in_mediapipes_order(trained
 
 def test_mediapipe_finds_what_the_savedmodel_finds_without_tensorflow(
         trained, savedmodel, mediapipe_files):
+    """The float file: every detection is one of the SavedModel's (same class, IoU at
+    least 0.9 in MediaPipe's whole pixels). The int8 file: the same objects (same class,
+    IoU at least 0.5); how much mAP it loses is measured at export."""
     files, images = mediapipe_files
     served = savedmodel.signatures["serving_default"](images=tf.constant(trained.images[:8]))
-    for fmt, least in (("mediapipe", 1.0), ("mediapipe_int8", 0.8)):
+    for fmt, least_iou in (("mediapipe", 0.9), ("mediapipe_int8", 0.5)):
         proc = subprocess.run([sys.executable, "-c", CLIENT, str(files[fmt]), *images],
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-3000:]
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         assert not result["tensorflow_imported"]
-        matched = total = 0
+        best = []   # per MediaPipe detection: its IoU with the SavedModel's of its class
         for i, detections in enumerate(result["detections"]):
             n = int(served["num_detections"][i])
             ours = _pixel_boxes(served["detection_boxes"][i, :n].numpy())
-            names = [c.decode() for c in served["detection_class_names"][i, :n].numpy()]
+            names = np.array([c.decode() for c in served["detection_class_names"][i, :n]
+                              .numpy()])
             if fmt == "mediapipe":
                 assert len(detections) == n, (i, detections, ours)
             for name, _, x, y, w, h in detections:
-                total += 1
-                iou = box_iou(np.array([[y, x, y + h, x + w]], float), ours)[0] if n else [0]
-                matched += any(v >= 0.9 and names[j] == name for j, v in enumerate(iou))
-        assert total >= 5 and matched >= least * total, (fmt, matched, total)
+                iou = box_iou(np.array([[y, x, y + h, x + w]], float), ours)[0]
+                best.append(float(np.max(iou[names == name], initial=0.0)))
+        matched = np.mean(np.array(best) >= least_iou)
+        assert len(best) >= 5 and matched >= (1.0 if fmt == "mediapipe" else 0.8), \
+            (fmt, np.round(best, 2))
