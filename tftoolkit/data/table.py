@@ -120,7 +120,8 @@ def _read_dataframe(frame: Any, columns: list[str]) -> tuple[list[Row], None, st
 
 
 def resolve_path(path: str, base: Path, root: Path | None) -> tuple[str | None, str | None]:
-    """``(resolved path, None)``, or ``(None, why it cannot be used)``."""
+    """``path`` (relative to ``base``) resolved to an existing file that does not leave
+    ``root`` (when given): ``(resolved path, None)``, or ``(None, why it cannot be used)``."""
     if not path:
         return None, "empty path"
     full = (base / Path(path).expanduser()).resolve()
