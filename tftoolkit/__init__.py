@@ -12,6 +12,7 @@ from pathlib import Path
 
 import keras
 
+import tftoolkit.detection.losses  # noqa: F401  (registers the detector's losses)
 import tftoolkit.layers  # noqa: F401  (registers the custom layers)
 from tftoolkit.data import DataInfo, load_data
 from tftoolkit.errors import DataError, ExportError, RecipeError, TftoolkitError, WeightsError

@@ -119,8 +119,9 @@ def _read_dataframe(frame: Any, columns: list[str]) -> tuple[list[Row], None, st
     return rows, None, f"DataFrame ({len(frame)} rows)"
 
 
-def _resolve(path: str, base: Path, root: Path | None) -> tuple[str | None, str | None]:
-    """``(resolved path, None)``, or ``(None, why it cannot be used)``."""
+def resolve_path(path: str, base: Path, root: Path | None) -> tuple[str | None, str | None]:
+    """``path`` (relative to ``base``) resolved to an existing file that does not leave
+    ``root`` (when given): ``(resolved path, None)``, or ``(None, why it cannot be used)``."""
     if not path:
         return None, "empty path"
     full = (base / Path(path).expanduser()).resolve()
@@ -157,7 +158,7 @@ def read_table(source: Any, *, path_column: str, label_column: str,
     regression = not multilabel and bool(labelled) and all(map(_is_number, labelled))
     kept, bad = [], []
     for row in rows:
-        full, why = _resolve(row.path, base, root)
+        full, why = resolve_path(row.path, base, root)
         if why is None and not row.label and not multilabel:
             why = f"empty {label_column!r}"
         if why is None and split_column and row.split not in SPLIT_VALUES:

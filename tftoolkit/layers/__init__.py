@@ -5,9 +5,10 @@ Importing this package (``import tftoolkit`` does) registers every layer under t
 toolkit writes.
 """
 
+from tftoolkit.layers.box_encodings import BoxEncodings
 from tftoolkit.layers.fused_geometric import FusedGeometric
 from tftoolkit.layers.preprocess import PREPROCESSING_MODES, AffinePreprocessing, Preprocess
 from tftoolkit.layers.random_resized_crop import RandomResizedCrop
 
-__all__ = ["PREPROCESSING_MODES", "AffinePreprocessing", "FusedGeometric", "Preprocess",
-           "RandomResizedCrop"]
+__all__ = ["PREPROCESSING_MODES", "AffinePreprocessing", "BoxEncodings", "FusedGeometric",
+           "Preprocess", "RandomResizedCrop"]

@@ -10,6 +10,7 @@ single ``ImageProjectiveTransformV3`` per batch.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import keras
 import tensorflow as tf
@@ -37,8 +38,13 @@ class FusedGeometric(keras.layers.Layer):
     def _uniform(self, n, low, high):
         return keras.random.uniform((n,), low, high, seed=self.generator)
 
-    def sample_matrices(self, n, height, width) -> tf.Tensor:
-        """``n`` 3x3 maps from output to input pixel coordinates (homogeneous)."""
+    def sample_matrices(self, n, height, width, uniform: Callable | None = None) -> tf.Tensor:
+        """``n`` 3x3 maps from output to input pixel coordinates (homogeneous).
+
+        ``uniform(n, low, high)`` draws the parameters (default: the layer's seeded
+        generator); a caller that moves boxes with the pixels draws from its own keys.
+        """
+        uniform = uniform or self._uniform
         h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
         out_h, out_w = (float(self.crop_to),) * 2 if self.crop_to else (h, w)
         one, zero = tf.ones((n,)), tf.zeros((n,))
@@ -57,32 +63,32 @@ class FusedGeometric(keras.layers.Layer):
             return about((out_w - 1) / 2, (out_h - 1) / 2, *args)
 
         def coin():
-            return tf.where(self._uniform(n, 0.0, 1.0) < 0.5, -one, one)
+            return tf.where(uniform(n, 0.0, 1.0) < 0.5, -one, one)
 
         sx = coin() if self.flip in ("horizontal", "horizontal_and_vertical") else one
         sy = coin() if self.flip in ("vertical", "horizontal_and_vertical") else one
         matrix = at_input(sx, zero, zero, sy, zero, zero)
         if self.crop_to:
             # RandomCrop: a crop_to x crop_to window at a uniform offset, no resize.
-            ox = self._uniform(n, 0.0, 1.0) * (w - out_w)
-            oy = self._uniform(n, 0.0, 1.0) * (h - out_h)
+            ox = uniform(n, 0.0, 1.0) * (w - out_w)
+            oy = uniform(n, 0.0, 1.0) * (h - out_h)
             matrix = matrix @ about(zero, zero, one, zero, zero, one, ox, oy)
         elif self.crop:
             # RandomCrop of (1 - crop) of each side at a uniform offset, resized back.
             keep = 1.0 - self.crop
-            ox = self._uniform(n, -0.5, 0.5) * w * self.crop
-            oy = self._uniform(n, -0.5, 0.5) * h * self.crop
+            ox = uniform(n, -0.5, 0.5) * w * self.crop
+            oy = uniform(n, -0.5, 0.5) * h * self.crop
             matrix = matrix @ at_input(keep * one, zero, zero, keep * one, ox, oy)
         if self.rotation:
-            angle = self._uniform(n, -2 * math.pi * self.rotation, 2 * math.pi * self.rotation)
+            angle = uniform(n, -2 * math.pi * self.rotation, 2 * math.pi * self.rotation)
             cos, sin = tf.cos(angle), tf.sin(angle)
             matrix = matrix @ at_output(cos, -sin, sin, cos, zero, zero)
         if self.zoom:
-            z = 1.0 + self._uniform(n, -self.zoom, self.zoom)
+            z = 1.0 + uniform(n, -self.zoom, self.zoom)
             matrix = matrix @ at_output(z, zero, zero, z, zero, zero)
         if self.translation:
-            dx = self._uniform(n, -self.translation, self.translation) * out_w
-            dy = self._uniform(n, -self.translation, self.translation) * out_h
+            dx = uniform(n, -self.translation, self.translation) * out_w
+            dy = uniform(n, -self.translation, self.translation) * out_h
             matrix = matrix @ at_output(one, zero, zero, one, -dx, -dy)
         return matrix
 
@@ -91,9 +97,14 @@ class FusedGeometric(keras.layers.Layer):
             return images
         images = tf.convert_to_tensor(images)
         shape = tf.shape(images)
+        return self.transform(images, self.sample_matrices(shape[0], shape[1], shape[2]))
+
+    def transform(self, images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
+        """``images`` [n, H, W, C] resampled by ``matrices`` (:meth:`sample_matrices`)."""
+        shape = tf.shape(images)
         n, height, width = shape[0], shape[1], shape[2]
-        m = self.sample_matrices(n, height, width)
-        transforms = tf.concat([tf.reshape(m[:, :2, :], (-1, 6)), tf.zeros((n, 2))], axis=1)
+        transforms = tf.concat([tf.reshape(matrices[:, :2, :], (-1, 6)), tf.zeros((n, 2))],
+                               axis=1)
         output_shape = (tf.constant([self.crop_to, self.crop_to]) if self.crop_to
                         else tf.stack([height, width]))
         out = tf.raw_ops.ImageProjectiveTransformV3(

@@ -26,15 +26,16 @@ from tftoolkit.errors import ExportError
 
 
 def full_integer(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray],
-                 io_type: tf.DType) -> bytes:
+                 io_type: tf.DType, output_type: tf.DType | None = None) -> bytes:
     """The full-integer flatbuffer of ``converter`` (set up for int8 with
-    ``samples`` as its representative dataset), input and output of ``io_type``."""
+    ``samples`` as its representative dataset), input of ``io_type`` and outputs of
+    ``output_type`` (default: ``io_type``; float32 dequantizes them in the graph)."""
     from tensorflow.lite.python.convert import mlir_quantize
 
     converter._experimental_calibrate_only = True  # the float model with its ranges
     calibrated = converter.convert()
     return mlir_quantize(with_own_ranges(calibrated, samples), input_data_type=io_type,
-                         output_data_type=io_type)
+                         output_data_type=output_type or io_type)
 
 
 def own_ranges(model: bytes, samples: Sequence[np.ndarray],

@@ -168,24 +168,29 @@ def packed_labels(path: Path) -> list[str] | None:
 
 
 def metadata_writers() -> types.SimpleNamespace:
-    """MediaPipe's ``image_classifier`` and ``metadata_writer`` modules.
+    """MediaPipe's ``image_classifier``, ``object_detector`` and ``metadata_writer``
+    modules.
 
     Their ``metadata`` module imports the extension ``_pywrap_metadata_version``, only to
     compute the metadata's minimum parser version; when the installed wheel lacks it,
     :func:`minimum_parser_version` stands in for it.
     """
-    try:
+    def load():
         from mediapipe.tasks.python.metadata.metadata_writers import (image_classifier,
-                                                                      metadata_writer)
+                                                                      metadata_writer,
+                                                                      object_detector)
+        return types.SimpleNamespace(image_classifier=image_classifier,
+                                     object_detector=object_detector,
+                                     metadata_writer=metadata_writer)
+
+    try:
+        return load()
     except ModuleNotFoundError as exc:
         if not exc.name or not _VERSION_MODULE.startswith(exc.name) or \
                 exc.name.split(".")[0] != "mediapipe":
             raise
         _provide_version_module()
-        from mediapipe.tasks.python.metadata.metadata_writers import (image_classifier,
-                                                                      metadata_writer)
-    return types.SimpleNamespace(image_classifier=image_classifier,
-                                 metadata_writer=metadata_writer)
+        return load()
 
 
 def _provide_version_module() -> None:

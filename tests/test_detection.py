@@ -1,0 +1,364 @@
+"""Detection pieces: anchors, box coding, matching, losses, MediaPipe-style decoding, the
+detector model, and COCO metrics (numpy against pycocotools)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tftoolkit  # noqa: F401  (registers the backbones)
+from tftoolkit.detection.anchors import AnchorConfig, AnchorSet
+from tftoolkit.detection.boxes import BoxCoder, iou_matrix
+from tftoolkit.detection.decoding import NmsConfig, decode_detections
+from tftoolkit.detection.evaluation import (ImageBoxes, MapAccumulator, coco_evaluate,
+                                            coco_metrics)
+from tftoolkit.detection.losses import BoxLoss, FocalLoss
+from tftoolkit.detection.matching import BACKGROUND, IGNORED, MatchConfig, TargetEncoder
+from tftoolkit.detection.model import (BOX_ENCODINGS, CLASS_SCORES, HEAD, DetectorSpec,
+                                       build_detector, detector_spec, feature_taps,
+                                       split_detector)
+from tftoolkit.errors import RecipeError
+from tftoolkit.models.registry import get_architecture
+
+# one anchor per cell of a 2x2 grid on a 64 px image: centres 0.25 / 0.75, side 0.5
+GRID = AnchorSet.build(AnchorConfig(strides=(32,), size=1.0, scales=(1.0,),
+                                    aspect_ratios=(1.0,)), 64)
+
+
+# --- anchors and box coding -------------------------------------------------------------
+
+def test_anchors_are_listed_by_level_then_row_then_column_then_shape():
+    config = AnchorConfig(strides=(16, 32), size=2.0, scales=(1.0, 2.0),
+                          aspect_ratios=(0.5, 2.0))
+    anchors = AnchorSet.build(config, 64)
+    table = anchors.centres_sizes()
+    assert [(level.stride, level.rows) for level in anchors.levels] == [(16, 4), (32, 2)]
+    assert anchors.count == len(table) == (16 + 4) * 4
+    # the first location of the finest level: its four shapes, scale-major
+    side = 2.0 * 16 / 64
+    np.testing.assert_allclose(table[:4, :2], [[0.125, 0.125]] * 4)
+    np.testing.assert_allclose(table[:4, 2:], [
+        [side / math.sqrt(0.5), side * math.sqrt(0.5)], [side / math.sqrt(2), side * math.sqrt(2)],
+        [2 * side / math.sqrt(0.5), 2 * side * math.sqrt(0.5)],
+        [2 * side / math.sqrt(2), 2 * side * math.sqrt(2)]], rtol=1e-6)
+    # then the next column of the same row, and the next row after the last column
+    np.testing.assert_allclose(table[4, :2], [0.125, 0.375])
+    np.testing.assert_allclose(table[16, :2], [0.375, 0.125])
+    # the coarser level follows the whole finer one
+    np.testing.assert_allclose(table[64, :2], [0.25, 0.25])
+    np.testing.assert_allclose(table[-1, :2], [0.75, 0.75])
+
+
+def test_an_anchor_set_is_rebuilt_from_its_dict_as_json_keeps_it():
+    import json
+
+    anchors = AnchorSet.build(AnchorConfig(), 96)
+    again = AnchorSet.from_dict(json.loads(json.dumps(anchors.to_dict())))
+    assert again == anchors
+    np.testing.assert_array_equal(again.corners(), anchors.corners())
+
+
+def test_an_input_side_that_is_not_a_multiple_of_the_largest_stride_is_refused():
+    with pytest.raises(RecipeError, match=r"data.image_size=100.*multiple of .* 32"):
+        AnchorSet.build(AnchorConfig(), 100)
+
+
+def test_box_codes_decode_back_to_their_boxes_as_mediapipe_computes_them():
+    coder = BoxCoder()
+    anchors = np.array([[0.3, 0.4, 0.2, 0.1], [0.6, 0.5, 0.3, 0.5]], np.float32)
+    boxes = np.array([[0.25, 0.33, 0.41, 0.47], [0.5, 0.2, 0.8, 0.9]], np.float32)
+    codes = coder.encode(boxes, anchors).numpy()
+    np.testing.assert_allclose(coder.decode(codes, anchors).numpy(), boxes, atol=1e-6)
+    # MediaPipe's TensorsToDetectionsCalculator (YXHW, exponential sizes), written out
+    ty, tx, th, tw = codes.T
+    yc = ty / coder.y_scale * anchors[:, 2] + anchors[:, 0]
+    xc = tx / coder.x_scale * anchors[:, 3] + anchors[:, 1]
+    h = np.exp(th / coder.h_scale) * anchors[:, 2]
+    w = np.exp(tw / coder.w_scale) * anchors[:, 3]
+    np.testing.assert_allclose(np.stack([yc - h / 2, xc - w / 2, yc + h / 2, xc + w / 2], 1),
+                               boxes, atol=1e-6)
+
+
+def test_iou_of_boxes():
+    a = tf.constant([[0.0, 0.0, 0.5, 0.5]])
+    b = tf.constant([[0.0, 0.0, 0.5, 0.5], [0.25, 0.0, 0.75, 0.5], [0.6, 0.6, 0.7, 0.7]])
+    np.testing.assert_allclose(iou_matrix(a, b).numpy(), [[1.0, 1 / 3, 0.0]], atol=1e-6)
+
+
+# --- matching ---------------------------------------------------------------------------
+
+def test_anchors_are_positive_ignored_or_background_by_their_best_iou():
+    # GRID's anchors: 0 [0, 0, .5, .5], 1 [0, .5, .5, 1], 2 [.5, 0, 1, .5], 3 [.5, .5, 1, 1]
+    wide = [0.0, 0.05, 0.5, 1.0]     # IoU 0.526 with anchor 1, 0.45 with anchor 0
+    box_targets, classes = TargetEncoder(GRID, match=MatchConfig(0.5, 0.4))(
+        tf.constant([wide, [0.5, 0.5, 1.0, 1.0]]), tf.constant([2, 1]))
+    assert classes.numpy().tolist() == [IGNORED, 2, BACKGROUND, 1]
+    assert box_targets.numpy()[:, 4].tolist() == [0, 1, 0, 1]
+    # below a negative threshold above its IoU, anchor 0 is background
+    _, classes = TargetEncoder(GRID, match=MatchConfig(0.5, 0.46))(
+        tf.constant([wide]), tf.constant([2]))
+    assert classes.numpy().tolist() == [BACKGROUND, 2, BACKGROUND, BACKGROUND]
+
+
+def test_a_box_that_fits_no_anchor_well_still_gets_its_best_anchor():
+    tiny = tf.constant([[0.7, 0.7, 0.75, 0.75]])  # IoU 0.01 with anchor 3
+    box_targets, classes = TargetEncoder(GRID)(tiny, tf.constant([2]))
+    assert classes.numpy().tolist() == [BACKGROUND, BACKGROUND, BACKGROUND, 2]
+    decoded = BoxCoder().decode(box_targets[3:, :4], GRID.centres_sizes()[3:])
+    np.testing.assert_allclose(decoded.numpy(), tiny.numpy(), atol=1e-6)
+
+
+def test_an_image_without_boxes_is_background_everywhere():
+    box_targets, classes = TargetEncoder(AnchorSet.build(AnchorConfig(), 64))(
+        tf.zeros([0, 4]), tf.zeros([0], tf.int32))
+    assert set(classes.numpy().tolist()) == {BACKGROUND}
+    assert not box_targets.numpy().any()
+
+
+def test_box_targets_decode_to_the_matched_box():
+    anchors = AnchorSet.build(AnchorConfig(), 96)
+    boxes = np.array([[0.1, 0.2, 0.45, 0.5], [0.5, 0.55, 0.95, 0.9]], np.float32)
+    box_targets, classes = TargetEncoder(anchors)(boxes, np.array([0, 1]))
+    positive = classes.numpy() >= 0
+    decoded = BoxCoder().decode(box_targets[:, :4], anchors.centres_sizes()).numpy()
+    expected = boxes[classes.numpy()[positive]]
+    np.testing.assert_allclose(decoded[positive], expected, atol=1e-5)
+    assert positive.sum() >= 2
+
+
+# --- losses -----------------------------------------------------------------------------
+
+def test_focal_loss_is_the_sigmoid_focal_loss_over_positives():
+    scores = np.array([[[0.9, 0.2], [0.3, 0.1], [0.6, 0.5]]], np.float32)
+    targets = np.array([[0, BACKGROUND, IGNORED]], np.int32)
+    loss = FocalLoss(alpha=0.25, gamma=2.0)(targets, scores).numpy()
+
+    def term(p, positive):
+        p_t, a_t = (p, 0.25) if positive else (1 - p, 0.75)
+        return -a_t * (1 - p_t) ** 2 * math.log(p_t)
+
+    expected = term(0.9, True) + term(0.2, False) + term(0.3, False) + term(0.1, False)
+    assert loss == pytest.approx(expected / 1, rel=1e-5)   # one positive; anchor 2 ignored
+
+
+def test_both_losses_sum_over_the_batch_and_divide_by_its_positives():
+    codes = np.zeros((2, 3, 4), np.float32)
+    truth = np.zeros((2, 3, 5), np.float32)
+    truth[0, 0] = [0.5, 0, 0, 0, 1]           # error 0.5: Huber 0.125
+    truth[1, 2] = [3.0, 0, 0, 0, 1]           # error 3: Huber 2.5
+    truth[1, 1] = [9.0, 9, 9, 9, 0]           # not positive: not counted
+    assert BoxLoss(delta=1.0)(truth, codes).numpy() == pytest.approx((0.125 + 2.5) / 2)
+    targets = np.array([[0, BACKGROUND, BACKGROUND], [BACKGROUND, BACKGROUND, 1]])
+    scores = np.full((2, 3, 2), 0.5, np.float32)
+    per_image = FocalLoss().call(targets, scores).numpy()
+    assert FocalLoss()(targets, scores).numpy() == pytest.approx(per_image.sum())
+    assert per_image.sum() * 2 == pytest.approx(FocalLoss().call(
+        targets[:1], scores[:1]).numpy().sum() + FocalLoss().call(targets[1:], scores[1:])
+        .numpy().sum())
+
+
+def test_the_losses_are_keras_serializable():
+    for loss in (FocalLoss(alpha=0.3, gamma=1.5), BoxLoss(delta=0.5)):
+        again = keras.losses.deserialize(keras.losses.serialize(loss))
+        assert type(again) is type(loss) and again.get_config() == loss.get_config()
+
+
+# --- decoding as MediaPipe does ---------------------------------------------------------
+
+def _spec(anchors: AnchorSet, classes: int = 2) -> DetectorSpec:
+    return DetectorSpec(anchors, BoxCoder(), classes)
+
+
+def _codes_for(boxes: np.ndarray, anchors: AnchorSet) -> np.ndarray:
+    return BoxCoder().encode(boxes, anchors.centres_sizes()).numpy()
+
+
+def test_suppression_is_greedy_class_agnostic_above_iou_0_3_and_capped():
+    anchors = AnchorSet.build(AnchorConfig(strides=(32,), size=1.0, scales=(1.0,),
+                                           aspect_ratios=(1.0,)), 128)   # 16 anchors
+    boxes = np.tile([[0.0, 0.0, 0.1, 0.1]], (16, 1)).astype(np.float32)
+    scores = np.zeros((16, 2), np.float32)
+    placed = {0: ([0.1, 0.1, 0.5, 0.5], (0.9, 0.1)),
+              1: ([0.1, 0.2, 0.5, 0.6], (0.2, 0.8)),    # IoU 0.6 with 0: suppressed
+              2: ([0.1, 0.35, 0.5, 0.75], (0.7, 0.0)),  # IoU 0.23 with 0: kept
+              3: ([0.6, 0.6, 0.9, 0.9], (0.05, 0.6)),   # apart: kept
+              4: ([0.6, 0.1, 0.9, 0.4], (0.1, 0.2))}    # apart, lowest: beyond the cap
+    for i, (box, score) in placed.items():
+        boxes[i], scores[i] = box, score
+    spec = _spec(anchors)
+    codes = _codes_for(boxes, anchors)[None]
+    out = decode_detections(codes, scores[None], spec, NmsConfig(max_results=3))
+    assert int(out["num_detections"][0]) == 3
+    np.testing.assert_allclose(out["detection_scores"][0], [0.9, 0.7, 0.6], atol=1e-6)
+    assert out["detection_classes"][0].numpy().tolist() == [0, 0, 1]
+    np.testing.assert_allclose(out["detection_boxes"][0], boxes[[0, 2, 3]], atol=1e-5)
+    # a score threshold keeps scores at least it; padding past num_detections
+    out = decode_detections(codes, scores[None], spec,
+                            NmsConfig(max_results=5, score_threshold=0.7))
+    assert int(out["num_detections"][0]) == 2
+    assert out["detection_classes"][0].numpy().tolist() == [0, 0, -1, -1, -1]
+    assert not out["detection_boxes"][0, 2:].numpy().any()
+
+
+def test_decoded_boxes_are_clipped_to_the_image_after_suppression():
+    anchors = GRID
+    boxes = np.array([[-0.2, 0.1, 0.4, 0.5], [0.5, 0.5, 0.6, 0.6], [0.5, 0.5, 0.6, 0.6],
+                      [0.55, 0.55, 1.3, 1.2]], np.float32)
+    scores = np.array([[0.9], [0.0], [0.0], [0.8]], np.float32)
+    out = decode_detections(_codes_for(boxes, anchors)[None], scores[None],
+                            _spec(anchors, 1), NmsConfig(max_results=2))
+    np.testing.assert_allclose(out["detection_boxes"][0],
+                               [[0.0, 0.1, 0.4, 0.5], [0.55, 0.55, 1.0, 1.0]], atol=1e-5)
+
+
+# --- the model --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_detector():
+    return build_detector(get_architecture("mobilenet_v2"), weights="none",
+                          mode="feature_extraction", image_size=64, num_classes=3)
+
+
+def test_mobilenet_v2_is_tapped_at_its_usual_layers_for_strides_8_16_32():
+    backbone = keras.applications.MobileNetV2(weights=None, include_top=False,
+                                              input_shape=(96, 96, 3))
+    assert feature_taps(backbone, (8, 16, 32), 96) == [
+        "block_6_expand_relu", "block_13_expand_relu", "out_relu"]
+    with pytest.raises(RecipeError, match="no feature map at stride"):
+        feature_taps(backbone, (64,), 96)
+
+
+def test_the_detector_outputs_codes_and_scores_of_every_anchor(small_detector):
+    spec = detector_spec(small_detector)
+    assert spec.num_classes == 3 and spec.anchors.image_size == 64
+    out = small_detector(np.full((2, 64, 64, 3), 120.0, np.float32))
+    assert out[BOX_ENCODINGS].shape == (2, spec.anchors.count, 4)
+    assert out[CLASS_SCORES].shape == (2, spec.anchors.count, 3)
+    # every class starts near the prior
+    assert 0.001 < float(np.median(out[CLASS_SCORES])) < 0.05
+
+
+def test_a_frozen_backbone_trains_nothing(small_detector):
+    backbone, head = small_detector.get_layer("backbone"), small_detector.get_layer(HEAD)
+    assert not backbone.trainable_weights
+    assert len(small_detector.trainable_weights) == len(head.trainable_weights) > 0
+
+
+def test_fine_tuning_trains_the_top_blocks_with_batchnorm_frozen():
+    model = build_detector(get_architecture("mobilenet_v2"), weights="none", mode="fine_tune",
+                           unfreeze="block_15", image_size=64, num_classes=2)
+    layers = model.get_layer("backbone").layers
+    trained = {layer.name for layer in layers if layer.trainable and layer.weights}
+    assert "block_15_expand" in trained and "block_14_expand" not in trained
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+                   for layer in layers)
+
+
+def test_a_saved_detector_loads_with_its_anchors(small_detector, tmp_path):
+    small_detector.save(tmp_path / "detector.keras")
+    again = keras.models.load_model(tmp_path / "detector.keras")
+    assert detector_spec(again) == detector_spec(small_detector)
+    x = np.full((1, 64, 64, 3), 90.0, np.float32)
+    np.testing.assert_allclose(again(x)[BOX_ENCODINGS], small_detector(x)[BOX_ENCODINGS],
+                               atol=1e-6)
+
+
+def test_the_head_on_the_features_gives_the_detectors_outputs(small_detector):
+    features, head = split_detector(small_detector)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    maps = features(x)
+    assert [tuple(m.shape[1:3]) for m in maps] == [(8, 8), (4, 4), (2, 2)]
+    np.testing.assert_allclose(head(maps)[CLASS_SCORES], small_detector(x)[CLASS_SCORES],
+                               atol=1e-6)
+
+
+def test_a_compiled_detector_loads_in_a_new_process_with_only_tftoolkit_imported(
+        small_detector, tmp_path):
+    import subprocess
+    import sys
+
+    small_detector.compile(loss={BOX_ENCODINGS: BoxLoss(), CLASS_SCORES: FocalLoss()})
+    small_detector.save(tmp_path / "detector.keras")
+    code = "import sys, keras, tftoolkit; keras.models.load_model(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "detector.keras")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# --- COCO metrics ----------------------------------------------------------------------
+
+def _random_images(seed: int, count: int = 60, classes: int = 4):
+    rng = np.random.default_rng(seed)
+
+    def boxes(n):
+        y, x = rng.uniform(0, 0.7, (2, n))
+        h, w = rng.uniform(0.05, 0.3, (2, n))
+        return np.stack([y, x, y + h, x + w], 1)
+
+    truths, detections = [], []
+    for _ in range(count):
+        n, extra = rng.integers(0, 5), rng.integers(0, 6)
+        true_boxes, true_classes = boxes(n), rng.integers(0, classes - 1, n)  # last: none
+        truths.append(ImageBoxes(true_boxes, true_classes))
+        found = np.concatenate([true_boxes + rng.normal(0, 0.01, true_boxes.shape),
+                                boxes(extra)])
+        found = np.concatenate([np.minimum(found[:, :2], found[:, 2:]),
+                                np.maximum(found[:, :2], found[:, 2:])], axis=1)
+        labels = np.concatenate([np.where(rng.random(n) < 0.8, true_classes,
+                                          rng.integers(0, classes, n)),
+                                 rng.integers(0, classes, extra)])
+        detections.append(ImageBoxes(found, labels, np.round(rng.random(n + extra), 1)))
+    return truths, detections
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_numpy_coco_metrics_agree_with_pycocotools(seed):
+    truths, detections = _random_images(seed)
+    ours, theirs = (coco_metrics(truths, detections, 4),
+                    coco_evaluate(truths, detections, 4))
+    np.testing.assert_allclose(ours.precision, theirs.precision, atol=1e-12)
+    assert ours.map == pytest.approx(theirs.map, abs=1e-12) and 0.05 < ours.map < 0.9
+    assert ours.map_50 == pytest.approx(theirs.map_50, abs=1e-12)
+    np.testing.assert_allclose(ours.per_class, theirs.per_class, atol=1e-12)
+    assert np.isnan(ours.per_class[3])   # a class without true boxes has no AP
+
+
+def test_coco_metrics_of_perfect_and_of_missing_detections():
+    truths = [ImageBoxes(np.array([[0.1, 0.1, 0.4, 0.4]]), np.array([0])),
+              ImageBoxes(np.zeros((0, 4)), np.zeros(0, int))]
+    perfect = [ImageBoxes(t.boxes, t.classes, np.ones(len(t.classes))) for t in truths]
+    for evaluate in (coco_metrics, coco_evaluate):
+        assert evaluate(truths, perfect, 2).map == pytest.approx(1.0)
+        none = [ImageBoxes(np.zeros((0, 4)), np.zeros(0, int), np.zeros(0))] * 2
+        assert evaluate(truths, none, 2).map == 0.0
+
+
+def test_an_inverted_box_is_refused_rather_than_ignored():
+    truths = [ImageBoxes(np.array([[0.1, 0.1, 0.4, 0.4]]), np.array([0]))]
+    inverted = [ImageBoxes(np.array([[0.4, 0.1, 0.1, 0.4]]), np.array([0]), np.ones(1))]
+    for evaluate in (coco_metrics, coco_evaluate):
+        with pytest.raises(ValueError, match="minimum above its maximum"):
+            evaluate(truths, inverted, 1)
+
+
+def test_the_accumulator_scores_decoded_batches_as_a_whole():
+    truths, detections = _random_images(2, count=10)
+    accumulator = MapAccumulator(4)
+    for start in (0, 4):
+        part = slice(start, start + 4 if start == 0 else 10)
+        chosen = detections[part]
+        limit = 8
+        outputs = {"num_detections": np.array([len(d.classes) for d in chosen]),
+                   "detection_boxes": np.stack([np.pad(d.boxes, [(0, limit - len(d.boxes)),
+                                                                 (0, 0)]) for d in chosen]),
+                   "detection_classes": np.stack([np.pad(d.classes, (0, limit - len(
+                       d.classes)), constant_values=-1) for d in chosen]),
+                   "detection_scores": np.stack([np.pad(d.scores, (0, limit - len(d.scores)))
+                                                 for d in chosen])}
+        accumulator.update(truths[part], outputs)
+    expected = coco_metrics(truths, detections, 4)
+    assert accumulator.result().map == pytest.approx(expected.map)
