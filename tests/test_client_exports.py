@@ -236,6 +236,31 @@ def test_onnx_serves_inference_outputs_and_two_columns_for_one_sigmoid(tmp_path)
     np.testing.assert_allclose(got, np.concatenate([1 - p, p], axis=1), atol=1e-5)
 
 
+def test_every_file_of_a_one_sigmoid_classifier_serves_a_column_per_class(tmp_path):
+    from tftoolkit.serving.savedmodel import Quantization
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(
+        keras.layers.GlobalAveragePooling2D()(x)))
+    info = DataInfo(SingleLabel(2, "binary"), (16, 16, 3), ["no", "yes"], 16, "t")
+    images = np.random.default_rng(0).uniform(0, 255, (12, 16, 16, 3)).astype("float32")
+    labels = (np.asarray(model(images))[:, 0] > 0.5).astype(int)
+    quantization = Quantization({"val": (images, labels), "test": (images, labels)},
+                                [images])
+    version = export_model(model, info, tmp_path, parity_inputs=images, card={},
+                           formats=["tflite", "tflite_dynamic", "mediapipe"],
+                           quantization=quantization)
+    card = json.loads((version / "model_card.json").read_text())
+    assert set(card["formats"]) == {"tflite", "tflite_dynamic", "mediapipe"}
+    assert card["formats"]["mediapipe"]["val_accuracy"] == 1.0  # the float model's decisions
+    p = np.asarray(model(images, training=False))
+    for name in ("model.tflite", "model_dynamic.tflite", "model_mediapipe.tflite"):
+        served = litert.LiteRTModel(version / name).predict(images)
+        np.testing.assert_allclose(served, np.concatenate([1 - p, p], axis=1), atol=2e-2)
+
+
 def test_the_parser_version_follows_the_fields_the_metadata_uses():
     import flatbuffers
     from mediapipe.tasks.metadata import metadata_schema_py_generated as schema

@@ -304,7 +304,8 @@ def test_calibration_parity_and_capped_measurements_mix_the_classes_of_a_sorted_
     recipe = Recipe(name="sorted", data=DataConfig(source="folder", dir=str(folder),
                                                    image_size=16, test_fraction=0.25),
                     train=TrainConfig(batch_size=8, run_dir=str(tmp_path / "runs")),
-                    export=ExportConfig(calibration_steps=2, eval_examples=4))
+                    export=ExportConfig(calibration_steps=2, eval_examples=4,
+                                        formats=["tflite_int8"]))
     data = tftoolkit.load_data(recipe, 16)
 
     def classes_of(images, split):  # each (distinct, noisy) image found in its split

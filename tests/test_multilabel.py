@@ -288,7 +288,7 @@ def test_evaluate_writes_the_threshold_table_and_pr_curves(exported, tmp_path):
     assert report["map"] == pytest.approx(sklearn_metrics.average_precision_score(
         labels[:, present], probabilities[:, present]), abs=2e-3)
     thresholds = np.array(list(card["thresholds"].values()))
-    assert report["micro_f1"] == pytest.approx(sklearn_metrics.f1_score(
+    assert report["f1_at_thresholds"] == pytest.approx(sklearn_metrics.f1_score(
         labels, probabilities >= thresholds, average="micro"), abs=1e-6)
     assert report["per_class"][0]["support"] == labels[:, 0].sum()
     from tftoolkit.evaluation.metrics import render_report

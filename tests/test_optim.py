@@ -183,7 +183,7 @@ def test_select_best_on_a_metric_never_logged_is_refused_before_training(quiet, 
     with pytest.raises(RecipeError) as err:
         tftoolkit.train(_diverging_val_recipe(select_best="val_acc"), quiet)
     message = str(err.value)
-    assert "train.select_best='val_acc'" in message and "val_loss, val_mae" in message
+    assert "train.select_best='val_acc'" in message and "val_loss, val_mse, val_mae" in message
     assert not (tmp_path / "runs").exists()  # nothing ran, no run directory
 
 

@@ -494,6 +494,16 @@ def test_insecure_reproducible_runs_repeat_and_say_the_guarantee_is_void(
     assert _card(results[1])["privacy"]["guarantee"].startswith("NONE")
 
 
+def test_a_search_over_privacy_keys_is_refused_before_training(tmp_path):
+    from tftoolkit.training.search import search
+
+    with pytest.raises(RecipeError, match=r"--space privacy.enabled: tune on a private"):
+        search("fashion_transfer", ["privacy.enabled=true|false"],
+               overrides={"privacy.target_epsilon": 8.0,
+                          "train.run_dir": str(tmp_path / "runs")})
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("verb", ["tune", "compare", "lr-find"])
 def test_a_search_over_a_private_recipe_is_refused_before_training(verb, quiet, tmp_path, cli):
     private = ["--set", "privacy.enabled=true", "--set", "privacy.target_epsilon=8",
@@ -538,4 +548,11 @@ def test_a_private_run_without_validation_checks_its_export_on_synthetic_images(
     save_parity_inputs(RunDir(tmp_path), data)
     parity = np.load(tmp_path / RunDir.PARITY_INPUTS)
     training = data.splits["train"].arrays
-    assert not any(np.allclose(row, training, atol=1e-6) for row in parity)
+    distance = np.abs(parity[:, None, :] - training[None, :, :]).max(axis=-1)
+    assert distance.min() > 1e-3  # no parity input is a training example
+    non_private = tftoolkit.load_recipe(recipe_file, {"data.validation_fraction": 0.0,
+                                                     "data.test_fraction": 0.0,
+                                                     "privacy.enabled": False})
+    save_parity_inputs(RunDir(tmp_path), load_data(non_private))
+    reused = np.load(tmp_path / RunDir.PARITY_INPUTS)
+    assert np.abs(reused[:, None, :] - training[None, :, :]).max(axis=-1).min() == 0.0

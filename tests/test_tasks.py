@@ -38,20 +38,23 @@ TASKS = {"sparse": SingleLabel(3, "sparse"), "categorical": SingleLabel(3, "cate
          "regression": Regression()}
 
 
-def _compiled(task):
+def _compiled(task, penalty: float = 0.0):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6,))
-    model = keras.Model(inputs, keras.layers.Dense(task.output_units,
-                                                   activation=task.activation)(inputs))
-    model.compile(optimizer="adam", loss=task.loss(), metrics=task.metrics())
+    model = keras.Model(inputs, keras.layers.Dense(
+        task.output_units, activation=task.activation,
+        kernel_regularizer=keras.regularizers.L2(penalty) if penalty else None)(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=task.loss(),
+                  weighted_metrics=task.metrics())
     return model
 
 
+@pytest.mark.parametrize("penalty", [0.0, 0.5])
 @pytest.mark.parametrize("encoding", list(TASKS))
-def test_the_own_loop_and_measure_give_what_keras_evaluate_gives(encoding):
+def test_the_own_loop_and_measure_give_what_keras_evaluate_gives(encoding, penalty):
     task = TASKS[encoding]
     x, y = _task_data(task)
-    model = _compiled(task)
+    model = _compiled(task, penalty)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).map(
         lambda a, b: (a, task.encode(b)))
     keras_figures = model.evaluate(dataset, verbose=0, return_dict=True)
@@ -59,30 +62,51 @@ def test_the_own_loop_and_measure_give_what_keras_evaluate_gives(encoding):
     own = distributed.evaluate_distributed(model, dataset, tf.distribute.get_strategy(), task)
     measured = task.measure(y, model.predict(x, verbose=0))
     for figure, value in keras_figures.items():
-        assert own[figure] == pytest.approx(value, abs=1e-5), figure
-        assert measured[figure] == pytest.approx(value, abs=1e-5), figure
+        assert own[figure] == pytest.approx(value, abs=1e-5), figure  # penalties in loss
+        if figure != "loss":  # the loss depends on the recipe (smoothing, penalties)
+            assert measured[figure] == pytest.approx(value, abs=1e-5), figure
+
+
+@pytest.mark.parametrize("encoding", ["sparse", "multilabel"])
+def test_sample_weights_count_in_the_figures_of_fit_and_of_the_own_loop_alike(encoding):
+    task = TASKS[encoding]
+    x, y = _task_data(task, n=64)
+    weights = np.where(np.arange(64) % 3 == 0, 0.0, 1.0).astype("float32")  # a DP mask
+    data = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(16).map(
+        lambda a, b, w: (a, task.encode(b), w))
+    keras_history = _compiled(task).fit(data, epochs=1, verbose=0, shuffle=False).history
+    own, logged = _compiled(task), keras.callbacks.History()
+    distributed.fit_distributed(own, data.repeat(), strategy=tf.distribute.get_strategy(),
+                                task=task, epochs=1, initial_epoch=0, steps_per_epoch=4,
+                                callbacks=[logged], verbose=0)
+    for figure in task.figures:
+        assert logged.history[figure][0] == pytest.approx(keras_history[figure][0],
+                                                          abs=1e-5), figure
 
 
 _MIRRORED = textwrap.dedent("""
     import json, numpy as np, tensorflow as tf, keras
     tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
         [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-    from tftoolkit.tasks import MultiLabel, SingleLabel
+    from tftoolkit.tasks import MultiLabel, Regression, SingleLabel
     from tftoolkit.training import distributed
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     rng = np.random.default_rng(0)
     x = rng.normal(size=(90, 6)).astype("float32")
     out = {}
     for name, task in [("sparse", SingleLabel(3, "sparse")), ("binary", SingleLabel(2, "binary")),
-                       ("categorical", SingleLabel(3)), ("multilabel", MultiLabel(3))]:
+                       ("categorical", SingleLabel(3)), ("multilabel", MultiLabel(3)),
+                       ("regression", Regression())]:
         y = ((x[:, :3] > 0).astype("float32") if name == "multilabel"
+             else 2 * x[:, :1] if name == "regression"
              else np.argmax(x[:, :task.num_classes], 1).astype("int64"))
         with strategy.scope():
             keras.utils.set_random_seed(0)
             inputs = keras.Input((6,))
-            model = keras.Model(inputs, keras.layers.Dense(task.output_units,
-                                                           activation=task.activation)(inputs))
-            model.compile(optimizer="sgd", loss=task.loss(), metrics=task.metrics())
+            model = keras.Model(inputs, keras.layers.Dense(
+                task.output_units, activation=task.activation,
+                kernel_regularizer=keras.regularizers.L2(0.1))(inputs))
+            model.compile(optimizer="sgd", loss=task.loss(), weighted_metrics=task.metrics())
         data = tf.data.Dataset.from_tensor_slices((x, y)).batch(20).map(
             lambda a, b: (a, task.encode(b)))
         out[name] = [model.evaluate(data, verbose=0, return_dict=True),
@@ -108,12 +132,17 @@ def test_decisions_and_scores_of_a_one_sigmoid_classifier_have_a_column_per_clas
                                atol=1e-6)
     assert task.decide(predictions).tolist() == [1, 0, 0]
     assert task.measure(np.array([1, 0, 1]), predictions)["accuracy"] == pytest.approx(2 / 3)
+    # what a served file returns, [P(0), P(1)], measures as the model's own P(1)
+    served = task.scores(predictions)
+    assert task.measure(np.array([1, 0, 1]), served) == task.measure(np.array([1, 0, 1]),
+                                                                     predictions)
+    assert task.agreement(served, predictions) == 1.0
 
 
 def test_monitors_name_the_logged_figures_and_their_direction():
     assert SingleLabel(3).monitor() == any_monitor("val_accuracy")
     assert MultiLabel(3).monitor().key == "val_map" and MultiLabel(3).monitor().higher_is_better
-    assert Regression().monitor() == any_monitor("val_loss")
+    assert Regression().monitor() == any_monitor("val_mse")  # the loss adds penalties
     assert not Regression().monitor("val_mae").higher_is_better
     with pytest.raises(RecipeError, match=r"train.select_best='val_map'.*val_accuracy"):
         SingleLabel(3).monitor("val_map", asked_by="train.select_best")
@@ -137,7 +166,7 @@ def test_tta_of_a_one_sigmoid_model_counts_both_classes(quiet):
     # one view (the identity): the averaged predictions are the plain ones
     assert result.metrics["test_accuracy_tta"] == pytest.approx(result.metrics["test_accuracy"],
                                                                 abs=1e-6)
-    assert result.metrics["val_loss_tta"] == pytest.approx(result.metrics["val_loss"], abs=1e-4)
+    assert "val_loss_tta" not in result.metrics  # the loss depends on the recipe, not TTA
 
 
 def test_a_multilabel_run_selects_on_any_figure_it_logs_and_compare_ranks_by_map(tmp_path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Sequence
 
 from tftoolkit.errors import TftoolkitError
@@ -126,6 +127,7 @@ def _cmd_predict(args) -> int:
 def _cmd_evaluate(args) -> int:
     from tftoolkit.evaluation import evaluate, render_report
 
+    started = time.time()
     report, out = evaluate(args.path, args.split, args.tta, args.out)
     if "note" in report:
         print(f"tftoolkit: {report['note']}")
@@ -134,7 +136,8 @@ def _cmd_evaluate(args) -> int:
         figures = ", ".join(f"{key} {value:.4f}" for key, value in report["tta"].items()
                             if key != "views")
         print(f"with TTA ({report['tta']['views']} views): {figures}")
-    print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    written = sorted(p.name for p in out.iterdir() if p.stat().st_mtime >= started - 1)
+    print(f"wrote {out}/: {', '.join(written)}")
     return 0
 
 

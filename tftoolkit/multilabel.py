@@ -26,12 +26,17 @@ BINS = 1000
 DEFAULT_THRESHOLD = 0.5
 
 
-def score_histograms(labels, scores, bins: int = BINS) -> tuple[tf.Tensor, tf.Tensor]:
+def score_histograms(labels, scores, bins: int = BINS,
+                     weights=None) -> tuple[tf.Tensor, tf.Tensor]:
     """``(positives, negatives)``, each ``[classes, bins]``: per class, the (soft, for
     mixed labels) count of positive and of negative examples whose score fell in each
-    bin of [0, 1]."""
+    bin of [0, 1], each example counted ``weights`` times (default: once)."""
     labels = tf.cast(labels, tf.float32)
     scores = tf.cast(scores, tf.float32)
+    if weights is not None:  # a weight per example, for both of its terms
+        per_example = tf.reshape(tf.cast(weights, tf.float32), [-1, 1])
+    else:
+        per_example = tf.ones_like(labels[:, :1])
     classes = tf.shape(scores)[-1]
     index = tf.clip_by_value(tf.cast(tf.floor(scores * bins), tf.int32), 0, bins - 1)
     flat = tf.reshape(index + tf.range(classes)[tf.newaxis, :] * bins, [-1])
@@ -41,7 +46,7 @@ def score_histograms(labels, scores, bins: int = BINS) -> tuple[tf.Tensor, tf.Te
         return tf.reshape(tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), flat,
                                                        classes * bins), shape)
 
-    return count(labels), count(1.0 - labels)
+    return count(labels * per_example), count((1.0 - labels) * per_example)
 
 
 def _at_or_above(counts: tf.Tensor) -> tf.Tensor:
@@ -195,7 +200,7 @@ class _Histograms(keras.metrics.Metric):
                                            initializer="zeros", name="negatives")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        positives, negatives = score_histograms(y_true, y_pred)
+        positives, negatives = score_histograms(y_true, y_pred, weights=sample_weight)
         self.positives.assign_add(positives)
         self.negatives.assign_add(negatives)
 

@@ -151,20 +151,22 @@ def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list
         raise TftoolkitError(f"image file(s) not found: {', '.join(missing)}")
     batch = np.stack([np.asarray(to_rgb_image(decode_image_bytes(
         tf.io.read_file(str(p)), info.max_pixels), info.resize)) for p in images])
-    probabilities = np.asarray(model.predict(batch, verbose=0))
+    task = info.task
+    predictions = np.asarray(model.predict(batch, verbose=0))
+    scores = task.scores(predictions)  # one column per class
     rows = np.arange(len(batch))
-    if info.task.thresholded:  # (image, label) pairs: each predicted label explained
-        marked = info.task.decide(probabilities, thresholds_of(path, info))
-        marked[rows, probabilities.argmax(axis=1)] |= ~marked.any(axis=1)
+    if task.thresholded:  # (image, label) pairs: each predicted label explained
+        marked = task.decide(predictions, thresholds_of(path, info))
+        marked[rows, scores.argmax(axis=1)] |= ~marked.any(axis=1)
         rows, classes = np.nonzero(marked)
-        heatmaps, predicted = grad_cam(model, batch[rows], classes)
     else:
-        heatmaps, predicted = grad_cam(model, batch)
+        classes = task.decide(predictions)
+    heatmaps, predicted = grad_cam(model, batch[rows], classes)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for row, heat, cls in zip(rows, heatmaps, predicted):
-        image_path, image, probs = images[row], batch[row], probabilities[row]
+        image_path, image, probs = images[row], batch[row], scores[row]
         fig = Figure(figsize=(7, 3.8))
         axes = fig.subplots(1, 2)
         axes[0].imshow(image.astype("uint8"))
@@ -177,7 +179,7 @@ def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list
         fig.colorbar(overlay, ax=axes[1], fraction=0.046, pad=0.04, label="relevance")
         fig.suptitle(Path(image_path).name)
         fig.tight_layout()
-        label = f"_{_file_safe(info.class_names[cls])}" if info.task.thresholded else ""
+        label = f"_{_file_safe(info.class_names[cls])}" if task.thresholded else ""
         target = out / f"{Path(image_path).stem}{label}_gradcam.png"
         fig.savefig(target, dpi=100)
         written.append(target)

@@ -23,15 +23,18 @@ def _logits(layer: keras.layers.Layer, inputs: tf.Tensor) -> tf.Tensor | None:
     return z + layer.bias if layer.use_bias else z
 
 
-def _class_scores(logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """The predicted class of each row and its score: the logit of the class (for one
-    sigmoid unit z = log-odds of class 1, the score of class 0 is -z)."""
+def _class_scores(logits: tf.Tensor,
+                  classes: np.ndarray | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """The class of each row (``classes``, or the predicted one) and its score: the
+    logit of the class (for one sigmoid unit z = log-odds of class 1, the score of class
+    0 is -z)."""
     if logits.shape[-1] == 1:
         z = logits[:, 0]
-        predicted = tf.cast(z > 0, tf.int64)
-        return predicted, tf.where(z > 0, z, -z)
-    predicted = tf.argmax(logits, axis=1)
-    return predicted, tf.gather(logits, predicted, batch_dims=1)
+        chosen = (tf.cast(z > 0, tf.int64) if classes is None
+                  else tf.constant(classes, tf.int64))
+        return chosen, tf.where(chosen == 1, z, -z)
+    chosen = tf.argmax(logits, axis=1) if classes is None else tf.constant(classes, tf.int64)
+    return chosen, tf.gather(logits, chosen, batch_dims=1)
 
 
 def grad_cam(model: keras.Model, images: np.ndarray,
@@ -56,10 +59,7 @@ def grad_cam(model: keras.Model, images: np.ndarray,
         logits = _logits(head, out)
         if logits is None:
             logits = head(out, training=False)
-        predicted, score = _class_scores(tf.cast(logits, tf.float32))
-        if classes is not None:  # the logit of each class asked for
-            predicted = tf.constant(classes, tf.int64)
-            score = tf.gather(tf.cast(logits, tf.float32), predicted, batch_dims=1)
+        predicted, score = _class_scores(tf.cast(logits, tf.float32), classes)
     if features is None:
         raise ValueError(f"model {model.name} has no convolutional feature map")
     grads = tape.gradient(score, features)

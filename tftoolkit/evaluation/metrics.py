@@ -34,6 +34,7 @@ def _render_multilabel(report: dict) -> str:
         lines.append(f"{row['class']:{width}s} {row['threshold']:9.3f} {row['ap']:7.3f} "
                      f"{row['precision']:9.3f} {row['recall']:7.3f} {row['f1']:7.3f} "
                      f"{row['support']:8d}")
-    lines += ["", f"mAP: {report['map']:.4f}   micro-F1: {report['micro_f1']:.4f}   "
-                  f"macro-F1: {report['macro_f1']:.4f}   ({report['examples']} examples)"]
+    lines += ["", f"mAP: {report['map']:.4f}   at the thresholds: micro-F1 "
+                  f"{report['f1_at_thresholds']:.4f}, macro-F1 "
+                  f"{report['macro_f1_at_thresholds']:.4f}   ({report['examples']} examples)"]
     return "\n".join(lines)

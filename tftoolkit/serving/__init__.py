@@ -73,20 +73,19 @@ def _privacy_card(recipe: dict, info: DataInfo, metrics: dict) -> dict:
 
 
 def save_parity_inputs(run: RunDir, data: DataBundle) -> None:
-    """Keep a batch of real, un-augmented validation inputs (a seeded sample, classes
-    mixed) for the export parity check; without a validation split, training inputs, or
-    for a private run (which never reads its training split without noise) seeded
-    random pixels."""
+    """Keep a batch of real, un-augmented inputs (a seeded sample, classes mixed) of the
+    split :func:`~tftoolkit.unnoised.unnoised_reads` names for the export parity check
+    (validation; else training; a private run never reads its training split for it and
+    is checked on seeded random inputs instead)."""
     recipe = data.recipe
-    split = "val" if "val" in data.splits else "train"
-    if recipe.privacy.enabled:
-        split = unnoised_reads(recipe, data.splits)["parity"].split
+    split = unnoised_reads(recipe, data.splits)["parity"].split
     if split:
         inputs = np.asarray(next(iter(data.sample(split, PARITY_EXAMPLES)))[0], np.float32)
     else:
         rng = np.random.default_rng(recipe.data.split_seed)
-        inputs = rng.integers(0, 256, (PARITY_EXAMPLES, *data.info.input_shape)).astype(
-            np.float32)
+        shape = (PARITY_EXAMPLES, *data.info.input_shape)
+        inputs = (rng.integers(0, 256, shape) if data.info.image_size  # pixels
+                  else rng.normal(size=shape)).astype(np.float32)   # features
     np.save(run / RunDir.PARITY_INPUTS, inputs)
 
 
@@ -104,10 +103,11 @@ def quantization_inputs(data: DataBundle) -> Quantization:
     splits = {s: data.arrays(s, cfg.eval_examples) for s in ("val", "test")
               if s in data.splits}
     batch_size = data.recipe.train.batch_size or 32
-    # a private run calibrates on the split it declares public (the recipe checks it has one)
-    source = data.recipe.privacy.public_split if data.recipe.privacy.enabled else "train"
+    # (a private run calibrates on the split it declares public: the recipe checks it)
+    reads = unnoised_reads(data.recipe, data.splits)
     calibration = [np.asarray(b[0]) for b in data.sample(
-        source, cfg.calibration_steps * batch_size, batch_size=batch_size)]
+        reads["calibration"].split, cfg.calibration_steps * batch_size,
+        batch_size=batch_size)] if "calibration" in reads else []
     return Quantization(splits, calibration, cfg.int8_io, cfg.max_accuracy_drop)
 
 

@@ -64,10 +64,11 @@ def write_tflite(target: Path, model: keras.Model, info: DataInfo, inputs: np.nd
                  tolerance: float) -> float:
     """Convert ``model`` at its input shape (``info.input_shape``) to float LiteRT and check
     it on ``inputs`` (at that shape); returns the max abs diff."""
-    flatbuffer = litert.convert(model, "tflite", info.input_shape)
+    flatbuffer = litert.convert(model, "tflite", info.input_shape, task=info.task)
     target.write_bytes(flatbuffer)
     got = litert.LiteRTModel(flatbuffer).predict(inputs.astype(np.float32))
-    diff = float(np.abs(got - expected_output(model, inputs, info.task, "outputs")).max())
+    expected = expected_output(model, inputs, info.task, info.task.serving_key)
+    diff = float(np.abs(got - expected).max())
     if diff > tolerance:
         raise ExportError(f"LiteRT parity check failed: max abs diff {diff:.3g} > "
                           f"{tolerance:g}")
@@ -78,15 +79,12 @@ def write_onnx(model: keras.Model, info: DataInfo, target: Path, inputs: np.ndar
                tolerance: float) -> float:
     """Export the inference model as ONNX through Keras' exporter and check it with ONNX
     Runtime; returns the max abs diff. Input ``images`` (raw 0-255 pixels at the model's
-    size) or ``features``; output ``probabilities`` (one column per class) or ``outputs``."""
+    size) or ``features``; output the task's main served output (a classifier's
+    probabilities, one column per class; a regression's values)."""
     import onnxruntime
 
-    classifier = bool(info.class_names)
     x = keras.Input(info.input_shape, name="images" if info.image_size else "features")
-    y = keras.ops.cast(model(x, training=False), "float32")
-    if classifier and y.shape[-1] == 1:  # the task's scores: one sigmoid column P(1)
-        y = keras.ops.concatenate([1.0 - y, y], axis=-1)  # -> [P(0), P(1)]
-    served = keras.Model(x, y)
+    served = keras.Model(x, info.task.served_scores(model(x, training=False)))
     try:
         served.export(str(target), format="onnx", verbose=False, input_signature=[
             tf.TensorSpec([None, *info.input_shape], tf.float32, name=x.name)])
@@ -98,8 +96,7 @@ def write_onnx(model: keras.Model, info: DataInfo, target: Path, inputs: np.ndar
         raise ExportError(f"ONNX Runtime cannot load the converted model: "
                           f"{str(exc).splitlines()[0][-300:]}") from None
     got = session.run(None, {session.get_inputs()[0].name: inputs.astype(np.float32)})[0]
-    expected = expected_output(model, inputs, info.task,
-                               info.task.serving_key if classifier else "outputs")
+    expected = expected_output(model, inputs, info.task, info.task.serving_key)
     diff = float(np.abs(got - expected).max())
     if diff > tolerance:
         raise ExportError(f"ONNX parity check failed: ONNX Runtime's outputs differ from the "

@@ -46,12 +46,20 @@ def file_name(fmt: str) -> str:
 
 
 def convert(model: keras.Model, fmt: str, input_shape: tuple[int, ...],
-            calibration: Iterable[np.ndarray] = (), int8_io: str = "float") -> bytes:
-    """The LiteRT flatbuffer of ``model`` quantized as ``fmt`` (``tflite``: float)."""
+            calibration: Iterable[np.ndarray] = (), int8_io: str = "float",
+            task: Task | None = None) -> bytes:
+    """The LiteRT flatbuffer of ``model`` quantized as ``fmt`` (``tflite``: float); its
+    output is ``task``'s main served output (a classifier's ``probabilities``, one column
+    per class), or the model's predictions as ``outputs`` without a task."""
+    def endpoint(inputs):
+        predictions = model(inputs, training=False)
+        if task is None:
+            return {"outputs": tf.cast(predictions, tf.float32)}
+        return {task.serving_key: task.served_scores(predictions)}
+
     return convert_endpoint(
-        model, lambda inputs: {"outputs": tf.cast(model(inputs, training=False), tf.float32)},
-        tf.TensorSpec([None, *input_shape], tf.float32, name="inputs"), fmt, calibration,
-        int8_io)
+        model, endpoint, tf.TensorSpec([None, *input_shape], tf.float32, name="inputs"), fmt,
+        calibration, int8_io)
 
 
 def convert_endpoint(model: keras.Model, endpoint: Callable, spec: tf.TensorSpec, fmt: str,

@@ -8,17 +8,18 @@ version is never touched. The temporary directory of a process killed mid-export
 removed by the next export to the same root from the same host (on a shared disk, only
 the host that wrote it can tell whether its process is alive).
 
-Signatures of an image classifier:
-- ``serving_default``: float ``images`` [batch, H, W, 3], raw 0-255, any H and W
-  -> ``probabilities`` [batch, classes], ``class_id``, ``class_name``;
-- ``serve_bytes``: ``image_bytes`` [batch] encoded JPEG/PNG -> the same outputs.
+Signatures of an image model, each returning the task's outputs
+(:meth:`~tftoolkit.tasks.Task.serving_outputs`: a classifier's ``probabilities``
+[batch, classes], ``class_id`` and ``class_name``; a multi-label classifier's
+``probabilities`` and ``labels``, a boolean [batch, classes] mask of the classes at or
+above their thresholds; a regression's ``outputs``):
+- ``serving_default``: float ``images`` [batch, H, W, 3], raw 0-255, any H and W;
+- ``serve_bytes``: ``image_bytes`` [batch] encoded JPEG/PNG.
 Both bring images to the model's size with the training pipeline's own
 :class:`~tftoolkit.data.pipeline.Resize` (``data.resize_method``, antialiased when
 downscaling, whole pixel levels); the parity check serves real images through both at
 sizes other than the model's.
-A multi-label classifier's two signatures return ``probabilities`` and ``labels``, a
-boolean [batch, classes] mask of the classes at or above their thresholds.
-A feature-vector model has one ``serving_default``: ``features`` -> ``outputs``.
+A feature-vector model has one ``serving_default``: ``features`` -> the task's outputs.
 The model is always called with ``training=False``: no augmentation, dropout or
 BatchNorm update can reach a served prediction.
 """
@@ -69,14 +70,14 @@ def _out_of_space(error: BaseException) -> bool:
             or (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)))
 
 
-def _classifier_outputs(info: DataInfo, thresholds: np.ndarray | None):
-    """The map from the model's predictions to a classifier signature's outputs (the
-    task's, with the class names and a thresholded task's thresholds)."""
+def _served_outputs(info: DataInfo, thresholds: np.ndarray | None):
+    """The map from the model's predictions to a signature's outputs: the task's, with
+    the class names and a thresholded task's thresholds."""
     task = info.task
     if task.thresholded and thresholds is None:
         raise ExportError(f"a {task.name} export needs its per-class thresholds (the run's "
                           "thresholds.json)")
-    names = tf.constant(info.class_names)
+    names = tf.constant(info.class_names) if info.class_names else None
     cut = None if thresholds is None else tf.constant(np.asarray(thresholds, np.float32))
     return lambda predictions: task.serving_outputs(predictions, names, cut)
 
@@ -87,9 +88,9 @@ def write_savedmodel(model: keras.Model, info: DataInfo, path: Path,
     (``thresholds``: a multi-label model's, per class)."""
     archive = keras.export.ExportArchive()
     archive.track(model)
-    if info.image_size and info.class_names:
+    outputs = _served_outputs(info, thresholds)
+    if info.image_size:
         size, resize = info.image_size, info.resize
-        outputs = _classifier_outputs(info, thresholds)
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32,
                                                     name="images")])
@@ -111,7 +112,7 @@ def write_savedmodel(model: keras.Model, info: DataInfo, path: Path,
         @tf.function(input_signature=[tf.TensorSpec([None, *info.input_shape], tf.float32,
                                                     name="features")])
         def serve_features(features):
-            return {"outputs": tf.cast(model(features, training=False), tf.float32)}
+            return outputs(model(features, training=False))
 
         archive.add_endpoint("serving_default", serve_features)
     archive.write_out(str(path), verbose=False)
@@ -170,16 +171,17 @@ def parity_check(path: Path, model: keras.Model, inputs: np.ndarray, tolerance: 
     return diff
 
 
-def fixed_size(info: DataInfo) -> dict[str, Any]:
+def fixed_size(info: DataInfo, client_resize: str = "") -> dict[str, Any]:
     """What a client of a file of a fixed input size (LiteRT, ONNX, MediaPipe) must know:
-    the size it takes and how training brought images to it (none for feature vectors)."""
+    the shape it takes and, for images, how training brought them to it
+    (``client_resize``: the format's own wording of it, when it has one)."""
     if info.resize is None:
-        return {}
+        return {"input_shape": list(info.input_shape)}
     size = info.image_size
-    return {"input_size": [size, size],
-            "client_resize": f"Takes {size}x{size} images, as training saw them: "
-                             f"{info.resize.describe()}. Resize each image that way before "
-                             "running the file (the SavedModel's signatures resize inside)."}
+    return {"input_size": [size, size], "client_resize": client_resize or (
+        f"Takes {size}x{size} images, as training saw them: {info.resize.describe()}. "
+        "Resize each image that way before running the file (the SavedModel's signatures "
+        "resize inside).")}
 
 
 def _versions() -> dict[str, str]:
@@ -212,7 +214,7 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
     """Write each measured variant (quantized, MediaPipe) that keeps its accuracy (a
     multi-label model's mAP and micro-F1 at the thresholds) into ``tmp``; returns the card
     entries of the written ones and of the refused ones (with the reason)."""
-    float_file = litert.convert(model, "tflite", info.input_shape)
+    float_file = litert.convert(model, "tflite", info.input_shape, task=info.task)
     reference = litert.LiteRTModel(float_file)
     float_latency = reference.latency_ms(quantization.splits[litert.DECIDED_ON][0])
     written, refused = {}, {}
@@ -223,7 +225,8 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
                 model, fmt, info, quantization.calibration, thresholds)
         else:
             flatbuffer = litert.convert(model, fmt, info.input_shape,
-                                        quantization.calibration, quantization.int8_io)
+                                        quantization.calibration, quantization.int8_io,
+                                        task=info.task)
         measured = litert.measure(litert.LiteRTModel(flatbuffer), model,
                                   quantization.splits, info.task, thresholds)
         entry = {"file": litert.file_name(fmt), "size_bytes": len(flatbuffer),
@@ -234,10 +237,11 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
                  "examples": {s: int(len(x)) for s, (x, _) in quantization.splits.items()}}
         if fmt in ("tflite_int8", "mediapipe_int8"):
             entry["io"] = quantization.int8_io if fmt == "tflite_int8" else "uint8"
-        entry.update(fixed_size(info))
         if metadata is not None:
             entry["metadata_file"] = mediapipe_tasks.metadata_file(fmt)
-            entry["client_resize"] = mediapipe_tasks.resize_note(info.resize)
+            entry.update(fixed_size(info, mediapipe_tasks.resize_note(info.resize)))
+        else:
+            entry.update(fixed_size(info))
         reason = measured.refusal(fmt, quantization.max_accuracy_drop)
         if reason:
             refused[fmt] = {**entry, "file": None, "reason": reason}

@@ -51,12 +51,12 @@ def any_monitor(key: str) -> Monitor:
     """The validation figure ``key`` of whichever task logs it (its direction is the same
     in every task), refused with the choices when none does; whether a given run's task
     logs it is :meth:`Task.monitor`'s to say."""
-    for task_class in dict.fromkeys(TASK_OF_ENCODING.values()):
-        figure = key.removeprefix("val_")
-        if key.startswith("val_") and figure in task_class.figures:
-            return Monitor(key, task_class.figures[figure])
-    logged = sorted({f"val_{figure}" for task_class in TASK_OF_ENCODING.values()
-                     for figure in task_class.figures})
+    figure = key.removeprefix("val_")
+    for cls in dict.fromkeys(TASK_OF_ENCODING.values()):
+        if key.startswith("val_") and figure in cls.figures:
+            return Monitor(key, cls.figures[figure])
+    logged = sorted({f"val_{name}" for cls in TASK_OF_ENCODING.values()
+                     for name in cls.figures})
     raise RecipeError(f"{key!r} is not a validation figure any task logs"
                       f"{did_you_mean(key, logged)} (choices: {', '.join(logged)})")
 
@@ -67,11 +67,12 @@ def make_task(encoding: str, num_classes: int = 0, *, target_dim: int = 1,
     ``multilabel`` or ``regression``); ``class_counts`` and ``examples`` are the
     training split's (a multi-label task weighs each class's positives by them when
     asked to balance)."""
-    if encoding in ("sparse", "categorical", "binary"):
+    cls = TASK_OF_ENCODING.get(encoding)
+    if cls is SingleLabel:
         return SingleLabel(num_classes, encoding)
-    if encoding == "multilabel":
+    if cls is MultiLabel:
         return MultiLabel(num_classes, tuple(class_counts or ()), examples)
-    if encoding == "regression":
+    if cls is Regression:
         return Regression(target_dim)
     raise ValueError(f"unknown target encoding {encoding!r} "
                      f"(choices: {', '.join(TASK_OF_ENCODING)})")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import ClassVar
 
 import keras
@@ -35,9 +37,15 @@ class Monitor:
         return value > than if self.higher_is_better else value < than
 
     def best(self, values: dict) -> object:
-        """The key of ``values`` (key -> figure) whose figure is best; ties: the first."""
+        """The key of ``values`` (key -> figure) whose figure is best (a NaN is worst);
+        ties: the first."""
         sign = 1 if self.higher_is_better else -1
-        return max(values, key=lambda k: sign * values[k])
+
+        def rank(key) -> float:
+            value = float(values[key])
+            return -math.inf if math.isnan(value) else sign * value
+
+        return max(values, key=rank)
 
 
 class Task(ABC):
@@ -123,21 +131,29 @@ class Task(ABC):
 
     def measure(self, targets: np.ndarray, predictions: np.ndarray,
                 thresholds: np.ndarray | None = None) -> dict[str, float]:
-        """Every figure of ``predictions`` against ``targets`` (labels as sources give
-        them), computed by :meth:`loss` (plain: no smoothing, no weights) and the very
-        metric objects training logs."""
-        metrics, loss = self.metrics(), self.loss()
-        total, count = 0.0, 0
-        for start in range(0, len(targets), MEASURE_BATCH):
-            y = self.encode(tf.constant(targets[start:start + MEASURE_BATCH]))
-            p = tf.constant(np.asarray(predictions[start:start + MEASURE_BATCH], np.float32))
-            n = int(p.shape[0])
-            total += float(loss(y, p)) * n
-            count += n
+        """Every figure of ``predictions`` (the model's, or what a served file returns)
+        against ``targets`` (labels as sources give them): :meth:`measure_batches` of
+        them."""
+        return self.measure_batches(
+            ((targets[i:i + MEASURE_BATCH], predictions[i:i + MEASURE_BATCH])
+             for i in range(0, len(targets), MEASURE_BATCH)), thresholds)
+
+    def measure_batches(self, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+                        thresholds: np.ndarray | None = None) -> dict[str, float]:
+        """Every figure other than the (recipe-dependent) loss over ``(targets,
+        predictions)`` batches, by the very metric objects training logs."""
+        metrics = self.metrics()
+        for targets, predictions in batches:
+            y = self.encode(tf.constant(np.asarray(targets)))
+            p = tf.constant(self.predictions(predictions))
             for metric in metrics:
                 metric.update_state(y, p)
-        return {"loss": total / max(count, 1),
-                **{metric.name: float(metric.result()) for metric in metrics}}
+        return {metric.name: float(metric.result()) for metric in metrics}
+
+    def predictions(self, outputs: np.ndarray) -> np.ndarray:
+        """What the model predicts, from its own outputs or from what a served model
+        returns (:meth:`scores`)."""
+        return np.asarray(outputs, np.float32)
 
     # --- decisions and served outputs ------------------------------------------------
 
@@ -148,7 +164,8 @@ class Task(ABC):
 
     def agreement(self, predictions: np.ndarray, reference: np.ndarray,
                   thresholds: np.ndarray | None = None) -> float:
-        """The share of decisions ``predictions`` and ``reference`` agree on."""
+        """The share of decisions ``predictions`` and ``reference`` (the model's outputs,
+        or served scores) agree on."""
         return float(np.mean(self.decide(predictions, thresholds)
                              == self.decide(reference, thresholds)))
 
@@ -163,9 +180,10 @@ class Task(ABC):
         the predictions themselves otherwise."""
         return np.asarray(predictions, np.float32)
 
-    def served_scores(self, predictions: tf.Tensor) -> tf.Tensor:
-        """:meth:`scores` inside a served graph."""
-        return tf.cast(predictions, tf.float32)
+    def served_scores(self, predictions):
+        """:meth:`scores` inside a served graph, with ``keras.ops`` (a ``tf.Tensor`` or a
+        symbolic Keras tensor in, float32 out)."""
+        return keras.ops.cast(predictions, "float32")
 
     @property
     def serving_key(self) -> str:
@@ -175,8 +193,8 @@ class Task(ABC):
     @abstractmethod
     def report(self, targets: np.ndarray, predictions: np.ndarray, class_names: list[str],
                thresholds: np.ndarray | None = None) -> dict:
-        """The evaluation report of a split: :meth:`measure`'s figures and the task's own
-        tables (per class, confusion matrix, ...)."""
+        """The evaluation report of a split: :meth:`measure`'s figures (the same names)
+        and the task's own tables (per class, confusion matrix, ...)."""
 
     @property
     def thresholded(self) -> bool:

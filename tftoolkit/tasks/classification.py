@@ -85,17 +85,26 @@ class SingleLabel(Task):
         return (counts.sum() / (len(counts) * np.maximum(counts, 1))).astype("float32")
 
     def scores(self, predictions: np.ndarray) -> np.ndarray:
-        """One probability column per class."""
+        """One probability column per class (a single sigmoid column P(1) is what a
+        one-sigmoid model predicts; served, it is [P(0), P(1)])."""
         predictions = np.asarray(predictions, dtype=np.float32)
         if predictions.shape[-1] == 1:
             return np.concatenate([1 - predictions, predictions], axis=-1)
         return predictions
 
-    def served_scores(self, predictions: tf.Tensor) -> tf.Tensor:
-        probabilities = tf.cast(predictions, tf.float32)
+    def served_scores(self, predictions):
+        probabilities = keras.ops.cast(predictions, "float32")
         if probabilities.shape[-1] == 1:
-            probabilities = tf.concat([1.0 - probabilities, probabilities], axis=-1)
+            probabilities = keras.ops.concatenate([1.0 - probabilities, probabilities],
+                                                  axis=-1)
         return probabilities
+
+    def predictions(self, outputs: np.ndarray) -> np.ndarray:
+        """The model's predictions; of a one-sigmoid model's served [P(0), P(1)], P(1)."""
+        outputs = np.asarray(outputs, np.float32)
+        if self.form == "binary" and outputs.shape[-1] == 2:
+            return outputs[..., 1:]
+        return outputs
 
     @property
     def serving_key(self) -> str:
@@ -116,9 +125,10 @@ class SingleLabel(Task):
 
     def report(self, targets: np.ndarray, predictions: np.ndarray, class_names: list[str],
                thresholds: np.ndarray | None = None) -> dict:
-        """Accuracy and loss (:meth:`measure`), top-k accuracy, per-class precision,
+        """Accuracy (:meth:`measure`), top-k accuracy, per-class precision,
         recall, F1 and support, their averages, and the confusion matrix."""
         labels = np.asarray(targets).astype(int)
+        predictions = self.predictions(predictions)
         probabilities = self.scores(predictions)
         k = len(class_names)
         matrix = confusion_matrix(labels, self.decide(predictions), k)
@@ -137,7 +147,6 @@ class SingleLabel(Task):
             "examples": int(len(labels)),
             "accuracy": figures["accuracy"],
             f"top_{top_k}_accuracy": top_k_accuracy(labels, probabilities, top_k),
-            "loss": figures["loss"],
             "per_class": per_class,
             "macro_avg": {"precision": float(precision.mean()), "recall": float(recall.mean()),
                           "f1": float(f1.mean())},

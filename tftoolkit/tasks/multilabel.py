@@ -8,6 +8,7 @@ training; a finished run decides at per-class thresholds chosen on the validatio
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -68,16 +69,16 @@ class MultiLabel(Task):
     def metrics(self) -> list[keras.metrics.Metric]:
         return multilabel.metrics(self.num_classes)
 
-    def measure(self, targets: np.ndarray, predictions: np.ndarray,
-                thresholds: np.ndarray | None = None) -> dict[str, float]:
-        """The logged figures; with ``thresholds``, micro- and macro-F1, precision and
-        recall at them too (``f1_at_thresholds``, ...)."""
-        figures = super().measure(targets, predictions)
+    def measure_batches(self, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+                        thresholds: np.ndarray | None = None) -> dict[str, float]:
+        """The logged figures (``map``, and ``f1`` and ``macro_f1`` at 0.5); with
+        ``thresholds``, micro- and macro-F1, precision and recall at them too
+        (``f1_at_thresholds``, ``macro_f1_at_thresholds``, ...)."""
+        counted = _Counted(batches)
+        figures = super().measure_batches(counted)
         if thresholds is not None:
-            histograms = multilabel.score_histograms(targets, predictions)
-            figures.update({f"{k}_at_thresholds": v for k, v in
-                            multilabel.report_at(*histograms, thresholds).items()
-                            if k != "map"})
+            figures.update({f"{k}_at_thresholds": v for k, v in multilabel.report_at(
+                counted.positives, counted.negatives, thresholds).items() if k != "map"})
         return figures
 
     def decide(self, predictions: np.ndarray,
@@ -100,8 +101,8 @@ class MultiLabel(Task):
 
     def report(self, targets: np.ndarray, predictions: np.ndarray, class_names: list[str],
                thresholds: np.ndarray | None = None) -> dict:
-        """mAP, micro/macro F1 and per class AP, precision, recall, F1 and support at each
-        class's threshold (chosen on validation)."""
+        """:meth:`measure`'s figures at each class's threshold (chosen on validation) and,
+        per class, AP, precision, recall, F1 and support there."""
         if thresholds is None:
             thresholds = np.full(len(class_names), multilabel.DEFAULT_THRESHOLD, np.float32)
         positives, negatives = (h.numpy() for h in multilabel.score_histograms(
@@ -116,10 +117,25 @@ class MultiLabel(Task):
                                                        counts.precision, counts.recall,
                                                        counts.f1, support)]
         return {"examples": int(len(targets)),
-                "map": float(multilabel.mean_average_precision(positives, negatives)),
-                "micro_f1": counts.micro_f1, "macro_f1": float(counts.f1.mean()),
-                "loss": self.measure(targets, predictions)["loss"],
+                **self.measure(targets, predictions, thresholds),
                 "per_class": per_class,
                 "macro_avg": {"precision": float(counts.precision.mean()),
                               "recall": float(counts.recall.mean()),
                               "f1": float(counts.f1.mean())}}
+
+
+class _Counted:
+    """Batches of ``(targets, predictions)`` passed through, their score histograms
+    summed on the way (for figures at thresholds, which no metric logs)."""
+
+    def __init__(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]):
+        self.batches = batches
+        self.positives = self.negatives = 0.0
+
+    def __iter__(self):
+        for targets, predictions in self.batches:
+            positives, negatives = multilabel.score_histograms(
+                np.asarray(targets), np.asarray(predictions, np.float32))
+            self.positives = self.positives + positives.numpy()
+            self.negatives = self.negatives + negatives.numpy()
+            yield targets, predictions

@@ -19,6 +19,7 @@ in place at the end (``train.ema``).
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import keras
@@ -116,20 +117,24 @@ class _Steps:
         # the penalties in the logged loss, as Keras' fit logs it (once per example)
         penalty = tf.add_n(model.losses) if model.losses else 0.0
         per_example, predictions = self.step(x, y, *weight)
-        for metric in self.train_metrics:  # as Keras' fit: weighted by the sample weights
+        for metric in self.train_metrics:  # weighted, as compiled (optim.compile_model)
             metric.update_state(y, predictions, *weight)
         examples = tf.cast(tf.shape(per_example)[0], tf.float32)
         return tf.reduce_sum(per_example) + penalty * examples, examples
 
     def _eval_step(self, batch):
         x, y, *weight = batch
-        predictions = self.model(x, training=False)
+        model = self.model
+        predictions = model(x, training=False)
         per_example = self.loss_fn(y, predictions)
         if weight:
             per_example = per_example * tf.cast(weight[0], per_example.dtype)
         for metric in self.eval_metrics:
             metric.update_state(y, predictions, *weight)
-        return tf.reduce_sum(per_example), tf.cast(tf.shape(per_example)[0], tf.float32)
+        # the penalties in the loss, as Keras' evaluate reports it (once per example)
+        penalty = tf.add_n(model.losses) if model.losses else 0.0
+        examples = tf.cast(tf.shape(per_example)[0], tf.float32)
+        return tf.reduce_sum(per_example) + penalty * examples, examples
 
     def _reduce(self, values):
         return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
@@ -152,10 +157,19 @@ class _Steps:
         return {"loss": loss_sum / examples, **self.results(self.eval_metrics)}
 
 
+# The steps evaluate_distributed built for a model (EMA validation evaluates every epoch):
+# model -> (its optimizer then, the task, the steps)
+_EVALUATORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def evaluate_distributed(model: keras.Model, dataset: Input, strategy,
                          task: Task) -> dict[str, float]:
     """``model.evaluate`` for strategies where Keras' own fails."""
-    return _Steps(model, strategy, task).evaluate_dataset(dataset)
+    optimizer, known_task, steps = _EVALUATORS.get(model, (None, None, None))
+    if steps is None or optimizer is not model.optimizer or known_task != task:
+        steps = _Steps(model, strategy, task)
+        _EVALUATORS[model] = (model.optimizer, task, steps)
+    return steps.evaluate_dataset(dataset)
 
 
 def fit_distributed(model: keras.Model, train_ds: Input, *, strategy, task: Task,

@@ -159,4 +159,6 @@ def compile_model(model: keras.Model, recipe: Recipe, info: DataInfo, learning_r
             block_learning_rate_multipliers(layer_decay_model, recipe.train.layer_decay))
     loss = info.task.loss(recipe.regularize.label_smoothing,
                           balanced=recipe.data.class_weight == "balanced")
-    model.compile(optimizer=optimizer, loss=loss, metrics=info.task.metrics())
+    # weighted: a sample weight (class weights, DP-SGD's mask of padded rows) counts in
+    # every figure, as in the loss, in Keras' fit and in the multi-worker loop alike
+    model.compile(optimizer=optimizer, loss=loss, weighted_metrics=info.task.metrics())

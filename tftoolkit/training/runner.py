@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from tftoolkit.augment import Augmenter, build_augmenter, training_model
 from tftoolkit.augment.tta import predict_tta
-from tftoolkit.data import DataBundle, DataInfo, load_data
+from tftoolkit.data import SAMPLE_BATCH, DataBundle, DataInfo, load_data
 from tftoolkit.errors import RecipeError
 from tftoolkit.models import build_model, input_size
 from tftoolkit.models.transfer import set_trainable
@@ -46,6 +46,7 @@ from tftoolkit.training.runtime import (choose_strategy, precision_policy, seed_
 from tftoolkit.training.step import TrainStep, use_in_fit
 from tftoolkit.training.stages import Stage, StageInputs, plan_stages, stage_modes
 from tftoolkit.tasks import Monitor
+from tftoolkit.unnoised import unnoised_reads
 
 
 @dataclass
@@ -323,28 +324,30 @@ def _monitor(run: _Run) -> Monitor:
 
 def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callbacks.Callback]:
     """The stop at a non-finite loss, then callbacks that change the logs (EMA validation,
-    best-epoch keeping), then those that record them, then the per-epoch resume state."""
+    best-epoch keeping), then those that record them, then the per-epoch resume state.
+    What reads the validation split is :func:`~tftoolkit.unnoised.unnoised_reads`'s to
+    decide."""
     t = run.recipe.train
-    has_validation = inputs.val is not None
+    reads = unnoised_reads(run.recipe, run.data.splits, run.data.info.task.thresholded)
     learning_rate_key = ("train.fine_tune_learning_rate" if stage.mode == "fine_tune"
                          else "train.learning_rate")
     # First: a diverged step ends training before any other callback sees its epoch.
     callbacks: list[keras.callbacks.Callback] = [StopOnNonFiniteLoss(
         f"stage {stage.index + 1} ({stage.mode})", learning_rate_key, stage.learning_rate,
         run.run)]
-    if _recalibrates(run) and has_validation:
+    if _recalibrates(run) and inputs.val is not None:
         callbacks.append(RecalibrateBeforeValidation(run.model, _recalibration_batches(run)))
-    if t.ema and has_validation:
+    if "ema" in reads:
         callbacks.append(EmaValidation(inputs.val, lambda model, data: distributed.evaluate(
             model, data, strategy=run.strategy, task=run.data.info.task)))
     # KeepBest is the one owner of which epoch is kept: it alone puts weights back, so
     # early stopping only ends the stage (the best epoch by val_loss is kept for it).
-    if has_validation and (t.select_best or t.ema or t.early_stopping):
-        callbacks.append(KeepBest(run.run, stage.index, _monitor(run), ema=bool(t.ema),
-                                  across_epochs=bool(t.select_best or t.early_stopping)))
+    if "selection" in reads or "ema" in reads:
+        callbacks.append(KeepBest(run.run, stage.index, _monitor(run), ema="ema" in reads,
+                                  across_epochs="selection" in reads))
     callbacks += [keras.callbacks.CSVLogger(str(run.run / RunDir.HISTORY), append=True),
                   EpochTensorBoard(str(run.run / RunDir.LOGS))]
-    if t.early_stopping and has_validation:
+    if "early_stopping" in reads:
         callbacks.append(keras.callbacks.EarlyStopping(
             patience=t.early_stopping, restore_best_weights=False))
     # Last: the per-epoch state of what trains (the whole graph, or the head on cached
@@ -566,10 +569,11 @@ def evaluate_model(model: keras.Model, data: DataBundle, recipe: Recipe, batch_s
         metrics.update({f"{split}_{k}": v for k, v in values.items()})
         if (recipe.train.tta and data.info.image_size
                 and not distributed.needs_own_loop(strategy)):
-            images, targets = data.arrays(split)
-            averaged = predict_tta(model, images, recipe.train.tta)
+            averaged = ((task.targets(batch[1]),
+                         predict_tta(model, np.asarray(batch[0]), recipe.train.tta))
+                        for batch in data.dataset(split, batch_size=SAMPLE_BATCH))
             metrics.update({f"{split}_{k}_tta": v
-                            for k, v in task.measure(targets, averaged).items()})
+                            for k, v in task.measure_batches(averaged).items()})
     return metrics
 
 

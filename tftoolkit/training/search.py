@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +25,7 @@ import keras_tuner as kt
 from matplotlib.figure import Figure
 
 from tftoolkit.data import load_data
-from tftoolkit.errors import RecipeError, TftoolkitError
+from tftoolkit.errors import RecipeError, TftoolkitError, TrainingDiverged
 from tftoolkit.models import input_size
 from tftoolkit.recipe import Recipe, bundled_recipes, load_recipe, parse_overrides
 from tftoolkit.tasks import any_monitor
@@ -104,6 +105,8 @@ def check_space(recipe: Recipe, dimensions: list[Dimension]) -> None:
     if not dimensions:
         raise RecipeError("tune needs at least one --space KEY=SPEC")
     for dimension in dimensions:
+        if dimension.key.startswith("privacy."):
+            raise RecipeError(f"--space {dimension.key}: {refused_search('tune')}")
         for value in dimension.extremes():
             try:
                 load_recipe(recipe, {dimension.key: value})
@@ -179,6 +182,8 @@ class _RecipeTuner(kt.Tuner):
                 **values, "export.enabled": False, "train.resume": False,
                 "train.run_dir": str(self.folder / "trials" / trial.trial_id)},
                 report_test=False, judged_by=self.objective_name)
+        except TrainingDiverged as exc:  # a losing trial (a rate too high), not a fault
+            raise kt.errors.FailedTrialError(str(exc)) from exc
         except TftoolkitError as exc:
             raise _StopSearch(exc) from exc
         if self.objective_name not in result.metrics:
@@ -239,6 +244,8 @@ def search(recipe: Recipe | str, space: list[str], *, trials: int = 10,
     try:
         runner.search()
     except _StopSearch as stop:
+        if not resume and not runner.rows:  # nothing trained: no search to resume
+            shutil.rmtree(folder, ignore_errors=True)
         raise stop.error from None
     rows = _all_trials(runner, dimensions, objective)
     best = runner.oracle.get_best_trials(1)[0]
