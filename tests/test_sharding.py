@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,20 +170,20 @@ def test_a_shared_scan_decodes_only_its_share_and_agrees_with_a_full_scan(tmp_pa
     original = scan._check
     monkeypatch.setattr(scan, "_check", lambda path, *limit: checked.append(path)
                         or original(path, *limit))
-    shares = []
-    for worker in range(2):  # each worker's own marks, then the sum over both
-        checked.clear()
-        own = scan_image_folder(paths, share=WorkerShare(worker, 2, lambda marks: marks))
-        shares.append((list(checked), own))
-    marks = [np.isin([str(p) for p in paths], [b for b, _ in own.bad]).astype(np.int32)
-             for _, own in shares]
+    given = []
+    for worker in range(2):  # what each worker gives to the sum over the workers
+        scan_image_folder(paths, share=WorkerShare(worker, 2, lambda own: given.append(own)
+                                                   or own))
     for worker in range(2):
         checked.clear()
         result = scan_image_folder(paths, share=WorkerShare(
-            worker, 2, lambda own: own + marks[1 - worker]))
+            worker, 2, lambda own: own + given[1 - worker]))
         others_bad = [p for p in paths[1 - worker::2] if str(p) in dict(full.bad)]
         assert sorted(checked) == sorted(paths[worker::2] + others_bad)
         assert result.good == full.good and result.bad == full.bad
+        np.testing.assert_array_equal(result.digests, full.digests)  # of every good file
+    assert [hashlib.sha256(Path(p).read_bytes()).digest() for p in full.good] == [
+        d.tobytes() for d in full.digests]
 
 
 WORKER = """

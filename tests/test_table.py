@@ -190,3 +190,55 @@ def test_the_images_a_table_names_are_checked_against_data_max_pixels(images):
                                         r"declares 32x32 pixels, more than "
                                         r"data\.max_pixels=1000"):
         load_data(_recipe(csv=str(table), max_pixels=1000), 32)
+
+
+def _split_of(data) -> dict[str, set[str]]:
+    """Each path's splits."""
+    found: dict[str, set[str]] = {}
+    for split, examples in data.splits.items():
+        for path in examples.paths:
+            found.setdefault(path, set()).add(split)
+    return found
+
+
+def test_triplicated_rows_never_straddle_splits_and_the_notes_count_them(images):
+    rows = _rows(images) * 3  # the table lists each image three times
+    text = "path,label\n" + "".join(f"{p},{k}\n" for p, k in rows)
+    table = _write(images.parent / "t.csv", text)
+    data = load_data(_recipe(csv=str(table), validation_fraction=0.25, test_fraction=0.25), 32)
+    assert all(len(splits) == 1 for splits in _split_of(data).values())
+    assert data.info.counts == {"train": 42, "val": 12, "test": 18}  # 14 + 4 + 6 images
+    assert "72 examples are byte-identical to another (24 groups" in " ".join(data.notes)
+
+
+def test_one_path_with_two_labels_is_refused_naming_both_lines(images):
+    rows = _rows(images, per_kind=4) + [("images/circle/001.png", "square")]
+    text = "path,label\n" + "".join(f"{p},{k}\n" for p, k in rows)
+    with pytest.raises(DataError, match=r"(?s)1 row\(s\) of csv .*t.csv line 3 and t.csv "
+                                        r"line 10 \(images/circle/001.png\): label 'circle' "
+                                        r"and 'square'"):
+        load_data(_recipe(csv=str(_write(images.parent / "t.csv", text))), 32)
+
+
+def test_byte_identical_files_of_two_classes_in_a_table_are_refused(images):
+    (images / "square" / "copy.png").write_bytes((images / "circle" / "003.png").read_bytes())
+    rows = _rows(images, per_kind=4) + [("images/square/copy.png", "square")]
+    text = "path,label\n" + "".join(f"{p},{k}\n" for p, k in rows)
+    with pytest.raises(DataError, match=r"(?s)byte-identical to another under a different "
+                                        r"class.*line 5 \(.*circle/003.png\) and t.csv line 10 "
+                                        r"\(.*square/copy.png\)"):
+        load_data(_recipe(csv=str(_write(images.parent / "t.csv", text))), 32)
+
+
+def test_multi_label_rows_naming_one_image_are_merged(images):
+    text = ("path,tags\n"
+            "images/circle/000.jpg,round\n"
+            "images/circle/001.png,round\n"
+            "images/circle/000.jpg,bright\n"   # the same image, another label: merged
+            "images/square/000.jpg,square\n")
+    table = read_table(_write(images.parent / "t.csv", text), path_column="path",
+                       label_column="tags", label_delimiter="|")
+    assert table.class_names == ["bright", "round", "square"]
+    assert table.rows == ["t.csv line 2", "t.csv line 3", "t.csv line 5"]
+    np.testing.assert_array_equal(table.labels, [[1, 1, 0], [0, 1, 0], [0, 0, 1]])
+    assert "1 row(s) name an image an earlier row names" in table.notes[0]
