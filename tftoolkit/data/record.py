@@ -169,3 +169,20 @@ class SplitRecord:
         match.unrecorded = len(pool) - sum(map(len, chosen.values()))
         return {split: pool.subset(np.array(indices, np.int64))
                 for split, indices in chosen.items()}, match
+
+
+def check_resumable(folder: str | Path, record: SplitRecord) -> str | None:
+    """Refuse, naming what changed, to resume the unfinished run in ``folder`` when the
+    data gives other splits now than the run recorded; a note when the run recorded none
+    (it started before runs kept their splits: nothing to check against)."""
+    saved = SplitRecord.read(folder)
+    if saved is None:
+        return (f"{folder} has no {SPLITS_FILE} to check its data against (a run from "
+                "before runs recorded their splits); resuming it on the data as it is now")
+    changes = record.changes_since(saved)
+    if changes:
+        raise DataError(f"the unfinished run {folder} trained on other data than the recipe "
+                        f"gives now ({SPLITS_FILE} there):{bounded_list(changes, 'changes')}"
+                        "\nRestore that data to resume the run, or --set train.resume=false "
+                        "to train a new run beside it.")
+    return None
