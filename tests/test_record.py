@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import tftoolkit
-from conftest import make_image_folder
+from conftest import make_image_folder, write_image
 from tftoolkit.data import load_data
 from tftoolkit.data.record import SplitRecord
 from tftoolkit.errors import DataError
@@ -80,3 +81,79 @@ def test_a_record_names_what_changed_between_two_readings_of_the_data():
     assert record(changed).changes_since(record(x)) == [
         "split 'train': 1 added (array:train:12), 1 with other content (array:train:0)"]
     assert record(x).changes_since(record(x)) == []
+
+
+def _shapes_recipe(folder: Path, **export) -> Recipe:
+    return Recipe(name="shapes", data=DataConfig(source="folder", dir=str(folder),
+                                                 image_size=16, test_fraction=0.2),
+                  model=ModelConfig(architecture="cnn", filters=[4]),
+                  train=TrainConfig(epochs=1, batch_size=8),
+                  export=ExportConfig(**{"enabled": False, **export}))
+
+
+def test_evaluate_scores_the_recorded_test_images_after_the_folder_grows(tmp_path, quiet,
+                                                                          cli):
+    from tftoolkit.evaluation import recorded_data
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=10, size=16)
+    result = tftoolkit.train(_shapes_recipe(folder), quiet)
+    tested = [r["source"] for r in _rows(result.run_dir) if r["split"] == "test"]
+    assert len(tested) == 4
+    more = make_image_folder(tmp_path / "more", per_class=10, size=16, seed=1)
+    for image in more.rglob("*.*"):  # the folder doubles after training
+        image.rename(folder / image.parent.name / f"new-{image.name}")
+    proc = cli("evaluate", result.run_dir)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((result.run_dir / "eval" / "metrics.json").read_text())
+    assert report["examples"] == 4 and sum(map(sum, report["confusion_matrix"])) == 4
+    assert "20 example(s) of the data are not in splits.csv (added since the run" in proc.stdout
+    data = recorded_data(result.run_dir, result.recipe, result.info)
+    assert data.splits["test"].paths.tolist() == tested
+
+    Path(tested[0]).unlink()  # a recorded test image is gone: named, and left out
+    report, _ = tftoolkit.evaluate(result.run_dir)
+    assert report["examples"] == 3
+    assert any("1 of the 4 test examples the run recorded are not in the data now" in note
+               and f"{tested[0]} (missing)" in note for note in report["notes"])
+
+
+def test_the_card_fingerprints_each_split_and_guards_an_export_without_its_run(tmp_path,
+                                                                               quiet):
+    import shutil
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=10, size=16)
+    result = tftoolkit.train(_shapes_recipe(folder, enabled=True), quiet)
+    card = json.loads((result.export_dir / "model_card.json").read_text())
+    rows = _rows(result.run_dir)
+    for split in ("train", "val", "test"):
+        digests = sorted(r["sha256"] for r in rows if r["split"] == split)
+        assert card["split_fingerprints"][split] == hashlib.sha256(
+            "\n".join(digests).encode()).hexdigest()
+    shutil.rmtree(result.run_dir)
+    report, _ = tftoolkit.evaluate(result.export_dir)  # the data as it was: derived again
+    assert report["examples"] == 4 and "split_fingerprints" not in report
+    assert any("the model card fingerprints" in note for note in report["notes"])
+    write_image(folder / "circle" / "new.png", np.full((16, 16, 3), 7, np.uint8))
+    with pytest.raises(DataError, match=r"splits.csv is gone, and the data now gives other "
+                                        r".*examples than the model card"):
+        tftoolkit.evaluate(result.export_dir)
+
+
+def test_compare_refuses_runs_that_recorded_other_splits(monkeypatch, tmp_path):
+    from tftoolkit.data.record import RecordRow
+    from tftoolkit.training import comparison
+    from tftoolkit.training.runner import TrainResult
+
+    def fake_train(recipe):  # the test images changed between the two runs
+        run_dir = tmp_path / recipe.model.mode
+        run_dir.mkdir()
+        tested = "b" * 64 if recipe.model.mode == "scratch" else "c" * 64
+        SplitRecord([RecordRow("train", "a.png", "a" * 64),
+                     RecordRow("test", "b.png", tested)]).write(run_dir)
+        return TrainResult(recipe, None, {}, run_dir, None, {"val_accuracy": 0.5}, 1.0)
+
+    monkeypatch.setattr(comparison, "train", fake_train)
+    monkeypatch.setattr(comparison, "export_run", lambda run_dir: pytest.fail("exported"))
+    with pytest.raises(DataError, match=r"the scratch and fine_tune runs recorded other test "
+                                        r"examples .*the data changed while compare ran"):
+        comparison.compare(tftoolkit.load_recipe("fashion_transfer"), ["scratch", "fine_tune"])
