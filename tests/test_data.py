@@ -687,3 +687,43 @@ def test_held_out_splits_without_duplicates_are_the_stratified_split_of_the_exam
         grouped = stratified_split(labels, fraction, seed, np.argsort(singletons))
         for a, b in zip(plain, grouped):
             np.testing.assert_array_equal(a, b)
+
+
+def test_float_images_within_0_and_1_are_refused_with_the_fix():
+    x = np.random.default_rng(0).random((8, 4, 4, 3)).astype("float32")
+    recipe = Recipe(name="a", data=DataConfig(source="arrays", arrays={
+        "train": (x, np.arange(8) % 2)}))
+    with pytest.raises(DataError, match=r"data.arrays\['train'\]: float images with every "
+                                        r"value within \[0, 1\].*raw 0-255 pixels.*x \* 255"):
+        load_data(recipe)
+    pixels = replace(recipe.data, arrays={"train": (x * 255, np.arange(8) % 2)})
+    assert load_data(replace(recipe, data=pixels)).info.image_size == 4
+    features = replace(recipe.data, arrays={"train": (x[:, :, 0, 0], np.arange(8) % 2)})
+    assert load_data(replace(recipe, data=features)).info.image_size is None  # not images
+
+
+def test_a_class_folder_named_with_a_line_break_is_refused(tmp_path):
+    folder = make_image_folder(tmp_path / "shapes", classes=("a\nb", "c"), per_class=2)
+    with pytest.raises(DataError, match=r"class folder name\(s\) with a control character.*"
+                                        r"a\\nb.*labels.txt"):
+        load_data(_folder_recipe(folder), 32)
+
+
+def test_a_dangling_symbolic_link_in_a_class_folder_is_a_bad_file_named(tmp_path, quiet):
+    folder = make_image_folder(tmp_path / "shapes", per_class=4)
+    (folder / "circle" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DataError, match=r"(?s)1 file\(s\) in .*circle/gone.png: a symbolic "
+                                        r"link to .*nowhere.png', which does not exist"):
+        load_data(_folder_recipe(folder), 32)
+    data = load_data(_folder_recipe(folder, on_bad_file="skip"), 32)
+    assert [Path(p).name for p, _ in data.info.bad_files] == ["gone.png"]
+
+
+def test_a_class_with_one_image_trains_with_a_warning(tmp_path):
+    folder = make_image_folder(tmp_path / "shapes", per_class=8)
+    write_image(folder / "triangle" / "only.png", np.zeros((32, 32, 3), np.uint8))
+    data = load_data(_folder_recipe(folder), 32)
+    assert "triangle" in data.info.class_names
+    assert data.splits["train"].paths.tolist()[-1].endswith("only.png")
+    assert any(note.startswith("warning: class 'triangle' (train 1) has no example in the "
+                               "val or test split") for note in data.notes)

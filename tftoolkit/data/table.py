@@ -107,12 +107,14 @@ def _read_csv_file(path: Path, columns: list[str]) -> tuple[list[Row], Path, str
         header = [h.strip() for h in header]
         _check_columns(header, columns, str(path))
         index = [header.index(c) for c in columns]
+        ended = reader.line_num  # a quoted field may hold line breaks: a row's first line
         for cells in reader:
-            where = f"{path.name} line {reader.line_num}"
+            line, ended = ended + 1, reader.line_num
+            where = f"{path.name} line {line}"
             if not any(c.strip() for c in cells):
                 continue  # a blank line
             if len(cells) != len(header):
-                raise DataError(f"{path} line {reader.line_num} has {len(cells)} fields, "
+                raise DataError(f"{path} line {line} has {len(cells)} fields, "
                                 f"the header {len(header)}; quote fields that contain "
                                 f"{delimiter!r}")
             values = [cells[i].strip() for i in index] + [""] * (3 - len(index))
