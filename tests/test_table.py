@@ -252,7 +252,7 @@ def test_label_sets_without_a_delimiter_get_a_warning_naming_the_key(images):
     data = load_data(_recipe(csv=str(_write(images.parent / "t.csv", text))), 32)
     warning = next(n for n in data.notes if n.startswith("warning:"))
     assert "3 of its 6 distinct labels contain ' '" in warning
-    assert "data.label_delimiter" in warning
+    assert "--set data.label_delimiter=' '" in warning
     names = [(p, k) for p, k in _rows(images)]  # class names with spaces, no label sets
     kinds = ["golden retriever", "border collie", "german shepherd", "beagle"]
     text = "path,label\n" + "".join(f"{p},{kinds[i % 4]}\n" for i, (p, _) in enumerate(names))

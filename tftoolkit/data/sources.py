@@ -302,7 +302,8 @@ def _folder(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Sou
                                     f"({', '.join(IMAGE_EXTENSIONS)})")
     class_of = {str(p): label for label, paths in enumerate(files.values()) for p in paths}
     labels = np.array([class_of[path] for path in scan.good], "int64")
-    unreadable = [name for label, name in enumerate(files) if label not in set(labels)]
+    present = set(labels.tolist())
+    unreadable = [name for label, name in enumerate(files) if label not in present]
     if unreadable:
         raise DataError(f"class folder {root / unreadable[0]} has no readable image")
     paths = np.array(scan.good)
@@ -355,8 +356,9 @@ def _csv(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Source
                         "(one label present or absent is binary: leave "
                         "data.label_delimiter empty)")
     if table.class_names is not None and not table.multilabel:
-        named = Examples(labels[keep], digests=digests[keep])
-        _refuse_conflicts(named, lambda i: f"{rows[keep][i]} ({paths[keep][i]})",
+        kept_rows, kept_paths = rows[keep], paths[keep]
+        _refuse_conflicts(Examples(labels[keep], digests=digests[keep]),
+                          lambda i: f"{kept_rows[i]} ({kept_paths[i]})",
                           f"row(s) of {table.description} name an image")
     splits = {}
     for split in ("train", "val", "test"):

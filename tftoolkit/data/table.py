@@ -179,9 +179,10 @@ def read_table(source: Any, *, path_column: str, label_column: str,
         full, why = _resolve(row.path, base, root)
         if why is None and not row.label and not multilabel:
             why = f"empty {label_column!r}"
-        if why is None and control_characters(row.label):
+        names = "".join(_tags(row.label, label_delimiter)) if multilabel else row.label
+        if why is None and control_characters(names):
             why = (f"{label_column!r} {row.label!r} holds the control character(s) "
-                   f"{', '.join(control_characters(row.label))}; a class name is one line "
+                   f"{', '.join(control_characters(names))}; a class name is one line "
                    "of the export's labels.txt")
         if why is None and split_column and row.split not in SPLIT_VALUES:
             why = (f"{split_column!r} is {row.split!r}"
@@ -199,12 +200,12 @@ def read_table(source: Any, *, path_column: str, label_column: str,
                          "names: their labels are merged into that row's")
     else:
         _refuse_disagreeing_rows(kept, float if regression else str, description)
-        separated = _separated_labels(row.label for row, _ in kept)
-        if separated and not regression:
-            notes.append(f"warning: {description}: {separated}; if a cell holds several "
-                         f"labels, --set data.label_delimiter=SEPARATOR (for a space: "
-                         f"\"' '\") trains one output per label instead of one class per "
-                         "combination")
+        separator, why = _separated_labels(row.label for row, _ in kept)
+        if separator and not regression:
+            notes.append(f"warning: {description}: {why}, and data.label_delimiter is not "
+                         "set, so each combination is one class; if a cell holds several "
+                         f"labels, --set data.label_delimiter='{separator}' trains one "
+                         "output per label")
     paths, where = [full for _, full in kept], [row.where for row, _ in kept]
     splits = [row.split or "train" for row, _ in kept]
     if regression:
@@ -277,20 +278,20 @@ def _merge_rows_of_one_path(kept: list[tuple[Row, str]], delimiter: str,
     return list(merged.values()), len(kept) - len(merged)
 
 
-def _separated_labels(labels) -> str:
-    """Why the distinct labels look like label sets written with one of the usual
-    separators (several labels contain it, and their parts recur: fewer distinct parts
-    than labels), or an empty string."""
+def _separated_labels(labels) -> tuple[str, str]:
+    """The usual separator the distinct labels look like label sets written with (at
+    least :data:`SEPARATED_VALUES` contain it, and their parts recur: fewer distinct
+    parts than labels) and why; ``("", "")`` when they do not."""
     distinct = set(labels)
     for separator in USUAL_SEPARATORS:
-        joined = [label for label in distinct if separator in label.strip()]
+        joined = sorted((label for label in distinct if separator in label.strip()),
+                        key=lambda label: (len(label), label))
         if len(joined) < SEPARATED_VALUES:
             continue
         parts = {part.strip() for label in distinct for part in label.split(separator)
                  if part.strip()}
         if len(parts) < len(distinct):
-            example = min(joined, key=len)
-            return (f"{len(joined)} of its {len(distinct)} distinct labels contain "
-                    f"{separator!r} (such as {example!r}), and they are made of "
-                    f"{len(parts)} parts: data.label_delimiter is not set")
-    return ""
+            return separator, (f"{len(joined)} of its {len(distinct)} distinct labels "
+                               f"contain {separator!r} (such as {joined[0]!r}) and are made "
+                               f"of {len(parts)} parts")
+    return "", ""
