@@ -122,8 +122,11 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
     root = Path(to) if to else Path(recipe["export"]["dir"]) / recipe["name"]
     card = {**_card(model, recipe, info, metrics), "run_dir": str(run)}
     record = SplitRecord.read(run.path)  # None: a run from before records
-    if record is not None:
-        card["split_fingerprints"] = record.fingerprints()
+    if record is not None:  # a private run's training examples are not released
+        private = recipe.get("privacy", {}).get("enabled", False)
+        card["split_fingerprints"] = {split: digest for split, digest in
+                                      record.fingerprints().items()
+                                      if not (private and split == "train")}
     formats = recipe["export"].get("formats", [])
     thresholds = None
     if info.task == "multilabel":
