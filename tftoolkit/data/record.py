@@ -23,6 +23,7 @@ import hashlib
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,8 +38,7 @@ SPLIT_NAMES = ("train", "val", "test")
 NAMED = 3  # examples a line of changes names
 
 
-@dataclass(frozen=True)
-class RecordRow:
+class RecordRow(NamedTuple):
     """One example of the record."""
 
     split: str
@@ -80,8 +80,8 @@ class SplitRecord:
         for split in SPLIT_NAMES:
             if split in splits:
                 examples = splits[split]
-                rows += [RecordRow(split, source, digest) for source, digest in
-                         zip(examples.sources.tolist(), hex_digests(examples.digests))]
+                rows += map(RecordRow, [split] * len(examples), examples.sources.tolist(),
+                            hex_digests(examples.digests))
         return cls(rows)
 
     def write(self, folder: str | Path) -> Path:
@@ -92,7 +92,7 @@ class SplitRecord:
             with open(target, "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
                 writer.writerow(COLUMNS)
-                writer.writerows((r.split, r.source, r.sha256) for r in self.rows)
+                writer.writerows(self.rows)
 
         replace_atomically(path, write)
         return path
@@ -109,7 +109,7 @@ class SplitRecord:
             if next(reader, None) != COLUMNS:
                 raise DataError(f"{path} is not a record of splits (its header is not "
                                 f"{','.join(COLUMNS)}); it was damaged or replaced")
-            rows = [RecordRow(*cells) for cells in reader]
+            rows = list(map(RecordRow._make, reader))
         wrong = [r for r in rows if r.split not in SPLIT_NAMES or len(r.sha256) != 64]
         if wrong:
             raise DataError(f"{path}: row {wrong[0]} is not a split, a source and a sha256; "
