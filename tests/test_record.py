@@ -157,3 +157,55 @@ def test_compare_refuses_runs_that_recorded_other_splits(monkeypatch, tmp_path):
     with pytest.raises(DataError, match=r"the scratch and fine_tune runs recorded other test "
                                         r"examples .*the data changed while compare ran"):
         comparison.compare(tftoolkit.load_recipe("fashion_transfer"), ["scratch", "fine_tune"])
+
+
+def _recipe_of(source: str, tmp_path: Path, monkeypatch) -> Recipe:
+    """A small recipe of each kind of source."""
+    from test_data import _fashion_recipe, _write_idx
+
+    from tftoolkit.data import sources
+
+    if source == "synthetic":
+        return tftoolkit.load_recipe("mlp", ["data.num_examples=40",
+                                             "data.validation_fraction=0.25"])
+    if source == "arrays":
+        x = np.arange(40 * 12, dtype="uint8").reshape(40, 2, 2, 3)
+        return Recipe(name="a", data=DataConfig(source="arrays", arrays={
+            "train": (x, np.arange(40) % 2), "test": (x[:6] + 1, np.arange(6) % 2)}))
+    if source == "fashion_mnist":
+        _write_idx(tmp_path / "debian", {"train": 30, "test": 20})
+        monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
+        return _fashion_recipe()
+    if source == "tfds":
+        return tftoolkit.load_recipe("flowers", ["data.max_examples=0"])
+    folder = make_image_folder(tmp_path / "shapes", per_class=6, size=8)
+    if source == "folder":
+        return _shapes_recipe(folder)
+    table = tmp_path / "t.csv"
+    table.write_text("path,label\n" + "".join(f"{p.relative_to(tmp_path)},{p.parent.name}\n"
+                                             for p in sorted(folder.rglob("*.*"))))
+    return Recipe(name="t", data=DataConfig(source="csv", csv=str(table), image_size=8))
+
+
+@pytest.mark.parametrize("source", ["synthetic", "arrays", "fashion_mnist", "folder", "csv",
+                                    "tfds"])
+def test_every_source_reads_its_recorded_splits_back_in_their_order(source, tmp_path,
+                                                                     monkeypatch):
+    import tensorflow_datasets as tfds
+
+    recipe = _recipe_of(source, tmp_path, monkeypatch)
+    with tfds.testing.mock_data(num_examples=20):
+        data = load_data(recipe, 8)
+        record = SplitRecord.of(data.splits)
+        record.write(tmp_path)
+        again = load_data(recipe, 8, record=SplitRecord.read(tmp_path))
+        assert sorted(again.splits) == sorted(data.splits)
+        assert not any("not in" in note for note in again.notes)
+        for split, examples in data.splits.items():
+            read = again.splits[split]
+            np.testing.assert_array_equal(read.sources, examples.sources)
+            np.testing.assert_array_equal(read.digests, examples.digests)
+            np.testing.assert_array_equal(read.labels, examples.labels)
+            first, second = (next(iter(d.dataset(split, batch_size=64))) for d in (data, again))
+            np.testing.assert_array_equal(first[0], second[0])  # the same inputs, in order
+    assert len({row.source for row in record.rows}) == len(record.rows)  # ids are unique

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from conftest import make_image_folder, write_image
 from tftoolkit.data import WorkerShare, load_data
+from tftoolkit.data.record import SplitRecord
 from tftoolkit.data.scan import scan_image_folder
 from tftoolkit.recipe import DataConfig, ModelConfig, Recipe, TrainConfig
 
@@ -249,6 +250,11 @@ def test_two_workers_on_an_image_folder_train_on_their_own_shards(tmp_path, cach
         assert any(f"data cache for val (shard {index} of 2, 6 examples)" in note
                    for note in result["notes"]), result["notes"]
     assert chief["metrics"]["val_loss"] == other["metrics"]["val_loss"]
+    # every worker holds the same splits, those of one process
+    recorded = SplitRecord.read(chief["run_dir"])
+    assert recorded.rows == SplitRecord.read(other["run_dir"]).rows
+    assert recorded.rows == SplitRecord.of(load_data(load_recipe(str(recipe_file)),
+                                                     32).splits).rows
     if cache == "disk":  # on one filesystem, each worker writes only caches of its own
         keys = [note.split("caches/")[1].split(" ")[0]
                 for result in (chief, other) for note in result["notes"]

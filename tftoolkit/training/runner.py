@@ -253,6 +253,7 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
                      f"(stage {progress.stage + 1})")
     if not is_chief(strategy):
         run = RunDir.scratch(recipe.name)
+        record.write(run.path)  # the splits this worker holds, to compare with the chief's
         notes.append(f"not the chief: writing nothing but scratch files in {run}")
     elif resume_from is not None:
         run = resume_from
