@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from tftoolkit.errors import TrainingDiverged
+from tftoolkit.tasks import Monitor
 from tftoolkit.tempfiles import replace_atomically
 from tftoolkit.training.batchnorm import recalibrate_batchnorm
 from tftoolkit.training.step import base_optimizer
@@ -121,11 +122,10 @@ class KeepBest(keras.callbacks.Callback):
     with their average.
     """
 
-    def __init__(self, run, stage: int, monitor: str, *, ema: bool, across_epochs: bool):
+    def __init__(self, run, stage: int, monitor: Monitor, *, ema: bool, across_epochs: bool):
         super().__init__()
         self.run, self.stage, self.monitor = run, stage, monitor
         self.ema, self.across_epochs = ema, across_epochs
-        self.lower_is_better = monitor.endswith("loss")
         self.best: dict | None = None
         self._weights: list | None = None
 
@@ -141,10 +141,7 @@ class KeepBest(keras.callbacks.Callback):
                 self._save()
 
     def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        best = self.best["value"]
-        return value < best if self.lower_is_better else value > best
+        return self.monitor.better(value, None if self.best is None else self.best["value"])
 
     def on_train_begin(self, logs=None):
         record, weights = self._files
@@ -157,15 +154,15 @@ class KeepBest(keras.callbacks.Callback):
         logs = logs or {}
         if not self.across_epochs:
             self.best = self._weights = None
-        candidates = [("weights", self.monitor)]
+        candidates = [("weights", self.monitor.key)]
         if self.ema:
-            candidates.append(("ema", self.monitor.replace("val_", "val_ema_", 1)))
+            candidates.append(("ema", self.monitor.key.replace("val_", "val_ema_", 1)))
         for source, key in candidates:
             value = logs.get(key)
             if value is None or not np.isfinite(value) or not self._better(float(value)):
                 continue
             self.best = {"stage": self.stage, "epoch": epoch + 1, "weights": source,
-                         "metric": self.monitor, "value": float(value)}
+                         "metric": self.monitor.key, "value": float(value)}
             self._weights = self._snapshot(source)
             if self.across_epochs:
                 self._save()
