@@ -209,3 +209,11 @@ def test_every_source_reads_its_recorded_splits_back_in_their_order(source, tmp_
             first, second = (next(iter(d.dataset(split, batch_size=64))) for d in (data, again))
             np.testing.assert_array_equal(first[0], second[0])  # the same inputs, in order
     assert len({row.source for row in record.rows}) == len(record.rows)  # ids are unique
+
+
+def test_a_damaged_record_is_named_with_its_line(tmp_path):
+    (tmp_path / "splits.csv").write_text("split,source,sha256\ntrain,a.png," + "0" * 64
+                                         + "\ntrain,b.png\n")
+    with pytest.raises(DataError, match=r"splits.csv line 3 is not a split, a source and a "
+                                        r"sha256 \(\['train', 'b.png'\]\)"):
+        SplitRecord.read(tmp_path)

@@ -104,16 +104,18 @@ class SplitRecord:
         path = Path(folder) / SPLITS_FILE
         if not path.is_file():
             return None
+        rows = []
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             if next(reader, None) != COLUMNS:
                 raise DataError(f"{path} is not a record of splits (its header is not "
                                 f"{','.join(COLUMNS)}); it was damaged or replaced")
-            rows = list(map(RecordRow._make, reader))
-        wrong = [r for r in rows if r.split not in SPLIT_NAMES or len(r.sha256) != 64]
-        if wrong:
-            raise DataError(f"{path}: row {wrong[0]} is not a split, a source and a sha256; "
-                            "the file was damaged or edited")
+            for cells in reader:
+                if len(cells) != 3 or cells[0] not in SPLIT_NAMES or len(cells[2]) != 64:
+                    raise DataError(f"{path} line {reader.line_num} is not a split, a "
+                                    f"source and a sha256 ({cells!r}); the file was "
+                                    "damaged or edited")
+                rows.append(RecordRow._make(cells))
         return cls(rows)
 
     def split_names(self) -> list[str]:
