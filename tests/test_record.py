@@ -140,9 +140,13 @@ def test_the_card_fingerprints_each_split_and_guards_an_export_without_its_run(t
 
 
 def test_compare_refuses_runs_that_recorded_other_splits(monkeypatch, tmp_path):
+    from tftoolkit.data import DataInfo
     from tftoolkit.data.record import RecordRow
+    from tftoolkit.tasks import SingleLabel
     from tftoolkit.training import comparison
     from tftoolkit.training.runner import TrainResult
+
+    info = DataInfo(SingleLabel(2), (8, 8, 3), ["a", "b"], 8, "t")
 
     def fake_train(recipe):  # the test images changed between the two runs
         run_dir = tmp_path / recipe.model.mode
@@ -150,7 +154,7 @@ def test_compare_refuses_runs_that_recorded_other_splits(monkeypatch, tmp_path):
         tested = "b" * 64 if recipe.model.mode == "scratch" else "c" * 64
         SplitRecord([RecordRow("train", "a.png", "a" * 64),
                      RecordRow("test", "b.png", tested)]).write(run_dir)
-        return TrainResult(recipe, None, {}, run_dir, None, {"val_accuracy": 0.5}, 1.0)
+        return TrainResult(recipe, None, {}, run_dir, info, {"val_accuracy": 0.5}, 1.0)
 
     monkeypatch.setattr(comparison, "train", fake_train)
     monkeypatch.setattr(comparison, "export_run", lambda run_dir: pytest.fail("exported"))
