@@ -134,13 +134,14 @@ def test_every_cache_mode_trains_on_the_same_epochs(image_folder, tmp_path):
 
 def _gradient_folder(root, count: int = 8):
     """Non-square images whose pixels say where they are: red grows left to right, green
-    top to bottom."""
+    top to bottom; blue, even, tells them apart (the same picture under two classes
+    would be refused)."""
     from conftest import write_image
 
     yy, xx = np.mgrid[:24, :48]
-    image = np.stack([xx * 255 / 47, yy * 255 / 23, np.zeros_like(xx)], -1).astype(np.uint8)
     for i in range(count):
-        write_image(root / ("a" if i % 2 else "b") / f"{i}.png", image)
+        image = np.stack([xx * 255 / 47, yy * 255 / 23, np.full_like(xx, 20 * i)], -1)
+        write_image(root / ("a" if i % 2 else "b") / f"{i}.png", image.astype(np.uint8))
     return root
 
 

@@ -462,13 +462,13 @@ def test_a_gif_lying_about_its_canvas_is_checked_by_its_first_frame(tmp_path):
     assert liar.stat().st_size < 100_000
     assert [int(v) for v in declared_size(tf.io.read_file(str(liar)))] == [3000, 3000]
     assert "declares 3000x3000 pixels, more than data.max_pixels=1000000" in _check(
-        liar, max_pixels=1_000_000)
+        liar, max_pixels=1_000_000)[0]
     data = liar.read_bytes()
     headless = tmp_path / "headless.gif"  # no image descriptor: cut before it
     headless.write_bytes(data[:data.index(b"\x2c", 13)])
-    assert "size cannot be read from its header" in _check(headless)
+    assert "size cannot be read from its header" in _check(headless)[0]
     fine = _gif_with_canvas(tmp_path / "fine.gif", 30, 20, canvas=(30, 20))
-    assert _check(fine, max_pixels=1_000_000) is None
+    assert _check(fine, max_pixels=1_000_000)[0] is None
 
 
 def test_a_webp_is_checked_against_max_pixels_and_small_images_of_every_format_decode(
@@ -483,7 +483,7 @@ def test_a_webp_is_checked_against_max_pixels_and_small_images_of_every_format_d
     Image.new("1", (6000, 6000)).save(big, format="WEBP", lossless=True)
     assert big.stat().st_size < 100_000
     assert "declares 6000x6000 pixels, more than data.max_pixels=1000000" in _check(
-        big, max_pixels=1_000_000)
+        big, max_pixels=1_000_000)[0]
     rgb = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
     files = {f"x.{fmt.lower()}": dict(format=fmt) for fmt in ("PNG", "JPEG", "GIF", "BMP")}
     files.update({"lossless.webp": dict(format="WEBP", lossless=True),
@@ -494,9 +494,9 @@ def test_a_webp_is_checked_against_max_pixels_and_small_images_of_every_format_d
         data = tf.io.read_file(str(tmp_path / name))
         assert [int(v) for v in declared_size(data)] == [30, 20], name
         assert decode_image_bytes(data, max_pixels=1_000_000).shape == (20, 30, 3), name
-        assert _check(tmp_path / name, max_pixels=1_000_000) is None, name
+        assert _check(tmp_path / name, max_pixels=1_000_000)[0] is None, name
     (tmp_path / "disguised.png").write_bytes(b"II*\0" + bytes(100))  # a TIFF
-    assert "its size cannot be read from its header" in _check(tmp_path / "disguised.png")
+    assert "its size cannot be read from its header" in _check(tmp_path / "disguised.png")[0]
 
 
 def test_an_image_declaring_more_than_max_pixels_is_a_bad_file_named(tmp_path, quiet):
@@ -650,3 +650,79 @@ def test_a_jpeg_window_is_refused_when_the_image_declares_more_than_max_pixels(t
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"declares 3000x2000 pixels, more than data\.max_pixels"):
         decode_window(data, lambda shape: window, max_pixels=5_000_000)
+
+
+def test_byte_identical_files_in_a_folder_are_one_group_in_one_split(tmp_path):
+    folder = make_image_folder(tmp_path / "shapes", per_class=10)
+    for i in range(5):  # five circles and five squares under a second name
+        for kind in ("circle", "square"):
+            original = folder / kind / f"{i:03d}.{'png' if i % 2 else 'jpg'}"
+            (folder / kind / f"copy-{original.name}").write_bytes(original.read_bytes())
+    data = load_data(_folder_recipe(folder, validation_fraction=0.3, test_fraction=0.3), 32)
+    split_of = {Path(p).name.removeprefix("copy-") + Path(p).parent.name: split
+                for split, e in data.splits.items() for p in e.paths}
+    for split, examples in data.splits.items():
+        for path in examples.paths:  # the copy is where the original is
+            assert split_of[Path(path).name.removeprefix("copy-") + Path(path).parent.name] \
+                == split
+    assert sum(data.info.counts.values()) == 30
+    assert "20 examples are byte-identical to another (10 groups" in " ".join(data.notes)
+
+
+def test_byte_identical_files_in_two_class_folders_are_refused_naming_both(tmp_path):
+    folder = make_image_folder(tmp_path / "shapes", per_class=4)
+    (folder / "square" / "odd.png").write_bytes((folder / "circle" / "001.png").read_bytes())
+    with pytest.raises(DataError, match=r"(?s)1 file\(s\) in .* are byte-identical to another "
+                                        r"under a different class.*circle/001.png and "
+                                        r".*square/odd.png"):
+        load_data(_folder_recipe(folder), 32)
+
+
+def test_held_out_splits_without_duplicates_are_the_stratified_split_of_the_examples():
+    labels = np.array([0] * 30 + [1] * 12 + [2] * 7)
+    singletons = np.arange(len(labels))[::-1]  # any ids, one example each
+    for fraction, seed in ((0.2, 0), (0.25, 7)):
+        plain = stratified_split(labels, fraction, seed)
+        grouped = stratified_split(labels, fraction, seed, np.argsort(singletons))
+        for a, b in zip(plain, grouped):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_float_images_within_0_and_1_are_refused_with_the_fix():
+    x = np.random.default_rng(0).random((8, 4, 4, 3)).astype("float32")
+    recipe = Recipe(name="a", data=DataConfig(source="arrays", arrays={
+        "train": (x, np.arange(8) % 2)}))
+    with pytest.raises(DataError, match=r"data.arrays\['train'\]: float images with every "
+                                        r"value within \[0, 1\].*raw 0-255 pixels.*x \* 255"):
+        load_data(recipe)
+    pixels = replace(recipe.data, arrays={"train": (x * 255, np.arange(8) % 2)})
+    assert load_data(replace(recipe, data=pixels)).info.image_size == 4
+    features = replace(recipe.data, arrays={"train": (x[:, :, 0, 0], np.arange(8) % 2)})
+    assert load_data(replace(recipe, data=features)).info.image_size is None  # not images
+
+
+def test_a_class_folder_named_with_a_line_break_is_refused(tmp_path):
+    folder = make_image_folder(tmp_path / "shapes", classes=("a\nb", "c"), per_class=2)
+    with pytest.raises(DataError, match=r"class folder name\(s\) with a control character.*"
+                                        r"a\\nb.*labels.txt"):
+        load_data(_folder_recipe(folder), 32)
+
+
+def test_a_dangling_symbolic_link_in_a_class_folder_is_a_bad_file_named(tmp_path, quiet):
+    folder = make_image_folder(tmp_path / "shapes", per_class=4)
+    (folder / "circle" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DataError, match=r"(?s)1 file\(s\) in .*circle/gone.png: a symbolic "
+                                        r"link to .*nowhere.png', which does not exist"):
+        load_data(_folder_recipe(folder), 32)
+    data = load_data(_folder_recipe(folder, on_bad_file="skip"), 32)
+    assert [Path(p).name for p, _ in data.info.bad_files] == ["gone.png"]
+
+
+def test_a_class_with_one_image_trains_with_a_warning(tmp_path):
+    folder = make_image_folder(tmp_path / "shapes", per_class=8)
+    write_image(folder / "triangle" / "only.png", np.zeros((32, 32, 3), np.uint8))
+    data = load_data(_folder_recipe(folder), 32)
+    assert "triangle" in data.info.class_names
+    assert data.splits["train"].paths.tolist()[-1].endswith("only.png")
+    assert any(note.startswith("warning: class 'triangle' (train 1) has no example in the "
+                               "val or test split") for note in data.notes)

@@ -459,6 +459,7 @@ def test_the_card_of_a_private_run_releases_no_per_class_counts(quiet, tmp_path)
     card = _card(result)
     assert card["data_info"]["class_counts"] is None
     assert result.info.class_counts is not None  # the run itself knows them
+    assert sorted(card["split_fingerprints"]) == ["test", "val"]  # no training one
     assert card["privacy"]["epsilon"] == pytest.approx(result.metrics["epsilon"])
     assert "OS entropy" in card["privacy"]["guarantee"]
     not_private = card["privacy"]["not_private"]

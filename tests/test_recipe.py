@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tftoolkit.errors import RecipeError
@@ -117,6 +119,15 @@ def test_cli_help_documents_every_verb(cli):
     assert proc.returncode == 0
     for verb in ("recipes", "show", "train", "compare", "export", "predict", "weights"):
         assert verb in proc.stdout
+
+
+def test_a_whitespace_delimiter_on_the_command_line_is_kept_as_given(cli):
+    # `--set data.label_delimiter=' '` reaches the program as "data.label_delimiter= "
+    assert parse_overrides(["data.label_delimiter= ", "data.path_column=\t"]) == {
+        "data.label_delimiter": " ", "data.path_column": "\t"}
+    shown = cli("show", "image_folder", "--set", "data.label_delimiter= ")
+    assert json.loads(shown.stdout)["data"]["label_delimiter"] == " "
+    assert parse_overrides(["data.dir="]) == {"data.dir": ""}
 
 
 def test_cli_recipes_and_show(cli):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ import tensorflow as tf
 
 from conftest import make_image_folder, write_image
 from tftoolkit.data import WorkerShare, load_data
+from tftoolkit.data.record import SplitRecord
 from tftoolkit.data.scan import scan_image_folder
 from tftoolkit.recipe import DataConfig, ModelConfig, Recipe, TrainConfig
 
@@ -168,20 +171,20 @@ def test_a_shared_scan_decodes_only_its_share_and_agrees_with_a_full_scan(tmp_pa
     original = scan._check
     monkeypatch.setattr(scan, "_check", lambda path, *limit: checked.append(path)
                         or original(path, *limit))
-    shares = []
-    for worker in range(2):  # each worker's own marks, then the sum over both
-        checked.clear()
-        own = scan_image_folder(paths, share=WorkerShare(worker, 2, lambda marks: marks))
-        shares.append((list(checked), own))
-    marks = [np.isin([str(p) for p in paths], [b for b, _ in own.bad]).astype(np.int32)
-             for _, own in shares]
+    given = []
+    for worker in range(2):  # what each worker gives to the sum over the workers
+        scan_image_folder(paths, share=WorkerShare(worker, 2, lambda own: given.append(own)
+                                                   or own))
     for worker in range(2):
         checked.clear()
         result = scan_image_folder(paths, share=WorkerShare(
-            worker, 2, lambda own: own + marks[1 - worker]))
+            worker, 2, lambda own: own + given[1 - worker]))
         others_bad = [p for p in paths[1 - worker::2] if str(p) in dict(full.bad)]
         assert sorted(checked) == sorted(paths[worker::2] + others_bad)
         assert result.good == full.good and result.bad == full.bad
+        np.testing.assert_array_equal(result.digests, full.digests)  # of every good file
+    assert [hashlib.sha256(Path(p).read_bytes()).digest() for p in full.good] == [
+        d.tobytes() for d in full.digests]
 
 
 WORKER = """
@@ -247,6 +250,11 @@ def test_two_workers_on_an_image_folder_train_on_their_own_shards(tmp_path, cach
         assert any(f"data cache for val (shard {index} of 2, 6 examples)" in note
                    for note in result["notes"]), result["notes"]
     assert chief["metrics"]["val_loss"] == other["metrics"]["val_loss"]
+    # every worker holds the same splits, those of one process
+    recorded = SplitRecord.read(chief["run_dir"])
+    assert recorded.rows == SplitRecord.read(other["run_dir"]).rows
+    assert recorded.rows == SplitRecord.of(load_data(load_recipe(str(recipe_file)),
+                                                     32).splits).rows
     if cache == "disk":  # on one filesystem, each worker writes only caches of its own
         keys = [note.split("caches/")[1].split(" ")[0]
                 for result in (chief, other) for note in result["notes"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,105 @@ def test_the_images_a_table_names_are_checked_against_data_max_pixels(images):
                                         r"declares 32x32 pixels, more than "
                                         r"data\.max_pixels=1000"):
         load_data(_recipe(csv=str(table), max_pixels=1000), 32)
+
+
+def _split_of(data) -> dict[str, set[str]]:
+    """Each path's splits."""
+    found: dict[str, set[str]] = {}
+    for split, examples in data.splits.items():
+        for path in examples.paths:
+            found.setdefault(path, set()).add(split)
+    return found
+
+
+def test_triplicated_rows_never_straddle_splits_and_the_notes_count_them(images):
+    rows = _rows(images) * 3  # the table lists each image three times
+    text = "path,label\n" + "".join(f"{p},{k}\n" for p, k in rows)
+    table = _write(images.parent / "t.csv", text)
+    data = load_data(_recipe(csv=str(table), validation_fraction=0.25, test_fraction=0.25), 32)
+    assert all(len(splits) == 1 for splits in _split_of(data).values())
+    assert data.info.counts == {"train": 42, "val": 12, "test": 18}  # 14 + 4 + 6 images
+    assert "72 examples are byte-identical to another (24 groups" in " ".join(data.notes)
+
+
+def test_one_path_with_two_labels_is_refused_naming_both_lines(images):
+    rows = _rows(images, per_kind=4) + [("images/circle/001.png", "square")]
+    text = "path,label\n" + "".join(f"{p},{k}\n" for p, k in rows)
+    with pytest.raises(DataError, match=r"(?s)1 row\(s\) of csv .*t.csv line 3 and t.csv "
+                                        r"line 10 \(images/circle/001.png\): label 'circle' "
+                                        r"and 'square'"):
+        load_data(_recipe(csv=str(_write(images.parent / "t.csv", text))), 32)
+
+
+def test_byte_identical_files_of_two_classes_in_a_table_are_refused(images):
+    (images / "square" / "copy.png").write_bytes((images / "circle" / "003.png").read_bytes())
+    rows = _rows(images, per_kind=4) + [("images/square/copy.png", "square")]
+    text = "path,label\n" + "".join(f"{p},{k}\n" for p, k in rows)
+    with pytest.raises(DataError, match=r"(?s)byte-identical to another under a different "
+                                        r"class.*line 5 \(.*circle/003.png\) and t.csv line 10 "
+                                        r"\(.*square/copy.png\)"):
+        load_data(_recipe(csv=str(_write(images.parent / "t.csv", text))), 32)
+
+
+def test_multi_label_rows_naming_one_image_are_merged(images):
+    text = ("path,tags\n"
+            "images/circle/000.jpg,round\n"
+            "images/circle/001.png,round\n"
+            "images/circle/000.jpg,bright\n"   # the same image, another label: merged
+            "images/square/000.jpg,square\n")
+    table = read_table(_write(images.parent / "t.csv", text), path_column="path",
+                       label_column="tags", label_delimiter="|")
+    assert table.class_names == ["bright", "round", "square"]
+    assert table.rows == ["t.csv line 2", "t.csv line 3", "t.csv line 5"]
+    np.testing.assert_array_equal(table.labels, [[1, 1, 0], [0, 1, 0], [0, 0, 1]])
+    assert "1 row(s) name an image an earlier row names" in table.notes[0]
+
+
+def test_label_sets_without_a_delimiter_get_a_warning_naming_the_key(images):
+    sets = ["round", "square", "round bright", "square bright", "bright", "round dark"]
+    rows = [(p, sets[i % len(sets)]) for i, (p, _) in enumerate(_rows(images))]
+    text = "path,label\n" + "".join(f"{p},{k}\n" for p, k in rows)
+    data = load_data(_recipe(csv=str(_write(images.parent / "t.csv", text))), 32)
+    warning = next(n for n in data.notes if n.startswith("warning:"))
+    assert "3 of its 6 distinct labels contain ' '" in warning
+    assert "--set data.label_delimiter=' '" in warning
+    names = [(p, k) for p, k in _rows(images)]  # class names with spaces, no label sets
+    kinds = ["golden retriever", "border collie", "german shepherd", "beagle"]
+    text = "path,label\n" + "".join(f"{p},{kinds[i % 4]}\n" for i, (p, _) in enumerate(names))
+    data = load_data(_recipe(csv=str(_write(images.parent / "t.csv", text))), 32)
+    assert not any("label_delimiter" in note for note in data.notes)
+
+
+def test_a_multi_label_class_without_a_training_positive_is_refused_naming_its_splits(
+        images):
+    rows = [(p, "round" if k == "circle" else "square", "train") for p, k in _rows(images)]
+    rows[3] = (rows[3][0], "round|rare", "test")
+    rows[5] = (rows[5][0], "rare", "val")
+    text = "path,tags,fold\n" + "".join(f"{p},{t},{s}\n" for p, t, s in rows)
+    recipe = _recipe(csv=str(_write(images.parent / "t.csv", text)), label_column="tags",
+                     label_delimiter="|", split_column="fold")
+    with pytest.raises(DataError, match=r"(?s)1 label\(s\) have no training example.*"
+                                        r"'rare' \(val 1, test 1\)"):
+        load_data(recipe, 32)
+
+
+def test_a_label_with_a_control_character_is_a_bad_row_named(images):
+    text = ('path,label\n' + "".join(f"{p},{k}\n" for p, k in _rows(images, per_kind=3))
+            + 'images/circle/003.png,"round\nthing"\n')
+    with pytest.raises(DataError, match=r"(?s)1 row\(s\) of csv .*t.csv line 8 "
+                                        r"\(images/circle/003.png\): 'label' 'round\\nthing' "
+                                        r"holds the control character\(s\) \\n"):
+        load_data(_recipe(csv=str(_write(images.parent / "t.csv", text))), 32)
+
+
+def test_a_long_list_of_bad_rows_shows_twenty_and_writes_all_to_a_file(images):
+    text = "path,label\n" + "".join(f"missing/{i}.png,circle\n" for i in range(5000))
+    with pytest.raises(DataError) as err:
+        load_data(_recipe(csv=str(_write(images.parent / "t.csv", text))), 32)
+    message = str(err.value)
+    assert message.startswith("5000 row(s) of csv")
+    assert len(message.splitlines()) < 30 and len(message) < 5000
+    listed = re.search(r"\.\.\. and 4980 more \(all 5000 in (\S+\.txt)\)", message)
+    assert listed, message
+    lines = Path(listed[1]).read_text().splitlines()
+    assert len(lines) == 5000 and lines[-1].startswith("t.csv line 5001 (missing/4999.png)")

@@ -129,6 +129,8 @@ def _cmd_evaluate(args) -> int:
 
     started = time.time()
     report, out = evaluate(args.path, args.split, args.tta, args.out)
+    for note in report.get("notes", []):
+        print(f"tftoolkit: {note}")
     if "note" in report:
         print(f"tftoolkit: {report['note']}")
     print(render_report(report))

@@ -367,6 +367,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
     Values are Python literals where they parse as one (``3``, ``0.1``, ``[8, 4]``,
     ``True``), else strings (``fine_tune``); ``true``/``false``/``none`` are accepted too.
+    A value of whitespace alone is kept as it is (``data.label_delimiter=' '`` in a shell
+    gives a space).
     """
     parsed: dict[str, Any] = {}
     for item in items:
@@ -374,7 +376,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise RecipeError(f"override {item!r} is not of the form section.key=value "
                               "(for example --set train.epochs=3)")
-        parsed[key.strip()] = _parse_value(raw.strip())
+        parsed[key.strip()] = _parse_value(raw.strip()) if raw.strip() else raw
     return parsed
 
 

@@ -1,10 +1,10 @@
 """The run directory: the files of one training run, their names, and reading them back.
 
 ``<train.run_dir>/<recipe>/<timestamp>/`` holds the resolved recipe, the data
-description, the runtime, the data caches' modes, the history CSV, TensorBoard logs,
-curves, checkpoints and the resume marker, the trained inference model and, written
-last, the final metrics (which mark the run finished). Training writes it; export and
-evaluation read it.
+description, the record of the splits (``splits.csv``), the runtime, the data caches'
+modes, the history CSV, TensorBoard logs, curves, checkpoints and the resume marker, the
+trained inference model and, written last, the final metrics (which mark the run
+finished). Training writes it; export and evaluation read it.
 
 One process writes a run directory at a time: it holds an advisory lock
 (``fcntl.flock``) on ``writer.lock`` there, which the operating system releases when the
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tftoolkit.data import DataInfo
+from tftoolkit.data.record import SPLITS_FILE
 from tftoolkit.errors import RecipeError, RunDirError, TftoolkitError
 from tftoolkit.recipe import Recipe, recipe_from_dict
 from tftoolkit.tempfiles import replace_atomically
@@ -44,6 +45,7 @@ class RunDir:
 
     RECIPE = "recipe.json"
     DATA_INFO = "data_info.json"
+    SPLITS = SPLITS_FILE           # each example's split, source and sha256
     RUNTIME = "runtime.json"
     HISTORY = "history.csv"
     CURVES = "curves.png"

@@ -4,7 +4,10 @@
 validation splits where the source has none, applies ``data.max_examples`` and returns
 a :class:`DataBundle`; ``DataBundle.dataset(split, ...)`` builds a batched pipeline.
 Which split an example is in depends on the data and ``data.split_seed`` alone: never on
-``train.seed``, and ``data.max_examples`` only leaves examples out.
+``train.seed``, and ``data.max_examples`` only leaves examples out. Examples of
+identical content are held out together, so that no picture is in two splits. Given a
+run's :class:`~tftoolkit.data.record.SplitRecord`, ``load_data`` takes the splits from
+it instead.
 """
 
 from __future__ import annotations
@@ -17,15 +20,17 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.data.cache import plan_cache
+from tftoolkit.data.content import content_groups, duplicate_count
 from tftoolkit.data.decode import DEFAULT_MAX_PIXELS
 from tftoolkit.data.pipeline import Resize, make_dataset
+from tftoolkit.data.record import SplitRecord
 from tftoolkit.data.scan import WorkerShare
-from tftoolkit.data.sources import Examples, load_source
+from tftoolkit.data.sources import Examples, SourceData, load_source
 from tftoolkit.data.splits import (proportional_counts, shard_positions, stratified_cap,
                                    stratified_order, stratified_split)
-from tftoolkit.errors import DataError
+from tftoolkit.errors import DataError, bounded_list
 from tftoolkit.models.registry import get_architecture
-from tftoolkit.recipe import Recipe
+from tftoolkit.recipe import DataConfig, Recipe
 from tftoolkit.tasks import ENCODING_OF_LOSS, Task, make_task
 
 # Sources a test split is held out of (data.test_fraction) when they have none; TFDS
@@ -93,7 +98,8 @@ class DataBundle:
     recipe: Recipe
     splits: dict[str, Examples]
     info: DataInfo
-    notes: list[str] = field(default_factory=list)   # how each split is cached
+    notes: list[str] = field(default_factory=list)   # warnings about the data, and how
+    #                                                  each split is cached
     share: WorkerShare | None = None   # this worker's part in a multi-worker run
 
     def class_weights(self) -> np.ndarray | None:
@@ -257,37 +263,28 @@ def _label_encoding(recipe: Recipe, kind: str, num_classes: int) -> str:
 
 
 def load_data(recipe: Recipe, image_size: int | None = None,
-              share: WorkerShare | None = None) -> DataBundle:
+              share: WorkerShare | None = None,
+              record: SplitRecord | None = None) -> DataBundle:
     """Read ``recipe.data`` into splits (train/val/test) and describe them.
 
     ``image_size`` is the square side images are resized to; None keeps feature vectors
     as they are (from-scratch tabular models). ``share``: this worker's part of the
-    check of an image folder's files, in a multi-worker run.
+    check of an image folder's files, in a multi-worker run. ``record``: a run's record
+    of its splits, which the splits are then taken from (examples it does not list are
+    left out; the bundle's notes say what it lists that the data lacks now).
     """
-    cfg, seed = recipe.data, recipe.data.split_seed
-    source = load_source(cfg, seed, share)
-    splits = dict(source.splits)
-    made_from = {name: [name] for name in splits}  # source split -> the splits made of it
-    if ("test" not in splits and cfg.test_fraction > 0
-            and cfg.source in SOURCES_WITHOUT_TEST_SPLIT):
-        keep, held = stratified_split(splits["train"].labels, cfg.test_fraction, seed + 1)
-        splits["test"] = splits["train"].subset(held)
-        splits["train"] = splits["train"].subset(keep)
-        made_from["train"].append("test")
-    if "val" not in splits and cfg.validation_fraction > 0:
-        keep, held = stratified_split(splits["train"].labels, cfg.validation_fraction, seed)
-        splits["val"] = splits["train"].subset(held)
-        splits["train"] = splits["train"].subset(keep)
-        made_from["train"].append("val")
-    if cfg.max_examples:  # each source split capped; the splits made of it shrink alike
-        for parts in made_from.values():
-            counts = proportional_counts([len(splits[p]) for p in parts], cfg.max_examples)
-            for part, count in zip(parts, counts):
-                splits[part] = splits[part].subset(stratified_cap(splits[part].labels,
-                                                                  count, seed + 2))
+    cfg = recipe.data
+    source = load_source(cfg, cfg.split_seed, share)
+    notes = list(source.notes)
+    if record is None:
+        splits = _held_out_splits(source, cfg, notes)
+    else:
+        splits, match = record.select(Examples.joined(list(source.splits.values())))
+        notes += match.notes()
     for name, examples in splits.items():
         if len(examples) == 0:
-            raise DataError(f"split {name!r} of {source.description} is empty")
+            raise DataError(f"split {name!r} of {source.description} is empty"
+                            + (f" ({'; '.join(notes)})" if record is not None else ""))
 
     kind = ("regression" if source.class_names is None
             else "multilabel" if source.multilabel else "classification")
@@ -306,6 +303,8 @@ def load_data(recipe: Recipe, image_size: int | None = None,
         class_counts = np.bincount(train.labels, minlength=len(source.class_names)).tolist()
     elif kind == "multilabel":
         class_counts = train.labels.sum(axis=0).round().astype(int).tolist()
+    if record is None and kind != "regression":
+        notes += _check_classes(splits, source.class_names)
     num_classes = len(source.class_names or [])
     target_dim = (1 if kind != "regression"
                   else int(np.prod(train.labels.shape[1:], dtype=int)))
@@ -317,7 +316,95 @@ def load_data(recipe: Recipe, image_size: int | None = None,
                     counts={k: len(v) for k, v in splits.items()},
                     class_counts=class_counts, bad_files=source.bad_files,
                     resize_method=cfg.resize_method, max_pixels=cfg.max_pixels)
-    return DataBundle(recipe, splits, info, share=share)
+    return DataBundle(recipe, splits, info, notes=notes, share=share)
+
+
+def _held_out_splits(source: SourceData, cfg: DataConfig,
+                     notes: list[str]) -> dict[str, Examples]:
+    """The source's splits, the test and validation splits held out of its training
+    split where it has none (each group of identical content kept together), and each
+    source split capped to ``data.max_examples``; ``notes`` gets the duplicates."""
+    seed = cfg.split_seed
+    splits = dict(source.splits)
+    made_from = {name: [name] for name in splits}  # source split -> the splits made of it
+    hold_test = ("test" not in splits and cfg.test_fraction > 0
+                 and cfg.source in SOURCES_WITHOUT_TEST_SPLIT)
+    hold_val = "val" not in splits and cfg.validation_fraction > 0
+    groups = None
+    if hold_test or hold_val:
+        groups = content_groups(splits["train"].digests)
+        copies, count = duplicate_count(groups)
+        if copies:
+            notes.append(f"{copies} examples are byte-identical to another ({count} groups "
+                         "of identical content): each group is kept in one split")
+    if hold_test:
+        keep, held = stratified_split(splits["train"].labels, cfg.test_fraction, seed + 1,
+                                      groups)
+        splits["test"] = splits["train"].subset(held)
+        splits["train"] = splits["train"].subset(keep)
+        groups = groups[keep]
+        made_from["train"].append("test")
+    if hold_val:
+        keep, held = stratified_split(splits["train"].labels, cfg.validation_fraction, seed,
+                                      groups)
+        splits["val"] = splits["train"].subset(held)
+        splits["train"] = splits["train"].subset(keep)
+        made_from["train"].append("val")
+    if cfg.max_examples:  # each source split capped; the splits made of it shrink alike
+        for parts in made_from.values():
+            counts = proportional_counts([len(splits[p]) for p in parts], cfg.max_examples)
+            for part, count in zip(parts, counts):
+                splits[part] = splits[part].subset(stratified_cap(splits[part].labels,
+                                                                  count, seed + 2))
+    shared = _shared_across_splits(splits)
+    if shared:
+        notes.append(f"warning: {shared} picture(s) of {source.description} are in more "
+                     f"than one of the splits it gives ({', '.join(source.splits)}), "
+                     "byte-identical; a figure on the later split partly measures "
+                     "memory of the earlier one")
+    return splits
+
+
+def _shared_across_splits(splits: dict[str, Examples]) -> int:
+    """How many contents are in more than one split."""
+    names = list(splits)
+    groups = content_groups(np.concatenate([splits[n].digests for n in names]))
+    split_of = np.repeat(np.arange(len(names)), [len(splits[n]) for n in names])
+    pairs = np.unique(np.stack([groups, split_of], axis=1), axis=0)
+    return int((np.bincount(pairs[:, 0]) > 1).sum()) if len(pairs) else 0
+
+
+def _check_classes(splits: dict[str, Examples], class_names: list[str]) -> list[str]:
+    """Refuse a multi-label class without a training positive (its threshold could not
+    be chosen, and it would be predicted for every image); warnings of a class without
+    training examples (single-label) or absent from the validation or test split (too
+    few images to hold any out: nothing measures it there)."""
+    counts = {split: (np.bincount(e.labels, minlength=len(class_names))
+                      if e.labels.ndim == 1 else e.labels.sum(axis=0).round().astype(int))
+              for split, e in splits.items()}
+
+    def where(k: int) -> str:
+        found = [f"{split} {counts[split][k]}" for split in counts if counts[split][k]]
+        return f"{class_names[k]!r} ({', '.join(found) or 'no example'})"
+
+    untrained = [k for k in range(len(class_names)) if not counts["train"][k]]
+    if untrained and splits["train"].labels.ndim > 1:
+        listing = bounded_list([where(k) for k in untrained], "untrained-labels")
+        raise DataError(f"{len(untrained)} label(s) have no training example, so their "
+                        "thresholds cannot be chosen and the model cannot learn them "
+                        f"(examples per split):{listing}\nAdd training images with them or "
+                        "remove them from the table (when a held-out split took their "
+                        "only images, another data.split_seed may move one into training).")
+    notes = [f"warning: class {where(k)} has no training example: the model cannot learn "
+             "it (add training images of it)" for k in untrained]
+    for k in range(len(class_names)):
+        absent = [split for split in ("val", "test") if split in counts
+                  and not counts[split][k] and counts["train"][k]]
+        if absent:
+            notes.append(f"warning: class {where(k)} has no example in the "
+                         f"{' or '.join(absent)} split: nothing measures it there (too few "
+                         "images of it to hold any out: add some)")
+    return notes
 
 
 __all__ = ["DataBundle", "DataInfo", "Examples", "WorkerShare", "load_data"]

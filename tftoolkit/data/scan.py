@@ -1,12 +1,14 @@
 """A fast check, before training, that every file of an image folder decodes.
 
 Files are decoded with the same TensorFlow op the input pipeline uses, so a file that
-passes the scan cannot crash an epoch later.
+passes the scan cannot crash an epoch later. The one read of each file also gives its
+content's sha256 (:mod:`tftoolkit.data.content`).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 import time
@@ -17,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from tftoolkit.data.content import DIGEST_BYTES, sha256
 from tftoolkit.data.decode import (DEFAULT_MAX_PIXELS, TOO_MANY_PIXELS, UNREADABLE_SIZE,
                                    decode_image_bytes)
 
@@ -40,6 +43,7 @@ class ScanResult:
 
     good: list[str]
     bad: list[tuple[str, str]]
+    digests: np.ndarray     # (len(good), 32) uint8: the sha256 of each good file's bytes
 
 
 @functools.cache
@@ -52,15 +56,27 @@ def _decoder(max_pixels: int) -> Callable:
                        input_signature=[tf.TensorSpec([], tf.string)])
 
 
-def _check(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
-    """Why ``path`` is not a usable image, or None when it is."""
+def _check(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str | None, np.ndarray]:
+    """Why ``path`` is not a usable image (None when it is), and the sha256 of its
+    bytes (zeros when it could not be read)."""
+    unread = np.zeros(DIGEST_BYTES, np.uint8)
+    if path.is_symlink() and not path.exists():
+        return f"a symbolic link to {os.readlink(path)!r}, which does not exist", unread
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image file (extension {path.suffix or 'none'!r})", unread
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or type(exc).__name__})", unread
+    if not data:
+        return "empty file (0 bytes)", unread
+    return _decode_failure(data, max_pixels), sha256(data)
+
+
+def _decode_failure(data: bytes, max_pixels: int) -> str | None:
+    """Why encoded bytes do not decode as an image, or None when they do."""
     import tensorflow as tf
 
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return f"not an image file (extension {path.suffix or 'none'!r})"
-    data = path.read_bytes()
-    if not data:
-        return "empty file (0 bytes)"
     try:
         _decoder(max_pixels)(tf.constant(data))
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
@@ -101,31 +117,36 @@ def scan_image_folder(paths: list[Path], threads: int = 8,
     folders print a line at each tenth, with the files checked per second.
 
     With ``share``, this worker decodes only its share of the files; the workers then
-    add up their marks of bad files, and each checks the others' bad files again (they
-    are few) for the reasons.
+    add up their marks of bad files and the digests of their good ones (one sum over
+    the workers), and each checks the others' bad files again (they are few) for the
+    reasons.
     """
     mine = (list(range(len(paths))) if share is None
             else list(range(share.index, len(paths), share.count)))
     step = max(len(mine) // 10, 1) if len(mine) >= PROGRESS_FROM else 0
     start = time.perf_counter()
     reasons: dict[int, str | None] = {}
+    digests = np.zeros((len(paths), DIGEST_BYTES), np.uint8)
     with ThreadPoolExecutor(threads) as pool:
-        for done, (i, reason) in enumerate(
+        for done, (i, (reason, digest)) in enumerate(
                 zip(mine, pool.map(lambda path: _check(path, max_pixels),
                                   [paths[i] for i in mine])), start=1):
-            reasons[i] = reason
+            reasons[i], digests[i] = reason, digest
             if step and (done % step == 0 or done == len(mine)):
                 rate = done / max(time.perf_counter() - start, 1e-9)
                 whose = "" if share is None else f" (this worker's share of {len(paths)})"
                 print(f"tftoolkit: checked {done}/{len(mine)} image files{whose} "
                       f"({rate:.0f} files/s)", file=sys.stderr, flush=True)
-    if share is not None:
-        marks = np.zeros(len(paths), np.int32)
-        marks[[i for i, why in reasons.items() if why is not None]] = 1
-        for i in np.flatnonzero(share.sum_over_workers(marks)):
+    if share is not None:  # column 0: bad marks, then the digest bytes
+        table = np.zeros((len(paths), 1 + DIGEST_BYTES), np.int32)
+        table[mine, 0] = [reasons[i] is not None for i in mine]
+        table[mine, 1:] = digests[mine]
+        table = share.sum_over_workers(table)
+        digests = table[:, 1:].astype(np.uint8)
+        for i in np.flatnonzero(table[:, 0]):
             if i not in reasons:
-                reasons[i] = (_check(paths[i], max_pixels)
+                reasons[i] = (_check(paths[i], max_pixels)[0]
                               or "could not be read by another worker")
-    good = [str(p) for i, p in enumerate(paths) if reasons.get(i) is None]
+    good = [i for i in range(len(paths)) if reasons.get(i) is None]
     bad = [(str(p), reasons[i]) for i, p in enumerate(paths) if reasons.get(i) is not None]
-    return ScanResult(good, bad)
+    return ScanResult([str(paths[i]) for i in good], bad, digests[good])

@@ -2,7 +2,10 @@
 
 A source returns :class:`Examples` per split (``train``, and ``val``/``test`` where the
 source has them) plus the class names. Examples are in-memory arrays, image file
-paths, or (TFDS) a ``tf.data.Dataset`` whose labels were read up front.
+paths, or (TFDS) a ``tf.data.Dataset`` whose labels were read up front; each carries
+where it comes from (its source id) and the sha256 of its content. Single-label images
+whose content is identical must agree on their class (a source the user wrote: a
+folder, a table, arrays).
 """
 
 from __future__ import annotations
@@ -11,15 +14,18 @@ import functools
 import gzip
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from tftoolkit.data.content import (DIGEST_BYTES, array_digests, conflicting_pairs,
+                                    content_groups, sha256)
 from tftoolkit.data.parallelism import PARALLEL_CALLS
 from tftoolkit.data.scan import IMAGE_EXTENSIONS, WorkerShare, is_hidden, scan_image_folder
-from tftoolkit.data.table import read_table
-from tftoolkit.errors import DataError, did_you_mean
+from tftoolkit.data.table import control_characters, read_table
+from tftoolkit.errors import DataError, bounded_list, did_you_mean
 from tftoolkit.paths import keras_datasets_dir
 from tftoolkit.recipe import DataConfig
 
@@ -39,6 +45,10 @@ class Examples:
     paths: np.ndarray | None = None        # image files
     dataset: object | None = None          # TFDS: tf.data.Dataset of (image, label),
     #                                        images encoded (PNG/JPEG bytes) or tensors
+    sources: np.ndarray | None = None      # where each example comes from: its file,
+    #                                        "array:train:7", a TFDS id, ...
+    digests: np.ndarray | None = None      # (N, 32) uint8: sha256 of each example's
+    #                                        file bytes, array bytes or encoded image
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -65,10 +75,27 @@ class Examples:
         order, so its subset is in position order (each example as often as named)."""
         if self.dataset is not None:
             indices = np.sort(indices)
-            return Examples(self.labels[indices], dataset=_select(self.dataset, indices))
-        return Examples(self.labels[indices],
-                        arrays=None if self.arrays is None else self.arrays[indices],
-                        paths=None if self.paths is None else self.paths[indices])
+        return Examples(
+            self.labels[indices],
+            arrays=None if self.arrays is None else self.arrays[indices],
+            paths=None if self.paths is None else self.paths[indices],
+            dataset=None if self.dataset is None else _select(self.dataset, indices),
+            sources=None if self.sources is None else self.sources[indices],
+            digests=None if self.digests is None else self.digests[indices])
+
+    @classmethod
+    def joined(cls, parts: list["Examples"]) -> "Examples":
+        """The examples of ``parts`` one after the other (all of one kind)."""
+        def join(name: str):
+            values = [getattr(part, name) for part in parts]
+            return None if values[0] is None else np.concatenate(values)
+
+        dataset = None
+        if parts[0].dataset is not None:
+            dataset = functools.reduce(lambda a, b: a.concatenate(b),
+                                       [part.dataset for part in parts])
+        return cls(join("labels"), arrays=join("arrays"), paths=join("paths"),
+                   dataset=dataset, sources=join("sources"), digests=join("digests"))
 
 
 def _select(dataset, indices: np.ndarray):
@@ -89,7 +116,8 @@ def _select(dataset, indices: np.ndarray):
 
 @dataclass
 class SourceData:
-    """What a source yields: splits, class names (None for regression), notes;
+    """What a source yields: splits, class names (None for regression), the files or
+    rows left out with their reasons, notes (warnings about the data);
     ``multilabel``: labels are multi-hot rows, several classes per example."""
 
     splits: dict[str, Examples]
@@ -97,6 +125,25 @@ class SourceData:
     description: str
     bad_files: list[tuple[str, str]]
     multilabel: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _ids(prefix: str, count: int) -> np.ndarray:
+    """Source ids ``PREFIX:0``, ``PREFIX:1``, ... of in-memory examples."""
+    return np.array([f"{prefix}:{i}" for i in range(count)])
+
+
+def _refuse_conflicts(examples: Examples, name: Callable[[int], str], what: str) -> None:
+    """Refuse single-label examples of identical content but different classes, each
+    pair named by ``name(index)``."""
+    pairs = conflicting_pairs(content_groups(examples.digests), examples.labels)
+    if pairs:
+        listing = bounded_list([f"{name(a)} and {name(b)}" for a, b in pairs],
+                               "conflicting-labels")
+        raise DataError(f"{len(pairs)} {what} byte-identical to another under a different "
+                        f"class, a contradiction the model cannot learn:{listing}\nRemove "
+                        "the copy with the wrong class (an image belongs to one class; "
+                        "several labels per image are a table with data.label_delimiter).")
 
 
 def load_source(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> SourceData:
@@ -125,7 +172,10 @@ def _synthetic(cfg: DataConfig, seed: int) -> SourceData:
     else:
         raise DataError(f"data.name={cfg.name!r} is not a synthetic generator "
                         "(choices: linear, sine_product)")
-    return SourceData({"train": Examples(y.astype("float32"), arrays=x.astype("float32"))},
+    x = x.astype("float32")
+    return SourceData({"train": Examples(y.astype("float32"), arrays=x,
+                                         sources=_ids(f"synthetic:{cfg.name}", n),
+                                         digests=array_digests(x))},
                       None, f"synthetic:{cfg.name} ({n} examples)", [])
 
 
@@ -141,13 +191,15 @@ def _arrays(cfg: DataConfig, seed: int) -> SourceData:
         x, y = (np.asarray(a) for a in pair)
         if len(x) != len(y):
             raise DataError(f"data.arrays[{split!r}]: {len(x)} inputs but {len(y)} labels")
+        _refuse_unit_floats(x, split)
         integer = integer and np.issubdtype(y.dtype, np.integer)
         if integer:
             if y.min() < 0:
                 raise DataError(f"data.arrays[{split!r}]: label {int(y.min())} is negative; "
                                 "class labels must be 0..num_classes-1")
             max_label = max(max_label, int(y.max()))
-        splits[split] = Examples(y, arrays=x)
+        splits[split] = Examples(y, arrays=x, sources=_ids(f"array:{split}", len(x)),
+                                 digests=array_digests(x))
     class_names = [str(i) for i in range(max_label + 1)] if integer else None
     if integer:
         seen = np.unique(splits["train"].labels)
@@ -155,7 +207,23 @@ def _arrays(cfg: DataConfig, seed: int) -> SourceData:
         if missing:
             raise DataError(f"data.arrays: labels range over 0..{max_label} but classes "
                             f"{missing} never occur in 'train'; labels out of range?")
+        if splits["train"].arrays.ndim >= 3:  # images: a picture has one class
+            pooled = Examples.joined(list(splits.values()))
+            _refuse_conflicts(pooled, lambda i: f"{pooled.sources[i]} (label "
+                                                f"{pooled.labels[i]})",
+                              "data.arrays image(s) are")
     return SourceData(splits, class_names, "arrays", [])
+
+
+def _refuse_unit_floats(x: np.ndarray, split: str) -> None:
+    """Refuse float images whose values all lie within [0, 1]: tftoolkit's images are raw
+    0-255 pixels, which each model scales itself, so these would be near-black (and
+    rounded to 0 or 1 by the uint8 cache)."""
+    if (x.ndim >= 3 and np.issubdtype(x.dtype, np.floating) and x.size
+            and float(x.min()) >= 0.0 and float(x.max()) <= 1.0):
+        raise DataError(f"data.arrays[{split!r}]: float images with every value within "
+                        f"[0, 1] (max {float(x.max()):g}); images are raw 0-255 pixels (each "
+                        "model applies its own scaling): pass x * 255, or the uint8 images")
 
 
 # --- Fashion-MNIST ---------------------------------------------------------------------
@@ -189,16 +257,16 @@ def _fashion_mnist(cfg: DataConfig, seed: int) -> SourceData:
                 f"({str(exc).splitlines()[0][:120]}). Install them with "
                 "`apt-get install dataset-fashion-mnist`, or copy the files into "
                 f"{keras_datasets_dir() / 'fashion-mnist'}.") from None
-        where = "Keras download"
-        splits = {"train": Examples(ytr.astype("int64"), arrays=xtr),
-                  "test": Examples(yte.astype("int64"), arrays=xte)}
+        where, pairs = "Keras download", {"train": (xtr, ytr), "test": (xte, yte)}
     else:
-        splits = {}
+        pairs = {}
         for split, (images, labels) in FASHION_MNIST_FILES.items():
-            y = _read_idx(folder / labels, 8).astype("int64")
-            x = _read_idx(folder / images, 16).reshape(len(y), 28, 28)
-            splits[split] = Examples(y, arrays=x)
+            y = _read_idx(folder / labels, 8)
+            pairs[split] = _read_idx(folder / images, 16).reshape(len(y), 28, 28), y
         where = str(folder)
+    splits = {split: Examples(y.astype("int64"), arrays=x,
+                              sources=_ids(f"fashion_mnist:{split}", len(x)),
+                              digests=array_digests(x)) for split, (x, y) in pairs.items()}
     return SourceData(splits, list(FASHION_MNIST_CLASSES), f"fashion_mnist ({where})", [])
 
 
@@ -215,9 +283,14 @@ def _folder(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Sou
     if len(class_dirs) < 2:
         raise DataError(f"data.dir={cfg.dir!r} has {len(class_dirs)} class subfolder(s); "
                         "an image folder needs one subfolder per class, at least two")
-    files = {d.name: sorted(p for p in d.rglob("*") if p.is_file()
+    odd = [repr(str(d)) for d in class_dirs if control_characters(d.name)]
+    if odd:
+        raise DataError(f"class folder name(s) with a control character (a line break, a "
+                        f"tab, ...): {', '.join(odd)}; a class name is one line of the "
+                        "export's labels.txt, which such a name would break: rename them")
+    files = {d.name: sorted(p for p in d.rglob("*") if (p.is_file() or p.is_symlink())
                             and not any(is_hidden(part) for part in p.relative_to(d).parts))
-             for d in class_dirs}
+             for d in class_dirs}  # a dangling link is a bad file, named by the scan
     empty = [name for name, paths in files.items() if not paths]
     if empty:
         raise DataError(f"data.dir={cfg.dir!r}: class folder(s) {empty} hold no files; "
@@ -227,22 +300,22 @@ def _folder(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Sou
     if scan.bad and cfg.on_bad_file == "error":
         raise _unreadable(scan.bad, f"file(s) in {cfg.dir} cannot be read as images "
                                     f"({', '.join(IMAGE_EXTENSIONS)})")
-    bad = {path for path, _ in scan.bad}
-    paths, labels = [], []
-    for label, (name, class_files) in enumerate(files.items()):
-        good = [str(p) for p in class_files if str(p) not in bad]
-        if not good:
-            raise DataError(f"class folder {root / name} has no readable image")
-        paths += good
-        labels += [label] * len(good)
-    return SourceData({"train": Examples(np.array(labels, "int64"), paths=np.array(paths))},
-                      list(files), f"folder {root}", scan.bad)
+    class_of = {str(p): label for label, paths in enumerate(files.values()) for p in paths}
+    labels = np.array([class_of[path] for path in scan.good], "int64")
+    present = set(labels.tolist())
+    unreadable = [name for label, name in enumerate(files) if label not in present]
+    if unreadable:
+        raise DataError(f"class folder {root / unreadable[0]} has no readable image")
+    paths = np.array(scan.good)
+    examples = Examples(labels, paths=paths, sources=paths, digests=scan.digests)
+    _refuse_conflicts(examples, lambda i: scan.good[i], f"file(s) in {cfg.dir} are")
+    return SourceData({"train": examples}, list(files), f"folder {root}", scan.bad)
 
 
 def _unreadable(bad: list[tuple[str, str]], what: str) -> DataError:
     """The error that lists files or rows that cannot be used, and the way round."""
-    listing = "\n".join(f"  {where}: {why}" for where, why in bad)
-    return DataError(f"{len(bad)} {what}:\n{listing}\nFix or remove them, or --set "
+    listing = bounded_list([f"{where}: {why}" for where, why in bad], "unreadable")
+    return DataError(f"{len(bad)} {what}:{listing}\nFix or remove them, or --set "
                      "data.on_bad_file=skip to train without them (the list is then "
                      "written to the run directory).")
 
@@ -260,17 +333,19 @@ def _csv(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Source
                        data_dir=cfg.dir)
     if table.bad_rows and cfg.on_bad_file == "error":
         raise _unreadable(table.bad_rows, f"row(s) of {table.description} cannot be used")
-    scan = scan_image_folder([Path(p) for p in table.paths], share=share,
+    scan = scan_image_folder([Path(p) for p in dict.fromkeys(table.paths)], share=share,
                              max_pixels=cfg.max_pixels)
-    row_of = dict(zip(table.paths, table.rows))
+    row_of = dict(zip(reversed(table.paths), reversed(table.rows)))  # each path's first
     scan.bad = [(f"{row_of[path]} ({path})", why) for path, why in scan.bad]
     if scan.bad and cfg.on_bad_file == "error":
         raise _unreadable(scan.bad, f"file(s) named in {table.description} cannot be read "
                                     f"as images ({', '.join(IMAGE_EXTENSIONS)})")
-    readable = set(scan.good)
-    keep = np.array([p in readable for p in table.paths], bool)
+    digest_of = dict(zip(scan.good, scan.digests))
+    keep = np.array([p in digest_of for p in table.paths], bool)
     paths, labels = np.array(table.paths, dtype=str), table.labels
-    row_split = np.array(table.splits, dtype=str)
+    row_split, rows = np.array(table.splits, dtype=str), np.array(table.rows, dtype=str)
+    digests = np.array([digest_of.get(p, np.zeros(DIGEST_BYTES, np.uint8))
+                        for p in table.paths], np.uint8).reshape(-1, DIGEST_BYTES)
     if table.class_names is not None and not table.multilabel and len(table.class_names) < 2:
         raise DataError(f"{table.description}: column {cfg.label_column!r} names "
                         f"{len(table.class_names)} class(es); classification needs two or "
@@ -280,23 +355,32 @@ def _csv(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Source
                         f"{len(table.class_names)} label(s); multi-label needs two or more "
                         "(one label present or absent is binary: leave "
                         "data.label_delimiter empty)")
+    if table.class_names is not None and not table.multilabel:
+        kept_rows, kept_paths = rows[keep], paths[keep]
+        _refuse_conflicts(Examples(labels[keep], digests=digests[keep]),
+                          lambda i: f"{kept_rows[i]} ({kept_paths[i]})",
+                          f"row(s) of {table.description} name an image")
     splits = {}
     for split in ("train", "val", "test"):
         chosen = keep & (row_split == split)
         if chosen.any() or split == "train":
-            splits[split] = Examples(labels[chosen], paths=paths[chosen])
+            splits[split] = Examples(labels[chosen], paths=paths[chosen],
+                                     sources=paths[chosen], digests=digests[chosen])
     return SourceData(splits, table.class_names, table.description,
-                      table.bad_rows + scan.bad, multilabel=table.multilabel)
+                      table.bad_rows + scan.bad, multilabel=table.multilabel,
+                      notes=table.notes)
 
 
 # --- TensorFlow Datasets ---------------------------------------------------------------
 
 def _tfds_read_config():
     """Record files read :data:`~tftoolkit.data.parallelism.PARALLEL_CALLS` at a time
-    (interleaved in a fixed order), whether tf.data autotunes or not."""
+    (interleaved in a fixed order), whether tf.data autotunes or not; each record with
+    its TFDS id."""
     import tensorflow_datasets as tfds
 
-    return tfds.ReadConfig(num_parallel_calls_for_interleave_files=PARALLEL_CALLS)
+    return tfds.ReadConfig(num_parallel_calls_for_interleave_files=PARALLEL_CALLS,
+                           add_tfds_id=True)
 
 
 def _tfds(cfg: DataConfig, seed: int) -> SourceData:
@@ -327,11 +411,21 @@ def _tfds(cfg: DataConfig, seed: int) -> SourceData:
         if not spec:
             continue
         try:  # images stay encoded until the pipeline has picked its examples
-            dataset = builder.as_dataset(split=spec, as_supervised=True, decoders={
+            records = builder.as_dataset(split=spec, decoders={
                 image_key: tfds.decode.SkipDecoding()}, read_config=_tfds_read_config())
         except (ValueError, KeyError) as exc:
             raise DataError(f"data.{split}_split={spec!r} is not a split of {cfg.name} "
                             f"({', '.join(builder.info.splits)}): {exc}") from None
-        labels = np.fromiter((int(y) for _, y in dataset.as_numpy_iterator()), "int64")
-        splits[split] = Examples(labels, dataset=dataset)
+        ids, labels, digests = [], [], []
+        for record in records.as_numpy_iterator():  # labels, ids and digests up front
+            image = record[image_key]
+            ids.append(record["tfds_id"].decode())
+            labels.append(int(record[label_key]))
+            digests.append(sha256(image if isinstance(image, bytes)
+                                  else np.ascontiguousarray(image).tobytes()))
+        splits[split] = Examples(
+            np.array(labels, "int64"),
+            dataset=records.map(lambda record: (record[image_key], record[label_key])),
+            sources=np.array(ids, dtype=str),
+            digests=np.array(digests, np.uint8).reshape(-1, DIGEST_BYTES))
     return SourceData(splits, list(label_feature.names), f"tfds:{cfg.name}", [])

@@ -5,12 +5,26 @@ from __future__ import annotations
 import numpy as np
 
 
-def stratified_split(labels: np.ndarray, fraction: float,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, fraction: float, seed: int,
+                     groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(keep, held_out)``: ``fraction`` of each class held out, seeded.
 
+    With ``groups`` (a group id per example: identical content), whole groups are held
+    out or kept, ``fraction`` of each class's groups, a group's class being its first
+    example's; without duplicates this is the split of the examples themselves.
     Regression targets (float labels) are split uniformly at random.
     """
+    if groups is None:
+        return _stratified_split(labels, fraction, seed)
+    _, first = np.unique(groups, return_index=True)
+    first = np.sort(first)  # one example per group, in example order
+    _, held = _stratified_split(labels[first], fraction, seed)
+    out = np.isin(groups, groups[first[held]])
+    return np.flatnonzero(~out), np.flatnonzero(out)
+
+
+def _stratified_split(labels: np.ndarray, fraction: float,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     if not np.issubdtype(labels.dtype, np.integer):
         order = rng.permutation(len(labels))

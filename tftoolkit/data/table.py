@@ -8,7 +8,12 @@ the rows that cannot be used, each named by its line (a file) or index (a DataFr
   set (multi-label, multi-hot targets), or numbers in every row (regression targets);
 - paths are relative to ``data.dir`` when it is set, else to the CSV file's folder
   (a DataFrame: the working folder); with ``data.dir``, no path may leave it;
-- ``data.split_column`` puts each row in ``train``, ``val`` or ``test``.
+- ``data.split_column`` puts each row in ``train``, ``val`` or ``test``;
+- a path named by several rows is one image: single-label rows must agree on its class
+  and split (a path listed twice is kept twice, as one group of identical content);
+  multi-label rows are merged into one example with the union of their labels;
+- labels with a control character (a line break, a tab) are bad rows: a class name is
+  one line of the export's ``labels.txt``.
 """
 
 from __future__ import annotations
@@ -16,16 +21,21 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tftoolkit.errors import DataError, did_you_mean
+from tftoolkit.errors import DataError, bounded_list, did_you_mean
 
 SPLIT_VALUES = ("train", "val", "test")
 DATAFRAME_MARK = "<DataFrame"   # how a saved recipe names the DataFrame it was given
+# Separators of label sets written in one cell, which data.label_delimiter would split;
+# a table with such cells and no delimiter gets a warning when their parts recur across
+# at least SEPARATED_VALUES distinct labels.
+USUAL_SEPARATORS, SEPARATED_VALUES = (" ", "|", ",", ";"), 3
 
 
 @dataclass
@@ -50,6 +60,12 @@ class Table:
     multilabel: bool
     description: str
     bad_rows: list[tuple[str, str]]  # (row and path, why) of rows left out
+    notes: list[str] = field(default_factory=list)  # warnings about the table
+
+
+def control_characters(text: str) -> list[str]:
+    """The control characters in ``text`` (line breaks, tabs, ...), as escapes."""
+    return [repr(c)[1:-1] for c in dict.fromkeys(text) if unicodedata.category(c) == "Cc"]
 
 
 def read_rows(source: Any, path_column: str, label_column: str,
@@ -91,12 +107,14 @@ def _read_csv_file(path: Path, columns: list[str]) -> tuple[list[Row], Path, str
         header = [h.strip() for h in header]
         _check_columns(header, columns, str(path))
         index = [header.index(c) for c in columns]
+        ended = reader.line_num  # a quoted field may hold line breaks: a row's first line
         for cells in reader:
-            where = f"{path.name} line {reader.line_num}"
+            line, ended = ended + 1, reader.line_num
+            where = f"{path.name} line {line}"
             if not any(c.strip() for c in cells):
                 continue  # a blank line
             if len(cells) != len(header):
-                raise DataError(f"{path} line {reader.line_num} has {len(cells)} fields, "
+                raise DataError(f"{path} line {line} has {len(cells)} fields, "
                                 f"the header {len(header)}; quote fields that contain "
                                 f"{delimiter!r}")
             values = [cells[i].strip() for i in index] + [""] * (3 - len(index))
@@ -143,8 +161,9 @@ def read_table(source: Any, *, path_column: str, label_column: str,
                label_delimiter: str = "", split_column: str = "",
                data_dir: str = "") -> Table:
     """The rows of ``source`` as image paths, labels and splits; rows that cannot be
-    used (an empty or missing path, a path leaving ``data_dir``, an empty label, an
-    unknown split value) are in ``bad_rows``, each with its reason."""
+    used (an empty or missing path, a path leaving ``data_dir``, an empty label or one
+    with a control character, an unknown split value) are in ``bad_rows``, each with its
+    reason. Rows naming one path that disagree on its class or split are refused."""
     rows, csv_folder, description = read_rows(source, path_column, label_column,
                                               split_column)
     if not rows:
@@ -161,6 +180,11 @@ def read_table(source: Any, *, path_column: str, label_column: str,
         full, why = resolve_path(row.path, base, root)
         if why is None and not row.label and not multilabel:
             why = f"empty {label_column!r}"
+        names = "".join(_tags(row.label, label_delimiter)) if multilabel else row.label
+        if why is None and control_characters(names):
+            why = (f"{label_column!r} {row.label!r} holds the control character(s) "
+                   f"{', '.join(control_characters(names))}; a class name is one line "
+                   "of the export's labels.txt")
         if why is None and split_column and row.split not in SPLIT_VALUES:
             why = (f"{split_column!r} is {row.split!r}"
                    f"{did_you_mean(row.split, list(SPLIT_VALUES))} (allowed: "
@@ -169,21 +193,106 @@ def read_table(source: Any, *, path_column: str, label_column: str,
             kept.append((row, full))
         else:
             bad.append((f"{row.where} ({row.path or 'no path'})", why))
+    notes = []
+    if multilabel:
+        kept, merged = _merge_rows_of_one_path(kept, label_delimiter, description)
+        if merged:
+            notes.append(f"{description}: {merged} row(s) name an image an earlier row "
+                         "names: their labels are merged into that row's")
+    else:
+        _refuse_disagreeing_rows(kept, float if regression else str, description)
+        separator, why = _separated_labels(row.label for row, _ in kept)
+        if separator and not regression:
+            notes.append(f"warning: {description}: {why}, and data.label_delimiter is not "
+                         "set, so each combination is one class; if a cell holds several "
+                         f"labels, --set data.label_delimiter='{separator}' trains one "
+                         "output per label")
     paths, where = [full for _, full in kept], [row.where for row, _ in kept]
     splits = [row.split or "train" for row, _ in kept]
     if regression:
         labels = np.array([float(row.label) for row, _ in kept], "float32").reshape(-1, 1)
-        return Table(paths, where, labels, splits, None, False, description, bad)
+        return Table(paths, where, labels, splits, None, False, description, bad, notes)
     if multilabel:
-        tags = [[t.strip() for t in row.label.split(label_delimiter) if t.strip()]
-                for row, _ in kept]
+        tags = [_tags(row.label, label_delimiter) for row, _ in kept]
         class_names = sorted({t for row_tags in tags for t in row_tags})
         column = {name: i for i, name in enumerate(class_names)}
         labels = np.zeros((len(kept), len(class_names)), "float32")
         for i, row_tags in enumerate(tags):
             labels[i, [column[t] for t in row_tags]] = 1.0
-        return Table(paths, where, labels, splits, class_names, True, description, bad)
+        return Table(paths, where, labels, splits, class_names, True, description, bad, notes)
     class_names = sorted({row.label for row, _ in kept})
     column = {name: i for i, name in enumerate(class_names)}
     labels = np.array([column[row.label] for row, _ in kept], "int64")
-    return Table(paths, where, labels, splits, class_names, False, description, bad)
+    return Table(paths, where, labels, splits, class_names, False, description, bad, notes)
+
+
+def _tags(label: str, delimiter: str) -> list[str]:
+    """The labels of one multi-label cell."""
+    return [t.strip() for t in label.split(delimiter) if t.strip()]
+
+
+def _refuse_disagreeing_rows(kept: list[tuple[Row, str]], value: type,
+                             description: str) -> None:
+    """Refuse rows naming one image with another label (read as ``value``) or split
+    than the first row naming it."""
+    first: dict[str, Row] = {}
+    disagreeing = []
+    for row, full in kept:
+        earlier = first.setdefault(full, row)
+        if earlier is not row and (value(earlier.label) != value(row.label)
+                                   or earlier.split != row.split):
+            what = ("label" if value(earlier.label) != value(row.label) else "split")
+            disagreeing.append(f"{earlier.where} and {row.where} ({row.path}): {what} "
+                               f"{getattr(earlier, what)!r} and {getattr(row, what)!r}")
+    if disagreeing:
+        raise DataError(f"{len(disagreeing)} row(s) of {description} name an image an "
+                        f"earlier row names, with another label or split:"
+                        f"{bounded_list(disagreeing, 'disagreeing-rows')}\nAn image has one "
+                        "class and one split: remove the wrong rows (several labels per "
+                        "image: set data.label_delimiter and write them in one cell, or "
+                        "in rows that all name it).")
+
+
+def _merge_rows_of_one_path(kept: list[tuple[Row, str]], delimiter: str,
+                            description: str) -> tuple[list[tuple[Row, str]], int]:
+    """Multi-label rows naming one image as one row, the union of their labels; how
+    many rows were merged. Rows naming one image in two splits are refused."""
+    merged: dict[str, tuple[Row, str]] = {}
+    disagreeing = []
+    for row, full in kept:
+        if full not in merged:
+            merged[full] = (row, full)
+            continue
+        first = merged[full][0]
+        if first.split != row.split:
+            disagreeing.append(f"{first.where} and {row.where} ({row.path}): split "
+                               f"{first.split!r} and {row.split!r}")
+        union = list(dict.fromkeys(_tags(first.label, delimiter) + _tags(row.label,
+                                                                          delimiter)))
+        merged[full] = (Row(first.where, first.path, delimiter.join(union), first.split),
+                        full)
+    if disagreeing:
+        raise DataError(f"{len(disagreeing)} row(s) of {description} put an image in "
+                        f"another split than an earlier row:"
+                        f"{bounded_list(disagreeing, 'disagreeing-rows')}\nAn image is in "
+                        "one split: fix the split column of those rows.")
+    return list(merged.values()), len(kept) - len(merged)
+
+
+def _separated_labels(labels) -> tuple[str, str]:
+    """The usual separator the distinct labels look like label sets written with (at
+    least :data:`SEPARATED_VALUES` contain it, and their parts recur: fewer distinct
+    parts than labels) and why; ``("", "")`` when they do not."""
+    distinct = set(labels)
+    for separator in USUAL_SEPARATORS:
+        joined = sorted((label for label in distinct if separator in label.strip()),
+                        key=lambda label: (len(label), label))
+        if len(joined) < SEPARATED_VALUES:
+            continue
+        parts = {part.strip() for label in distinct for part in label.split(separator)
+                 if part.strip()}
+        if len(parts) < len(distinct):
+            return separator, (f"{len(joined)} of its {len(distinct)} distinct labels "
+                               f"contain {separator!r} (such as {joined[0]!r}) and are made "
+                               f"of {len(parts)} parts")
+    return "", ""

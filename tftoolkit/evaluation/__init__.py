@@ -3,8 +3,9 @@
 ``evaluate`` writes the task's report (:meth:`~tftoolkit.tasks.Task.report`) to an
 ``eval`` folder: metrics as JSON and, for classifiers, a per-class CSV and figures (a
 confusion matrix and a top-losses grid; multi-label: per class AP, precision, recall and
-F1 at the thresholds chosen on validation, and precision-recall curves); ``explain``
-writes one Grad-CAM overlay per image (multi-label: one per predicted label).
+F1 at the thresholds chosen on validation, and precision-recall curves), on the examples
+of the split the run recorded (``splits.csv``); ``explain`` writes one Grad-CAM overlay
+per image (multi-label: one per predicted label).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 from tftoolkit.augment.tta import MAX_VIEWS, predict_tta
-from tftoolkit.data import DataInfo, load_data
+from tftoolkit.data import DataBundle, DataInfo, load_data
 from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
+from tftoolkit.data.record import SPLITS_FILE, SplitRecord
 from tftoolkit.errors import DataError, TftoolkitError
 from tftoolkit.evaluation.gradcam import grad_cam
 from tftoolkit.evaluation.metrics import render_report
@@ -72,17 +74,47 @@ def thresholds_of(path: str | Path, info: DataInfo) -> np.ndarray:
                                 info.class_names).values
 
 
-def _split_arrays(recipe: Recipe, info: DataInfo,
-                  split: str) -> tuple[str, np.ndarray, np.ndarray]:
+def recorded_data(path: str | Path, recipe: Recipe, info: DataInfo) -> DataBundle:
+    """The data of the run behind ``path`` (a run directory, an export version or a
+    LiteRT file in one), its splits those the run recorded in its ``splits.csv``; the
+    bundle's notes say what the record lists that the data lacks now, and what it
+    leaves out. Without the record (an export whose run directory is gone) the splits
+    are derived again and must have the content the model card fingerprints."""
+    path = Path(path)
+    folder = path.parent if path.suffix == ".tflite" else path
+    card = (json.loads((folder / MODEL_CARD).read_text())
+            if (folder / MODEL_CARD).is_file() else {})
+    run_dir = folder if RunDir.is_run_dir(folder) else Path(card.get("run_dir", folder))
+    record = SplitRecord.read(run_dir) if run_dir.is_dir() else None
+    data = load_data(recipe, info.image_size, record=record)
+    if record is not None:
+        return data
+    recorded = card.get("split_fingerprints", {})
+    now = SplitRecord.of(data.splits).fingerprints()
+    differ = [split for split in recorded if now.get(split) != recorded[split]]
+    if differ:
+        raise DataError(f"{run_dir / SPLITS_FILE} is gone, and the data now gives other "
+                        f"{' and '.join(differ)} examples than the model card of {folder} "
+                        "records (split_fingerprints): its figures cannot be repeated. "
+                        "Restore the run directory, or the data as it was")
+    data.notes.append(f"no {SPLITS_FILE} in {run_dir}: the splits are derived from the data "
+                      "as it is now" + (", and their content is the one the model card "
+                                        "fingerprints" if recorded else ""))
+    return data
+
+
+def _split_arrays(path: str | Path, recipe: Recipe, info: DataInfo,
+                  split: str) -> tuple[str, np.ndarray, np.ndarray, list[str]]:
     """The split evaluated (validation when the data has no test split and the test split
-    was asked for), its images and class ids."""
-    data = load_data(recipe, info.image_size)
+    was asked for), its images and class ids, and the notes about its examples."""
+    data = recorded_data(path, recipe, info)
+    notes = list(data.notes)
     if split == "test" and split not in data.splits and "val" in data.splits:
         split = "val"
     if split not in data.splits:
         raise DataError(f"split {split!r} does not exist for {data.info.description} "
                         f"(splits: {', '.join(data.splits)})")
-    return split, *data.arrays(split)
+    return split, *data.arrays(split), notes
 
 
 def evaluate(path: str | Path, split: str = "test", tta: int = 0,
@@ -100,11 +132,13 @@ def evaluate(path: str | Path, split: str = "test", tta: int = 0,
     task = info.task
     out = Path(out) if out else default_out
     out.mkdir(parents=True, exist_ok=True)
-    evaluated, images, targets = _split_arrays(recipe, info, split)
+    evaluated, images, targets, notes = _split_arrays(path, recipe, info, split)
     thresholds = thresholds_of(path, info) if task.thresholded else None
     predictions = np.asarray(model.predict(images, batch_size=64, verbose=0))
     report = {"split": evaluated,
               **task.report(targets, predictions, info.class_names or [], thresholds)}
+    if notes:
+        report["notes"] = notes
     if evaluated != split:
         report["note"] = (f"the data has no {split} split (data.test_fraction=0?); "
                           f"evaluated on the {evaluated} split instead")

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from tftoolkit.data import DataBundle, DataInfo, load_data
+from tftoolkit.data.record import SplitRecord
 from tftoolkit.errors import ExportError
 from tftoolkit.models import load_keras_model
 from tftoolkit.models.layout import PREPROCESS
@@ -118,8 +119,8 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
 
     Args:
         model: the trained model, when it is in memory (else read from the run).
-        data: the run's data, when it is in memory (else read again from the recipe,
-            for quantized formats only).
+        data: the run's data, when it is in memory (else read again, for quantized
+            formats only: the splits the run recorded).
     """
     run = RunDir(run_dir)
     missing = run.missing([RunDir.RECIPE, RunDir.DATA_INFO, RunDir.METRICS, RunDir.MODEL,
@@ -133,6 +134,12 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
         model = load_keras_model(run / RunDir.MODEL)
     root = Path(to) if to else Path(recipe["export"]["dir"]) / recipe["name"]
     card = {**_card(model, recipe, info, metrics), "run_dir": str(run)}
+    record = SplitRecord.read(run.path)  # None: a run from before records
+    if record is not None:  # a private run's training examples are not released
+        private = recipe.get("privacy", {}).get("enabled", False)
+        card["split_fingerprints"] = {split: digest for split, digest in
+                                      record.fingerprints().items()
+                                      if not (private and split == "train")}
     formats = recipe["export"].get("formats", [])
     thresholds = None
     if info.task.thresholded:
@@ -141,8 +148,11 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
                                           info.class_names).values
     quantization = None
     if any(f in MEASURED for f in formats):
-        quantization = quantization_inputs(data or load_data(run.read_recipe(),
-                                                             info.image_size))
+        if data is None:
+            data = load_data(run.read_recipe(), info.image_size, record=record)
+            if data.notes:
+                card["data_notes"] = list(data.notes)
+        quantization = quantization_inputs(data)
     return export_model(model, info, root, parity_inputs=np.load(run / RunDir.PARITY_INPUTS),
                         card=card, tolerance=recipe["export"]["tolerance"],
                         mixed_precision=recipe["train"]["precision"] != "float32",

@@ -1,7 +1,8 @@
 """Run one recipe once per transfer mode on the same data, seed and budget.
 
 The mode exported is chosen on the validation split alone; each row also shows the test
-figure, read once per run for the report, never for the choice.
+figure, read once per run for the report, never for the choice. The runs must have
+recorded the same splits (``splits.csv``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from tftoolkit.errors import RecipeError
+from tftoolkit.data.record import SplitRecord
+from tftoolkit.errors import DataError, RecipeError
 from tftoolkit.models.registry import MODES, check_architecture
 from tftoolkit.recipe import Recipe
 from tftoolkit.tasks import Monitor
@@ -71,6 +73,26 @@ def _validation_monitor(result: TrainResult) -> Monitor:
     return monitor
 
 
+def _check_same_splits(rows: list[ModeRow]) -> None:
+    """Refuse a comparison of runs that recorded other splits (the data changed while
+    they trained): their figures would not be comparable. Runs without a record have
+    nothing to compare."""
+    records = [SplitRecord.read(row.run_dir) for row in rows]
+    if None in records:
+        return
+    first = records[0].fingerprints()
+    for row, record in zip(rows[1:], records[1:]):
+        other = record.fingerprints()
+        differ = [split for split in first.keys() | other.keys()
+                  if first.get(split) != other.get(split)]
+        if differ:
+            raise DataError(f"the {rows[0].mode} and {row.mode} runs recorded other "
+                            f"{' and '.join(sorted(differ))} examples (splits.csv in "
+                            f"{rows[0].run_dir} and {row.run_dir}): the data changed while "
+                            "compare ran, so their figures do not compare; run it again on "
+                            "data that stays as it is")
+
+
 def compare(recipe: Recipe, modes: list[str]) -> Comparison:
     """Train ``recipe`` once per mode (export off), then export the run with the best
     validation figure."""
@@ -92,6 +114,7 @@ def compare(recipe: Recipe, modes: list[str]) -> Comparison:
         rows.append(ModeRow(mode, result.metrics[monitor.key],
                             result.metrics.get(monitor.key.replace("val_", "test_")),
                             result.train_seconds, result.run_dir))
+    _check_same_splits(rows)
     comparison = Comparison(monitor, rows)
     if recipe.export.enabled:
         comparison.export_dir = export_run(comparison.best.run_dir)

@@ -21,7 +21,8 @@ import tensorflow as tf
 from tftoolkit.augment import Augmenter, build_augmenter, training_model
 from tftoolkit.augment.tta import predict_tta
 from tftoolkit.data import SAMPLE_BATCH, DataBundle, DataInfo, load_data
-from tftoolkit.errors import RecipeError
+from tftoolkit.data.record import SplitRecord, check_resumable
+from tftoolkit.errors import DataError, RecipeError
 from tftoolkit.models import build_model, input_size
 from tftoolkit.models.transfer import set_trainable
 from tftoolkit.multilabel import report_at, split_histograms, validation_thresholds
@@ -218,6 +219,7 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
     if judged_by:
         setup.data.info.task.monitor(judged_by, asked_by="--objective")
     info, notes = setup.data.info, setup.notes
+    record = SplitRecord.of(setup.data.splits)
     resume_from = RunDir.find_resumable(t.run_dir, recipe) if t.resume else None
     if resume_from is not None and is_chief(strategy):
         resume_from.lock()  # first: until then its live writer may still move it on
@@ -226,6 +228,13 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
             notes.append(f"{resume_from} finished while this run started; training a new "
                          "run")
             resume_from = None
+    try:  # the data must give the splits the run recorded
+        unchecked = resume_from and check_resumable(resume_from.path, record)
+    except DataError:
+        resume_from.release()
+        raise
+    if unchecked:
+        notes.append(unchecked)
     progress, fallback = readable_progress(resume_from) if resume_from else (None, None)
     if fallback:
         notes.append(fallback)
@@ -234,13 +243,17 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
                      f"(stage {progress.stage + 1})")
     if not is_chief(strategy):
         run = RunDir.scratch(recipe.name)
+        record.write(run.path)  # the splits this worker holds, to compare with the chief's
         notes.append(f"not the chief: writing nothing but scratch files in {run}")
     elif resume_from is not None:
         run = resume_from
+        if unchecked:
+            record.write(run.path)
     else:
         run = RunDir.create(t.run_dir, recipe.name)
         run.lock()
         run.write_json(RunDir.RECIPE, recipe.to_dict())
+        record.write(run.path)
         run.write_json(RunDir.DATA_INFO, info.to_dict())
         run.write_json(RunDir.RUNTIME, {
             "strategy": strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
