@@ -161,8 +161,10 @@ def decode_window(data: tf.Tensor, window_fn: Callable,
     are decoded whole, then cropped. Either is refused first if the image declares more
     than ``max_pixels`` pixels."""
     def jpeg():
-        with tf.control_dependencies([size_check(data, max_pixels)]):
-            window = window_fn(tf.io.extract_jpeg_shape(data))
+        shape = tf.io.extract_jpeg_shape(data)  # read once, for the check and the window
+        declared = (tf.cast(shape[1], tf.int64), tf.cast(shape[0], tf.int64))
+        with tf.control_dependencies([size_check(data, max_pixels, declared)]):
+            window = window_fn(shape)
         return tf.image.decode_and_crop_jpeg(data, window, channels=3)
 
     def other():
