@@ -132,6 +132,24 @@ def test_every_cache_mode_trains_on_the_same_epochs(image_folder, tmp_path):
     assert not np.array_equal(first, second)  # each epoch its own order
 
 
+def test_a_disk_cache_is_read_a_batch_of_records_per_call(image_folder, tmp_path,
+                                                          monkeypatch):
+    from tftoolkit.data.cache import DiskCache
+
+    reads, reader = [], DiskCache.reader
+
+    def counting(cache):
+        read = reader(cache)
+        return lambda rows: (reads.append(np.size(rows)), read(rows))[1]
+
+    monkeypatch.setattr(DiskCache, "reader", counting)
+    data = load_data(_recipe(image_folder, tmp_path, cache="disk", image_size=16), 16)
+    for training in (True, False):  # the training stream, and the split in order
+        reads.clear()
+        assert len(list(data.dataset("train", training=training, batch_size=8).take(3))) == 3
+        assert reads and max(reads) == 8, reads  # one call per batch of 8 records
+
+
 def _gradient_folder(root, count: int = 8):
     """Non-square images whose pixels say where they are: red grows left to right, green
     top to bottom."""

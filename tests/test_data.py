@@ -588,7 +588,8 @@ def test_with_autotune_off_every_map_runs_in_parallel_and_in_order(image_folder)
     ops = _dataset_ops(dataset)
     maps = [(n, inputs) for n, inputs in ops
             if n.op in ("MapDataset", "ParallelMapDataset", "ParallelMapDatasetV2")]
-    assert len(maps) == 2  # the examples (decode, crop, flip) and the batches
+    # the batches of rows read, the examples (decode, crop, flip), the batches finished
+    assert len(maps) == 3
     assert all(n.op == "ParallelMapDatasetV2" for n, _ in maps)  # none serial
     assert all(n.attr["deterministic"].s == b"true" for n, _ in maps)
     assert {inputs[-1] for _, inputs in maps} == {PARALLEL_CALLS} and PARALLEL_CALLS >= 2

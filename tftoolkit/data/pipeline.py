@@ -253,40 +253,38 @@ def _parallel_map(ds: tf.data.Dataset, fn: Callable) -> tf.data.Dataset:
 
 @dataclass(frozen=True)
 class _Rows:
-    """A split held so that any example can be read on its own: ``read(row) -> (index,
-    (stored input, label))``; ``in_memory``: the data are tensors of the dataset graph."""
+    """A split held so that any of its examples can be read, in any order: ``read(rows)
+    -> (stored inputs, labels)`` of one row or of a vector of rows (read in one call);
+    ``in_memory``: the data are tensors of the dataset graph."""
 
     read: Callable[[tf.Tensor], tuple]
     in_memory: bool
 
 
-def _in_memory(indices: tf.Tensor, pairs) -> _Rows:
-    """Rows gathered from one tensor per component: ``indices`` and ``pairs``
-    (``(inputs, labels)``)."""
-    return _Rows(lambda row: (tf.gather(indices, row), tf.nest.map_structure(
-        lambda component: tf.gather(component, row), pairs)), True)
+def _in_memory(pairs) -> _Rows:
+    """Rows gathered from one tensor per component of ``pairs`` (``(inputs, labels)``)."""
+    return _Rows(lambda rows: tf.nest.map_structure(
+        lambda component: tf.gather(component, rows), pairs), True)
 
 
-def _on_disk(stored: tf.data.Dataset, folder, indices: np.ndarray,
-             labels: np.ndarray) -> _Rows:
+def _on_disk(stored: tf.data.Dataset, folder, labels: np.ndarray) -> _Rows:
     """The inputs and source shapes of ``stored`` in a :class:`DiskCache` (written in
-    one pass first, unless complete), each read on its own; indices and labels in
+    one pass first, unless complete), read a batch of records per call; labels in
     memory."""
     cache = DiskCache(folder)
-    if not cache.complete(len(indices)):
+    if not cache.complete(len(labels)):
         cache.write((np.asarray(x), np.asarray(shape))
                     for _, ((x, shape), _) in stored.batch(256))
     spec, read = cache.spec, cache.reader()
     dtype, shape = tf.as_dtype(spec["dtype"]), spec["shape"]
-    shapes, indices, labels = (tf.constant(a) for a in (cache.shapes(), indices, labels))
+    shapes, labels = tf.constant(cache.shapes()), tf.constant(labels)
 
-    def row_of(row):
-        x = tf.numpy_function(read, [row], dtype, stateful=False)
-        x.set_shape(shape)
-        return tf.gather(indices, row), ((x, tf.gather(shapes, row)),
-                                         tf.gather(labels, row))
+    def read_rows(rows):
+        x = tf.numpy_function(read, [rows], dtype, stateful=False)
+        x.set_shape(rows.shape.concatenate(shape))
+        return (x, tf.gather(shapes, rows)), tf.gather(labels, rows)
 
-    return _Rows(row_of, False)
+    return _Rows(read_rows, False)
 
 
 def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
@@ -307,10 +305,10 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     ``cache_path``) or ``off``. Training datasets are an endless stream of epochs, from
     ``first_epoch`` on (train with ``steps_per_epoch``), each the examples in its own
     :func:`epoch_order`, whatever the cache: the memory cache is one tensor gathered
-    by row, the disk cache one record per example read on its own, and uncached files
-    or arrays are gathered by row, then decoded. Only uncached TFDS records, which are
-    read in one order, are shuffled instead, with :func:`epoch_seed`, through a buffer
-    of ``shuffle_buffer`` examples (0: all).
+    by row, the disk cache one record per example, and uncached files or arrays are
+    gathered by row, then decoded; each batch of rows is read in one call. Only uncached
+    TFDS records, which are read in one order, are shuffled instead, with
+    :func:`epoch_seed`, through a buffer of ``shuffle_buffer`` examples (0: all).
 
     ``augment`` runs only when ``training`` is true: its per-example part in parallel,
     keyed by :func:`example_key`; its per-batch part (Keras layers) sequentially, so
@@ -318,9 +316,9 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     image's shape, so an example's crop is the same region of its image in every cache
     mode: uncached, only that window is decoded (of a JPEG); cached, it is cut from the
     cached image, whose cache keeps the source shape (:func:`in_resized`), and resized
-    again. An example's key names its entry of ``positions`` (its position in the whole
-    split when ``examples`` is a shard of it: shards then never repeat one another's
-    draws; default 0, 1, ...).
+    again. An example's key names its row's entry of ``positions`` (its position in the
+    whole split when ``examples`` is a shard of it: shards then never repeat one
+    another's draws; default: the row).
 
     Maps run :data:`PARALLEL_CALLS` examples at a time, in order, and batches are
     prefetched :data:`PREFETCH_BATCHES` ahead, with or without ``autotune``.
@@ -328,11 +326,16 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     for that thread's current sleep, which stalled 1 to 3 of every 8 Keras ``fit`` calls
     by 2-4 s on a 2-core machine.
     """
-    tensors = _reference_tensors(examples, positions)
-    refs, kind = _references(examples, tensors, positions)
     n = max(len(examples), 1)
     batch = batch_size or n
     cached = cache != "off"
+    # Rows are read from a disk cache, and in training (eagerly: not while a dataset
+    # function is traced) from the memory cache or the files' or arrays' references;
+    # the others are read as stored.
+    rows_read = cache == "disk" or (training and tf.executing_eagerly()
+                                    and (cached or examples.dataset is None))
+    tensors = _reference_tensors(examples, positions)
+    refs, kind = _references(examples, tensors, positions)
     decode = _decoder(kind, resize, max_pixels)
     stored = refs if not cached else _parallel_map(
         refs, lambda i, pair: (i, (_cache_decoder(kind, resize, max_pixels)(pair[0]),
@@ -341,8 +344,11 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     redecode = _decoder("tensor", resize, max_pixels)
     per_example = augment.per_example if training and augment is not None else None
     per_batch = augment.per_batch if training and augment is not None else None
+    by_example = not cached or per_example is not None  # work done example by example
 
     def prepare(epoch):
+        """``(index, (stored input, label)) -> (x, y)``: of one example, or of a batch
+        when nothing is done example by example (a cached input as it is)."""
         def example(index, pair):
             x, y = pair
             if cached:
@@ -361,35 +367,53 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
 
         return example
 
-    # Read once (eagerly: not while a dataset function is traced) into rows read in any
-    # order; uncached TFDS records have no rows (nor a memory cache traced in a function).
+    def in_batches(ds: tf.data.Dataset, epoch) -> tf.data.Dataset:
+        """``ds`` of examples (``(index, (stored input, label))``) -> batches of ``(x,
+        y)``, prepared example by example (in parallel) only when they need to be."""
+        if by_example:
+            return _parallel_map(ds, prepare(epoch)).batch(batch)
+        return _parallel_map(ds.batch(batch), prepare(epoch))
+
+    # Read once (eagerly) into rows read in any order; uncached TFDS records have none.
     rows = None
     if cache == "disk":
-        rows = _on_disk(stored, cache_path, np.arange(len(examples)) if positions is None
-                        else np.asarray(positions, np.int64), examples.labels)
-    elif training and tf.executing_eagerly() and cache == "memory":
-        rows = _in_memory(*next(iter(stored.batch(n))))  # decoded once
-    elif training and tf.executing_eagerly() and tensors is not None:
-        rows = _in_memory(*tensors)  # uncached: the references' own tensors
+        rows = _on_disk(stored, cache_path, examples.labels)
+    elif rows_read and cache == "memory":
+        rows = _in_memory(next(iter(stored.batch(n)))[1])  # decoded once
+    elif rows_read:
+        rows = _in_memory(tensors[1])  # uncached: the references' own tensors
+    if rows is not None:
+        keys = None if positions is None else tf.constant(np.asarray(positions, np.int64))
+
+        def read(rows_in_order):
+            """A batch of rows -> its examples."""
+            index = rows_in_order if keys is None else tf.gather(keys, rows_in_order)
+            return index, rows.read(rows_in_order)
+
+        def epoch_of(rows_in_order: tf.data.Dataset, epoch) -> tf.data.Dataset:
+            """The batches of ``rows_in_order``, each batch of rows read in one call."""
+            read_batches = _parallel_map(rows_in_order.batch(batch), read)
+            if by_example:  # (unbatch() would add a serial map)
+                return in_batches(read_batches.flat_map(
+                    lambda *batch_read: tf.data.Dataset.from_tensor_slices(batch_read)),
+                    epoch)
+            return _parallel_map(read_batches, prepare(epoch))
+
     if rows is not None and training:
         ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(
-            lambda epoch: _parallel_map(
-                tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, epoch)),
-                lambda row: prepare(epoch)(*rows.read(row))).batch(batch))
+            lambda epoch: epoch_of(tf.data.Dataset.from_tensor_slices(
+                epoch_order(n, seed, epoch)), epoch))
     elif rows is not None:  # a disk cache, in read order
-        ds = _parallel_map(tf.data.Dataset.range(n),
-                           lambda row: prepare(0)(*rows.read(row))).batch(batch)
+        ds = epoch_of(tf.data.Dataset.range(n), 0)
     elif training:
         if cache == "memory":
             stored = stored.cache()
         buffer = min(shuffle_buffer or n, n)
         ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(
-            lambda epoch: _parallel_map(
-                stored.shuffle(buffer, seed=epoch_seed(seed, epoch)), prepare(epoch))
-            .batch(batch))
+            lambda epoch: in_batches(stored.shuffle(buffer, seed=epoch_seed(seed, epoch)),
+                                     epoch))
     else:
-        ds = _parallel_map(stored.cache() if cache == "memory" else stored,
-                           prepare(0)).batch(batch)
+        ds = in_batches(stored.cache() if cache == "memory" else stored, 0)
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
     def finish(x, y):
