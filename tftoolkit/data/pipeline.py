@@ -295,7 +295,8 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
                  augment: PipelineAugment | None = None,
                  first_epoch: int = 0, autotune: bool = False,
                  max_pixels: int = DEFAULT_MAX_PIXELS,
-                 positions: np.ndarray | None = None) -> tf.data.Dataset:
+                 positions: np.ndarray | None = None,
+                 order: np.ndarray | None = None) -> tf.data.Dataset:
     """A batched dataset of ``(x, y)`` or ``(x, y, sample_weight)``, ``y`` encoded for
     ``task``'s loss; images are brought to the model's size by ``resize`` (None: feature
     vectors), and an encoded image declaring more than ``max_pixels`` pixels stops the
@@ -309,6 +310,10 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     gathered by row, then decoded; each batch of rows is read in one call. Only uncached
     TFDS records, which are read in one order, are shuffled instead, with
     :func:`epoch_seed`, through a buffer of ``shuffle_buffer`` examples (0: all).
+
+    ``order`` (training): the rows of ``examples`` as the epochs number them, row ``r``
+    being ``examples[order[r]]`` (default: as read). Caches hold ``examples`` as read,
+    whatever ``order``: a disk cache of the same examples serves every order.
 
     ``augment`` runs only when ``training`` is true: its per-example part in parallel,
     keyed by :func:`example_key`; its per-batch part (Keras layers) sequentially, so
@@ -331,9 +336,11 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     cached = cache != "off"
     # Rows are read from a disk cache, and in training (eagerly: not while a dataset
     # function is traced) from the memory cache or the files' or arrays' references;
-    # the others are read as stored.
+    # other examples are read in the order they are stored in: stored in ``order``.
     rows_read = cache == "disk" or (training and tf.executing_eagerly()
                                     and (cached or examples.dataset is None))
+    if order is not None and not rows_read:
+        examples, order = examples.subset(order), None
     tensors = _reference_tensors(examples, positions)
     refs, kind = _references(examples, tensors, positions)
     decode = _decoder(kind, resize, max_pixels)
@@ -384,11 +391,13 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
         rows = _in_memory(tensors[1])  # uncached: the references' own tensors
     if rows is not None:
         keys = None if positions is None else tf.constant(np.asarray(positions, np.int64))
+        stored_rows = None if order is None else tf.constant(np.asarray(order, np.int64))
 
         def read(rows_in_order):
-            """A batch of rows -> its examples."""
+            """A batch of rows, numbered as the epochs number them -> its examples."""
             index = rows_in_order if keys is None else tf.gather(keys, rows_in_order)
-            return index, rows.read(rows_in_order)
+            return index, rows.read(rows_in_order if stored_rows is None
+                                    else tf.gather(stored_rows, rows_in_order))
 
         def epoch_of(rows_in_order: tf.data.Dataset, epoch) -> tf.data.Dataset:
             """The batches of ``rows_in_order``, each batch of rows read in one call."""
