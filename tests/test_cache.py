@@ -132,6 +132,45 @@ def test_every_cache_mode_trains_on_the_same_epochs(image_folder, tmp_path):
     assert not np.array_equal(first, second)  # each epoch its own order
 
 
+def test_one_disk_cache_serves_every_training_seed(image_folder, tmp_path):
+    from dataclasses import replace
+
+    def seeded(seed: int, cache: str):
+        recipe = _recipe(image_folder, tmp_path, cache=cache, image_size=16)
+        return load_data(replace(recipe, train=replace(recipe.train, seed=seed)), 16)
+
+    first = seeded(1, "disk")
+    one = _two_epochs(first)
+    assert "written this run" in first.notes[-1]
+    second = seeded(2, "disk")
+    two = _two_epochs(second)
+    assert "reused" in second.notes[-1], second.notes[-1]  # the same examples: one copy
+    second.dataset("train")  # and the split read in order for evaluation
+    assert len(list((tmp_path / "caches").iterdir())) == 1
+    for a, b in zip(two, _two_epochs(seeded(2, "memory"))):  # each seed its own order
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(one, two))
+
+
+def test_a_disk_cache_is_read_a_batch_of_records_per_call(image_folder, tmp_path,
+                                                          monkeypatch):
+    from tftoolkit.data.cache import DiskCache
+
+    reads, reader = [], DiskCache.reader
+
+    def counting(cache):
+        read = reader(cache)
+        return lambda rows: (reads.append(np.size(rows)), read(rows))[1]
+
+    monkeypatch.setattr(DiskCache, "reader", counting)
+    data = load_data(_recipe(image_folder, tmp_path, cache="disk", image_size=16), 16)
+    for training in (True, False):  # the training stream, and the split in order
+        reads.clear()
+        assert len(list(data.dataset("train", training=training, batch_size=8).take(3))) == 3
+        assert reads and max(reads) == 8, reads  # one call per batch of 8 records
+
+
 def _gradient_folder(root, count: int = 8):
     """Non-square images whose pixels say where they are: red grows left to right, green
     top to bottom; blue, even, tells them apart (the same picture under two classes

@@ -588,12 +588,32 @@ def test_with_autotune_off_every_map_runs_in_parallel_and_in_order(image_folder)
     ops = _dataset_ops(dataset)
     maps = [(n, inputs) for n, inputs in ops
             if n.op in ("MapDataset", "ParallelMapDataset", "ParallelMapDatasetV2")]
-    assert len(maps) == 2  # the examples (decode, crop, flip) and the batches
+    # the batches of rows read, the examples (decode, crop, flip), the batches finished
+    assert len(maps) == 3
     assert all(n.op == "ParallelMapDatasetV2" for n, _ in maps)  # none serial
     assert all(n.attr["deterministic"].s == b"true" for n, _ in maps)
     assert {inputs[-1] for _, inputs in maps} == {PARALLEL_CALLS} and PARALLEL_CALLS >= 2
     prefetch = [inputs[1] for n, inputs in ops if n.op == "PrefetchDataset"]
     assert prefetch == [PREFETCH_BATCHES]
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+def test_the_antialiased_resize_gives_the_pixels_of_tf_image_resize_bit_for_bit(method):
+    import tensorflow as tf
+
+    from tftoolkit.data.pipeline import Resize
+
+    def expected(images):
+        return np.clip(np.round(tf.image.resize(images, (32, 32), method=method,
+                                                antialias=True)), 0, 255)
+
+    resize, rng = Resize(32, method), np.random.default_rng(0)
+    for shape in [(45, 61), (17, 90), (90, 17), (33, 33), (1, 50), (32, 33)]:
+        image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        np.testing.assert_array_equal(resize(image), expected(image.astype(np.float32)))
+        np.testing.assert_array_equal(resize(image.astype(np.float32)), expected(image))
+    batch = rng.uniform(0, 255, (3, 50, 40, 3)).astype(np.float32)  # as clients send
+    np.testing.assert_array_equal(resize(batch), expected(batch))
 
 
 def test_a_jpeg_window_is_decoded_alone_and_gives_the_pixels_of_decode_then_crop(tmp_path):

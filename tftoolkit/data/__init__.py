@@ -176,11 +176,11 @@ class DataBundle:
         ``budget_share`` of the memory budget under ``data.cache=auto``."""
         cfg, train = self.recipe.data, self.recipe.train
         examples = self.splits[split]
-        order = f"seed {train.seed}" if training else "read"
+        order, permutation = "read", None
         if training and examples.dataset is None:  # the rows each epoch permutes, in a
-            # seeded random order (TFDS records keep theirs: its files are shuffled)
-            examples = examples.subset(np.random.default_rng(train.seed).permutation(
-                len(examples)))
+            # seeded random order (TFDS records keep theirs: its files are shuffled),
+            # applied when they are read: a cache of the split serves every seed
+            permutation = np.random.default_rng(train.seed).permutation(len(examples))
         elif sample:
             examples = examples.subset(self.sample_order(split)[:sample])
             order = (f"sample of {len(examples)}, "
@@ -189,6 +189,9 @@ class DataBundle:
                     "order": order}
         positions = None  # of the examples in the split (augmentation keys): 0, 1, ...
         if shard is not None:
+            if permutation is not None:  # a shard of the seeded order: its own examples
+                examples, permutation = examples.subset(permutation), None
+                settings["order"] = f"seed {train.seed}"
             try:
                 positions = shard_positions(len(examples), *shard, equal=training)
             except ValueError as exc:
@@ -213,7 +216,7 @@ class DataBundle:
             cache=cache.mode, cache_path=cache.path, shuffle_buffer=cfg.shuffle_buffer,
             autotune=cfg.autotune, class_weights=self.class_weights() if training else None,
             augment=augment, first_epoch=first_epoch, max_pixels=cfg.max_pixels,
-            positions=positions)
+            positions=positions, order=permutation)
 
     def arrays(self, split: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The inputs of ``split``, as the model takes them, and their class ids (or

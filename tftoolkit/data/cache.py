@@ -121,13 +121,13 @@ class DiskCache:
         return np.load(self.folder / self.SHAPES)
 
     def reader(self):
-        """``row -> the record`` (a NumPy array), reading only that record (the file is
-        mapped once, not opened per record)."""
+        """``rows -> their records`` (a NumPy array) of one row or an array of rows,
+        reading only those records (the file is mapped once, not opened per read)."""
         spec = self.spec
         dtype, shape = np.dtype(spec["dtype"]), (spec["count"], *spec["shape"])
         records = (np.memmap(self.folder / self.INPUTS, dtype, "r", shape=shape)
                    if spec["count"] else np.empty(shape, dtype))  # (an empty file: no map)
-        return lambda row: np.array(records[int(row)])
+        return lambda rows: np.array(records[rows])
 
 
 def _record_bytes(spec: dict) -> int:

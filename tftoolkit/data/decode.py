@@ -60,7 +60,21 @@ def _gif_frame_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 def declared_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(width, height) that encoded PNG/GIF/BMP/JPEG/WebP bytes declare in their header,
     read without decoding; (-1, -1) when it cannot be read (another format, a GIF
-    without an image descriptor). A GIF's is the larger of its canvas and first frame."""
+    without an image descriptor). A GIF's is the larger of its canvas and first frame.
+    A JPEG's is read by one op (most files of a photo folder), the others' from the
+    first 30 bytes."""
+    jpeg = tf.equal(tf.strings.substr(data, 0, 2), b"\xff\xd8")
+    return tf.cond(jpeg, lambda: _jpeg_size(data), lambda: _other_size(data))
+
+
+def _jpeg_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(width, height) of a JPEG's frame header."""
+    shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
+    return shape[1], shape[0]
+
+
+def _other_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """:func:`declared_size` of bytes that are not a JPEG."""
     head = tf.cast(tf.io.decode_raw(tf.strings.substr(
         tf.strings.join([data, tf.constant(b"\0" * 30)]), 0, 30), tf.uint8), tf.int64)
 
@@ -75,9 +89,6 @@ def declared_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
     bmp_height = number(22, 4, False)  # signed: negative for top-down bitmaps
     bmp_height = tf.where(bmp_height >= 2 ** 31, 2 ** 32 - bmp_height, bmp_height)
-    jpeg = starts(0xFF, 0xD8)
-    jpeg_shape = tf.cond(jpeg, lambda: tf.cast(tf.image.extract_jpeg_shape(data), tf.int64),
-                         lambda: tf.zeros([3], tf.int64))
     gif = starts(0x47, 0x49, 0x46)
     frame = tf.cond(gif, lambda: tf.stack(_gif_frame_size(data)),
                     lambda: tf.zeros([2], tf.int64))
@@ -91,7 +102,6 @@ def declared_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     cases = [(starts(0x89, 0x50, 0x4E, 0x47), number(16, 4, True), number(20, 4, True)),
              (gif, gif_width, gif_height),
              (starts(0x42, 0x4D), number(18, 4, False), bmp_height),
-             (jpeg, jpeg_shape[1], jpeg_shape[0]),
              (tf.logical_and(riff, tf.equal(head[15], ord("X"))),
               number(24, 3, False) + 1, number(27, 3, False) + 1),
              (tf.logical_and(riff, tf.equal(head[15], ord("L"))),
@@ -104,10 +114,12 @@ def declared_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return width, height
 
 
-def size_check(data: tf.Tensor, max_pixels: int) -> tf.Operation:
+def size_check(data: tf.Tensor, max_pixels: int,
+               size: tuple[tf.Tensor, tf.Tensor] | None = None) -> tf.Operation:
     """An assertion that encoded image bytes declare at most ``max_pixels`` pixels: run
-    it (as a control dependency) before anything decodes them."""
-    width, height = declared_size(data)
+    it (as a control dependency) before anything decodes them. ``size``: their
+    :func:`declared_size`, when it is read already."""
+    width, height = declared_size(data) if size is None else size
     readable = tf.debugging.Assert(tf.logical_and(width >= 0, height >= 0), [
         f"the image is refused: {UNREADABLE_SIZE}: not a JPEG, PNG, GIF, BMP or WebP "
         "file, or a damaged one"])

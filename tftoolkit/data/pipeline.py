@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from tftoolkit.augment.stateless import PipelineAugment
 
 
-# Methods whose downscaling is filtered by tf.image.resize(antialias=True); "area"
-# always averages, "nearest" never filters.
-ANTIALIASED = ("bilinear", "bicubic")
+# Methods whose downscaling is filtered by tf.image.resize(antialias=True), and the
+# sampling kernel it filters with; "area" always averages, "nearest" never filters.
+ANTIALIASED = {"bilinear": "triangle", "bicubic": "keyscubic"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ class Resize:
     plain interpolation when it is not (antialiasing changes an upscale, bicubic's by
     up to 0.17 of a pixel level), then rounded and clipped to 0-255 pixels as the
     training cache keeps them. Training and every served path call this one object.
+
+    The antialiased resize gives the pixels of ``tf.image.resize(..., antialias=True)``
+    bit for bit, computed as two passes that each resample rows (:func:`_resample_rows`):
+    TF's own op resamples columns one pixel at a time, at up to twice the CPU time.
     """
 
     size: int
@@ -56,24 +60,55 @@ class Resize:
                 f"resizing{antialiased}, rounded to whole pixel levels 0-255")
 
     def __call__(self, images: tf.Tensor) -> tf.Tensor:
-        """Float RGB images ``[..., H, W, 3]`` -> float32 pixels ``[..., size, size, 3]``."""
-        target = (self.size, self.size)
+        """RGB images ``[H, W, 3]`` or ``[batch, H, W, 3]`` (uint8 or float) -> float32
+        pixels at ``[size, size]``."""
+        images, target = tf.convert_to_tensor(images), (self.size, self.size)
 
         def plain():
-            return tf.image.resize(images, target, method=self.method)
+            return tf.cast(tf.image.resize(images, target, method=self.method), tf.float32)
 
         if self.method in ANTIALIASED:
             shape = tf.shape(images)
             larger = tf.logical_or(shape[-3] > self.size, shape[-2] > self.size)
-            resized = tf.cond(larger, lambda: tf.image.resize(
-                images, target, method=self.method, antialias=True), plain)
+            resized = tf.cond(larger, lambda: _antialiased(images, self.size,
+                                                           ANTIALIASED[self.method]), plain)
         else:
             resized = plain()
         return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
 
 
+def _resample_rows(rows: tf.Tensor, size: int, kernel: str) -> tf.Tensor:
+    """``[batch, n, m]`` -> ``[batch, size, m]``: each of the ``m`` columns resampled from
+    ``n`` to ``size`` points by ``tf.image.resize``'s antialiased ``kernel``, whose row
+    pass adds whole scaled rows (vectorised); its column pass, over one column of ``m``
+    channels, copies them."""
+    shape = tf.shape(rows)
+    scale = tf.cast(tf.stack([size, 1]), tf.float32) / tf.cast(tf.stack([shape[1], 1]),
+                                                                tf.float32)
+    resampled = tf.raw_ops.ScaleAndTranslate(
+        images=rows[:, :, tf.newaxis], size=tf.constant([size, 1]), scale=scale,
+        translation=tf.zeros([2]), kernel_type=kernel, antialias=True)
+    return resampled[:, :, 0]
+
+
+def _antialiased(images: tf.Tensor, size: int, kernel: str) -> tf.Tensor:
+    """``tf.image.resize(images, (size, size), antialias=True)`` with ``kernel``, bit for
+    bit: its rows pass, then its columns pass as a rows pass of the transpose (the same
+    weights, added in the same order)."""
+    batch = images if images.shape.rank == 4 else images[tf.newaxis]
+    shape = tf.shape(batch)
+    n, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    tall = _resample_rows(tf.reshape(batch, [n, height, width * channels]), size, kernel)
+    # [n, size (y), width * channels] -> [n, width, channels * size]: x is the row now
+    across = tf.reshape(tf.transpose(tall, [0, 2, 1]), [n, width, channels * size])
+    wide = _resample_rows(across, size, kernel)  # [n, size (x), channels * size (y)]
+    out = tf.reshape(tf.transpose(tf.reshape(wide, [n, size * channels, size]), [0, 2, 1]),
+                     [n, size, size, channels])
+    return out if images.shape.rank == 4 else out[0]
+
+
 def to_rgb(image: tf.Tensor) -> tf.Tensor:
-    """Any 2-D/3-D image tensor (gray, RGB, RGBA) -> float32 RGB at its own size."""
+    """Any 2-D/3-D image tensor (gray, RGB, RGBA) -> RGB at its own size and dtype."""
     if image.shape.rank == 2:
         image = image[..., tf.newaxis]
     channels = image.shape[-1]
@@ -81,7 +116,7 @@ def to_rgb(image: tf.Tensor) -> tf.Tensor:
         image = tf.image.grayscale_to_rgb(image)
     elif channels == 4:
         image = image[..., :3]
-    return tf.cast(image, tf.float32)
+    return image
 
 
 def to_rgb_image(image: tf.Tensor, resize: Resize) -> tf.Tensor:
@@ -126,8 +161,10 @@ def decode_window(data: tf.Tensor, window_fn: Callable,
     are decoded whole, then cropped. Either is refused first if the image declares more
     than ``max_pixels`` pixels."""
     def jpeg():
-        with tf.control_dependencies([size_check(data, max_pixels)]):
-            window = window_fn(tf.io.extract_jpeg_shape(data))
+        shape = tf.io.extract_jpeg_shape(data)  # read once, for the check and the window
+        declared = (tf.cast(shape[1], tf.int64), tf.cast(shape[0], tf.int64))
+        with tf.control_dependencies([size_check(data, max_pixels, declared)]):
+            window = window_fn(shape)
         return tf.image.decode_and_crop_jpeg(data, window, channels=3)
 
     def other():
@@ -216,40 +253,38 @@ def _parallel_map(ds: tf.data.Dataset, fn: Callable) -> tf.data.Dataset:
 
 @dataclass(frozen=True)
 class _Rows:
-    """A split held so that any example can be read on its own: ``read(row) -> (index,
-    (stored input, label))``; ``in_memory``: the data are tensors of the dataset graph."""
+    """A split held so that any of its examples can be read, in any order: ``read(rows)
+    -> (stored inputs, labels)`` of one row or of a vector of rows (read in one call);
+    ``in_memory``: the data are tensors of the dataset graph."""
 
     read: Callable[[tf.Tensor], tuple]
     in_memory: bool
 
 
-def _in_memory(indices: tf.Tensor, pairs) -> _Rows:
-    """Rows gathered from one tensor per component: ``indices`` and ``pairs``
-    (``(inputs, labels)``)."""
-    return _Rows(lambda row: (tf.gather(indices, row), tf.nest.map_structure(
-        lambda component: tf.gather(component, row), pairs)), True)
+def _in_memory(pairs) -> _Rows:
+    """Rows gathered from one tensor per component of ``pairs`` (``(inputs, labels)``)."""
+    return _Rows(lambda rows: tf.nest.map_structure(
+        lambda component: tf.gather(component, rows), pairs), True)
 
 
-def _on_disk(stored: tf.data.Dataset, folder, indices: np.ndarray,
-             labels: np.ndarray) -> _Rows:
+def _on_disk(stored: tf.data.Dataset, folder, labels: np.ndarray) -> _Rows:
     """The inputs and source shapes of ``stored`` in a :class:`DiskCache` (written in
-    one pass first, unless complete), each read on its own; indices and labels in
+    one pass first, unless complete), read a batch of records per call; labels in
     memory."""
     cache = DiskCache(folder)
-    if not cache.complete(len(indices)):
+    if not cache.complete(len(labels)):
         cache.write((np.asarray(x), np.asarray(shape))
                     for _, ((x, shape), _) in stored.batch(256))
     spec, read = cache.spec, cache.reader()
     dtype, shape = tf.as_dtype(spec["dtype"]), spec["shape"]
-    shapes, indices, labels = (tf.constant(a) for a in (cache.shapes(), indices, labels))
+    shapes, labels = tf.constant(cache.shapes()), tf.constant(labels)
 
-    def row_of(row):
-        x = tf.numpy_function(read, [row], dtype, stateful=False)
-        x.set_shape(shape)
-        return tf.gather(indices, row), ((x, tf.gather(shapes, row)),
-                                         tf.gather(labels, row))
+    def read_rows(rows):
+        x = tf.numpy_function(read, [rows], dtype, stateful=False)
+        x.set_shape(rows.shape.concatenate(shape))
+        return (x, tf.gather(shapes, rows)), tf.gather(labels, rows)
 
-    return _Rows(row_of, False)
+    return _Rows(read_rows, False)
 
 
 def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
@@ -260,7 +295,8 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
                  augment: PipelineAugment | None = None,
                  first_epoch: int = 0, autotune: bool = False,
                  max_pixels: int = DEFAULT_MAX_PIXELS,
-                 positions: np.ndarray | None = None) -> tf.data.Dataset:
+                 positions: np.ndarray | None = None,
+                 order: np.ndarray | None = None) -> tf.data.Dataset:
     """A batched dataset of ``(x, y)`` or ``(x, y, sample_weight)``, ``y`` encoded for
     ``task``'s loss; images are brought to the model's size by ``resize`` (None: feature
     vectors), and an encoded image declaring more than ``max_pixels`` pixels stops the
@@ -270,10 +306,14 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     ``cache_path``) or ``off``. Training datasets are an endless stream of epochs, from
     ``first_epoch`` on (train with ``steps_per_epoch``), each the examples in its own
     :func:`epoch_order`, whatever the cache: the memory cache is one tensor gathered
-    by row, the disk cache one record per example read on its own, and uncached files
-    or arrays are gathered by row, then decoded. Only uncached TFDS records, which are
-    read in one order, are shuffled instead, with :func:`epoch_seed`, through a buffer
-    of ``shuffle_buffer`` examples (0: all).
+    by row, the disk cache one record per example, and uncached files or arrays are
+    gathered by row, then decoded; each batch of rows is read in one call. Only uncached
+    TFDS records, which are read in one order, are shuffled instead, with
+    :func:`epoch_seed`, through a buffer of ``shuffle_buffer`` examples (0: all).
+
+    ``order`` (training): the rows of ``examples`` as the epochs number them, row ``r``
+    being ``examples[order[r]]`` (default: as read). Caches hold ``examples`` as read,
+    whatever ``order``: a disk cache of the same examples serves every order.
 
     ``augment`` runs only when ``training`` is true: its per-example part in parallel,
     keyed by :func:`example_key`; its per-batch part (Keras layers) sequentially, so
@@ -281,9 +321,9 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     image's shape, so an example's crop is the same region of its image in every cache
     mode: uncached, only that window is decoded (of a JPEG); cached, it is cut from the
     cached image, whose cache keeps the source shape (:func:`in_resized`), and resized
-    again. An example's key names its entry of ``positions`` (its position in the whole
-    split when ``examples`` is a shard of it: shards then never repeat one another's
-    draws; default 0, 1, ...).
+    again. An example's key names its row's entry of ``positions`` (its position in the
+    whole split when ``examples`` is a shard of it: shards then never repeat one
+    another's draws; default: the row).
 
     Maps run :data:`PARALLEL_CALLS` examples at a time, in order, and batches are
     prefetched :data:`PREFETCH_BATCHES` ahead, with or without ``autotune``.
@@ -291,11 +331,18 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     for that thread's current sleep, which stalled 1 to 3 of every 8 Keras ``fit`` calls
     by 2-4 s on a 2-core machine.
     """
-    tensors = _reference_tensors(examples, positions)
-    refs, kind = _references(examples, tensors, positions)
     n = max(len(examples), 1)
     batch = batch_size or n
     cached = cache != "off"
+    # Rows are read from a disk cache, and in training (eagerly: not while a dataset
+    # function is traced) from the memory cache or the files' or arrays' references;
+    # other examples are read in the order they are stored in: stored in ``order``.
+    rows_read = cache == "disk" or (training and tf.executing_eagerly()
+                                    and (cached or examples.dataset is None))
+    if order is not None and not rows_read:
+        examples, order = examples.subset(order), None
+    tensors = _reference_tensors(examples, positions)
+    refs, kind = _references(examples, tensors, positions)
     decode = _decoder(kind, resize, max_pixels)
     stored = refs if not cached else _parallel_map(
         refs, lambda i, pair: (i, (_cache_decoder(kind, resize, max_pixels)(pair[0]),
@@ -304,8 +351,11 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     redecode = _decoder("tensor", resize, max_pixels)
     per_example = augment.per_example if training and augment is not None else None
     per_batch = augment.per_batch if training and augment is not None else None
+    by_example = not cached or per_example is not None  # work done example by example
 
     def prepare(epoch):
+        """``(index, (stored input, label)) -> (x, y)``: of one example, or of a batch
+        when nothing is done example by example (a cached input as it is)."""
         def example(index, pair):
             x, y = pair
             if cached:
@@ -324,35 +374,55 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
 
         return example
 
-    # Read once (eagerly: not while a dataset function is traced) into rows read in any
-    # order; uncached TFDS records have no rows (nor a memory cache traced in a function).
+    def in_batches(ds: tf.data.Dataset, epoch) -> tf.data.Dataset:
+        """``ds`` of examples (``(index, (stored input, label))``) -> batches of ``(x,
+        y)``, prepared example by example (in parallel) only when they need to be."""
+        if by_example:
+            return _parallel_map(ds, prepare(epoch)).batch(batch)
+        return _parallel_map(ds.batch(batch), prepare(epoch))
+
+    # Read once (eagerly) into rows read in any order; uncached TFDS records have none.
     rows = None
     if cache == "disk":
-        rows = _on_disk(stored, cache_path, np.arange(len(examples)) if positions is None
-                        else np.asarray(positions, np.int64), examples.labels)
-    elif training and tf.executing_eagerly() and cache == "memory":
-        rows = _in_memory(*next(iter(stored.batch(n))))  # decoded once
-    elif training and tf.executing_eagerly() and tensors is not None:
-        rows = _in_memory(*tensors)  # uncached: the references' own tensors
+        rows = _on_disk(stored, cache_path, examples.labels)
+    elif rows_read and cache == "memory":
+        rows = _in_memory(next(iter(stored.batch(n)))[1])  # decoded once
+    elif rows_read:
+        rows = _in_memory(tensors[1])  # uncached: the references' own tensors
+    if rows is not None:
+        keys = None if positions is None else tf.constant(np.asarray(positions, np.int64))
+        stored_rows = None if order is None else tf.constant(np.asarray(order, np.int64))
+
+        def read(rows_in_order):
+            """A batch of rows, numbered as the epochs number them -> its examples."""
+            index = rows_in_order if keys is None else tf.gather(keys, rows_in_order)
+            return index, rows.read(rows_in_order if stored_rows is None
+                                    else tf.gather(stored_rows, rows_in_order))
+
+        def epoch_of(rows_in_order: tf.data.Dataset, epoch) -> tf.data.Dataset:
+            """The batches of ``rows_in_order``, each batch of rows read in one call."""
+            read_batches = _parallel_map(rows_in_order.batch(batch), read)
+            if by_example:  # (unbatch() would add a serial map)
+                return in_batches(read_batches.flat_map(
+                    lambda *batch_read: tf.data.Dataset.from_tensor_slices(batch_read)),
+                    epoch)
+            return _parallel_map(read_batches, prepare(epoch))
+
     if rows is not None and training:
         ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(
-            lambda epoch: _parallel_map(
-                tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, epoch)),
-                lambda row: prepare(epoch)(*rows.read(row))).batch(batch))
+            lambda epoch: epoch_of(tf.data.Dataset.from_tensor_slices(
+                epoch_order(n, seed, epoch)), epoch))
     elif rows is not None:  # a disk cache, in read order
-        ds = _parallel_map(tf.data.Dataset.range(n),
-                           lambda row: prepare(0)(*rows.read(row))).batch(batch)
+        ds = epoch_of(tf.data.Dataset.range(n), 0)
     elif training:
         if cache == "memory":
             stored = stored.cache()
         buffer = min(shuffle_buffer or n, n)
         ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(
-            lambda epoch: _parallel_map(
-                stored.shuffle(buffer, seed=epoch_seed(seed, epoch)), prepare(epoch))
-            .batch(batch))
+            lambda epoch: in_batches(stored.shuffle(buffer, seed=epoch_seed(seed, epoch)),
+                                     epoch))
     else:
-        ds = _parallel_map(stored.cache() if cache == "memory" else stored,
-                           prepare(0)).batch(batch)
+        ds = in_batches(stored.cache() if cache == "memory" else stored, 0)
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
     def finish(x, y):
