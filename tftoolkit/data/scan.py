@@ -6,8 +6,6 @@ passes the scan cannot crash an epoch later.
 
 from __future__ import annotations
 
-import functools
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from tftoolkit.data.decode import (DEFAULT_MAX_PIXELS, TOO_MANY_PIXELS, UNREADABLE_SIZE,
-                                   decode_image_bytes)
+from tftoolkit.data.decode import DEFAULT_MAX_PIXELS, TOO_MANY_PIXELS, refusal
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -42,40 +39,15 @@ class ScanResult:
     bad: list[tuple[str, str]]
 
 
-@functools.cache
-def _decoder(max_pixels: int) -> Callable:
-    """:func:`decode_image_bytes` as one traced graph: its header check is a score of
-    small ops, ten times slower run one by one eagerly than the decode itself."""
-    import tensorflow as tf
-
-    return tf.function(lambda data: decode_image_bytes(data, max_pixels),
-                       input_signature=[tf.TensorSpec([], tf.string)])
-
-
 def _check(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """Why ``path`` is not a usable image, or None when it is."""
-    import tensorflow as tf
-
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return f"not an image file (extension {path.suffix or 'none'!r})"
-    data = path.read_bytes()
-    if not data:
-        return "empty file (0 bytes)"
-    try:
-        _decoder(max_pixels)(tf.constant(data))
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
-        text = str(exc.message)
-        declared = re.search(rf"declares \d+x\d+ pixels, {TOO_MANY_PIXELS}=\d+", text)
-        if declared:  # refused from its header, before decoding
-            return (f"{declared[0]}: a decompression bomb, or a picture to downscale first "
-                    "(or raise data.max_pixels)")
-        if UNREADABLE_SIZE in text:  # refused: its size, hence its memory, is unknown
-            return (f"{UNREADABLE_SIZE}: not a JPEG, PNG, GIF, BMP or WebP file, or a "
-                    "damaged one")
-        # "{{function_node ...}} Unknown image file format. ...\n\t [[{{node ...}}]]"
-        message = text.split("[Op:")[0].splitlines()[0].split("}}")[-1].strip()
-        return "cannot be decoded: " + message[-120:]
-    return None
+    reason = refusal(path.read_bytes(), max_pixels)
+    if reason is not None and TOO_MANY_PIXELS in reason:  # refused from its header
+        return (f"{reason}: a decompression bomb, or a picture to downscale first (or raise "
+                "data.max_pixels)")
+    return reason
 
 
 PROGRESS_FROM = 2000              # folders at least this large report progress

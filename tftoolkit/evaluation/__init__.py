@@ -14,12 +14,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 from matplotlib.figure import Figure
 
 from tftoolkit.augment.tta import MAX_VIEWS, predict_tta
 from tftoolkit.data import DataInfo, load_data
-from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
 from tftoolkit.errors import DataError, TftoolkitError
 from tftoolkit.evaluation.gradcam import grad_cam
 from tftoolkit.evaluation.metrics import (classification_report, multilabel_report,
@@ -32,6 +30,7 @@ from tftoolkit.recipe import Recipe, recipe_from_dict
 from tftoolkit.rundir import RunDir
 from tftoolkit.serving.litert import LiteRTModel
 from tftoolkit.serving.outputs import class_probabilities
+from tftoolkit.serving.predict import read_images
 from tftoolkit.serving.savedmodel import MODEL_CARD
 
 
@@ -176,8 +175,7 @@ def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         raise TftoolkitError(f"image file(s) not found: {', '.join(missing)}")
-    batch = np.stack([np.asarray(to_rgb_image(decode_image_bytes(
-        tf.io.read_file(str(p)), info.max_pixels), info.resize)) for p in images])
+    batch = read_images(images, info.max_pixels, info.resize)
     probabilities = np.asarray(model.predict(batch, verbose=0))
     rows = np.arange(len(batch))
     if info.task == "multilabel":  # (image, label) pairs: each predicted label explained
