@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -416,3 +417,45 @@ def test_a_run_without_determinism_turns_off_what_an_earlier_run_turned_on():
     seed_everything(1, deterministic=False)  # e.g. a private run next in a notebook
     assert not config.is_op_determinism_enabled()
     assert "TF_DETERMINISTIC_OPS" not in os.environ
+
+
+QUIET_RUN = """
+import sys
+from pathlib import Path
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import tftoolkit
+from conftest import make_image_folder
+
+root = Path(sys.argv[1])
+folder = make_image_folder(root / "shapes", per_class=8, size=16)  # scanned in threads
+tftoolkit.train("image_folder", {
+    "data.dir": str(folder), "data.image_size": 16, "model.architecture": "cnn",
+    "model.mode": "scratch", "model.filters": [4], "augment.enabled": False,
+    "train.epochs": 1, "train.batch_size": 4, "train.tta": 2, "train.verbose": 0,
+    "train.run_dir": str(root / "runs"), "export.dir": str(root / "exports"),
+    "export.formats": ["tflite_int8", "mediapipe", "onnx"]})
+for seed in range(3):  # several models, each predicting a batch and a smaller last one
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).predict(np.zeros((5, 4)), batch_size=4,
+                                                                verbose=0)
+"""
+
+
+def test_an_ordinary_run_logs_no_retracing_and_no_warning(tmp_path):
+    """TensorFlow warns of retracing at most twice per function in a process, so the run
+    is a process of its own: the folder scan traced its decoder once per thread, and the
+    traces of several models' Keras functions were counted together. The export's
+    formats printed a LiteRT deprecation warning, NumPy's FutureWarning from Keras' ONNX
+    exporter and, at exit, an ignored exception of MediaPipe's metadata writer."""
+    proc = subprocess.run([sys.executable, "-c", QUIET_RUN, str(tmp_path)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for noise in ("retracing", "Warning", "Exception ignored"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]

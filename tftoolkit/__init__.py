@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 
 import tftoolkit.layers  # noqa: F401  (registers the custom layers)
+from tftoolkit import quiet
 from tftoolkit.data import DataInfo, load_data
 from tftoolkit.errors import DataError, ExportError, RecipeError, TftoolkitError, WeightsError
 from tftoolkit.evaluation import evaluate, explain
@@ -21,6 +22,8 @@ from tftoolkit.models import input_size
 from tftoolkit.recipe import Recipe, load_recipe
 from tftoolkit.serving import export_run, predict
 from tftoolkit.training import TrainResult, compare, lr_find, train
+
+quiet.install()
 
 
 def build_model(recipe: Recipe | str, info: DataInfo | None = None) -> keras.Model:

@@ -10,9 +10,8 @@ an assertion inside a graph).
 
 from __future__ import annotations
 
-import functools
 import re
-from typing import Callable
+import threading
 
 import tensorflow as tf
 
@@ -134,12 +133,22 @@ def decode_image_bytes(data: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return image
 
 
-@functools.cache
-def _traced_decoder(max_pixels: int) -> Callable:
-    """:func:`decode_image_bytes` as one traced graph: its header check is a score of
-    small ops, ten times slower run one by one eagerly than the decode itself."""
-    return tf.function(lambda data: decode_image_bytes(data, max_pixels),
-                       input_signature=[tf.TensorSpec([], tf.string)])
+_TRACED: dict[int, tf.types.experimental.ConcreteFunction] = {}
+_TRACING = threading.Lock()
+
+
+def _traced_decoder(max_pixels: int) -> tf.types.experimental.ConcreteFunction:
+    """:func:`decode_image_bytes` traced once into a graph (its header check is a score of
+    small ops, ten times slower run one by one eagerly than the decode itself). Traced
+    under a lock into a concrete function, which no call traces again: the folder scan
+    calls it from several threads, and a ``tf.function`` first called from several
+    threads at once traces in each of them (TensorFlow then warns of retracing)."""
+    with _TRACING:
+        if max_pixels not in _TRACED:
+            _TRACED[max_pixels] = tf.function(
+                lambda data: decode_image_bytes(data, max_pixels)).get_concrete_function(
+                    tf.TensorSpec([], tf.string))
+        return _TRACED[max_pixels]
 
 
 def refusal(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
