@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from tftoolkit.augment.tta import MAX_VIEWS, predict_tta
 from tftoolkit.data import DataInfo, load_data
 from tftoolkit.errors import DataError, TftoolkitError
-from tftoolkit.evaluation.gradcam import grad_cam
+from tftoolkit.evaluation.gradcam import NO_FEATURE_MAP, grad_cam, has_feature_map
 from tftoolkit.evaluation.metrics import (classification_report, multilabel_report,
                                           render_report)
 from tftoolkit.evaluation.plots import plot_confusion_matrix, plot_pr_curves, plot_top_losses
@@ -168,10 +168,16 @@ def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list
     """One Grad-CAM overlay PNG per image file, titled with the predicted class (a
     multi-label model: one per label at or above its threshold, or for the most probable
     one when none is)."""
-    model, _, info, _ = load_trained(path)
+    model, recipe, info, _ = load_trained(path)
     if isinstance(model, LiteRTModel):
         raise TftoolkitError(f"{path}: Grad-CAM needs gradients, which a LiteRT file does not "
                              "give; explain the export version folder instead")
+    if not info.image_size:
+        raise TftoolkitError(f"{path}: explain draws heatmaps over images, and this model "
+                             f"takes feature vectors ({info.description})")
+    if not has_feature_map(model):
+        raise TftoolkitError(f"{path} (model.architecture={recipe.model.architecture!r}): "
+                             f"{NO_FEATURE_MAP}")
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         raise TftoolkitError(f"image file(s) not found: {', '.join(missing)}")
