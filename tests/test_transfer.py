@@ -6,6 +6,7 @@ import dataclasses
 
 import io
 import pickle
+import re
 import struct
 from dataclasses import replace
 from pathlib import Path
@@ -404,3 +405,27 @@ def test_imagenet_falls_back_only_when_the_file_cannot_be_downloaded(monkeypatch
     with pytest.raises(WeightsError, match="not available offline"):
         build_backbone(offline, "imagenet", (33, 33, 3))
     assert len(fallbacks) == 1  # the fallback was looked for (and there was none)
+
+
+def test_a_keras_backbone_with_a_lambda_layer_is_refused_naming_the_file_key_and_fix(
+        tmp_path, cli):
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=3, size=8)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0)(keras.layers.Conv2D(2, 3)(inputs))
+    saved = tmp_path / "with_lambda.keras"
+    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x))).save(saved)
+    junk = tmp_path / "junk.keras"
+    junk.write_text("not a model")
+    for path, reason in ((saved, r"the model holds a Lambda layer, whose Python code Keras "
+                                 r"does not load from a file .* replace it with a layer class "
+                                 r"registered with @keras\.saving\.register_keras_serializable"),
+                         (junk, r"not a \.keras file")):
+        proc = cli("train", "image_folder", "--set", f"data.dir={folder}", "--set",
+                   "data.image_size=8", "--set", f"model.architecture={path}", "--set",
+                   f"train.run_dir={tmp_path / 'runs'}", "--set", "export.enabled=false")
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+        assert re.match(rf"error: model\.architecture='{re.escape(str(path))}': {reason}",
+                        proc.stderr), proc.stderr
