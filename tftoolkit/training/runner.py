@@ -28,6 +28,7 @@ from tftoolkit.multilabel import report_at, split_histograms, validation_thresho
 from tftoolkit.recipe import Recipe, load_recipe
 from tftoolkit.rundir import Progress, RunDir
 from tftoolkit.serving import export_run, save_parity_inputs
+from tftoolkit.serving.formats import check_formats
 from tftoolkit.training import distributed, privacy
 from tftoolkit.training.batchnorm import (RECALIBRATION_BATCHES, recalibrate_batchnorm,
                                           trainable_batchnorms)
@@ -227,6 +228,8 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
     t = recipe.train
     setup = _prepare(recipe, strategy, report_test)
     _check_selection(setup)
+    if recipe.export.enabled:  # a format's missing package, before any training
+        check_formats(recipe.export.formats, setup.data.info)
     info, notes = setup.data.info, setup.notes
     resume_from = RunDir.find_resumable(t.run_dir, recipe) if t.resume else None
     if resume_from is not None and is_chief(strategy):
