@@ -195,6 +195,27 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one_and_says_so(q
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # epoch 3 trained again
 
 
+def test_a_resume_past_a_damaged_checkpoint_lists_each_epoch_once_in_its_history(quiet):
+    import csv
+
+    from tftoolkit.rundir import Progress, RunDir
+
+    overrides = {**quiet, "train.epochs": 3}
+    clean = tftoolkit.train("mlp", overrides)
+    run = RunDir(clean.run_dir)
+    (run / "metrics.json").unlink()  # killed as the last epoch's file reached the disk
+    run.write_progress(Progress(0, 3, "checkpoints/state-0-3.npz"))
+    newest = run / "checkpoints" / "state-0-3.npz"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+
+    resumed = tftoolkit.train("mlp", overrides)
+    assert any("resuming" in note and "at epoch 2" in note for note in resumed.notes)
+    with open(run / "history.csv", newline="") as f:
+        epochs = [row["epoch"] for row in csv.DictReader(f)]
+    assert epochs == ["0", "1", "2"]  # epoch 3 (index 2) trained again, listed once
+    assert len(resumed.history["loss"]) == 3
+
+
 def test_a_run_directory_being_written_is_not_adopted_by_a_second_process(tmp_path, quiet):
     from tftoolkit.errors import RunDirError
 

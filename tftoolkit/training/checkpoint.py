@@ -10,11 +10,13 @@ is still there should that file be damaged (a full disk, a crash of the machine)
 end of each stage the inference model's weights are kept too. A new run of the same
 resolved recipe finds the latest unfinished run directory and resumes from its last
 completed epoch whose state file reads back. The input pipeline shuffles each epoch from a seed that
-depends only on (seed, epoch), so a resumed run sees the same batches.
+depends only on (seed, epoch), so a resumed run sees the same batches. The history CSV is
+cut back to the epochs before the one a stage (resumed or started again) trains first.
 """
 
 from __future__ import annotations
 
+import csv
 import re
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -149,3 +151,38 @@ def restore_state(run: RunDir, progress: Progress, fit_model: keras.Model) -> No
                               f"{array.shape}, this model's {variable.path} has "
                               f"{tuple(variable.shape)}; set train.resume=false")
         variable.assign(array)
+
+
+def trim_history(run: RunDir, first_epoch: int) -> None:
+    """Cut the history CSV back to the epochs before ``first_epoch``, the first a stage
+    trains: rows of epochs a resume discards (past a damaged newest checkpoint, or
+    logged just before a kill, ahead of their checkpoint) would otherwise be listed twice,
+    and read by the curves and by whoever selects on them. A row cut short by a kill is
+    dropped too."""
+    path = run / RunDir.HISTORY
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        header, *rows = list(csv.reader(f)) or [[]]
+    if "epoch" not in header:
+        return
+    column = header.index("epoch")
+
+    def kept(row: list[str]) -> bool:
+        try:
+            return len(row) == len(header) and int(row[column]) < first_epoch
+        except ValueError:
+            return False
+
+    keep = [row for row in rows if kept(row)]
+    if len(keep) == len(rows):
+        return
+    if not keep:  # the CSV logger writes its header again
+        path.unlink()
+        return
+
+    def write(target) -> None:
+        with open(target, "w", newline="") as f:
+            csv.writer(f).writerows([header, *keep])
+
+    replace_atomically(path, write)

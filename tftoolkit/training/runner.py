@@ -35,7 +35,8 @@ from tftoolkit.training.batchnorm import (RECALIBRATION_BATCHES, recalibrate_bat
 from tftoolkit.training.callbacks import (EmaValidation, EpochTensorBoard, KeepBest,
                                           RecalibrateBeforeValidation, StopOnNonFiniteLoss)
 from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, readable_progress,
-                                           restore_stage_weights, restore_state)
+                                           restore_stage_weights, restore_state,
+                                           trim_history)
 from tftoolkit.training.distributed import is_chief
 from tftoolkit.training.feature_cache import (cache_plan, cached_datasets, split_at_features,
                                               split_below_unfrozen)
@@ -376,6 +377,7 @@ def _run_stage(run: _Run, stage: Stage) -> None:
     recipe = run.recipe
     t = recipe.train
     first_epoch = run.progress.next_epoch if run.resumes(stage) else stage.first_epoch
+    trim_history(run.run, first_epoch)
     set_trainable(run.model, stage.mode, recipe.model.unfreeze)
     inputs = _stage_inputs(run, stage, first_epoch)
     # DP-SGD's epoch is its expected number of Poisson batches (train.steps_per_epoch is
