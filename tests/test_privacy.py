@@ -12,6 +12,7 @@ from tftoolkit.errors import RecipeError
 from tftoolkit.recipe import (DataConfig, ExportConfig, ModelConfig, PrivacyConfig, Recipe,
                               TrainConfig)
 from tftoolkit.training import privacy, runner
+from tftoolkit.training.checkpoint import callback_states
 from tftoolkit.training.step import TrainStep, per_example_loss
 
 
@@ -409,11 +410,11 @@ def test_a_resumed_private_stage_with_no_affordable_epoch_keeps_its_best_epoch(
     assert any("resuming" in note for note in result.notes)
     kept = next(note for note in result.notes if "kept epoch" in note)
     assert "kept epoch 1 " in kept  # the best is not the last epoch taken
-    [best] = result.run_dir.glob("checkpoints/best-0.npz")
-    with np.load(best) as saved:
-        for weights, kept_weights in zip(result.model.get_weights(),
-                                         [saved[f"arr_{i}"] for i in range(len(saved.files))]):
-            np.testing.assert_array_equal(weights, kept_weights)
+    last = max(result.run_dir.glob("checkpoints/state-0-*.npz"),
+               key=lambda path: int(path.stem.rsplit("-", 1)[1]))
+    for weights, kept_weights in zip(result.model.get_weights(),
+                                     callback_states(last)["keep_best"].arrays, strict=True):
+        np.testing.assert_array_equal(weights, kept_weights)
 
 
 def test_int8_calibration_of_a_private_run_is_on_its_public_split():

@@ -220,7 +220,8 @@ class TrainConfig:
                 "output: the head on backbone features (feature_extraction), the unfrozen "
                 "blocks and the head on the frozen blocks' activations (fine_tune); both "
                 "stages of two_stage")
-    early_stopping: int = _opt(0, "patience in epochs on val_loss; 0: off", min=0)
+    early_stopping: int = _opt(0, "patience in epochs on train.select_best (without it, "
+                                     "val_loss), counted on across a resume; 0: off", min=0)
     distribute: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = _opt(
         "auto", "tf.distribute strategy; auto: multi_worker when TF_CONFIG names several "
                 "workers, tpu when a TPU is attached, mirrored over several GPUs, else default")

@@ -32,11 +32,12 @@ from tftoolkit.serving.formats import check_formats
 from tftoolkit.training import distributed, privacy
 from tftoolkit.training.batchnorm import (RECALIBRATION_BATCHES, recalibrate_batchnorm,
                                           trainable_batchnorms)
-from tftoolkit.training.callbacks import (EmaValidation, EpochTensorBoard, KeepBest,
-                                          RecalibrateBeforeValidation, StopOnNonFiniteLoss)
+from tftoolkit.training.callbacks import (EarlyStopping, EmaValidation, EpochTensorBoard,
+                                          KeepBest, RecalibrateBeforeValidation,
+                                          StopOnNonFiniteLoss)
 from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, readable_progress,
                                            restore_stage_weights, restore_state,
-                                           trim_history)
+                                           resume_callbacks, trim_history)
 from tftoolkit.training.distributed import is_chief
 from tftoolkit.training.feature_cache import (cache_plan, cached_datasets, split_at_features,
                                               split_below_unfrozen)
@@ -327,9 +328,9 @@ def _input(strategy: tf.distribute.Strategy, data: DataBundle, split: str,
 
 
 def _monitor(run: _Run) -> str:
-    """The validation metric that keeps epochs: ``train.select_best``; with early
-    stopping alone, the ``val_loss`` it watches; for comparing the weights with their
-    average alone, the task's own (multi-label: ``val_map``)."""
+    """The validation metric that keeps epochs, which early stopping watches too:
+    ``train.select_best``; with early stopping alone, ``val_loss``; for comparing the
+    weights with their average alone, the task's own (multi-label: ``val_map``)."""
     t = run.recipe.train
     encoding = run.data.info.label_encoding
     if t.select_best:
@@ -356,18 +357,24 @@ def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callb
         callbacks.append(EmaValidation(inputs.val, lambda model, data: distributed.evaluate(
             model, data, strategy=run.strategy)))
     # KeepBest is the one owner of which epoch is kept: it alone puts weights back, so
-    # early stopping only ends the stage (the best epoch by val_loss is kept for it).
+    # early stopping, on the same metric, only ends the stage.
+    resumables: dict[str, KeepBest | EarlyStopping] = {}
     if has_validation and (t.select_best or t.ema or t.early_stopping):
-        callbacks.append(KeepBest(run.run, stage.index, _monitor(run), ema=bool(t.ema),
-                                  across_epochs=bool(t.select_best or t.early_stopping)))
+        resumables["keep_best"] = KeepBest(
+            run.run, stage.index, _monitor(run), ema=bool(t.ema),
+            across_epochs=bool(t.select_best or t.early_stopping))
+        callbacks.append(resumables["keep_best"])
     callbacks += [keras.callbacks.CSVLogger(str(run.run / RunDir.HISTORY), append=True),
                   EpochTensorBoard(str(run.run / RunDir.LOGS))]
     if t.early_stopping and has_validation:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            patience=t.early_stopping, restore_best_weights=False))
+        resumables["early_stopping"] = EarlyStopping(_monitor(run), t.early_stopping)
+        callbacks.append(resumables["early_stopping"])
+    if run.resumes(stage):  # the best epoch so far and the patience, as of that epoch
+        resume_callbacks(run.resume_from, run.progress, resumables)
     # Last: the per-epoch state of what trains (the whole graph, or the head on cached
-    # features), with optimizer and random-generator states, that a rerun resumes from.
-    callbacks.append(SaveProgress(run.run, stage.index))
+    # features), with optimizer and random-generator states and those of the callbacks
+    # above, that a rerun resumes from.
+    callbacks.append(SaveProgress(run.run, stage.index, resumables))
     return callbacks
 
 
