@@ -507,3 +507,25 @@ def test_one_overflowing_example_does_not_skip_a_mixed_precision_dp_step():
     tf.function(step)(x, y, tf.ones([4]))
     assert float(model.optimizer.dynamic_scale) == float(scale)  # not skipped
     assert all(np.abs(a - b).max() > 0 for a, b in zip(model.get_weights(), before))
+
+
+def test_a_private_training_split_over_the_memory_budget_is_refused_before_it_is_built(
+        tmp_path, quiet, monkeypatch):
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=12, size=16)
+    recipe = Recipe(name="big", data=DataConfig(source="folder", dir=str(folder),
+                                                image_size=192, memory_budget_mb=1),
+                    model=ModelConfig(architecture="mlp", hidden=[2]),
+                    train=TrainConfig(epochs=1, batch_size=8),
+                    export=ExportConfig(enabled=False),
+                    privacy=PrivacyConfig(enabled=True, noise_multiplier=1.0))
+    monkeypatch.setattr(runner.distributed, "fit", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(RecipeError) as refused:
+        tftoolkit.train(recipe, quiet)
+    train = tftoolkit.load_data(recipe).info.counts["train"]
+    assert str(refused.value).startswith(
+        f"privacy.enabled: DP-SGD samples its batches from the whole training split held in "
+        f"memory, and its {train} examples of 192x192x3 uint8 pixels take "
+        f"{train * 192 * 192 * 3 / 2 ** 20:.0f} MB, more than the memory budget of 1 MB "
+        "(data.memory_budget_mb=1). Fix: set data.memory_budget_mb=")

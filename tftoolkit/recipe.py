@@ -91,7 +91,8 @@ class DataConfig:
                 "off; true/false mean memory/off", aliases={True: "memory", False: "off"})
     cache_dir: str = _opt("", "folder of disk caches; empty: <train.run_dir>/<recipe>/"
                               "data_cache")
-    memory_budget_mb: int = _opt(0, "memory one split may take under data.cache=auto; 0: a "
+    memory_budget_mb: int = _opt(0, "memory one split may take under data.cache=auto, and "
+                                    "the training split a private run holds; 0: a "
                                     "quarter of the memory available when the run starts",
                                  min=0)
     shuffle_buffer: int = _opt(2048, "training examples shuffled at a time in an uncached "

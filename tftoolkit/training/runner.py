@@ -437,12 +437,21 @@ def _plan_privacy(run: _Run, stages: list[Stage]) -> Privacy:
     return plan
 
 
-def _training_arrays(inputs: StageInputs, on_images: bool) -> tuple[np.ndarray, np.ndarray]:
+def _training_arrays(inputs: StageInputs, on_images: bool, examples: int,
+                     budget_mb: int) -> tuple[np.ndarray, np.ndarray]:
     """What the stage trains on, in memory, and the encoded labels: pixels as uint8 (the
     pipeline's pixels are whole numbers) when it trains on images, else the features or
-    activations of the frozen part as they are."""
+    activations of the frozen part as they are; refused first when they would exceed the
+    memory budget."""
+    batches = inputs.plain_train()
+    spec = batches.element_spec[0]
+    shape = "x".join(map(str, spec.shape[1:]))
+    privacy.check_memory(examples, int(np.prod(spec.shape[1:])) * (
+        1 if on_images else spec.dtype.size),
+        f"{shape} uint8 pixels" if on_images else f"{shape} {spec.dtype.name} values",
+        budget_mb)
     xs, ys = [], []
-    for batch in inputs.plain_train():
+    for batch in batches:
         x = np.asarray(batch[0])
         xs.append(x.astype(np.uint8) if on_images else x)
         ys.append(np.asarray(batch[1]))
@@ -455,7 +464,8 @@ def _fit_private(run: _Run, stage: Stage, inputs: StageInputs, first_epoch: int)
     ends before an epoch would take it past ``privacy.target_epsilon``."""
     cfg, t = run.recipe.privacy, run.recipe.train
     on_images = inputs.model is run.graph and bool(run.data.info.image_size)
-    x, y = _training_arrays(inputs, on_images)
+    x, y = _training_arrays(inputs, on_images, len(run.data.splits["train"]),
+                            run.recipe.data.memory_budget_mb)
     n, spent = len(x), run.private
     epoch_steps = privacy.steps_per_epoch(n, run.batch_size)
     spent.steps = first_epoch * epoch_steps  # every epoch before this one, all stages
