@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import io
+import json
 import pickle
 import re
 import struct
@@ -191,8 +192,9 @@ def test_offline_missing_imagenet_weights_give_one_actionable_error():
 
 
 def test_offline_imagenet_falls_back_to_imported_weights(imported_mobilenet, capsys):
-    backbone, mode = build_backbone(get_architecture("mobilenet_v2"), "imagenet", (33, 33, 3))
-    assert mode == "torch"
+    backbone, preprocess = build_backbone(get_architecture("mobilenet_v2"), "imagenet",
+                                          (33, 33, 3))
+    assert preprocess.mode == "torch"
     assert "using imported torchvision ImageNet weights" in capsys.readouterr().out
     reference = keras.applications.MobileNetV2(weights=None, include_top=False,
                                                input_shape=(33, 33, 3))
@@ -429,3 +431,25 @@ def test_a_keras_backbone_with_a_lambda_layer_is_refused_naming_the_file_key_and
         assert proc.stderr.count("\n") == 1, proc.stderr
         assert re.match(rf"error: model\.architecture='{re.escape(str(path))}': {reason}",
                         proc.stderr), proc.stderr
+
+
+def test_the_weights_an_offline_run_falls_back_to_are_recorded_in_the_run_and_the_card(
+        imported_mobilenet, image_folder, quiet):
+    recipe = Recipe(name="offline", data=DataConfig(source="folder", dir=str(image_folder),
+                                                    image_size=33),
+                    model=ModelConfig(architecture="mobilenet_v2", weights="imagenet",
+                                      mode="feature_extraction"),
+                    train=TrainConfig(epochs=1, batch_size=8))
+    result = tftoolkit.train(recipe, quiet)  # no network here: Keras' file cannot come
+    runtime = json.loads((result.run_dir / "runtime.json").read_text())
+    card = json.loads((result.export_dir / "model_card.json").read_text())
+    for record in (runtime, card):
+        assert record["preprocessing"] == "torch"
+        assert record["pretrained_weights"].startswith(
+            f"torchvision's ImageNet weights ({imported_mobilenet['notop']}), with "
+            "torchvision's preprocessing, in place of Keras' ImageNet weights for "
+            "mobilenet_v2, which could not be downloaded")
+    scratch = tftoolkit.train(recipe.with_overrides({"model.mode": "scratch",
+                                                     "export.enabled": False}), quiet)
+    assert json.loads((scratch.run_dir / "runtime.json").read_text())[
+        "pretrained_weights"] == "none (random initialisation)"

@@ -14,14 +14,17 @@ class Preprocess(keras.layers.Layer):
     """Raw RGB pixels 0-255 -> the input a backbone's weights were trained on.
 
     ``mode`` is ``tf`` ([-1, 1]), ``torch`` (/255, ImageNet mean/std), ``caffe`` (BGR,
-    mean-centred) or ``none`` (the backbone rescales inside itself).
+    mean-centred) or ``none`` (the backbone rescales inside itself). ``source``
+    names the pretrained weights this preprocessing belongs to, so that a saved model
+    records which weights it started from (the model card shows it).
     """
 
-    def __init__(self, mode: str, **kwargs):
+    def __init__(self, mode: str, source: str = "", **kwargs):
         super().__init__(**kwargs)
         if mode not in PREPROCESSING_MODES:
             raise ValueError(f"preprocessing mode {mode!r} not in {PREPROCESSING_MODES}")
         self.mode = mode
+        self.source = source
 
     def call(self, images):
         images = keras.ops.cast(images, self.compute_dtype)
@@ -31,4 +34,4 @@ class Preprocess(keras.layers.Layer):
             images, data_format="channels_last", mode=self.mode)
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+        return {**super().get_config(), "mode": self.mode, "source": self.source}

@@ -68,12 +68,12 @@ def build_transfer_model(spec: ArchitectureSpec, *, weights: str, mode: str,
     """
     if spec.name.endswith(".keras"):
         backbone = _load_keras_backbone(Path(spec.name), backbone_layer)
-        preprocessing = "none"
+        preprocess = Preprocess("none", source=f"the layers of {spec.name}", name=PREPROCESS)
     else:
-        backbone, preprocessing = build_backbone(
+        backbone, preprocess = build_backbone(
             spec, "none" if mode == "scratch" else weights, input_shape)
     inputs = keras.Input(input_shape, name="image")
-    x = Preprocess(preprocessing, name=PREPROCESS)(inputs)
+    x = preprocess(inputs)
     # Frozen or fine-tuned backbones always run in inference mode (BatchNorm statistics
     # stay as pretrained); a scratch backbone follows the training flag.
     x = backbone(x, training=False) if mode != "scratch" else backbone(x)

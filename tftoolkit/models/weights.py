@@ -4,7 +4,9 @@
 online; offline it falls back to imported torchvision weights where they exist),
 ``imagenet-torchvision`` (weights imported by ``tftoolkit weights import``), ``none``, or
 a path to a ``.weights.h5`` / ``.h5`` file. Imported weights record that they need
-torchvision's preprocessing, and the model built on them uses it.
+torchvision's preprocessing, and the model built on them uses it. Every backbone comes
+with its :class:`~tftoolkit.layers.Preprocess` layer, which also records which weights
+were loaded (an offline fallback included).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import keras
 import numpy as np
 
 from tftoolkit.errors import WeightsError
+from tftoolkit.layers import Preprocess
+from tftoolkit.models.layout import PREPROCESS
 from tftoolkit.paths import imported_weights_dir, keras_models_dir
 from tftoolkit.models.registry import ArchitectureSpec
 from tftoolkit.models.torch_checkpoint import read_state_dict
@@ -154,12 +158,18 @@ def _missing_imagenet_message(architecture: str, error: Exception) -> str:
     return "\n".join(lines)
 
 
+def _preprocess(mode: str, source: str) -> Preprocess:
+    return Preprocess(mode, source=source, name=PREPROCESS)
+
+
 def build_backbone(spec: ArchitectureSpec, weights: str,
-                   input_shape: tuple[int, int, int]) -> tuple[keras.Model, str]:
-    """The headless backbone of ``spec`` with ``weights`` loaded, and its preprocessing."""
+                   input_shape: tuple[int, int, int]) -> tuple[keras.Model, Preprocess]:
+    """The headless backbone of ``spec`` with ``weights`` loaded, and the preprocessing
+    layer that belongs to those weights (its ``source`` says which were loaded)."""
     architecture = spec.name
     if weights == "none":
-        return spec.build(weights=None, input_shape=input_shape), spec.preprocessing
+        return (spec.build(weights=None, input_shape=input_shape),
+                _preprocess(spec.preprocessing, "none (random initialisation)"))
     if weights == TORCHVISION:
         path = _imported_notop(architecture, auto_import=True)
         if path is None:
@@ -170,10 +180,12 @@ def build_backbone(spec: ArchitectureSpec, weights: str,
                                f"{imported_weights_dir()}: {hint}")
         backbone = spec.build(weights=None, input_shape=input_shape)
         backbone.load_weights(path)
-        return backbone, "torch"
+        return backbone, _preprocess("torch", f"torchvision's ImageNet weights ({path})")
     if weights == "imagenet":
         try:
-            return spec.build(weights="imagenet", input_shape=input_shape), spec.preprocessing
+            backbone = spec.build(weights="imagenet", input_shape=input_shape)
+            return backbone, _preprocess(spec.preprocessing,
+                                         f"Keras' ImageNet weights for {architecture}")
         except Exception as exc:  # keras.utils.get_file raises a bare Exception offline
             if isinstance(exc, ValueError) and INPUT_TOO_SMALL.search(str(exc)):
                 raise  # the image size's fault, not the weights': build_model names it
@@ -193,7 +205,10 @@ def build_backbone(spec: ArchitectureSpec, weights: str,
                   "with torchvision preprocessing")
             backbone = spec.build(weights=None, input_shape=input_shape)
             backbone.load_weights(path)
-            return backbone, "torch"
+            return backbone, _preprocess("torch", (
+                f"torchvision's ImageNet weights ({path}), with torchvision's preprocessing, "
+                f"in place of Keras' ImageNet weights for {architecture}, which could not "
+                "be downloaded (model.weights=imagenet, offline)"))
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(f"model.weights={weights!r}: no such file (expected imagenet, "
@@ -204,4 +219,4 @@ def build_backbone(spec: ArchitectureSpec, weights: str,
     except Exception as exc:
         raise WeightsError(f"model.weights={weights!r} does not fit a headless "
                            f"{architecture}: {str(exc).splitlines()[0][:200]}") from None
-    return backbone, spec.preprocessing
+    return backbone, _preprocess(spec.preprocessing, f"weights file {path.resolve()}")

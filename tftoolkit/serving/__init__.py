@@ -14,8 +14,7 @@ import numpy as np
 
 from tftoolkit.data import DataBundle, DataInfo, load_data
 from tftoolkit.errors import ExportError
-from tftoolkit.models import load_keras_model
-from tftoolkit.models.layout import PREPROCESS
+from tftoolkit.models import load_keras_model, preprocessing_of
 from tftoolkit.multilabel import Thresholds
 from tftoolkit.rundir import RunDir
 from tftoolkit.serving.litert import SCORES
@@ -25,21 +24,15 @@ from tftoolkit.serving.savedmodel import MEASURED, MODEL_CARD, Quantization, exp
 PARITY_EXAMPLES = 16
 
 
-def _preprocessing(model: keras.Model) -> str:
-    try:
-        return model.get_layer(PREPROCESS).mode
-    except ValueError:
-        return "none (raw inputs)"
-
-
 def _card(model: keras.Model, recipe: dict, info: DataInfo, metrics: dict) -> dict:
     private = recipe.get("privacy", {}).get("enabled", False)
     data_info = info.to_dict()
     if private:  # per-class counts of the private split are not released
         data_info["class_counts"] = None
+    preprocessing, pretrained = preprocessing_of(model)
     card = {"recipe": recipe["name"], "resolved_recipe": recipe, "data_info": data_info,
             "dataset": info.description, "split_sizes": info.counts,
-            "preprocessing": _preprocessing(model),
+            "preprocessing": preprocessing, "pretrained_weights": pretrained or None,
             "input": "float RGB pixels 0-255, any size (resized inside)"
             if info.image_size else "feature vectors",
             "metrics": metrics, "seed": recipe["train"]["seed"],

@@ -22,7 +22,7 @@ from tftoolkit.augment import Augmenter, build_augmenter, training_model
 from tftoolkit.augment.tta import predict_tta
 from tftoolkit.data import DataBundle, DataInfo, load_data
 from tftoolkit.errors import RecipeError, did_you_mean
-from tftoolkit.models import build_model, input_size
+from tftoolkit.models import build_model, input_size, preprocessing_of
 from tftoolkit.models.transfer import set_trainable
 from tftoolkit.multilabel import report_at, split_histograms, validation_thresholds
 from tftoolkit.recipe import Recipe, load_recipe
@@ -257,9 +257,11 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
         run.lock()
         run.write_json(RunDir.RECIPE, recipe.to_dict())
         run.write_json(RunDir.DATA_INFO, info.to_dict())
+        preprocessing, pretrained = preprocessing_of(setup.model)
         run.write_json(RunDir.RUNTIME, {
             "strategy": strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
-            "precision": t.precision, "seed": t.seed, "deterministic": t.deterministic})
+            "precision": t.precision, "seed": t.seed, "deterministic": t.deterministic,
+            "pretrained_weights": pretrained or None, "preprocessing": preprocessing})
         if info.bad_files:
             (run / RunDir.SKIPPED_FILES).write_text(
                 "".join(f"{path}\t{why}\n" for path, why in info.bad_files))
