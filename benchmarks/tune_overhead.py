@@ -28,6 +28,7 @@ import json, sys
 from tftoolkit.training.search import search
 result = search("fashion_transfer", ["train.learning_rate=1e-4:1e-2:log",
                                      "regularize.dropout=0.0:0.5"], trials=4,
+                objective="val_accuracy",
                 overrides={**json.loads(sys.argv[1]), "train.run_dir": sys.argv[2]})
 print(json.dumps({"seconds": [row.seconds for row in result.trials],
                   "best": result.best_values}))

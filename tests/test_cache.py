@@ -245,7 +245,7 @@ _UNCACHED_ARRAYS = """
 import numpy as np
 from tftoolkit.data.pipeline import make_dataset
 from tftoolkit.data.sources import Examples
-from tftoolkit.labels import ENCODINGS
+from tftoolkit.tasks import SingleLabel
 
 def resident():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
@@ -253,7 +253,7 @@ def resident():
 x = np.random.default_rng(0).random((1000, 25000), np.float32)  # 95 MB
 before = resident()
 dataset = make_dataset(Examples(np.arange(1000) % 2, arrays=x), batch_size=8, resize=None,
-                       encoding=ENCODINGS["sparse"], num_classes=2, training=True, seed=0,
+                       task=SingleLabel(2, "sparse"), training=True, seed=0,
                        cache="off")
 next(iter(dataset))
 print((resident() - before) / x.nbytes)

@@ -21,6 +21,7 @@ from tftoolkit.data import DataInfo
 from tftoolkit.rundir import RunDir
 from tftoolkit.serving import litert, mediapipe_tasks, quantization_inputs
 from tftoolkit.serving.savedmodel import export_model
+from tftoolkit.tasks import SingleLabel
 
 pytest.importorskip("mediapipe")
 pytest.importorskip("onnxruntime")
@@ -113,6 +114,8 @@ def test_onnx_runtime_matches_the_savedmodels_probabilities(exported, clients):
     np.testing.assert_allclose(np.asarray(clients["onnx"]), expected, atol=1e-4)
     card = json.loads((result.export_dir / "model_card.json").read_text())
     assert card["formats"]["onnx"]["max_abs_diff"] <= 1e-4
+    assert card["formats"]["onnx"]["input_size"] == [32, 32]
+    assert "antialiased when downscaling" in card["formats"]["onnx"]["client_resize"]
 
 
 def test_mediapipe_files_are_measured_in_the_card_with_their_metadata(exported):
@@ -135,6 +138,7 @@ def test_mediapipe_files_are_measured_in_the_card_with_their_metadata(exported):
         assert graph["output_tensor_metadata"][0]["associated_files"][0]["name"] == "labels.txt"
         assert mediapipe_tasks.packed_labels(path) == card["class_names"]
         assert entry["client_resize"] in metadata["description"]
+        assert entry["input_size"] == [32, 32]
         assert "by bilinear resizing, antialiased when downscaling" in entry["client_resize"]
     assert card["formats"]["mediapipe_int8"]["size_bytes"] < \
         card["formats"]["mediapipe"]["size_bytes"]
@@ -175,6 +179,12 @@ def test_a_mediapipe_file_losing_too_much_is_refused_with_its_metadata(exported,
     assert sorted(p.name for p in (tmp / "refusing").iterdir()) == ["1"]  # no temp left
 
 
+def _three_classes(size: int, resize_method: str) -> DataInfo:
+    """Images of ``size`` px in three classes a, b, c, resized by ``resize_method``."""
+    return DataInfo(SingleLabel(3), (size, size, 3), ["a", "b", "c"], size, "t",
+                    resize_method=resize_method)
+
+
 def _flattening_classifier() -> keras.Model:
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
@@ -184,23 +194,23 @@ def _flattening_classifier() -> keras.Model:
 
 def test_mediapipe_int8_takes_raw_pixels_even_when_calibrated_on_dark_images():
     dark = [np.random.default_rng(0).integers(10, 100, (8, 16, 16, 3)).astype("float32")]
-    flatbuffer, _ = mediapipe_tasks.convert(_flattening_classifier(), "mediapipe_int8", 16,
-                                            ["a", "b", "c"], "bilinear", dark)
+    flatbuffer, _ = mediapipe_tasks.convert(_flattening_classifier(), "mediapipe_int8",
+                                            _three_classes(16, "bilinear"), dark)
     # MediaPipe writes uint8 pixels into the input as they are: scale 1, zero point 0
     assert litert.LiteRTModel(flatbuffer).input["quantization"] == (1.0, 0)
 
 
 def test_a_mediapipe_files_metadata_says_how_to_resize_images_for_it():
-    flatbuffer, metadata = mediapipe_tasks.convert(_flattening_classifier(), "mediapipe", 16,
-                                                   ["a", "b", "c"], "nearest")
+    flatbuffer, metadata = mediapipe_tasks.convert(_flattening_classifier(), "mediapipe",
+                                                   _three_classes(16, "nearest"))
     text = json.loads(metadata)["description"]
-    assert "16x16 by nearest resizing." in text and "MediaPipe resizes" in text
+    assert "16x16 by nearest resizing, rounded" in text and "MediaPipe resizes" in text
     assert text.encode() in flatbuffer  # in the file's packed metadata, not only the JSON
 
 
 def test_a_file_of_a_fixed_batch_is_measured_one_image_at_a_time():
     model = _flattening_classifier()
-    flatbuffer, _ = mediapipe_tasks.convert(model, "mediapipe", 16, ["a", "b", "c"], "bilinear")
+    flatbuffer, _ = mediapipe_tasks.convert(model, "mediapipe", _three_classes(16, "bilinear"))
     images = np.random.default_rng(1).uniform(0, 255, (10, 16, 16, 3)).astype("float32")
     np.testing.assert_allclose(litert.LiteRTModel(flatbuffer).predict(images),
                                model(images, training=False), atol=1e-5)
@@ -213,7 +223,7 @@ def test_onnx_serves_inference_outputs_and_two_columns_for_one_sigmoid(tmp_path)
     x = keras.layers.Conv2D(4, 3, activation="relu")(x)
     x = keras.layers.Dropout(0.5)(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
-    info = DataInfo("classification", "binary", (16, 16, 3), ["no", "yes"], 16, "t")
+    info = DataInfo(SingleLabel(2, "binary"), (16, 16, 3), ["no", "yes"], 16, "t")
     images = np.random.default_rng(0).uniform(0, 255, (6, 16, 16, 3)).astype("float32")
     version = export_model(model, info, tmp_path, parity_inputs=images, card={},
                            formats=["onnx"])

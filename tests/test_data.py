@@ -363,11 +363,11 @@ def test_max_examples_takes_a_subset_without_moving_examples_across_splits():
 def _epochs(first_epoch: int, epochs: int, n: int = 300, batch: int = 30) -> list[list[int]]:
     from tftoolkit.data.pipeline import make_dataset
     from tftoolkit.data.sources import Examples
-    from tftoolkit.labels import ENCODINGS
+    from tftoolkit.tasks import Regression
 
     numbers = np.arange(n, dtype="float32")[:, None]
     ds = make_dataset(Examples(numbers[:, 0].copy(), arrays=numbers), batch_size=batch,
-                      resize=None, encoding=ENCODINGS["regression"], num_classes=0,
+                      resize=None, task=Regression(),
                       training=True, seed=3, cache="memory", shuffle_buffer=16,
                       first_epoch=first_epoch)
     steps = n // batch
@@ -517,13 +517,12 @@ def test_the_decoder_refuses_an_image_over_max_pixels_before_decoding(tmp_path):
 
     from tftoolkit.data.pipeline import Resize, make_dataset
     from tftoolkit.data.sources import Examples
-    from tftoolkit.labels import ENCODINGS
+    from tftoolkit.tasks import SingleLabel
 
     bomb = _bomb(tmp_path / "huge.png", 8000, 6000)
     examples = Examples(np.array([0]), paths=np.array([str(bomb)]))
     ds = make_dataset(examples, batch_size=1, resize=Resize(32, "bilinear"),
-                      encoding=ENCODINGS["sparse"],
-                      num_classes=2, training=False, seed=0, cache="off")
+                      task=SingleLabel(2, "sparse"), training=False, seed=0, cache="off")
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"declares 8000x6000 pixels, more than data\.max_pixels"):
         next(iter(ds))

@@ -10,15 +10,16 @@ import pytest
 
 import tftoolkit
 from tftoolkit.evaluation.gradcam import grad_cam
-from tftoolkit.evaluation.metrics import classification_report, confusion_matrix
 from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
+from tftoolkit.tasks import SingleLabel
+from tftoolkit.tasks.classification import confusion_matrix
 
 
 def test_metrics_equal_a_hand_computation():
     labels = np.array([0, 0, 0, 1, 1, 2])
     probs = np.array([[.8, .1, .1], [.6, .3, .1], [.2, .7, .1],
                       [.1, .8, .1], [.5, .2, .3], [.1, .2, .7]])
-    report = classification_report(labels, probs, ["a", "b", "c"])
+    report = SingleLabel(3, "sparse").report(labels, probs, ["a", "b", "c"])
     # predicted: 0 0 1 1 0 2 -> a: tp 2 of 3 predicted, b: tp 1 of 2, c: tp 1 of 1
     assert report["accuracy"] == pytest.approx(4 / 6)
     a, b, c = report["per_class"]
@@ -133,7 +134,8 @@ def test_evaluate_writes_tables_and_figures(tmp_path, image_folder, quiet, cli):
     result = tftoolkit.train(recipe, quiet)
     proc = cli("evaluate", result.export_dir, "--split", "val", "--tta", "2")
     assert proc.returncode == 0, proc.stderr
-    assert "macro_avg" in proc.stdout and "accuracy with TTA (2 views)" in proc.stdout
+    assert "macro_avg" in proc.stdout and "with TTA (2 views): loss" in proc.stdout
+    assert "accuracy" in proc.stdout.split("with TTA (2 views):")[1]
     out = result.export_dir.parent / "1-eval"
     report = json.loads((out / "metrics.json").read_text())
     assert sum(map(sum, report["confusion_matrix"])) == result.info.counts["val"]

@@ -22,9 +22,9 @@ from tftoolkit.errors import ExportError
 from tftoolkit.recipe import (DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig)
 from tftoolkit.serving import savedmodel
 from tftoolkit.serving.savedmodel import export_model
+from tftoolkit.tasks import Regression, SingleLabel
 
-INFO = DataInfo("classification", "categorical", (32, 32, 3), ["circle", "square"], 32,
-                "test images")
+INFO = DataInfo(SingleLabel(2), (32, 32, 3), ["circle", "square"], 32, "test images")
 
 
 def _images(n=4, size=32, seed=0) -> np.ndarray:
@@ -255,6 +255,10 @@ def test_tflite_format_is_written_and_parity_checked(tmp_path):
     version = _export(model, tmp_path / "exports", formats=["tflite"])
     card = json.loads((version / "model_card.json").read_text())
     assert card["formats"]["tflite"]["max_abs_diff"] <= 1e-5
+    # a fixed-size file says what size it takes and how training resized to it
+    assert card["formats"]["tflite"]["input_size"] == [32, 32]
+    assert ("by bilinear resizing, antialiased when downscaling"
+            in card["formats"]["tflite"]["client_resize"])
     interpreter = tf.lite.Interpreter(model_path=str(version / "model.tflite"))
     interpreter.resize_tensor_input(0, [3, 32, 32, 3])  # the model's own size
     interpreter.allocate_tensors()
@@ -281,7 +285,7 @@ def test_a_format_whose_runtime_is_missing_stops_before_anything_is_written(tmp_
 def test_mediapipe_formats_are_refused_for_a_model_that_is_not_an_image_classifier(tmp_path):
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
-    info = DataInfo("regression", "regression", (4,), [], None, "rows")
+    info = DataInfo(Regression(), (4,), [], None, "rows")
     with pytest.raises(ExportError, match="mediapipe.*regression.*Nothing was exported"):
         export_model(model, info, tmp_path / "exports", parity_inputs=np.zeros((2, 4), "f4"),
                      card={}, formats=["mediapipe"])

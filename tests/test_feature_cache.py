@@ -8,6 +8,7 @@ import pytest
 import tftoolkit
 from tftoolkit.recipe import (AugmentConfig, DataConfig, ExportConfig, ModelConfig, Recipe,
                               TrainConfig)
+from tftoolkit.tasks import SingleLabel
 
 
 def _recipe(folder, cache: str, **augment) -> Recipe:
@@ -105,7 +106,7 @@ def test_the_prefix_and_the_top_compose_to_the_model(imported_mobilenet):
     recipe = tftoolkit.load_recipe("fashion_transfer", {"data.image_size": 33})
     from tftoolkit.data import DataInfo
 
-    info = DataInfo("classification", "categorical", (33, 33, 3), list("abc"), 33, "t")
+    info = DataInfo(SingleLabel(3), (33, 33, 3), list("abc"), 33, "t")
     model = tftoolkit.build_model(recipe, info)
     prefix, top = split_below_unfrozen(model, "block_13")
     assert prefix.output.shape[1:] == (3, 3, 96)   # block_12_add at 33 px

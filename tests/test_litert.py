@@ -12,6 +12,7 @@ import pytest
 import tftoolkit
 from conftest import shapes_recipe
 from tftoolkit.serving import litert
+from tftoolkit.tasks import MultiLabel, SingleLabel
 
 ALL = ["tflite", "tflite_dynamic", "tflite_float16", "tflite_int8"]
 
@@ -143,13 +144,13 @@ def test_the_validation_split_alone_decides_and_test_is_only_reported():
     reference = _Fixed({4: eye[y_val], 3: eye[y_test]})
     # Right on every validation example, wrong on every test example.
     candidate = _Fixed({4: eye[y_val], 3: eye[1 - y_test]})
-    measured = litert.measure(candidate, reference, splits, task="classification")
+    measured = litert.measure(candidate, reference, splits, task=SingleLabel(2, "sparse"))
     assert measured.drop == 0.0
     assert measured.figures["test_accuracy_drop"] == 1.0  # reported, not deciding
     assert measured.figures["val_accuracy_drop"] == 0.0
     # And a validation loss decides even when test is perfect.
     candidate = _Fixed({4: eye[1 - y_val], 3: eye[y_test]})
-    assert litert.measure(candidate, reference, splits, task="classification").drop == 1.0
+    assert litert.measure(candidate, reference, splits, task=SingleLabel(2, "sparse")).drop == 1.0
 
 
 def test_quantized_variants_are_not_judged_without_a_validation_split():
@@ -159,7 +160,7 @@ def test_quantized_variants_are_not_judged_without_a_validation_split():
     only_test = {"test": (np.zeros((2, 1)), np.array([0, 1]))}
     model = _Fixed({2: eye})
     with pytest.raises(ExportError, match="validation split"):
-        litert.measure(model, model, only_test, task="classification")
+        litert.measure(model, model, only_test, task=SingleLabel(2, "sparse"))
 
 
 def test_a_multilabel_variant_is_judged_by_validation_map_and_its_decisions():
@@ -173,7 +174,7 @@ def test_a_multilabel_variant_is_judged_by_validation_map_and_its_decisions():
     reference = _Fixed(scores)
     # Equal on validation, every score reversed on test.
     candidate = _Fixed({8: scores[8], 6: 1 - scores[6]})
-    measured = litert.measure(candidate, reference, splits, "multilabel", thresholds)
+    measured = litert.measure(candidate, reference, splits, MultiLabel(3), thresholds)
     assert measured.drop == 0.0 and measured.drop_key == "map_drop"
     assert measured.figures["val_agreement"] == 1.0
     want_test = sklearn_metrics.average_precision_score(labels[6], 1 - scores[6])
@@ -185,12 +186,12 @@ def test_a_multilabel_variant_is_judged_by_validation_map_and_its_decisions():
         (1 - scores[6] >= thresholds) == (scores[6] >= thresholds)))
     # Reversed on validation: its mAP drop there decides.
     candidate = _Fixed({8: 1 - scores[8], 6: scores[6]})
-    measured = litert.measure(candidate, reference, splits, "multilabel", thresholds)
+    measured = litert.measure(candidate, reference, splits, MultiLabel(3), thresholds)
     assert measured.drop == pytest.approx(
         sklearn_metrics.average_precision_score(labels[8], scores[8])
         - sklearn_metrics.average_precision_score(labels[8], 1 - scores[8]), abs=1e-6)
     with pytest.raises(tftoolkit.ExportError, match="thresholds"):
-        litert.measure(candidate, reference, splits, "multilabel")
+        litert.measure(candidate, reference, splits, MultiLabel(3))
 
 
 def test_a_multilabel_variant_keeping_its_map_but_not_its_decisions_is_refused():
@@ -203,7 +204,7 @@ def test_a_multilabel_variant_keeping_its_map_but_not_its_decisions_is_refused()
     splits = {"val": (np.zeros((40, 1)), labels)}
     # Every score raised to the 4th power: the same ranking (mAP), other decisions.
     measured = litert.measure(_Fixed({40: scores ** 4}), _Fixed({40: scores}), splits,
-                              "multilabel", thresholds)
+                              MultiLabel(3), thresholds)
     assert measured.drop == pytest.approx(0.0, abs=1e-3)  # (mAP from score histograms)
     want = sklearn_metrics.f1_score(labels, scores >= 0.5, average="micro") - \
         sklearn_metrics.f1_score(labels, scores ** 4 >= 0.5, average="micro")
@@ -233,7 +234,7 @@ def test_a_quantized_multilabel_file_losing_validation_map_is_refused(tmp_path, 
                     **kwargs)
 
     monkeypatch.setattr(litert, "convert", float16_reversed)
-    info = DataInfo("multilabel", "multilabel", (8, 8, 3), ["a", "b", "c"], 8, "t")
+    info = DataInfo(MultiLabel(3), (8, 8, 3), ["a", "b", "c"], 8, "t")
     thresholds = np.full(3, 0.5, np.float32)
     quantization = savedmodel.Quantization({"val": (images, labels), "test": (images, labels)},
                                            [images], max_accuracy_drop=0.05)

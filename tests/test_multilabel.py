@@ -124,13 +124,13 @@ def tag_table(tmp_path) -> Path:
 def test_a_multilabel_table_gives_multi_hot_targets_and_balanced_positive_weights(tag_table):
     data = load_data(multilabel_recipe(tag_table), 32)
     info = data.info
-    assert info.task == info.encoding == "multilabel"
+    assert info.task.name == info.task.encoding == "multilabel"
     assert info.class_names == ["bar", "disc", "dot"] and info.num_outputs == 3
     train = data.splits["train"].labels
     assert train.shape == (info.counts["train"], 3)
     assert info.class_counts == train.sum(0).astype(int).tolist()
     n = info.counts["train"]
-    np.testing.assert_allclose(info.positive_weights(),
+    np.testing.assert_allclose(info.task.positive_weights(),
                                [(n - c) / c for c in info.class_counts])
     batch = next(iter(data.dataset("train", training=True)))
     assert len(batch) == 2 and batch[1].shape[1:] == (3,)  # no per-example weights
@@ -140,7 +140,7 @@ def test_a_multilabel_table_gives_multi_hot_targets_and_balanced_positive_weight
     balanced = multilabel_recipe(tag_table)
     balanced = balanced.with_overrides({"data.class_weight": "balanced"})
     compile_model(model, balanced, info, 1e-3)
-    assert model.loss.positive_weights == pytest.approx(info.positive_weights())
+    assert model.loss.positive_weights == pytest.approx(info.task.positive_weights())
     assert model.layers[-1].activation.__name__ == "sigmoid"
 
 
@@ -358,8 +358,9 @@ def test_evaluate_with_tta_averages_sigmoid_probabilities_then_applies_threshold
     # (mAP from the score histograms, as every figure: tested against scikit-learn above)
     assert report["tta"]["map"] == pytest.approx(float(multilabel.mean_average_precision(
         *_histograms(labels, averaged))), abs=1e-6)
-    assert report["tta"]["micro_f1"] == pytest.approx(sklearn_metrics.f1_score(
+    assert report["tta"]["f1_at_thresholds"] == pytest.approx(sklearn_metrics.f1_score(
         labels, averaged >= thresholds, average="micro"), abs=1e-6)
     assert main(["evaluate", str(result.export_dir), "--tta", "2", "--out",
                  str(tmp_path / "cli")]) == 0
-    assert f"with TTA (2 views): mAP {report['tta']['map']:.4f}" in capsys.readouterr().out
+    printed = capsys.readouterr().out.split("with TTA (2 views)")[1]
+    assert f"map {report['tta']['map']:.4f}" in printed

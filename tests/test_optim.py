@@ -15,8 +15,9 @@ from tftoolkit.training import runner
 from tftoolkit.training.lr_find import LrFindResult, valley
 from tftoolkit.training.optim import (block_learning_rate_multipliers, compile_model,
                                       learning_rate_schedule)
+from tftoolkit.tasks import SingleLabel
 
-CLASSES = DataInfo("classification", "categorical", (3,), ["a", "b"], None, "test")
+CLASSES = DataInfo(SingleLabel(2), (3,), ["a", "b"], None, "test")
 
 
 def _rates(schedule, steps):
@@ -82,7 +83,7 @@ def _tiny_backbone_model() -> keras.Model:
     recipe = Recipe(name="t", data=DataConfig(source="arrays", image_size=33),
                     model=ModelConfig(architecture="mobilenet_v2", weights="none",
                                       mode="fine_tune", unfreeze="block_15"))
-    info = DataInfo("classification", "categorical", (33, 33, 3), ["a", "b"], 33, "test")
+    info = DataInfo(SingleLabel(2), (33, 33, 3), ["a", "b"], 33, "test")
     return tftoolkit.models.build_model(recipe, info)
 
 

@@ -11,6 +11,7 @@ import tftoolkit
 from tftoolkit.errors import RecipeError
 from tftoolkit.recipe import (DataConfig, ExportConfig, ModelConfig, PrivacyConfig, Recipe,
                               TrainConfig)
+from tftoolkit.tasks import SingleLabel
 from tftoolkit.training import privacy, runner
 from tftoolkit.training.checkpoint import callback_states
 from tftoolkit.training.step import TrainStep, per_example_loss
@@ -149,6 +150,8 @@ def test_a_private_stage_schedules_its_learning_rate_over_the_steps_it_takes(qui
     ({"export.formats": ["tflite_int8"]}, "tflite_int8.*privacy.public_split=val"),
     ({"export.formats": ["mediapipe_int8"]}, "mediapipe_int8.*privacy.public_split=val"),
     ({"train.deterministic": True}, "train.deterministic.*insecure_reproducible"),
+    ({"train.precision": "mixed_float16"}, "mixed_float16.*skips a step when any example's "
+                                           "gradient overflows.*mixed_bfloat16"),
 ])
 def test_what_dp_sgd_cannot_bound_is_refused(overrides, message):
     with pytest.raises(RecipeError, match=message):
@@ -452,13 +455,18 @@ def _card(result) -> dict:
 def test_the_card_of_a_private_run_releases_no_per_class_counts(quiet, tmp_path):
     recipe = _noise_recipe(quiet, tmp_path, "card")
     result = tftoolkit.train(recipe.with_overrides({
-        "export.enabled": True, "export.dir": str(tmp_path / "exports"), "train.epochs": 1}))
+        "export.enabled": True, "export.dir": str(tmp_path / "exports"), "train.epochs": 1,
+        "train.select_best": "val_accuracy"}))
     card = _card(result)
     assert card["data_info"]["class_counts"] is None
     assert result.info.class_counts is not None  # the run itself knows them
     assert card["privacy"]["epsilon"] == pytest.approx(result.metrics["epsilon"])
     assert "OS entropy" in card["privacy"]["guarantee"]
-    assert "training loss" in card["privacy"]["not_private"]
+    not_private = card["privacy"]["not_private"]
+    assert any("training loss" in line for line in not_private)
+    assert "the images the export's parity check serves (the val split)" in not_private
+    assert any(line.startswith("the epoch and stage kept (train.select_best=val_accuracy)")
+               for line in not_private)
 
 
 def test_the_card_of_a_private_run_names_no_skipped_training_file():
@@ -467,11 +475,12 @@ def test_the_card_of_a_private_run_names_no_skipped_training_file():
     from tftoolkit.data import DataInfo
     from tftoolkit.serving import _card as card_of
 
-    info = DataInfo("classification", "sparse", (8, 8, 3), ["a", "b"], 8, "folder",
+    info = DataInfo(SingleLabel(2, "sparse"), (8, 8, 3), ["a", "b"], 8, "folder",
                     {"train": 4}, [2, 2], bad_files=[("/private/alice.png", "truncated")])
-    recipe = {"name": "r", "train": {"seed": 0}}
+    recipe = tftoolkit.load_recipe("fashion_transfer", {"privacy.enabled": True,
+                                                        "privacy.target_epsilon": 8.0})
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    private = card_of(model, {**recipe, "privacy": {"enabled": True}}, info, {})
+    private = card_of(model, recipe.to_dict(), info, {})
     assert "alice" not in json.dumps(private)
 
 
@@ -486,27 +495,51 @@ def test_insecure_reproducible_runs_repeat_and_say_the_guarantee_is_void(
     assert _card(results[1])["privacy"]["guarantee"].startswith("NONE")
 
 
-def test_one_overflowing_example_does_not_skip_a_mixed_precision_dp_step():
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
-        2, activation="softmax", dtype="mixed_float16")])
-    model.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)),
-                  keras.losses.CategoricalCrossentropy())
-    x = tf.constant([[1.0, 0.5, -1.0], [0.2, 1.0, 0.3], [3000.0, 3000.0, 3000.0],
-                     [-1.0, 0.1, 0.4]])
-    y = tf.constant(np.eye(2, dtype="float32")[[0, 1, 1, 0]])
-    private = privacy.PrivateGradients(l2_clip=1.0, noise_multiplier=0.0, expected_batch=4)
-    step = TrainStep(model, private)
-    scale = model.optimizer.scale_loss(tf.constant(1.0))
-    _, _, grads = private.per_example_gradients(model, step.loss_fn, x, y, scale)
-    finite = np.all([np.isfinite(g).reshape(4, -1).all(axis=1) for g in grads], axis=0)
-    assert 0 < finite.sum() < 4  # under the loss scale, some example's float16 overflows
-    summed = private.clipped_sum([g / scale for g in grads])
-    assert all(np.isfinite(s).all() for s in summed)
-    before = model.get_weights()
-    tf.function(step)(x, y, tf.ones([4]))
-    assert float(model.optimizer.dynamic_scale) == float(scale)  # not skipped
-    assert all(np.abs(a - b).max() > 0 for a, b in zip(model.get_weights(), before))
+@pytest.mark.parametrize("verb", ["tune", "compare", "lr-find"])
+def test_a_search_over_a_private_recipe_is_refused_before_training(verb, quiet, tmp_path, cli):
+    private = ["--set", "privacy.enabled=true", "--set", "privacy.target_epsilon=8",
+               "--set", f"train.run_dir={tmp_path / 'runs'}"]
+    extra = {"tune": ["--space", "train.learning_rate=1e-4:1e-2:log"],
+             "compare": ["--modes", "feature_extraction"], "lr-find": []}[verb]
+    proc = cli(verb, "fashion_transfer", *private, *extra)
+    assert proc.returncode == 2
+    assert f"{verb} on a private recipe (privacy.enabled=true)" in proc.stderr
+    assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_what_a_private_run_reads_without_noise_is_decided_in_one_place():
+    from tftoolkit.unnoised import unnoised_reads
+
+    recipe = tftoolkit.load_recipe("fashion_transfer", {
+        "privacy.enabled": True, "privacy.target_epsilon": 8.0, "train.ema": 0.9,
+        "privacy.public_split": "val", "export.formats": ["mediapipe_int8"]})
+    reads = unnoised_reads(recipe, {"train", "val", "test"}, thresholded=True)
+    assert {use: read.split for use, read in reads.items()} == {
+        "training_figures": "train", "split_sizes": "train", "parity": "val",
+        "validation_figures": "val", "selection": "val", "ema": "val", "thresholds": "val",
+        "calibration": "val", "format_figures": "val", "test_figures": "test"}
+    alone = unnoised_reads(recipe.with_overrides({"train.select_best": "", "train.ema": 0.0,
+                                                  "export.formats": []}), {"train"})
+    # without a validation split nothing is selected or thresholded, and the parity
+    # check serves synthetic images rather than private training ones
+    assert set(alone) == {"training_figures", "split_sizes", "parity"}
+    assert alone["parity"].split == ""
+
+
+def test_a_private_run_without_validation_checks_its_export_on_synthetic_images(tmp_path):
+    from tftoolkit.data import load_data
+    from tftoolkit.rundir import RunDir
+    from tftoolkit.serving import save_parity_inputs
+
+    recipe_file = tmp_path / "private.py"
+    recipe_file.write_text(PRIVATE_RECIPE_FILE)
+    recipe = tftoolkit.load_recipe(recipe_file, {"data.validation_fraction": 0.0,
+                                                 "data.test_fraction": 0.0})
+    data = load_data(recipe)
+    save_parity_inputs(RunDir(tmp_path), data)
+    parity = np.load(tmp_path / RunDir.PARITY_INPUTS)
+    training = data.splits["train"].arrays
+    assert not any(np.allclose(row, training, atol=1e-6) for row in parity)
 
 
 def test_a_private_training_split_over_the_memory_budget_is_refused_before_it_is_built(

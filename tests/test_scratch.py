@@ -8,7 +8,7 @@ import pytest
 import keras
 import tftoolkit
 from tftoolkit.errors import RecipeError
-from tftoolkit.labels import ENCODINGS
+from tftoolkit.tasks import Regression, SingleLabel
 from tftoolkit.models import scratch
 from tftoolkit.models.regularize import apply_kernel_regularizer
 from tftoolkit.recipe import DataConfig, ModelConfig, Recipe, TrainConfig, ExportConfig
@@ -58,7 +58,7 @@ def test_mlp_beats_constant_and_best_linear_fit(quiet):
 
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu"])
 def test_mlp_builder_uses_the_activation(activation):
-    model = scratch.mlp(input_shape=(3,), num_outputs=2, encoding=ENCODINGS["categorical"],
+    model = scratch.mlp(input_shape=(3,), task=SingleLabel(2),
                         hidden=[5, 4], activation=activation)
     assert model.get_layer("hidden_1").activation.__name__ == activation
     assert model.output_shape == (None, 2)
@@ -67,17 +67,17 @@ def test_mlp_builder_uses_the_activation(activation):
 
 
 def test_linear_builder_is_wx_plus_b():
-    model = scratch.linear(input_shape=(2,), num_outputs=1, encoding=ENCODINGS["regression"])
+    model = scratch.linear(input_shape=(2,), task=Regression())
     model.get_layer("predictions").set_weights([np.array([[2.0], [-1.0]]), np.array([0.5])])
     np.testing.assert_allclose(model(np.array([[1.0, 3.0]], "float32")), [[-0.5]])
 
 
 def test_cnn_builder_on_images():
-    model = scratch.cnn(input_shape=(32, 32, 3), num_outputs=3, encoding=ENCODINGS["categorical"],
+    model = scratch.cnn(input_shape=(32, 32, 3), task=SingleLabel(3),
                         filters=[8, 16], activation="relu")
     assert model.output_shape == (None, 3)
     with pytest.raises(RecipeError, match="needs images"):
-        scratch.cnn(input_shape=(10,), num_outputs=3, encoding=ENCODINGS["categorical"],
+        scratch.cnn(input_shape=(10,), task=SingleLabel(3),
                     filters=[8], activation="relu")
 
 
@@ -108,7 +108,7 @@ def test_cross_entropy_is_chosen_from_labels_or_set(quiet, classes, loss, encodi
                                                     loss_class):
     x, y = _blobs(classes)
     result = tftoolkit.train(_arrays_recipe(x, y, loss=loss), quiet)
-    assert result.info.encoding == encoding
+    assert result.info.task.encoding == encoding
     assert result.model.output_shape == (None, units)
     assert isinstance(result.model.loss, loss_class)
     assert "val_accuracy" in result.metrics
@@ -118,7 +118,7 @@ def test_mse_for_real_valued_targets(quiet):
     x = np.random.default_rng(0).normal(size=(40, 2)).astype("float32")
     y = (x @ np.array([[1.0], [2.0]], "float32"))
     result = tftoolkit.train(_arrays_recipe(x, y), quiet)
-    assert result.info.task == "regression"
+    assert result.info.task.name == "regression"
     assert isinstance(result.model.loss, keras.losses.MeanSquaredError)
 
 
@@ -147,7 +147,7 @@ def test_gd_runs_on_full_batches_and_rejects_mini_batches(quiet):
 
 @pytest.mark.parametrize("kind", ["l1", "l2", "l1_l2"])
 def test_kernel_regularizer_reaches_model_losses(kind):
-    model = scratch.mlp(input_shape=(3,), num_outputs=2, encoding=ENCODINGS["categorical"],
+    model = scratch.mlp(input_shape=(3,), task=SingleLabel(2),
                         hidden=[4], activation="relu")
     count = apply_kernel_regularizer(model, kind, 0.01)
     assert count == 2

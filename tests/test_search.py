@@ -133,8 +133,25 @@ def test_a_bad_space_is_refused_before_anything_runs(recipe_file, monkeypatch, s
 
 
 def test_the_objective_must_be_a_validation_metric(recipe_file):
-    with pytest.raises(RecipeError, match="validation metric"):
+    with pytest.raises(RecipeError, match="validation figure"):
         search_module.search(str(recipe_file), SPACE, objective="test_accuracy")
+
+
+def test_an_objective_the_task_does_not_log_is_refused_before_any_trial_trains(
+        recipe_file, tmp_path):
+    with pytest.raises(RecipeError, match=r"--objective='val_map' is not a figure a "
+                                          r"classification run logs.*val_accuracy"):
+        search_module.search(str(recipe_file), SPACE, objective="val_map", trials=2,
+                             overrides={"train.run_dir": str(tmp_path / "runs")})
+    # refused when the first trial had read its data, before it trained
+    assert not list((tmp_path / "runs").rglob("history.csv"))
+
+
+def test_the_default_objective_is_the_figure_the_task_is_judged_by(recipe_file,
+                                                                  trial_calls):
+    result = search_module.search(str(recipe_file), ["train.learning_rate=1e-3:1e-1:log"],
+                                  trials=1)
+    assert result.objective == "val_accuracy"
 
 
 MULTILABEL_RECIPE_FILE = '''

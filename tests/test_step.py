@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tftoolkit.tasks import SingleLabel
 from tftoolkit.training import distributed, privacy
 from tftoolkit.training.callbacks import EmaValidation
 from tftoolkit.training.runtime import precision_policy
 from tftoolkit.training.step import TrainStep, use_in_fit
+
+
+THREE_CLASSES = SingleLabel(3)
 
 
 def _data(n=16, seed=0):
@@ -44,8 +48,9 @@ def _loop_once(model, x, y, callbacks=(), validation=None):
     with precision_policy(model.dtype_policy.name):
         distributed.fit_distributed(
             model, tf.data.Dataset.from_tensors((x, y)).repeat(),
-            strategy=tf.distribute.get_strategy(), epochs=1, initial_epoch=0,
-            steps_per_epoch=1, validation_data=validation, callbacks=list(callbacks),
+            strategy=tf.distribute.get_strategy(), task=THREE_CLASSES, epochs=1,
+            initial_epoch=0, steps_per_epoch=1, validation_data=validation,
+            callbacks=list(callbacks),
             verbose=0)
 
 
@@ -87,7 +92,8 @@ def test_ema_of_a_mixed_float16_model_is_validated_and_put_in_place():
     validation = tf.data.Dataset.from_tensors((x, y))
     history = keras.callbacks.History()
     _loop_once(model, x, y, [EmaValidation(validation, lambda m, d: distributed.evaluate(
-        m, d, strategy=tf.distribute.get_strategy())), history], validation)
+        m, d, strategy=tf.distribute.get_strategy(), task=THREE_CLASSES)), history],
+        validation)
     assert "val_ema_loss" in history.history
     averages = model.optimizer.inner_optimizer._model_variables_moving_average
     # finalised as Keras' fit does: the weights are now their moving average
@@ -105,6 +111,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
+from tftoolkit.tasks import SingleLabel
 from tftoolkit.training import distributed
 from tftoolkit.training.runtime import precision_policy
 
@@ -133,8 +140,8 @@ with precision_policy("mixed_float16"), mirrored.scope():
 before = model.get_weights()
 with precision_policy("mixed_float16"):
     distributed.fit_distributed(model, tf.data.Dataset.from_tensors((x, y)).repeat(),
-                                strategy=mirrored, epochs=1, initial_epoch=0,
-                                steps_per_epoch=1, verbose=0)
+                                strategy=mirrored, task=SingleLabel(3), epochs=1,
+                                initial_epoch=0, steps_per_epoch=1, verbose=0)
 update = np.sqrt(sum(float(np.sum((a - b) ** 2))
                      for a, b in zip(model.get_weights(), before)))
 print(json.dumps({"update_norm": update, "wrapped": type(model.optimizer).__name__}))
@@ -157,7 +164,7 @@ with mirrored.scope():
                   keras.losses.CategoricalCrossentropy())
 before = model.get_weights()
 distributed.fit(model, tf.data.Dataset.from_tensors((x, y)).repeat(), strategy=mirrored,
-                epochs=1, initial_epoch=0, steps_per_epoch=1, verbose=0)
+                task=SingleLabel(3), epochs=1, initial_epoch=0, steps_per_epoch=1, verbose=0)
 update = np.sqrt(sum(float(np.sum((a - b) ** 2))
                      for a, b in zip(model.get_weights(), before)))
 print(json.dumps({"update_norm": update}))
@@ -181,8 +188,8 @@ with precision_policy("mixed_float16"), mirrored.scope():
 before = model.get_weights()
 with precision_policy("mixed_float16"):
     distributed.fit(model, tf.data.Dataset.from_tensors((x, y)).repeat(),
-                    strategy=mirrored, epochs=1, initial_epoch=0, steps_per_epoch=1,
-                    verbose=0)
+                    strategy=mirrored, task=SingleLabel(3), epochs=1, initial_epoch=0,
+                    steps_per_epoch=1, verbose=0)
 v = model.trainable_variables[0]
 a, b = (np.asarray(t) for t in mirrored.experimental_local_results(v.value))
 scales = mirrored.experimental_local_results(model.optimizer.dynamic_scale.value)

@@ -44,7 +44,7 @@ def test_a_csv_file_gives_sorted_classes_and_paths_relative_to_its_folder(images
     data = load_data(_recipe(csv=str(table), validation_fraction=0.25, test_fraction=0.0),
                      32)
     assert data.info.class_names == ["circle", "square"]
-    assert data.info.task == "classification"
+    assert data.info.task.name == "classification"
     assert data.info.counts == {"train": 18, "val": 6}
     assert np.bincount(data.splits["val"].labels).tolist() == [3, 3]  # stratified as folders
     every = sorted(np.concatenate([data.splits[s].paths for s in ("train", "val")]))
@@ -92,7 +92,7 @@ def test_a_numeric_label_column_is_regression(images):
     text = "path,size\n" + "".join(f"{p},{i * 0.5}\n" for i, (p, _) in enumerate(rows))
     table = _write(images.parent / "t.csv", text)
     data = load_data(_recipe(csv=str(table), label_column="size", test_fraction=0.0), 32)
-    assert data.info.task == "regression" and data.info.class_names is None
+    assert data.info.task.name == "regression" and data.info.class_names is None
     targets = np.sort(np.concatenate([data.splits[s].labels[:, 0] for s in ("train", "val")]))
     np.testing.assert_allclose(targets, np.arange(10) * 0.5)
 

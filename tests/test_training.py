@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 import tftoolkit
+from tftoolkit.data import DataInfo
+from tftoolkit.tasks import Regression, SingleLabel
 from tftoolkit.errors import RecipeError
 from tftoolkit.recipe import (DataConfig, ExportConfig, ModelConfig, Recipe, RegularizeConfig,
                               TrainConfig)
@@ -38,10 +40,12 @@ def test_compare_chooses_on_validation_never_on_test(monkeypatch, tmp_path):
                "scratch": (0.50, 0.40)}
     exported = []
 
+    info = DataInfo(SingleLabel(10), (97, 97, 3), list("abcdefghij"), 97, "t")
+
     def fake_train(recipe):
         val, test = figures[recipe.model.mode]
         assert recipe.export.enabled is False
-        return TrainResult(recipe, None, {}, tmp_path / recipe.model.mode, None,
+        return TrainResult(recipe, None, {}, tmp_path / recipe.model.mode, info,
                            {"val_accuracy": val, "test_accuracy": test}, 1.0)
 
     monkeypatch.setattr(compare_module, "train", fake_train)
@@ -322,7 +326,8 @@ def test_the_multi_worker_loop_stops_at_the_first_nan_step():
     x = np.random.default_rng(0).normal(size=(64, 2)).astype("float32")
     data = tf.data.Dataset.from_tensor_slices((x, x[:, :1])).batch(8).repeat()
     with pytest.raises(TrainingDiverged, match="loss is nan at epoch 1, step 3"):
-        fit_distributed(model, data, strategy=tf.distribute.get_strategy(), epochs=2,
+        fit_distributed(model, data, strategy=tf.distribute.get_strategy(),
+                        task=Regression(), epochs=2,
                         initial_epoch=0, steps_per_epoch=8, verbose=0,
                         callbacks=[StopOnNonFiniteLoss("stage 1 (scratch)",
                                                        "train.learning_rate", 0.01, "run")])

@@ -18,7 +18,7 @@ import pytest
 import keras
 import tftoolkit
 from tftoolkit.errors import RecipeError, WeightsError
-from tftoolkit.labels import ENCODINGS
+from tftoolkit.tasks import SingleLabel
 from tftoolkit.models import backbones
 from tftoolkit.models.torch_checkpoint import LEGACY_MAGIC, read_state_dict
 from tftoolkit.models.transfer import (backbone_of, block_of, build_transfer_model,
@@ -53,8 +53,8 @@ def test_imported_mobilenet_v2_recognises_a_cat_and_an_espresso(imported_mobilen
 def _transfer_model(architecture: str, weights: str, input_shape, classes: int,
                     mode: str = "feature_extraction") -> keras.Model:
     return build_transfer_model(get_architecture(architecture), weights=weights, mode=mode,
-                                unfreeze=0, input_shape=input_shape, num_outputs=classes,
-                                encoding=ENCODINGS["categorical"])
+                                unfreeze=0, input_shape=input_shape,
+                                task=SingleLabel(classes))
 
 
 def test_torchvision_weights_select_torch_preprocessing(imported_mobilenet):

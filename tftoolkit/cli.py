@@ -130,15 +130,11 @@ def _cmd_evaluate(args) -> int:
     if "note" in report:
         print(f"tftoolkit: {report['note']}")
     print(render_report(report))
-    if "tta" in report and "map" in report:
-        print(f"with TTA ({report['tta']['views']} views): mAP {report['tta']['map']:.4f}, "
-              f"micro-F1 {report['tta']['micro_f1']:.4f} at the thresholds")
-    elif "tta" in report:
-        print(f"accuracy with TTA ({report['tta']['views']} views): "
-              f"{report['tta']['accuracy']:.4f}")
-    figures = ("pr_curves.png" if "map" in report
-               else "confusion_matrix.png, top_losses.png")
-    print(f"wrote {out}/: metrics.json, per_class.csv, {figures}")
+    if "tta" in report:
+        figures = ", ".join(f"{key} {value:.4f}" for key, value in report["tta"].items()
+                            if key != "views")
+        print(f"with TTA ({report['tta']['views']} views): {figures}")
+    print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0
 
 
@@ -210,8 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a searched key: LOW:HIGH[:log][:int] or a|b|c (repeatable)")
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--tuner", default="random", choices=["random", "bayesian", "hyperband"])
-    p.add_argument("--objective", default="val_accuracy",
-                   help="validation metric to optimise (val_accuracy, val_loss, ...)")
+    p.add_argument("--objective", default="",
+                   help="validation figure to optimise, one the task logs (val_accuracy, "
+                        "val_loss, val_map, val_f1, ...); default: the task's own "
+                        "(val_accuracy, multi-label val_map, regression val_loss)")
     p.add_argument("--resume", action="store_true",
                    help="continue the latest search of this recipe")
     p.set_defaults(fn=_cmd_tune)

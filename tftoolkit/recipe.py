@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from tftoolkit.errors import RecipeError, did_you_mean
-from tftoolkit.labels import ENCODING_OF_LOSS
+from tftoolkit.tasks import ENCODING_OF_LOSS
 from tftoolkit.models.registry import check_architecture
 
 BUNDLED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -565,6 +565,12 @@ def _check_private(recipe: Recipe) -> None:
                           "and ship in the file, outside the accountant; set "
                           "privacy.public_split=val if the validation split is public data, "
                           f"or remove {calibrated[0]} from export.formats")
+    if recipe.train.precision == "mixed_float16":
+        raise RecipeError("privacy.enabled with train.precision=mixed_float16: its loss "
+                          "scaling skips a step when any example's gradient overflows, a "
+                          "decision taken on the private examples without noise, outside "
+                          "the accountant; use train.precision=mixed_bfloat16 (no loss "
+                          "scaling) or float32")
     if recipe.train.deterministic and not p.insecure_reproducible:
         raise RecipeError("privacy.enabled with train.deterministic=true: private noise comes "
                           "from OS entropy, which deterministic ops refuse; set "

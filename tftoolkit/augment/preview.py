@@ -32,6 +32,14 @@ def augmented_views(images: np.ndarray, labels: np.ndarray, recipe: Recipe,
     return np.stack(out)
 
 
+def _label_text(target: np.ndarray, names: list[str]) -> str:
+    """The class name(s) of one example's target: a class id, or a multi-hot row."""
+    if not names:
+        return ""
+    chosen = np.flatnonzero(target) if np.ndim(target) else [int(target)]
+    return ", ".join(names[i] for i in chosen)
+
+
 def augment_preview(recipe: Recipe, out: str | Path, images: int = 4,
                     views: int = 6) -> Path:
     """Write a grid PNG: one row per training image, the original then ``views``
@@ -41,10 +49,11 @@ def augment_preview(recipe: Recipe, out: str | Path, images: int = 4,
     x, y = np.asarray(x), np.asarray(y)
     grid = augmented_views(x, y, recipe, views)
     names = data.info.class_names or []
+    targets = data.info.task.targets(y)
     fig = Figure(figsize=(1.8 * (views + 1), 1.9 * len(x)))
     axes = fig.subplots(len(x), views + 1, squeeze=False)
     for row in range(len(x)):
-        label = names[int(np.argmax(y[row]))] if names else ""
+        label = _label_text(targets[row], names)
         for col in range(views + 1):
             ax = axes[row, col]
             image = x[row] if col == 0 else grid[col - 1, row]

@@ -24,9 +24,9 @@ from tftoolkit.data.sources import Examples, load_source
 from tftoolkit.data.splits import (proportional_counts, shard_positions, stratified_cap,
                                    stratified_order, stratified_split)
 from tftoolkit.errors import DataError
-from tftoolkit.labels import ENCODING_OF_LOSS, ENCODINGS, LabelEncoding
 from tftoolkit.models.registry import get_architecture
 from tftoolkit.recipe import Recipe
+from tftoolkit.tasks import ENCODING_OF_LOSS, Task, make_task
 
 # Sources a test split is held out of (data.test_fraction) when they have none; TFDS
 # splits are named by the user, and synthetic data is a teaching example.
@@ -40,9 +40,7 @@ SAMPLE_SEED_OFFSET, SAMPLE_BATCH = 7919, 64
 class DataInfo:
     """What the model and the export need to know about the data."""
 
-    task: str                          # "classification", "multilabel" or "regression"
-    encoding: str                      # "categorical", "sparse", "binary", "multilabel"
-    #                                    or "regression"
+    task: Task                         # the kind of target, and all that follows from it
     input_shape: tuple[int, ...]
     class_names: list[str] | None
     image_size: int | None             # square side for images, None for feature vectors
@@ -51,7 +49,6 @@ class DataInfo:
     class_counts: list[int] | None = None  # training examples of (multi-label: with)
     #                                         each class
     bad_files: list[tuple[str, str]] = field(default_factory=list)
-    target_dim: int = 1
     resize_method: str = "bilinear"    # data.resize_method (the only one before it was kept)
     max_pixels: int = DEFAULT_MAX_PIXELS  # data.max_pixels: every served decode refuses more
 
@@ -65,33 +62,26 @@ class DataInfo:
         return len(self.class_names) if self.class_names else 0
 
     @property
-    def label_encoding(self) -> LabelEncoding:
-        return ENCODINGS[self.encoding]
-
-    @property
     def num_outputs(self) -> int:
-        """Units of the model's output layer."""
-        return self.label_encoding.output_units(self.num_classes, self.target_dim)
-
-    def positive_weights(self) -> list[float]:
-        """Multi-label: per class, the training examples without it per example with it
-        (the weight of a class's positive term that balances it)."""
-        n = self.counts["train"]
-        return [(n - c) / max(c, 1) for c in self.class_counts]
+        """Units of the model's output layer (what a ``model_fn`` ends with)."""
+        return self.task.output_units
 
     def to_dict(self) -> dict:
-        return {"task": self.task, "encoding": self.encoding,
+        task = self.task
+        return {"task": task.name, "encoding": task.encoding,
                 "input_shape": list(self.input_shape), "class_names": self.class_names,
                 "image_size": self.image_size, "description": self.description,
                 "counts": self.counts, "class_counts": self.class_counts,
-                "target_dim": self.target_dim, "resize_method": self.resize_method,
-                "max_pixels": self.max_pixels}
+                "target_dim": task.target_dim,
+                "resize_method": self.resize_method, "max_pixels": self.max_pixels}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataInfo":
-        return cls(d["task"], d["encoding"], tuple(d["input_shape"]), d["class_names"],
-                   d["image_size"], d["description"], d.get("counts", {}),
-                   d.get("class_counts"), target_dim=d.get("target_dim", 1),
+        task = make_task(d["encoding"], len(d["class_names"] or []),
+                         target_dim=d.get("target_dim", 1), class_counts=d.get("class_counts"),
+                         examples=d.get("counts", {}).get("train", 0))
+        return cls(task, tuple(d["input_shape"]), d["class_names"], d["image_size"],
+                   d["description"], d.get("counts", {}), d.get("class_counts"),
                    resize_method=d.get("resize_method", "bilinear"),
                    max_pixels=d.get("max_pixels", DEFAULT_MAX_PIXELS))
 
@@ -107,13 +97,11 @@ class DataBundle:
     share: WorkerShare | None = None   # this worker's part in a multi-worker run
 
     def class_weights(self) -> np.ndarray | None:
-        """Per-class weights n / (k * n_c) when ``data.class_weight = 'balanced'``
-        (multi-label: none per example; the loss weighs each class's positives)."""
-        if (self.recipe.data.class_weight != "balanced" or not self.info.class_counts
-                or self.info.task == "multilabel"):
+        """Per-class weights of each example when ``data.class_weight = 'balanced'``
+        (:meth:`~tftoolkit.tasks.Task.example_weights`; none where the loss balances)."""
+        if self.recipe.data.class_weight != "balanced" or not self.info.class_counts:
             return None
-        counts = np.asarray(self.info.class_counts, dtype="float64")
-        return (counts.sum() / (len(counts) * np.maximum(counts, 1))).astype("float32")
+        return self.info.task.example_weights(self.info.class_counts)
 
     def steps_per_epoch(self, split: str, batch_size: int) -> int:
         """Batches in one pass over ``split``."""
@@ -214,7 +202,7 @@ class DataBundle:
             self.notes.append(cache.note)
         return make_dataset(
             examples, batch_size=batch_size, resize=self.info.resize,
-            encoding=self.info.label_encoding, num_classes=self.info.num_classes,
+            task=self.info.task,
             training=training, seed=train.seed,
             cache=cache.mode, cache_path=cache.path, shuffle_buffer=cfg.shuffle_buffer,
             autotune=cfg.autotune, class_weights=self.class_weights() if training else None,
@@ -224,13 +212,12 @@ class DataBundle:
     def arrays(self, split: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The inputs of ``split``, as the model takes them, and their class ids (or
         regression targets): all in order, or a :meth:`sample` of ``limit``."""
-        inputs, labels, encoding = [], [], self.info.label_encoding
+        inputs, labels, task = [], [], self.info.task
         batches = (self.sample(split, limit) if limit
                    else self.dataset(split, batch_size=SAMPLE_BATCH))
         for batch in batches:
             inputs.append(np.asarray(batch[0]))
-            labels.append(encoding.class_ids(batch[1]) if encoding.is_classification
-                          else np.asarray(batch[1]))
+            labels.append(task.targets(batch[1]))
         return np.concatenate(inputs), np.concatenate(labels)
 
     def cache_root(self) -> Path:
@@ -241,9 +228,11 @@ class DataBundle:
         return Path(self.recipe.train.run_dir) / self.recipe.name / "data_cache"
 
 
-def _label_encoding(recipe: Recipe, task: str, num_classes: int) -> str:
+def _label_encoding(recipe: Recipe, kind: str, num_classes: int) -> str:
+    """The form of the targets: what ``train.loss`` names, or what the labels of a
+    ``kind`` of task (classification, multilabel, regression) train best with."""
     loss = recipe.train.loss
-    if task == "multilabel":
+    if kind == "multilabel":
         if loss not in ("auto", "binary_crossentropy"):
             raise DataError(f"train.loss={loss!r}: the labels of {recipe.data.source!r} are "
                             "multi-label (data.label_delimiter), which train with one "
@@ -251,14 +240,14 @@ def _label_encoding(recipe: Recipe, task: str, num_classes: int) -> str:
         return "multilabel"
     if loss != "auto":
         encoding = ENCODING_OF_LOSS[loss]
-        if task == "regression" and encoding != "regression":
+        if kind == "regression" and encoding != "regression":
             raise DataError(f"train.loss={loss!r} needs class labels, but the labels of "
                             f"{recipe.data.source!r} are real-valued targets")
         if encoding == "binary" and num_classes != 2:
             raise DataError(f"train.loss='binary_crossentropy' needs 2 classes, the data "
                             f"has {num_classes}")
         return encoding
-    if task == "regression":
+    if kind == "regression":
         return "regression"
     tabular = (recipe.model_fn is None
                and get_architecture(recipe.model.architecture).kind == "tabular")
@@ -300,7 +289,7 @@ def load_data(recipe: Recipe, image_size: int | None = None,
         if len(examples) == 0:
             raise DataError(f"split {name!r} of {source.description} is empty")
 
-    task = ("regression" if source.class_names is None
+    kind = ("regression" if source.class_names is None
             else "multilabel" if source.multilabel else "classification")
     train = splits["train"]
     is_image = (train.paths is not None or train.dataset is not None
@@ -313,18 +302,20 @@ def load_data(recipe: Recipe, image_size: int | None = None,
         image_size = None
         input_shape = tuple(train.arrays.shape[1:])
     class_counts = None
-    if task == "classification":
+    if kind == "classification":
         class_counts = np.bincount(train.labels, minlength=len(source.class_names)).tolist()
-    elif task == "multilabel":
+    elif kind == "multilabel":
         class_counts = train.labels.sum(axis=0).round().astype(int).tolist()
-    info = DataInfo(task=task,
-                    encoding=_label_encoding(recipe, task, len(source.class_names or [])),
+    num_classes = len(source.class_names or [])
+    target_dim = (1 if kind != "regression"
+                  else int(np.prod(train.labels.shape[1:], dtype=int)))
+    info = DataInfo(task=make_task(_label_encoding(recipe, kind, num_classes), num_classes,
+                                   target_dim=target_dim, class_counts=class_counts,
+                                   examples=len(train)),
                     input_shape=input_shape, class_names=source.class_names,
                     image_size=image_size, description=source.description,
                     counts={k: len(v) for k, v in splits.items()},
                     class_counts=class_counts, bad_files=source.bad_files,
-                    target_dim=1 if task != "regression"
-                    else int(np.prod(train.labels.shape[1:], dtype=int)),
                     resize_method=cfg.resize_method, max_pixels=cfg.max_pixels)
     return DataBundle(recipe, splits, info, share=share)
 

@@ -19,7 +19,7 @@ from tftoolkit.data.cache import DiskCache
 from tftoolkit.data.decode import DEFAULT_MAX_PIXELS, decode_image_bytes, size_check
 from tftoolkit.data.parallelism import PARALLEL_CALLS, PREFETCH_BATCHES
 from tftoolkit.data.sources import Examples
-from tftoolkit.labels import LabelEncoding
+from tftoolkit.tasks import Task
 
 if TYPE_CHECKING:
     from tftoolkit.augment.stateless import PipelineAugment
@@ -47,6 +47,13 @@ class Resize:
     def key(self) -> str:
         """What shapes a resized example, for cache keys (the size is keyed apart)."""
         return f"{self.method}, antialiased downscale"
+
+    def describe(self) -> str:
+        """How images reach the model's input, in words, for clients that must do it
+        themselves (files of a fixed input size)."""
+        antialiased = ", antialiased when downscaling" if self.method in ANTIALIASED else ""
+        return (f"images brought to {self.size}x{self.size} by {self.method} "
+                f"resizing{antialiased}, rounded to whole pixel levels 0-255")
 
     def __call__(self, images: tf.Tensor) -> tf.Tensor:
         """Float RGB images ``[..., H, W, 3]`` -> float32 pixels ``[..., size, size, 3]``."""
@@ -246,7 +253,7 @@ def _on_disk(stored: tf.data.Dataset, folder, indices: np.ndarray,
 
 
 def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
-                 encoding: LabelEncoding, num_classes: int, training: bool, seed: int,
+                 task: Task, training: bool, seed: int,
                  cache: str = "memory",
                  cache_path: str | None = None, shuffle_buffer: int = 0,
                  class_weights: np.ndarray | None = None,
@@ -254,10 +261,10 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
                  first_epoch: int = 0, autotune: bool = False,
                  max_pixels: int = DEFAULT_MAX_PIXELS,
                  positions: np.ndarray | None = None) -> tf.data.Dataset:
-    """A batched dataset of ``(x, y)`` or ``(x, y, sample_weight)``; images are brought
-    to the model's size by ``resize`` (None: feature vectors), and an encoded image
-    declaring more than ``max_pixels`` pixels stops the pipeline with an error before it
-    is decoded.
+    """A batched dataset of ``(x, y)`` or ``(x, y, sample_weight)``, ``y`` encoded for
+    ``task``'s loss; images are brought to the model's size by ``resize`` (None: feature
+    vectors), and an encoded image declaring more than ``max_pixels`` pixels stops the
+    pipeline with an error before it is decoded.
 
     ``cache`` is ``memory``, ``disk`` (a :class:`DiskCache` in the folder
     ``cache_path``) or ``off``. Training datasets are an endless stream of epochs, from
@@ -351,7 +358,7 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     def finish(x, y):
         x = tf.cast(x, tf.float32)
         sample_weight = None if weights is None else tf.gather(weights, tf.cast(y, tf.int32))
-        y = encoding.encode(y, num_classes)
+        y = task.encode(y)
         if per_batch is not None:
             x, y = per_batch(x, y)
         return (x, y) if sample_weight is None else (x, y, sample_weight)

@@ -1,9 +1,10 @@
 """Evaluation and interpretability of a run directory or an export.
 
-``evaluate`` writes metrics (text, JSON, CSV), a confusion matrix and a top-losses grid
-to an ``eval`` folder (multi-label: per class AP, precision, recall and F1 at the
-thresholds chosen on validation, and precision-recall curves); ``explain`` writes one
-Grad-CAM overlay per image (multi-label: one per predicted label).
+``evaluate`` writes the task's report (:meth:`~tftoolkit.tasks.Task.report`) to an
+``eval`` folder: metrics as JSON and, for classifiers, a per-class CSV and figures (a
+confusion matrix and a top-losses grid; multi-label: per class AP, precision, recall and
+F1 at the thresholds chosen on validation, and precision-recall curves); ``explain``
+writes one Grad-CAM overlay per image (multi-label: one per predicted label).
 """
 
 from __future__ import annotations
@@ -20,16 +21,13 @@ from tftoolkit.augment.tta import MAX_VIEWS, predict_tta
 from tftoolkit.data import DataInfo, load_data
 from tftoolkit.errors import DataError, TftoolkitError
 from tftoolkit.evaluation.gradcam import NO_FEATURE_MAP, grad_cam, has_feature_map
-from tftoolkit.evaluation.metrics import (classification_report, multilabel_report,
-                                          render_report)
+from tftoolkit.evaluation.metrics import render_report
 from tftoolkit.evaluation.plots import plot_confusion_matrix, plot_pr_curves, plot_top_losses
 from tftoolkit.models import load_keras_model
-from tftoolkit.multilabel import (Thresholds, precision_recall_curve, report_at,
-                                  score_histograms)
+from tftoolkit.multilabel import Thresholds, precision_recall_curve, score_histograms
 from tftoolkit.recipe import Recipe, recipe_from_dict
 from tftoolkit.rundir import RunDir
 from tftoolkit.serving.litert import LiteRTModel
-from tftoolkit.serving.outputs import class_probabilities
 from tftoolkit.serving.predict import read_images
 from tftoolkit.serving.savedmodel import MODEL_CARD
 
@@ -86,82 +84,57 @@ def _split_arrays(recipe: Recipe, info: DataInfo,
     return split, *data.arrays(split)
 
 
-def _probabilities(model: keras.Model, images: np.ndarray, tta: int) -> np.ndarray:
-    probs = (predict_tta(model, images, tta) if tta
-             else model.predict(images, batch_size=64, verbose=0))
-    return class_probabilities(probs)
-
-
 def evaluate(path: str | Path, split: str = "test", tta: int = 0,
              out: str | Path | None = None) -> tuple[dict, Path]:
-    """Evaluate on ``split``; write metrics.json, per_class.csv, confusion_matrix.png and
-    top_losses.png into ``out`` (default: ``RUN_DIR/eval`` or ``EXPORT-eval``)."""
+    """Evaluate on ``split``; write into ``out`` (default: ``RUN_DIR/eval`` or
+    ``EXPORT-eval``) ``metrics.json``, the task's report: its figures, and for
+    classifiers ``per_class.csv`` and figures (a confusion matrix and the top losses of a
+    single-label classifier; the precision-recall curves of a multi-label one, whose
+    decisions are at the thresholds chosen on validation). With ``tta`` views, the
+    figures of the predictions averaged over them too."""
     if not 0 <= tta <= MAX_VIEWS:  # before anything is evaluated or written
         raise TftoolkitError(f"--tta {tta}: test-time augmentation takes 1 to {MAX_VIEWS} "
                              "views (0: none)")
     model, recipe, info, default_out = load_trained(path)
-    if info.task == "multilabel":
-        return _evaluate_multilabel(path, split, out or default_out, tta)
-    if info.task != "classification":
-        raise TftoolkitError(f"{path}: evaluate reports classification metrics; this model "
-                             "is a regression")
+    task = info.task
     out = Path(out) if out else default_out
     out.mkdir(parents=True, exist_ok=True)
-    evaluated, images, labels = _split_arrays(recipe, info, split)
-    probabilities = _probabilities(model, images, 0)
+    evaluated, images, targets = _split_arrays(recipe, info, split)
+    thresholds = thresholds_of(path, info) if task.thresholded else None
+    predictions = np.asarray(model.predict(images, batch_size=64, verbose=0))
     report = {"split": evaluated,
-              **classification_report(labels, probabilities, info.class_names)}
+              **task.report(targets, predictions, info.class_names or [], thresholds)}
     if evaluated != split:
         report["note"] = (f"the data has no {split} split (data.test_fraction=0?); "
                           f"evaluated on the {evaluated} split instead")
     if tta:
-        tta_probs = _probabilities(model, images, tta)
-        report["tta"] = {"views": tta,
-                         "accuracy": float(np.mean(np.argmax(tta_probs, 1) == labels))}
+        report["tta"] = {"views": tta, **task.measure(
+            targets, predict_tta(model, images, tta), thresholds)}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    with open(out / "per_class.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "support"])
-        writer.writeheader()
-        writer.writerows(report["per_class"])
-    plot_confusion_matrix(np.array(report["confusion_matrix"]), info.class_names,
-                          out / "confusion_matrix.png",
-                          f"{recipe.name} ({evaluated}): confusion matrix, row-normalised")
-    plot_top_losses(images, labels, probabilities, info.class_names, out / "top_losses.png")
+    _write_tables(report, out)
+    title = f"{recipe.name} ({evaluated})"
+    if "confusion_matrix" in report:
+        plot_confusion_matrix(np.array(report["confusion_matrix"]), info.class_names,
+                              out / "confusion_matrix.png",
+                              f"{title}: confusion matrix, row-normalised")
+        plot_top_losses(images, targets, task.scores(predictions), info.class_names,
+                        out / "top_losses.png")
+    if task.thresholded:
+        precision, recall = precision_recall_curve(*(h.numpy() for h in score_histograms(
+            targets, predictions)))
+        plot_pr_curves(precision, recall, report["per_class"], out / "pr_curves.png",
+                       f"{title}: precision-recall per class (dot: at its threshold)")
     return report, out
 
 
-def _evaluate_multilabel(path: str | Path, split: str, out: str | Path,
-                         tta: int = 0) -> tuple[dict, Path]:
-    """Multi-label: metrics.json, per_class.csv (the threshold table, with AP, precision,
-    recall, F1 and support at each threshold) and pr_curves.png; with ``tta`` views, the
-    figures of the sigmoid probabilities averaged over them, at the same thresholds."""
-    model, recipe, info, _ = load_trained(path)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    evaluated, images, labels = _split_arrays(recipe, info, split)
-    probabilities = np.asarray(model.predict(images, batch_size=64, verbose=0))
-    positives, negatives = (h.numpy() for h in score_histograms(labels, probabilities))
-    thresholds = thresholds_of(path, info)
-    report = {"split": evaluated, **multilabel_report(positives, negatives, info.class_names,
-                                                      thresholds)}
-    if evaluated != split:
-        report["note"] = (f"the data has no {split} split (data.test_fraction=0?); "
-                          f"evaluated on the {evaluated} split instead")
-    if tta:
-        averaged = report_at(*(h.numpy() for h in score_histograms(
-            labels, predict_tta(model, images, tta))), thresholds)
-        report["tta"] = {"views": tta, "map": averaged["map"], "micro_f1": averaged["f1"],
-                         "macro_f1": averaged["macro_f1"]}
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+def _write_tables(report: dict, out: Path) -> None:
+    """``per_class.csv``: the report's per-class rows, when it has them."""
+    if not report.get("per_class"):
+        return
     with open(out / "per_class.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(report["per_class"][0]))
         writer.writeheader()
         writer.writerows(report["per_class"])
-    precision, recall = precision_recall_curve(positives, negatives)
-    plot_pr_curves(precision, recall, report["per_class"], out / "pr_curves.png",
-                   f"{recipe.name} ({evaluated}): precision-recall per class "
-                   "(dot: at its threshold)")
-    return report, out
 
 
 def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list[Path]:
@@ -184,8 +157,8 @@ def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list
     batch = read_images(images, info.max_pixels, info.resize)
     probabilities = np.asarray(model.predict(batch, verbose=0))
     rows = np.arange(len(batch))
-    if info.task == "multilabel":  # (image, label) pairs: each predicted label explained
-        marked = probabilities >= thresholds_of(path, info)
+    if info.task.thresholded:  # (image, label) pairs: each predicted label explained
+        marked = info.task.decide(probabilities, thresholds_of(path, info))
         marked[rows, probabilities.argmax(axis=1)] |= ~marked.any(axis=1)
         rows, classes = np.nonzero(marked)
         heatmaps, predicted = grad_cam(model, batch[rows], classes)
@@ -208,7 +181,7 @@ def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list
         fig.colorbar(overlay, ax=axes[1], fraction=0.046, pad=0.04, label="relevance")
         fig.suptitle(Path(image_path).name)
         fig.tight_layout()
-        label = f"_{_file_safe(info.class_names[cls])}" if info.task == "multilabel" else ""
+        label = f"_{_file_safe(info.class_names[cls])}" if info.task.thresholded else ""
         target = out / f"{Path(image_path).stem}{label}_gradcam.png"
         fig.savefig(target, dpi=100)
         written.append(target)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import keras
 
 from tftoolkit.errors import RecipeError
-from tftoolkit.labels import ENCODINGS
 from tftoolkit.models.backbones import BACKBONES
 from tftoolkit.models.layout import PREPROCESS
 from tftoolkit.models.registry import (ARCHITECTURES, MODES, ArchitectureSpec,
@@ -49,7 +48,6 @@ def preprocessing_of(model: keras.Model) -> tuple[str, str]:
 def build_model(recipe: "Recipe", info: "DataInfo") -> keras.Model:
     """Build the inference model of ``recipe`` for data described by ``info``."""
     m, dropout = recipe.model, recipe.regularize.dropout
-    encoding = ENCODINGS[info.encoding]
     if recipe.model_fn is not None:
         model = recipe.model_fn(recipe, info)
     else:
@@ -61,8 +59,8 @@ def build_model(recipe: "Recipe", info: "DataInfo") -> keras.Model:
             try:
                 model = build_transfer_model(
                     spec, weights=m.weights, mode=m.mode, unfreeze=m.unfreeze,
-                    input_shape=info.input_shape, num_outputs=info.num_outputs,
-                    encoding=encoding, dropout=dropout, backbone_layer=m.backbone_layer)
+                    input_shape=info.input_shape, task=info.task, dropout=dropout,
+                    backbone_layer=m.backbone_layer)
             except ValueError as exc:
                 smallest = INPUT_TOO_SMALL.search(str(exc))
                 if smallest is None:
@@ -73,9 +71,8 @@ def build_model(recipe: "Recipe", info: "DataInfo") -> keras.Model:
                     f"{smallest[1]}x{smallest[1]} pixels: --set data.image_size="
                     f"{smallest[1]} or more (0: its default, {spec.default_size})") from None
         else:
-            model = spec.build(input_shape=info.input_shape, num_outputs=info.num_outputs,
-                               encoding=encoding, hidden=m.hidden, filters=m.filters,
-                               activation=m.activation, dropout=dropout)
+            model = spec.build(input_shape=info.input_shape, task=info.task, hidden=m.hidden,
+                               filters=m.filters, activation=m.activation, dropout=dropout)
     apply_kernel_regularizer(model, recipe.regularize.kernel, recipe.regularize.strength)
     return model
 

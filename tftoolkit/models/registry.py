@@ -29,8 +29,8 @@ class ArchitectureSpec:
             or ``backbone`` (a pretrained network cut below its classifier).
         default_size: square input side; None for feature vectors, 0 for the data's own.
         modes: the ``model.mode`` values it supports.
-        build: ``tabular``/``image``: ``build(*, input_shape, num_outputs, encoding,
-            model, dropout)``; ``backbone``: ``build(*, weights, input_shape)`` returning
+        build: ``tabular``/``image``: ``build(*, input_shape, task, hidden, filters,
+            activation, dropout)``; ``backbone``: ``build(*, weights, input_shape)`` returning
             the headless backbone.
         preprocessing: for backbones, the ``Preprocess`` mode of Keras' ImageNet weights.
     """

@@ -5,25 +5,24 @@ from __future__ import annotations
 import keras
 
 from tftoolkit.errors import RecipeError
-from tftoolkit.labels import LabelEncoding
+from tftoolkit.tasks import Task
 from tftoolkit.models.layout import FEATURES, OUTPUT
 from tftoolkit.models.registry import ArchitectureSpec, register_architecture
 
 
-def output_layer(num_outputs: int, encoding: LabelEncoding) -> keras.layers.Dense:
-    """The output layer for a label encoding (float32 even under mixed precision)."""
-    return keras.layers.Dense(num_outputs, activation=encoding.activation, dtype="float32",
+def output_layer(task: Task) -> keras.layers.Dense:
+    """The output layer of ``task``'s head (float32 even under mixed precision)."""
+    return keras.layers.Dense(task.output_units, activation=task.activation, dtype="float32",
                               name=OUTPUT)
 
 
-def linear(*, input_shape: tuple[int, ...], num_outputs: int, encoding: LabelEncoding,
-           **_) -> keras.Model:
+def linear(*, input_shape: tuple[int, ...], task: Task, **_) -> keras.Model:
     """y = Wx + b (logistic/softmax regression for class labels)."""
     inputs = keras.Input(input_shape, name="features")
-    return keras.Model(inputs, output_layer(num_outputs, encoding)(inputs), name="linear")
+    return keras.Model(inputs, output_layer(task)(inputs), name="linear")
 
 
-def mlp(*, input_shape: tuple[int, ...], num_outputs: int, encoding: LabelEncoding,
+def mlp(*, input_shape: tuple[int, ...], task: Task,
         hidden: list[int], activation: str, dropout: float = 0.0, **_) -> keras.Model:
     """Fully connected layers of sizes ``hidden`` with ``activation``, then the output."""
     inputs = keras.Input(input_shape, name="features")
@@ -32,10 +31,10 @@ def mlp(*, input_shape: tuple[int, ...], num_outputs: int, encoding: LabelEncodi
         x = keras.layers.Dense(units, activation=activation, name=f"hidden_{i}")(x)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
-    return keras.Model(inputs, output_layer(num_outputs, encoding)(x), name="mlp")
+    return keras.Model(inputs, output_layer(task)(x), name="mlp")
 
 
-def cnn(*, input_shape: tuple[int, ...], num_outputs: int, encoding: LabelEncoding,
+def cnn(*, input_shape: tuple[int, ...], task: Task,
         filters: list[int], activation: str, dropout: float = 0.0, **_) -> keras.Model:
     """Conv-BatchNorm-activation-pool blocks on raw 0-255 pixels, pooled, then the output."""
     if len(input_shape) != 3:
@@ -51,7 +50,7 @@ def cnn(*, input_shape: tuple[int, ...], num_outputs: int, encoding: LabelEncodi
     x = keras.layers.GlobalAveragePooling2D(name=FEATURES)(x)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
-    return keras.Model(inputs, output_layer(num_outputs, encoding)(x), name="cnn")
+    return keras.Model(inputs, output_layer(task)(x), name="cnn")
 
 
 SCRATCH_ARCHITECTURES = tuple(register_architecture(spec).name for spec in (

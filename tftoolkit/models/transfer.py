@@ -17,13 +17,13 @@ from pathlib import Path
 import keras
 
 from tftoolkit.errors import RecipeError, WeightsError
-from tftoolkit.labels import LabelEncoding
 from tftoolkit.layers import Preprocess
 from tftoolkit.models.layout import BACKBONE, FEATURES, HEAD_DROPOUT, PREPROCESS
 from tftoolkit.models.registry import ArchitectureSpec
 from tftoolkit.models.saving import load_keras_model
 from tftoolkit.models.scratch import output_layer
 from tftoolkit.models.weights import build_backbone
+from tftoolkit.tasks import Task
 
 # Block prefixes of keras.applications layer names: block_13_expand, block6a_se,
 # conv5_block3_1_conv, convnext_tiny_stage_3_block_2_..., mixed7, block14_sepconv2.
@@ -55,9 +55,9 @@ def _load_keras_backbone(path: Path, layer_name: str) -> keras.Model:
 
 def build_transfer_model(spec: ArchitectureSpec, *, weights: str, mode: str,
                          unfreeze: int | float | str, input_shape: tuple[int, int, int],
-                         num_outputs: int, encoding: LabelEncoding, dropout: float = 0.0,
+                         task: Task, dropout: float = 0.0,
                          backbone_layer: str = "") -> keras.Model:
-    """The inference model: raw RGB 0-255 in, class probabilities out.
+    """The inference model: raw RGB 0-255 in, ``task``'s predictions out.
 
     Args:
         spec: the backbone's registry entry (or that of a ``.keras`` file).
@@ -81,7 +81,7 @@ def build_transfer_model(spec: ArchitectureSpec, *, weights: str, mode: str,
         x = keras.layers.GlobalAveragePooling2D(name=FEATURES)(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name=HEAD_DROPOUT)(x)
-    model = keras.Model(inputs, output_layer(num_outputs, encoding)(x),
+    model = keras.Model(inputs, output_layer(task)(x),
                         name=f"{Path(spec.name).stem}_{mode}")
     set_trainable(model, "feature_extraction" if mode == "two_stage" else mode, unfreeze)
     return model

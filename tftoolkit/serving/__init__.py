@@ -16,10 +16,12 @@ from tftoolkit.data import DataBundle, DataInfo, load_data
 from tftoolkit.errors import ExportError
 from tftoolkit.models import load_keras_model, preprocessing_of
 from tftoolkit.multilabel import Thresholds
+from tftoolkit.recipe import recipe_from_dict
 from tftoolkit.rundir import RunDir
-from tftoolkit.serving.litert import SCORES
 from tftoolkit.serving.predict import predict
 from tftoolkit.serving.savedmodel import MEASURED, MODEL_CARD, Quantization, export_model
+from tftoolkit.tasks import task_class
+from tftoolkit.unnoised import not_private, unnoised_reads
 
 PARITY_EXAMPLES = 16
 
@@ -38,12 +40,14 @@ def _card(model: keras.Model, recipe: dict, info: DataInfo, metrics: dict) -> di
             "metrics": metrics, "seed": recipe["train"]["seed"],
             "train_seconds": metrics.get("train_seconds")}
     if private:
-        card["privacy"] = _privacy_card(recipe["privacy"], metrics)
+        card["privacy"] = _privacy_card(recipe, info, metrics)
     return card
 
 
-def _privacy_card(cfg: dict, metrics: dict) -> dict:
-    """What a private run's guarantee is, or that it has none."""
+def _privacy_card(recipe: dict, info: DataInfo, metrics: dict) -> dict:
+    """What a private run's guarantee is (or that it has none), and what the run released
+    outside it (:func:`~tftoolkit.unnoised.unnoised_reads`)."""
+    cfg = recipe["privacy"]
     if cfg.get("insecure_reproducible"):
         guarantee = ("NONE: privacy.insecure_reproducible drew the noise and the batches "
                      "from the seed above, so they can be regenerated and removed; this "
@@ -54,20 +58,26 @@ def _privacy_card(cfg: dict, metrics: dict) -> dict:
                      "and Poisson sampling from OS entropy")
     return {"guarantee": guarantee, "epsilon": metrics.get("epsilon"),
             "delta": metrics.get("delta"), "l2_clip": cfg.get("l2_clip"),
-            "not_private": NOT_PRIVATE}
-
-
-NOT_PRIVATE = ("validation and test metrics, the logged training loss and accuracy, and the "
-               "split sizes are computed without noise; they are released outside the "
-               "guarantee")
+            "not_private": not_private(unnoised_reads(
+                recipe_from_dict(recipe), info.counts, info.task.thresholded))}
 
 
 def save_parity_inputs(run: RunDir, data: DataBundle) -> None:
     """Keep a batch of real, un-augmented validation inputs (a seeded sample, classes
-    mixed) for the export parity check."""
+    mixed) for the export parity check; without a validation split, training inputs, or
+    for a private run (which never reads its training split without noise) seeded
+    random pixels."""
+    recipe = data.recipe
     split = "val" if "val" in data.splits else "train"
-    batch = next(iter(data.sample(split, PARITY_EXAMPLES)))
-    np.save(run / RunDir.PARITY_INPUTS, np.asarray(batch[0], dtype=np.float32))
+    if recipe.privacy.enabled:
+        split = unnoised_reads(recipe, data.splits)["parity"].split
+    if split:
+        inputs = np.asarray(next(iter(data.sample(split, PARITY_EXAMPLES)))[0], np.float32)
+    else:
+        rng = np.random.default_rng(recipe.data.split_seed)
+        inputs = rng.integers(0, 256, (PARITY_EXAMPLES, *data.info.input_shape)).astype(
+            np.float32)
+    np.save(run / RunDir.PARITY_INPUTS, inputs)
 
 
 def quantization_inputs(data: DataBundle) -> Quantization:
@@ -115,7 +125,7 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
     card = {**_card(model, recipe, info, metrics), "run_dir": str(run)}
     formats = recipe["export"].get("formats", [])
     thresholds = None
-    if info.task == "multilabel":
+    if info.task.thresholded:
         card["thresholds_chosen_by"] = run.read_json(RunDir.THRESHOLDS)["chosen_by"]
         thresholds = Thresholds.from_dict(run.read_json(RunDir.THRESHOLDS),
                                           info.class_names).values
@@ -137,8 +147,8 @@ def formats_table(version: Path) -> str:
                                    **card.get("formats_refused", {})}.items() if f in MEASURED}
     if not rows:
         return ""
-    score = SCORES[card.get("task", "classification")]
-    short = {"accuracy": "acc", "map": "mAP", "loss": "loss"}[score]
+    score = task_class(card.get("task", "classification")).default_figure
+    short = {"accuracy": "acc", "map": "mAP"}.get(score, score)
     lines = [f"{'format':16s} {'size (KB)':>10s} {'x float':>8s} {'val ' + short:>8s} "
              f"{'test ' + short:>9s} {'agree':>7s} {'ms/img':>7s} {'x float':>8s}  file"]
     for fmt, row in rows.items():

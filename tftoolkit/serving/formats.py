@@ -51,7 +51,7 @@ def check_formats(formats: list[str], info: DataInfo) -> None:
     wanted = [f for f in formats if f in MEDIAPIPE]
     if wanted and not (info.image_size and info.class_names):
         raise ExportError(f"export.formats has {wanted}: MediaPipe image-classifier files, "
-                          f"but this model is a {info.task} model of inputs "
+                          f"but this model is a {info.task.name} model of inputs "
                           f"{list(info.input_shape)}; remove them. Nothing was exported.")
     for fmt in formats:
         modules, extra = _NEEDS.get(fmt, ((), ""))
@@ -61,14 +61,14 @@ def check_formats(formats: list[str], info: DataInfo) -> None:
                               f"pip install 'tftoolkit[{extra}]'. Nothing was exported.")
 
 
-def write_tflite(target: Path, model: keras.Model, input_shape: tuple[int, ...],
-                 inputs: np.ndarray, tolerance: float) -> float:
-    """Convert ``model`` at ``input_shape`` to float LiteRT and check it on ``inputs`` (at
-    that shape); returns the max abs diff."""
-    flatbuffer = litert.convert(model, "tflite", input_shape)
+def write_tflite(target: Path, model: keras.Model, info: DataInfo, inputs: np.ndarray,
+                 tolerance: float) -> float:
+    """Convert ``model`` at its input shape (``info.input_shape``) to float LiteRT and check
+    it on ``inputs`` (at that shape); returns the max abs diff."""
+    flatbuffer = litert.convert(model, "tflite", info.input_shape)
     target.write_bytes(flatbuffer)
     got = litert.LiteRTModel(flatbuffer).predict(inputs.astype(np.float32))
-    diff = float(np.abs(got - expected_output(model, inputs, "outputs")).max())
+    diff = float(np.abs(got - expected_output(model, inputs, info.task, "outputs")).max())
     if diff > tolerance:
         raise ExportError(f"LiteRT parity check failed: max abs diff {diff:.3g} > "
                           f"{tolerance:g}")
@@ -85,8 +85,8 @@ def write_onnx(model: keras.Model, info: DataInfo, target: Path, inputs: np.ndar
     classifier = bool(info.class_names)
     x = keras.Input(info.input_shape, name="images" if info.image_size else "features")
     y = keras.ops.cast(model(x, training=False), "float32")
-    if classifier and y.shape[-1] == 1:  # one sigmoid column P(1): [P(0), P(1)]
-        y = keras.ops.concatenate([1.0 - y, y], axis=-1)
+    if classifier and y.shape[-1] == 1:  # the task's scores: one sigmoid column P(1)
+        y = keras.ops.concatenate([1.0 - y, y], axis=-1)  # -> [P(0), P(1)]
     served = keras.Model(x, y)
     try:
         with warnings.catch_warnings():
@@ -100,7 +100,8 @@ def write_onnx(model: keras.Model, info: DataInfo, target: Path, inputs: np.ndar
         raise ExportError(f"ONNX conversion failed: {str(exc).splitlines()[0][:300]}") from None
     session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: inputs.astype(np.float32)})[0]
-    expected = expected_output(model, inputs, "probabilities" if classifier else "outputs")
+    expected = expected_output(model, inputs, info.task,
+                               info.task.serving_key if classifier else "outputs")
     diff = float(np.abs(got - expected).max())
     if diff > tolerance:
         raise ExportError(f"ONNX parity check failed: ONNX Runtime's outputs differ from the "

@@ -31,10 +31,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tftoolkit import multilabel
 from tftoolkit.errors import ExportError
 from tftoolkit.serving.calibration import full_integer, quiet_interpreter
-from tftoolkit.serving.outputs import class_probabilities
+from tftoolkit.tasks import Task
 
 QUANTIZED = ("tflite_dynamic", "tflite_float16", "tflite_int8")
 IO_TYPES = {"float": tf.float32, "uint8": tf.uint8, "int8": tf.int8}
@@ -177,9 +176,10 @@ class Measured:
     """A LiteRT file's figures against the float model on the same examples."""
 
     figures: dict[str, float]     # per split: the score, agreement, drop
-    drop: float                   # loss of the score (rise of the loss) vs float, on DECIDED_ON
+    drop: float                   # the change of the score for the worse, on DECIDED_ON
     latency_ms: float
-    score: str                    # what dropped: "accuracy", "map" or "loss"
+    score: str                    # what the file is judged by: the task's default figure
+    higher_is_better: bool
     # multi-label: the fall of micro-F1 at the thresholds on DECIDED_ON (mAP ranks scores
     # only, and a shift of the scores changes the decisions clients make)
     f1_drop: float | None = None
@@ -187,7 +187,7 @@ class Measured:
     @property
     def drop_key(self) -> str:
         """The card's name of :attr:`drop`."""
-        return drop_key(self.score)
+        return drop_key(self.score, self.higher_is_better)
 
     def refusal(self, fmt: str, max_drop: float) -> str | None:
         """Why the variant ``fmt`` is not written (its validation score, or a multi-label
@@ -200,71 +200,44 @@ class Measured:
         return None
 
 
-def drop_key(score: str) -> str:
+def drop_key(score: str, higher_is_better: bool = True) -> str:
     """The name of a variant's change of ``score`` for the worse."""
-    return "loss_rise" if score == "loss" else f"{score}_drop"
+    return f"{score}_drop" if higher_is_better else f"{score}_rise"
 
 
 # The split whose figures decide whether a variant ships; test figures are only reported.
 DECIDED_ON = "val"
-# task -> the score a variant is judged by
-SCORES = {"classification": "accuracy", "multilabel": "map", "regression": "loss"}
 
 
 def measure(candidate, reference, splits: dict[str, tuple[np.ndarray, np.ndarray]],
-            task: str, thresholds: np.ndarray | None = None) -> Measured:
+            task: Task, thresholds: np.ndarray | None = None) -> Measured:
     """Compare ``candidate`` with the ``reference`` model (both with ``predict``) on each
-    split's ``(inputs, labels)``: class ids (``classification``), multi-hot rows
-    (``multilabel``, decided at the per-class ``thresholds``) or targets
-    (``regression``); ``splits`` must hold the validation split (:data:`DECIDED_ON`),
-    whose drop is the one that decides."""
+    split's ``(inputs, labels)`` by ``task``'s figures (:meth:`~tftoolkit.tasks.Task.measure`,
+    a thresholded task's decisions at ``thresholds``); ``splits`` must hold the
+    validation split (:data:`DECIDED_ON`), whose change for the worse decides."""
     if DECIDED_ON not in splits:
         raise ExportError(f"a quantized variant is judged on the validation split, and "
                           f"only {', '.join(splits) or 'no split'} was given")
-    if task == "multilabel" and thresholds is None:
-        raise ExportError("a multi-label variant is judged at its per-class thresholds, "
+    if task.thresholded and thresholds is None:
+        raise ExportError(f"a {task.name} variant is judged at its per-class thresholds, "
                           "and none were given")
-    score = SCORES[task]
+    score, higher = task.default_figure, task.figures[task.default_figure]
     figures: dict[str, float] = {}
     drops: dict[str, float] = {}
     for split, (x, y) in splits.items():
         got, want = candidate.predict(x), np.asarray(reference.predict(x, verbose=0))
-        if task == "classification":
-            top, ref_top = _top1(got), _top1(want)
-            value, ref_value = float(np.mean(top == y)), float(np.mean(ref_top == y))
-            agreement = float(np.mean(top == ref_top))
-        elif task == "multilabel":
-            value, ref_value = _map(y, got), _map(y, want)
-            agreement = float(np.mean((got >= thresholds) == (want >= thresholds)))
-            f1, ref_f1 = (_micro_f1(y, p >= thresholds) for p in (got, want))
-            figures[f"{split}_f1"], figures[f"{split}_float_f1"] = f1, ref_f1
-            figures[f"{split}_f1_drop"] = ref_f1 - f1
-        else:
-            value, ref_value = (float(np.mean((p.reshape(y.shape) - y) ** 2))
-                                for p in (got, want))
-        figures[f"{split}_{score}"], figures[f"{split}_float_{score}"] = value, ref_value
-        if task != "regression":
+        mine, ref = task.measure(y, got, thresholds), task.measure(y, want, thresholds)
+        figures[f"{split}_{score}"], figures[f"{split}_float_{score}"] = mine[score], ref[score]
+        agreement = task.agreement(got, want, thresholds)
+        if not np.isnan(agreement):
             figures[f"{split}_agreement"] = agreement
-        drop = value - ref_value if score == "loss" else ref_value - value
-        drops[split] = figures[f"{split}_{drop_key(score)}"] = drop
+        if "f1_at_thresholds" in mine:
+            figures[f"{split}_f1"] = mine["f1_at_thresholds"]
+            figures[f"{split}_float_f1"] = ref["f1_at_thresholds"]
+            figures[f"{split}_f1_drop"] = ref["f1_at_thresholds"] - mine["f1_at_thresholds"]
+        drop = ref[score] - mine[score] if higher else mine[score] - ref[score]
+        drops[split] = figures[f"{split}_{drop_key(score, higher)}"] = drop
     latency = (candidate.latency_ms(splits[DECIDED_ON][0]) if hasattr(candidate, "latency_ms")
                else float("nan"))
-    return Measured(figures, drops[DECIDED_ON], latency, score,
+    return Measured(figures, drops[DECIDED_ON], latency, score, higher,
                     figures.get(f"{DECIDED_ON}_f1_drop"))
-
-
-def _top1(predictions: np.ndarray) -> np.ndarray:
-    return class_probabilities(predictions).argmax(axis=1)
-
-
-def _micro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
-    """Micro-F1 of the multi-hot ``predicted`` decisions against multi-hot ``labels``."""
-    truth = np.asarray(labels) > 0.5
-    return multilabel.Counts(np.sum(predicted & truth, axis=0), np.sum(predicted & ~truth, axis=0),
-                             np.sum(~predicted & truth, axis=0)).micro_f1
-
-
-def _map(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """mAP of sigmoid ``probabilities`` against multi-hot ``labels``."""
-    return float(multilabel.mean_average_precision(
-        *multilabel.score_histograms(labels, np.asarray(probabilities, np.float32))))

@@ -38,10 +38,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tftoolkit.data.pipeline import ANTIALIASED
+from tftoolkit.data import DataInfo
+from tftoolkit.data.pipeline import Resize
 from tftoolkit.errors import ExportError
 from tftoolkit.serving import litert
-from tftoolkit.serving.outputs import served_probabilities
 
 MEDIAPIPE = ("mediapipe", "mediapipe_int8")
 LABELS_FILE = "labels.txt"
@@ -54,31 +54,32 @@ def metadata_file(fmt: str) -> str:
     return f"model_{fmt}_metadata.json"
 
 
-def resize_note(image_size: int, resize_method: str) -> str:
+def resize_note(resize: Resize) -> str:
     """How to bring an image to the model's input as training did (``data.resize_method``),
     which MediaPipe's own resize of an image of another size does not reproduce, not even
     for bilinear; part of the metadata's description."""
-    antialiased = ", antialiased when downscaling" if resize_method in ANTIALIASED else ""
-    size = f"{image_size}x{image_size}"
-    return (f"Trained on images brought to {size} by {resize_method} resizing{antialiased}. "
-            "MediaPipe resizes an image of another size its own way (bilinear, not "
-            "antialiased), which changes some classes; for the served model's classes, resize "
-            f"images to {size} as training did before classifying them.")
+    size = f"{resize.size}x{resize.size}"
+    return (f"Trained on {resize.describe()}. MediaPipe resizes an image of another size "
+            "its own way (bilinear, not antialiased), which changes some classes; for the "
+            f"served model's classes, resize images to {size} as training did before "
+            "classifying them.")
 
 
-def convert(model: keras.Model, fmt: str, image_size: int, class_names: list[str],
-            resize_method: str, calibration: Iterable[np.ndarray] = (),
+def convert(model: keras.Model, fmt: str, info: DataInfo,
+            calibration: Iterable[np.ndarray] = (),
             thresholds: np.ndarray | None = None) -> tuple[bytes, str]:
     """The MediaPipe file of ``model`` (flatbuffer with its metadata) and the metadata
-    as JSON; ``thresholds``: a multi-label model's, per class. The metadata's description
+    as JSON; ``info`` describes the data (the task, the classes, the image size and
+    resize); ``thresholds``: a multi-label model's, per class. The metadata's description
     says how to resize images for it (:func:`resize_note`)."""
     int8 = fmt == "mediapipe_int8"
+    image_size = info.image_size
 
     def endpoint(image):
         if int8:  # uint8 pixels are fed as they are: the input's scale must be exactly 1
             image = tf.quantization.fake_quant_with_min_max_args(image, min=0.0, max=255.0,
                                                                  num_bits=8)
-        return {"probabilities": served_probabilities(model(image, training=False))}
+        return {"probabilities": info.task.served_scores(model(image, training=False))}
 
     flatbuffer = litert.convert_endpoint(
         model, endpoint, tf.TensorSpec([1, image_size, image_size, 3], tf.float32,
@@ -90,8 +91,8 @@ def convert(model: keras.Model, fmt: str, image_size: int, class_names: list[str
             raise ExportError(f"{fmt}: the converter gave the uint8 input scale {scale} and "
                               f"zero point {zero}, but MediaPipe feeds raw pixels (needs 1 "
                               "and 0); not written")
-    writer = _metadata_writer(bytearray(flatbuffer), list(class_names), thresholds,
-                              resize_note(image_size, resize_method))
+    writer = _metadata_writer(bytearray(flatbuffer), list(info.class_names), thresholds,
+                              resize_note(info.resize))
     with_metadata, metadata_json = writer.populate()
     del writer  # removes its temporary folder now rather than at interpreter exit
     return bytes(with_metadata), metadata_json

@@ -1,46 +1,14 @@
-"""What a served classifier returns, in one place for every format and for evaluation.
+"""What a served model's outputs must equal, in one place for every format's check.
 
-A model with one sigmoid unit predicts P(class 1); served and evaluated, it has one
-probability column per class like every other classifier. A multi-label model serves
-each class's sigmoid probability and a boolean mask of the labels predicted.
+What each task serves is the task's (:meth:`~tftoolkit.tasks.Task.serving_outputs`); a
+model of feature vectors serves its predictions as they are, as ``outputs``.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
-
-def class_probabilities(predictions: np.ndarray) -> np.ndarray:
-    """One column per class: a single sigmoid column P(1) becomes [P(0), P(1)]."""
-    predictions = np.asarray(predictions, dtype=np.float32)
-    if predictions.shape[-1] == 1:
-        return np.concatenate([1 - predictions, predictions], axis=-1)
-    return predictions
-
-
-def served_probabilities(predictions: tf.Tensor) -> tf.Tensor:
-    """:func:`class_probabilities` inside a served graph (float32)."""
-    probabilities = tf.cast(predictions, tf.float32)
-    if probabilities.shape[-1] == 1:
-        probabilities = tf.concat([1.0 - probabilities, probabilities], axis=-1)
-    return probabilities
-
-
-def classifier_outputs(predictions: tf.Tensor, class_names: tf.Tensor) -> dict[str, tf.Tensor]:
-    """The serving signature's outputs: ``probabilities``, ``class_id``, ``class_name``."""
-    probabilities = served_probabilities(predictions)
-    class_id = tf.argmax(probabilities, axis=-1)
-    return {"probabilities": probabilities, "class_id": class_id,
-            "class_name": tf.gather(class_names, class_id)}
-
-
-def multilabel_outputs(predictions: tf.Tensor, thresholds: tf.Tensor) -> dict[str, tf.Tensor]:
-    """A multi-label signature's outputs: ``probabilities`` [batch, classes] float32 and
-    ``labels`` [batch, classes] bool, true where a probability is at least its class's
-    threshold (the class names, in column order, are ``labels.txt``)."""
-    probabilities = tf.cast(predictions, tf.float32)
-    return {"probabilities": probabilities, "labels": probabilities >= thresholds}
+from tftoolkit.tasks import Task
 
 
 def served_key(outputs) -> str:
@@ -48,7 +16,8 @@ def served_key(outputs) -> str:
     return "probabilities" if "probabilities" in outputs else "outputs"
 
 
-def expected_output(model, inputs: np.ndarray, key: str) -> np.ndarray:
-    """What a served ``key`` must equal: the Keras model in inference mode."""
+def expected_output(model, inputs: np.ndarray, task: Task, key: str) -> np.ndarray:
+    """What a served ``key`` must equal: the Keras model in inference mode, as ``task``
+    serves its main output (:meth:`~tftoolkit.tasks.Task.scores`) when ``key`` is it."""
     predictions = np.asarray(model(inputs, training=False), dtype=np.float32)
-    return class_probabilities(predictions) if key == "probabilities" else predictions
+    return task.scores(predictions) if key == task.serving_key else predictions

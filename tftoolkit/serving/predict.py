@@ -67,7 +67,6 @@ def _predict_litert(path: Path, images: list[str | Path]
     MediaPipe file on its own, with the bilinear resize MediaPipe Tasks applies."""
     from tftoolkit.serving.litert import LiteRTModel
     from tftoolkit.serving.mediapipe_tasks import packed_labels, packed_thresholds
-    from tftoolkit.serving.outputs import class_probabilities
 
     packed, card = packed_labels(path), path.parent / MODEL_CARD
     names = packed
@@ -78,10 +77,10 @@ def _predict_litert(path: Path, images: list[str | Path]
                               f"export version: no {LABELS} beside it")
         names = labels.read_text().splitlines()
     model = LiteRTModel(path)
-    max_pixels = DEFAULT_MAX_PIXELS
-    if card.is_file():  # the training pipeline's resize and pixel limit
+    max_pixels, scores = DEFAULT_MAX_PIXELS, None
+    if card.is_file():  # the training pipeline's resize and pixel limit, and the task
         info = DataInfo.from_dict(json.loads(card.read_text())["data_info"])
-        resize, max_pixels = info.resize, info.max_pixels
+        resize, max_pixels, scores = info.resize, info.max_pixels, info.task.scores
     elif packed is not None:  # a MediaPipe file on its own: resized as MediaPipe does
         resize = Resize(model.input_shape[0], "bilinear")
     else:
@@ -93,7 +92,8 @@ def _predict_litert(path: Path, images: list[str | Path]
     if thresholds:  # multi-label: sigmoid probabilities, one column per label
         return predictions, names, predictions >= np.array(list(thresholds.values()),
                                                            np.float32)
-    return class_probabilities(predictions), names, None
+    # a MediaPipe file on its own serves its scores as they are
+    return (predictions if scores is None else scores(predictions)), names, None
 
 
 def predict(export_dir: str | Path, images: list[str | Path],

@@ -40,14 +40,13 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.data import DataInfo
-from tftoolkit.data.decode import DEFAULT_MAX_PIXELS
 from tftoolkit.data.pipeline import Resize, decode_image_bytes, to_rgb_image
 from tftoolkit.errors import ExportError
 from tftoolkit.serving import litert, mediapipe_tasks
 from tftoolkit.serving.formats import (ONNX_FILE, ONNX_TOLERANCE, check_formats, write_onnx,
                                        write_tflite)
-from tftoolkit.serving.outputs import (classifier_outputs, expected_output,
-                                       multilabel_outputs, served_key)
+from tftoolkit.serving.outputs import expected_output, served_key
+from tftoolkit.tasks import Task
 from tftoolkit.tempfiles import remove_stale_temporaries, temporary_path
 
 MIXED_PRECISION_TOLERANCE = 1e-2
@@ -71,15 +70,15 @@ def _out_of_space(error: BaseException) -> bool:
 
 
 def _classifier_outputs(info: DataInfo, thresholds: np.ndarray | None):
-    """The map from the model's predictions to a classifier signature's outputs."""
-    if info.task == "multilabel":
-        if thresholds is None:
-            raise ExportError("a multi-label export needs its per-class thresholds (the "
-                              "run's thresholds.json)")
-        cut = tf.constant(np.asarray(thresholds, np.float32))
-        return lambda predictions: multilabel_outputs(predictions, cut)
+    """The map from the model's predictions to a classifier signature's outputs (the
+    task's, with the class names and a thresholded task's thresholds)."""
+    task = info.task
+    if task.thresholded and thresholds is None:
+        raise ExportError(f"a {task.name} export needs its per-class thresholds (the run's "
+                          "thresholds.json)")
     names = tf.constant(info.class_names)
-    return lambda predictions: classifier_outputs(predictions, names)
+    cut = None if thresholds is None else tf.constant(np.asarray(thresholds, np.float32))
+    return lambda predictions: task.serving_outputs(predictions, names, cut)
 
 
 def write_savedmodel(model: keras.Model, info: DataInfo, path: Path,
@@ -134,12 +133,13 @@ def _compare(what: str, got: np.ndarray, expected: np.ndarray, tolerance: float)
 
 
 def parity_check(path: Path, model: keras.Model, inputs: np.ndarray, tolerance: float,
-                 resize: Resize | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> float:
+                 resize: Resize | None, max_pixels: int, task: Task) -> float:
     """Serve ``inputs`` from the SavedModel at ``path`` (twice) and compare with the Keras
     model in inference mode; for images (``resize``), serve them again through
     ``serving_default`` and ``serve_bytes`` (PNG) at other sizes (:data:`PARITY_SIDES`;
     ``serve_bytes`` only those within its ``max_pixels``) and compare with the Keras model
-    on ``resize`` of those. Returns the max abs difference; raises ExportError."""
+    on ``resize`` of those; ``task`` says what the main output serves. Returns the max
+    abs difference; raises ExportError."""
     loaded = tf.saved_model.load(str(path))
     served = loaded.signatures["serving_default"]
     x = tf.constant(inputs, tf.float32)
@@ -152,13 +152,13 @@ def parity_check(path: Path, model: keras.Model, inputs: np.ndarray, tolerance: 
                           f"input differ (max {np.abs(got - second[key].numpy()).max():.3g}); "
                           "the served graph is not deterministic")
     prepared = inputs if resize is None else np.asarray(resize(x))
-    diff = _compare(f"the SavedModel's {key}", got, expected_output(model, prepared, key),
+    diff = _compare(f"the SavedModel's {key}", got, expected_output(model, prepared, task, key),
                     tolerance)
     if resize is None or "serve_bytes" not in loaded.signatures:
         return diff
     for side in PARITY_SIDES:
         client = _at_side(inputs[:PARITY_RESIZED], side)
-        expected = expected_output(model, np.asarray(resize(client)), key)
+        expected = expected_output(model, np.asarray(resize(client)), task, key)
         by_array = served(tf.constant(client, tf.float32))[key].numpy()
         diff = max(diff, _compare(f"serving_default at {side} px", by_array, expected,
                                   tolerance))
@@ -168,6 +168,18 @@ def parity_check(path: Path, model: keras.Model, inputs: np.ndarray, tolerance: 
             diff = max(diff, _compare(f"serve_bytes (PNG) at {side} px", by_bytes.numpy(),
                                       expected, tolerance))
     return diff
+
+
+def fixed_size(info: DataInfo) -> dict[str, Any]:
+    """What a client of a file of a fixed input size (LiteRT, ONNX, MediaPipe) must know:
+    the size it takes and how training brought images to it (none for feature vectors)."""
+    if info.resize is None:
+        return {}
+    size = info.image_size
+    return {"input_size": [size, size],
+            "client_resize": f"Takes {size}x{size} images, as training saw them: "
+                             f"{info.resize.describe()}. Resize each image that way before "
+                             "running the file (the SavedModel's signatures resize inside)."}
 
 
 def _versions() -> dict[str, str]:
@@ -208,8 +220,7 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
         metadata = None
         if fmt in mediapipe_tasks.MEDIAPIPE:
             flatbuffer, metadata = mediapipe_tasks.convert(
-                model, fmt, info.image_size, info.class_names, info.resize_method,
-                quantization.calibration, thresholds)
+                model, fmt, info, quantization.calibration, thresholds)
         else:
             flatbuffer = litert.convert(model, fmt, info.input_shape,
                                         quantization.calibration, quantization.int8_io)
@@ -223,10 +234,10 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
                  "examples": {s: int(len(x)) for s, (x, _) in quantization.splits.items()}}
         if fmt in ("tflite_int8", "mediapipe_int8"):
             entry["io"] = quantization.int8_io if fmt == "tflite_int8" else "uint8"
+        entry.update(fixed_size(info))
         if metadata is not None:
             entry["metadata_file"] = mediapipe_tasks.metadata_file(fmt)
-            entry["client_resize"] = mediapipe_tasks.resize_note(info.image_size,
-                                                                 info.resize_method)
+            entry["client_resize"] = mediapipe_tasks.resize_note(info.resize)
         reason = measured.refusal(fmt, quantization.max_accuracy_drop)
         if reason:
             refused[fmt] = {**entry, "file": None, "reason": reason}
@@ -256,16 +267,18 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
     try:
         write_savedmodel(model, info, tmp, thresholds)
         diff = parity_check(tmp, model, parity_inputs, tolerance, info.resize,
-                            info.max_pixels)
+                            info.max_pixels, info.task)
         extra = {}
         if "tflite" in formats:
             extra["tflite"] = {"file": "model.tflite", "max_abs_diff": write_tflite(
-                tmp / "model.tflite", model, info.input_shape, parity_inputs, tolerance)}
+                tmp / "model.tflite", model, info, parity_inputs, tolerance),
+                **fixed_size(info)}
         if "onnx" in formats:
             onnx_tolerance = max(tolerance, ONNX_TOLERANCE)
             extra["onnx"] = {"file": ONNX_FILE, "tolerance": onnx_tolerance,
                              "max_abs_diff": write_onnx(model, info, tmp / ONNX_FILE,
-                                                        parity_inputs, onnx_tolerance)}
+                                                        parity_inputs, onnx_tolerance),
+                             **fixed_size(info)}
         refused = {}
         if any(f in MEASURED for f in formats):
             if quantization is None:
@@ -279,7 +292,7 @@ def export_model(model: keras.Model, info: DataInfo, root: Path, *,
             (tmp / LABELS).write_text("".join(f"{n}\n" for n in info.class_names))
         model.save(tmp / "model.keras")
         card = {**card, "class_names": info.class_names,
-                "input_shape": list(info.input_shape), "task": info.task,
+                "input_shape": list(info.input_shape), "task": info.task.name,
                 "parity": {"max_abs_diff": diff, "tolerance": tolerance,
                            "examples": int(len(parity_inputs)),
                            "note": "mixed precision: looser tolerance" if mixed_precision

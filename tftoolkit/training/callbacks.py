@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from tftoolkit.errors import TrainingDiverged
+from tftoolkit.tasks import Monitor
 from tftoolkit.training.batchnorm import recalibrate_batchnorm
 from tftoolkit.training.checkpoint import CallbackState
 from tftoolkit.training.step import base_optimizer
@@ -121,11 +122,10 @@ class KeepBest(keras.callbacks.Callback):
     compares only the last epoch's weights with their average.
     """
 
-    def __init__(self, run, stage: int, monitor: str, *, ema: bool, across_epochs: bool):
+    def __init__(self, run, stage: int, monitor: Monitor, *, ema: bool, across_epochs: bool):
         super().__init__()
         self.run, self.stage, self.monitor = run, stage, monitor
         self.ema, self.across_epochs = ema, across_epochs
-        self.lower_is_better = monitor.endswith("loss")
         self.best: dict | None = None
         self._weights: list | None = None
 
@@ -141,24 +141,21 @@ class KeepBest(keras.callbacks.Callback):
         self.run.write_best_record(self.stage, self.best)
 
     def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        best = self.best["value"]
-        return value < best if self.lower_is_better else value > best
+        return self.monitor.better(value, None if self.best is None else self.best["value"])
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if not self.across_epochs:
             self.best = self._weights = None
-        candidates = [("weights", self.monitor)]
+        candidates = [("weights", self.monitor.key)]
         if self.ema:
-            candidates.append(("ema", self.monitor.replace("val_", "val_ema_", 1)))
+            candidates.append(("ema", self.monitor.key.replace("val_", "val_ema_", 1)))
         for source, key in candidates:
             value = logs.get(key)
             if value is None or not np.isfinite(value) or not self._better(float(value)):
                 continue
             self.best = {"stage": self.stage, "epoch": epoch + 1, "weights": source,
-                         "metric": self.monitor, "value": float(value)}
+                         "metric": self.monitor.key, "value": float(value)}
             self._weights = self._snapshot(source)
 
     def _snapshot(self, source: str) -> list[np.ndarray]:
@@ -170,14 +167,14 @@ class KeepBest(keras.callbacks.Callback):
 
 
 class EarlyStopping(keras.callbacks.EarlyStopping):
-    """Keras' ``EarlyStopping`` on ``monitor`` (lower is better for a loss, higher for
-    any other metric), whose count of epochs without improvement, and best value, are
-    part of each epoch's checkpoint: a resumed stage stops where the uninterrupted one
-    would. It only ends the stage; :class:`KeepBest` decides which weights are kept."""
+    """Keras' ``EarlyStopping`` on ``monitor``, in its direction, whose count of epochs
+    without improvement, and best value, are part of each epoch's checkpoint: a resumed
+    stage stops where the uninterrupted one would. It only ends the stage;
+    :class:`KeepBest` decides which weights are kept."""
 
-    def __init__(self, monitor: str, patience: int):
-        super().__init__(monitor=monitor, patience=patience,
-                         mode="min" if monitor.endswith("loss") else "max")
+    def __init__(self, monitor: Monitor, patience: int):
+        super().__init__(monitor=monitor.key, patience=patience,
+                         mode="max" if monitor.higher_is_better else "min")
         self._resumed: dict | None = None
 
     def on_train_begin(self, logs=None):

@@ -13,7 +13,9 @@ from pathlib import Path
 from tftoolkit.errors import RecipeError
 from tftoolkit.models.registry import MODES, check_architecture
 from tftoolkit.recipe import Recipe
+from tftoolkit.tasks import Monitor
 from tftoolkit.serving import export_run
+from tftoolkit.training.privacy import refused_search
 from tftoolkit.training.runner import TrainResult, train
 
 
@@ -30,18 +32,21 @@ class ModeRow:
 
 @dataclass
 class Comparison:
-    """The rows, the validation metric that ranks them, and where the best was exported."""
+    """The rows, the validation figure that ranks them, and where the best was exported."""
 
-    metric_name: str              # val_accuracy (higher is better) or val_loss (lower)
+    monitor: Monitor              # the task's own figure: val_accuracy, val_map, val_loss
     rows: list[ModeRow]
     export_dir: Path | None = None
 
     @property
+    def metric_name(self) -> str:
+        return self.monitor.key
+
+    @property
     def best(self) -> ModeRow:
-        """The row with the best validation figure."""
-        if self.metric_name.endswith("loss"):
-            return min(self.rows, key=lambda r: r.validation)
-        return max(self.rows, key=lambda r: r.validation)
+        """The row with the best validation figure (of equal ones, the first)."""
+        return self.rows[self.monitor.best({i: row.validation
+                                            for i, row in enumerate(self.rows)})]
 
     def render(self) -> str:
         test_name = self.metric_name.replace("val_", "test_")
@@ -56,34 +61,38 @@ class Comparison:
         return "\n".join(lines)
 
 
-def _validation_metric(result: TrainResult) -> str:
-    for key in ("val_accuracy", "val_loss"):
-        if key in result.metrics:
-            return key
-    raise RecipeError("compare chooses on the validation split, and this recipe has none: "
-                      "set data.validation_fraction > 0 (or data.val_split for TFDS)")
+def _validation_monitor(result: TrainResult) -> Monitor:
+    """The figure the task judges runs by, which the run must have on validation."""
+    monitor = result.info.task.monitor()
+    if monitor.key not in result.metrics:
+        raise RecipeError("compare chooses on the validation split, and this recipe has "
+                          "none: set data.validation_fraction > 0 (or data.val_split for "
+                          "TFDS)")
+    return monitor
 
 
 def compare(recipe: Recipe, modes: list[str]) -> Comparison:
     """Train ``recipe`` once per mode (export off), then export the run with the best
     validation figure."""
+    if recipe.privacy.enabled:
+        raise RecipeError(refused_search("compare"))
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise RecipeError(f"--modes {','.join(modes)}: unknown mode(s) {unknown} "
                           f"(choices: {', '.join(MODES)})")
     for mode in modes:  # before anything trains
         check_architecture(recipe.model.architecture, mode)
-    rows, metric_name = [], ""
+    rows, monitor = [], None
     for mode in modes:
         run = dataclasses.replace(
             recipe, model=dataclasses.replace(recipe.model, mode=mode),
             export=dataclasses.replace(recipe.export, enabled=False))
         result = train(run)
-        metric_name = _validation_metric(result)
-        rows.append(ModeRow(mode, result.metrics[metric_name],
-                            result.metrics.get(metric_name.replace("val_", "test_")),
+        monitor = _validation_monitor(result)
+        rows.append(ModeRow(mode, result.metrics[monitor.key],
+                            result.metrics.get(monitor.key.replace("val_", "test_")),
                             result.train_seconds, result.run_dir))
-    comparison = Comparison(metric_name, rows)
+    comparison = Comparison(monitor, rows)
     if recipe.export.enabled:
         comparison.export_dir = export_run(comparison.best.run_dir)
     return comparison

@@ -12,8 +12,9 @@ training step (:class:`~tftoolkit.training.step.TrainStep`: the loss averaged ov
 *global* batch, loss scaling for mixed precision, the global-norm clip of the whole
 batch's gradient, the model's Keras optimizer). It keeps what ``fit`` gives: a progress
 bar, the same callbacks (CSV history, checkpoints, early stopping, progress for resume),
-per-epoch ``loss``/``accuracy`` and validation figures, and the weights' moving average
-put in place at the end (``train.ema``).
+per-epoch ``loss`` and the task's figures (its own Keras metrics, updated on every
+replica and summed over them), validation figures, and the weights' moving average put
+in place at the end (``train.ema``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.data import WorkerShare
+from tftoolkit.tasks import Task
 from tftoolkit.training.step import TrainStep, per_example_loss, use_in_fit
 
 
@@ -91,28 +93,22 @@ def per_worker(strategy, make: Callable[[tf.distribute.InputContext | None], tf.
 
 class _Steps:
     """Replica steps of one compiled model: a training step and an evaluation step,
-    each returning global sums (loss, correct predictions, examples)."""
+    each returning global sums (loss, examples); the task's metrics (one set for
+    training, one for evaluation, each replica updating its own share) give the other
+    figures."""
 
-    def __init__(self, model: keras.Model, strategy):
+    def __init__(self, model: keras.Model, strategy, task: Task):
         self.model, self.strategy = model, strategy
         self.loss_fn = per_example_loss(model)
         self.step = TrainStep(model)
-        if not model.optimizer.built:  # before tracing, as Keras' fit: the step reads the
-            with strategy.scope():     # loss scale, a variable of the built optimizer
-                model.optimizer.build(model.trainable_variables)
-        self.classify = model.output_shape[-1] > 1
+        with strategy.scope():
+            if not model.optimizer.built:  # before tracing, as Keras' fit: the step reads
+                model.optimizer.build(model.trainable_variables)  # the loss scale
+            self.train_metrics, self.eval_metrics = task.metrics(), task.metrics()
         self.train = tf.function(lambda it: self._reduce(
             strategy.run(self._train_step, args=(next(it),))))
         self.evaluate = tf.function(lambda batch: self._reduce(
             strategy.run(self._eval_step, args=(batch,))))
-
-    def _figures(self, y, pred, sample_weight=None):
-        per_example = self.loss_fn(y, pred)
-        if sample_weight is not None:
-            per_example = per_example * tf.cast(sample_weight, per_example.dtype)
-        hits = (tf.cast(tf.equal(tf.argmax(pred, -1), tf.argmax(y, -1)), tf.float32)
-                if self.classify else tf.zeros_like(per_example))
-        return per_example, hits
 
     def _train_step(self, batch):
         x, y, *weight = batch
@@ -120,42 +116,54 @@ class _Steps:
         # the penalties in the logged loss, as Keras' fit logs it (once per example)
         penalty = tf.add_n(model.losses) if model.losses else 0.0
         per_example, predictions = self.step(x, y, *weight)
-        _, hits = self._figures(y, predictions)
-        examples = tf.cast(tf.shape(hits)[0], tf.float32)
-        return tf.reduce_sum(per_example) + penalty * examples, tf.reduce_sum(hits), examples
+        for metric in self.train_metrics:  # as Keras' fit: weighted by the sample weights
+            metric.update_state(y, predictions, *weight)
+        examples = tf.cast(tf.shape(per_example)[0], tf.float32)
+        return tf.reduce_sum(per_example) + penalty * examples, examples
 
     def _eval_step(self, batch):
         x, y, *weight = batch
-        per_example, hits = self._figures(y, self.model(x, training=False), *weight)
-        return (tf.reduce_sum(per_example), tf.reduce_sum(hits),
-                tf.cast(tf.shape(hits)[0], tf.float32))
+        predictions = self.model(x, training=False)
+        per_example = self.loss_fn(y, predictions)
+        if weight:
+            per_example = per_example * tf.cast(weight[0], per_example.dtype)
+        for metric in self.eval_metrics:
+            metric.update_state(y, predictions, *weight)
+        return tf.reduce_sum(per_example), tf.cast(tf.shape(per_example)[0], tf.float32)
 
     def _reduce(self, values):
         return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                 for v in values]
 
+    @staticmethod
+    def results(metrics: list[keras.metrics.Metric]) -> dict[str, float]:
+        """The metrics' figures over every replica and worker (their variables are summed
+        when read)."""
+        return {metric.name: float(metric.result()) for metric in metrics}
+
     def evaluate_dataset(self, dataset: Input) -> dict[str, float]:
-        """Mean loss (and accuracy) over a whole dataset, across all workers."""
-        totals = [0.0, 0.0, 0.0]
+        """Mean loss and the task's figures over a whole dataset, across all workers."""
+        for metric in self.eval_metrics:
+            metric.reset_state()
+        loss_sum = examples = 0.0
         for batch in _distribute(self.strategy, dataset):
-            totals = [a + float(b) for a, b in zip(totals, self.evaluate(batch))]
-        figures = {"loss": totals[0] / totals[2]}
-        if self.classify:
-            figures["accuracy"] = totals[1] / totals[2]
-        return figures
+            batch_loss, batch_examples = self.evaluate(batch)
+            loss_sum, examples = loss_sum + float(batch_loss), examples + float(batch_examples)
+        return {"loss": loss_sum / examples, **self.results(self.eval_metrics)}
 
 
-def evaluate_distributed(model: keras.Model, dataset: Input, strategy) -> dict[str, float]:
+def evaluate_distributed(model: keras.Model, dataset: Input, strategy,
+                         task: Task) -> dict[str, float]:
     """``model.evaluate`` for strategies where Keras' own fails."""
-    return _Steps(model, strategy).evaluate_dataset(dataset)
+    return _Steps(model, strategy, task).evaluate_dataset(dataset)
 
 
-def fit_distributed(model: keras.Model, train_ds: Input, *, strategy, epochs: int,
-                    initial_epoch: int,
+def fit_distributed(model: keras.Model, train_ds: Input, *, strategy, task: Task,
+                    epochs: int, initial_epoch: int,
                     steps_per_epoch: int, validation_data: Input | None = None,
                     callbacks: list[keras.callbacks.Callback] = (), verbose: int = 1) -> None:
     """Train a compiled ``model`` (built in ``strategy.scope()``) with ``strategy.run``."""
-    steps = _Steps(model, strategy)
+    steps = _Steps(model, strategy, task)
     callback_list = keras.callbacks.CallbackList(list(callbacks), model=model,
                                                  epochs=epochs, steps=steps_per_epoch,
                                                  verbose=verbose)
@@ -165,14 +173,14 @@ def fit_distributed(model: keras.Model, train_ds: Input, *, strategy, epochs: in
     for epoch in range(initial_epoch, epochs):
         callback_list.on_epoch_begin(epoch)
         progress = keras.utils.Progbar(steps_per_epoch, verbose=verbose) if verbose else None
-        loss_sum = hits = seen = 0.0
+        for metric in steps.train_metrics:
+            metric.reset_state()
+        loss_sum = seen = 0.0
         for step in range(steps_per_epoch):
-            batch_loss, batch_hits, batch_seen = steps.train(iterator)
+            batch_loss, batch_seen = steps.train(iterator)
             loss_sum += float(batch_loss)  # the mean per example, as Keras logs it
-            hits, seen = hits + float(batch_hits), seen + float(batch_seen)
-            logs = {"loss": loss_sum / seen}
-            if steps.classify:
-                logs["accuracy"] = hits / seen
+            seen += float(batch_seen)
+            logs = {"loss": loss_sum / seen, **steps.results(steps.train_metrics)}
             callback_list.on_train_batch_end(step, logs)
             if progress:
                 progress.update(step + 1, list(logs.items()))
@@ -193,14 +201,14 @@ def needs_own_loop(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-def fit(model: keras.Model, train_ds: Input, *, strategy, epochs: int, initial_epoch: int,
-        steps_per_epoch: int,
+def fit(model: keras.Model, train_ds: Input, *, strategy, task: Task, epochs: int,
+        initial_epoch: int, steps_per_epoch: int,
         validation_data: Input | None = None,
         callbacks: list[keras.callbacks.Callback] = (), verbose: int = 1) -> None:
     """``model.fit`` (endless training datasets, ``steps_per_epoch`` steps an epoch), or
     :func:`fit_distributed` where Keras' ``fit`` fails."""
     if needs_own_loop(strategy):
-        fit_distributed(model, train_ds, strategy=strategy, epochs=epochs,
+        fit_distributed(model, train_ds, strategy=strategy, task=task, epochs=epochs,
                         initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
                         validation_data=validation_data, callbacks=callbacks,
                         verbose=verbose)
@@ -214,9 +222,10 @@ def fit(model: keras.Model, train_ds: Input, *, strategy, epochs: int, initial_e
                   callbacks=list(callbacks), verbose=verbose, shuffle=False)
 
 
-def evaluate(model: keras.Model, dataset: Input, *, strategy) -> dict[str, float]:
-    """Loss and metric of a compiled ``model`` over ``dataset``, under any strategy."""
+def evaluate(model: keras.Model, dataset: Input, *, strategy, task: Task) -> dict[str, float]:
+    """Loss and ``task``'s figures of a compiled ``model`` over ``dataset``, under any
+    strategy."""
     if needs_own_loop(strategy):
-        return evaluate_distributed(model, dataset, strategy)
+        return evaluate_distributed(model, dataset, strategy, task)
     values = model.evaluate(dataset, verbose=0, return_dict=True)
     return {k: float(v) for k, v in values.items()}

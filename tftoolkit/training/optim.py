@@ -143,14 +143,13 @@ def block_learning_rate_multipliers(model: keras.Model, decay: float) -> list[tu
 
 def compile_model(model: keras.Model, recipe: Recipe, info: DataInfo, learning_rate=1e-3,
                   layer_decay_model: keras.Model | None = None) -> None:
-    """Compile with the recipe's optimizer, the data's loss and its metric.
+    """Compile with the recipe's optimizer and the task's loss and metrics.
 
     Args:
         learning_rate: a float or a schedule.
         layer_decay_model: the inference model whose backbone blocks get
             ``train.layer_decay`` multipliers (None: one rate for every variable).
     """
-    encoding = info.label_encoding
     optimizer = make_optimizer(recipe.train, learning_rate)
     if recipe.train.weight_decay:
         optimizer.exclude_from_weight_decay(
@@ -158,8 +157,6 @@ def compile_model(model: keras.Model, recipe: Recipe, info: DataInfo, learning_r
     if layer_decay_model is not None:
         optimizer.set_learning_rate_multipliers(
             block_learning_rate_multipliers(layer_decay_model, recipe.train.layer_decay))
-    loss = (encoding.loss(recipe.regularize.label_smoothing,
-                          info.positive_weights() if recipe.data.class_weight == "balanced"
-                          else None)
-            if encoding.is_multilabel else encoding.loss(recipe.regularize.label_smoothing))
-    model.compile(optimizer=optimizer, loss=loss, metrics=encoding.metrics(info.num_classes))
+    loss = info.task.loss(recipe.regularize.label_smoothing,
+                          balanced=recipe.data.class_weight == "balanced")
+    model.compile(optimizer=optimizer, loss=loss, metrics=info.task.metrics())

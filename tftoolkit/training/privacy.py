@@ -35,6 +35,15 @@ from tftoolkit.data.cache import memory_budget
 from tftoolkit.errors import RecipeError
 
 
+def refused_search(verb: str) -> str:
+    """Why ``verb`` (``tune``, ``compare``, ``lr-find``) refuses a private recipe."""
+    return (f"{verb} on a private recipe (privacy.enabled=true) would train on the same "
+            "private examples more than once and keep what it chooses, spending privacy "
+            "in every run (or, for lr-find, training without noise) while the model card "
+            "reports one run's epsilon; train it once with `tftoolkit train`, or search "
+            "with privacy.enabled=false on data that is not private")
+
+
 def epsilon(sampling_rate: float, noise_multiplier: float, steps: int, delta: float) -> float:
     """ε after ``steps`` Poisson-subsampled Gaussian steps (dp-accounting, RDP)."""
     if steps == 0:
@@ -108,17 +117,10 @@ class PrivateGradients:
 
     def clipped_sum(self, grads: list[tf.Tensor], mask=None) -> list[tf.Tensor]:
         """The sum over the batch of each example's gradient clipped to ``l2_clip``
-        (examples whose ``mask`` is 0, padding, count for nothing). An example whose
-        gradient is not finite (float16 overflow under a loss scale) counts for nothing
-        either, so that whether a loss-scaled step is skipped depends on the noised sum,
-        never on one example's unclipped gradient."""
+        (examples whose ``mask`` is 0, padding, count for nothing)."""
         rows = [tf.reshape(g, [tf.shape(g)[0], -1]) for g in grads]
-        finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(r), axis=1)
-                                         for r in rows]), axis=0)
-        rows = [tf.where(finite[:, None], r, tf.zeros_like(r)) for r in rows]
         norms = tf.sqrt(tf.add_n([tf.reduce_sum(r ** 2, axis=1) for r in rows]))
         factors = tf.minimum(1.0, self.l2_clip / tf.maximum(norms, 1e-12))
-        factors = tf.where(finite, factors, tf.zeros_like(factors))
         if mask is not None:
             factors *= tf.cast(mask, factors.dtype)
         return [tf.reshape(tf.tensordot(factors, r, axes=1), tf.shape(g)[1:])

@@ -21,7 +21,7 @@ import tensorflow as tf
 from tftoolkit.augment import Augmenter, build_augmenter, training_model
 from tftoolkit.augment.tta import predict_tta
 from tftoolkit.data import DataBundle, DataInfo, load_data
-from tftoolkit.errors import RecipeError, did_you_mean
+from tftoolkit.errors import RecipeError
 from tftoolkit.models import build_model, input_size, preprocessing_of
 from tftoolkit.models.transfer import set_trainable
 from tftoolkit.multilabel import report_at, split_histograms, validation_thresholds
@@ -48,6 +48,7 @@ from tftoolkit.training.runtime import (choose_strategy, precision_policy, seed_
                                         strategy_name, verbosity)
 from tftoolkit.training.step import TrainStep, use_in_fit
 from tftoolkit.training.stages import Stage, StageInputs, plan_stages, stage_modes
+from tftoolkit.tasks import Monitor
 
 
 @dataclass
@@ -114,13 +115,15 @@ class _Run(_Setup):
 
 
 def train(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
-          report_test: bool = True) -> TrainResult:
+          report_test: bool = True, judged_by: str = "") -> TrainResult:
     """Train ``recipe`` end to end and return the model, history and run directory.
 
     An unfinished run of the same resolved recipe is resumed from its last completed
     epoch unless ``train.resume`` is false.
 
     Args:
+        judged_by: the validation figure the caller judges the run by (a search's
+            objective); refused before training when the task does not log it.
         report_test: False leaves the test split out of the run entirely (a search
             trial: nothing is chosen by looking at it).
     """
@@ -129,7 +132,7 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
     strategy = choose_strategy(t)  # first: a multi-worker strategy must precede any TF op
     with precision_policy(t.precision):
         seed_everything(t.seed, t.deterministic)
-        run = _open_run(recipe, strategy, report_test)
+        run = _open_run(recipe, strategy, report_test, judged_by)
         lr_scale = strategy.num_replicas_in_sync if t.scale_lr else 1
         if lr_scale > 1:
             run.notes.append(f"learning rates scaled by {lr_scale} replicas (train.scale_lr)")
@@ -191,20 +194,9 @@ def _prepare(recipe: Recipe, strategy: tf.distribute.Strategy,
                   [f"strategy: {strategy_name(strategy)}"])
 
 
-def _validation_metrics(setup: _Setup) -> list[str]:
-    """The validation figures each epoch logs, which ``train.select_best`` may name (the
-    multi-worker loop counts accuracy where the model has one output per class)."""
-    info = setup.data.info
-    figures = ["loss"]
-    if (not distributed.needs_own_loop(setup.strategy)
-            or (info.label_encoding.is_classification and info.num_outputs > 1)):
-        figures.append(info.label_encoding.metric)
-    return [f"val_{figure}" for figure in figures]
-
-
 def _check_selection(setup: _Setup) -> None:
     """Refuse, before training, a ``train.select_best`` that could never select: no
-    validation split, or a metric that is not logged."""
+    validation split, or a figure the task does not log."""
     key, recipe = setup.recipe.train.select_best, setup.recipe
     if not key:
         return
@@ -214,16 +206,11 @@ def _check_selection(setup: _Setup) -> None:
             f"{setup.data.info.description} has none and data.validation_fraction="
             f"{recipe.data.validation_fraction:g}; set data.validation_fraction (for "
             "example 0.2) or data.val_split, or leave train.select_best empty")
-    logged = _validation_metrics(setup)
-    if key not in logged:
-        raise RecipeError(f"train.select_best={key!r} is not a metric this run logs (its "
-                          f"validation metrics: {', '.join(logged)}; with train.ema the "
-                          "weights' average is compared on the same one)"
-                          f"{did_you_mean(key, logged)}")
+    setup.data.info.task.monitor(key, asked_by="train.select_best")
 
 
 def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
-              report_test: bool = True) -> _Run:
+              report_test: bool = True, judged_by: str = "") -> _Run:
     """Prepare data and model, and create the run directory or find the one to resume.
     Only the chief writes the run directory; the other workers of a multi-worker run
     resume from the chief's (a shared filesystem) and write scratch files elsewhere."""
@@ -232,6 +219,8 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
     _check_selection(setup)
     if recipe.export.enabled:  # a format's missing package, before any training
         check_formats(recipe.export.formats, setup.data.info)
+    if judged_by:
+        setup.data.info.task.monitor(judged_by, asked_by="--objective")
     info, notes = setup.data.info, setup.notes
     resume_from = RunDir.find_resumable(t.run_dir, recipe) if t.resume else None
     if resume_from is not None and is_chief(strategy):
@@ -329,17 +318,15 @@ def _input(strategy: tf.distribute.Strategy, data: DataBundle, split: str,
         data.shards_by_worker(split))
 
 
-def _monitor(run: _Run) -> str:
-    """The validation metric that keeps epochs, which early stopping watches too:
+def _monitor(run: _Run) -> Monitor:
+    """The validation figure that keeps epochs, which early stopping watches too:
     ``train.select_best``; with early stopping alone, ``val_loss``; for comparing the
-    weights with their average alone, the task's own (multi-label: ``val_map``)."""
-    t = run.recipe.train
-    encoding = run.data.info.label_encoding
+    weights with their average alone, the task's own (``val_accuracy``, multi-label
+    ``val_map``)."""
+    t, task = run.recipe.train, run.data.info.task
     if t.select_best:
-        return t.select_best
-    if t.early_stopping or not encoding.is_classification:
-        return "val_loss"
-    return "val_map" if encoding.is_multilabel else "val_accuracy"
+        return task.monitor(t.select_best)
+    return task.monitor("val_loss" if t.early_stopping else "")
 
 
 def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callbacks.Callback]:
@@ -357,7 +344,7 @@ def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callb
         callbacks.append(RecalibrateBeforeValidation(run.model, _recalibration_batches(run)))
     if t.ema and has_validation:
         callbacks.append(EmaValidation(inputs.val, lambda model, data: distributed.evaluate(
-            model, data, strategy=run.strategy)))
+            model, data, strategy=run.strategy, task=run.data.info.task)))
     # KeepBest is the one owner of which epoch is kept: it alone puts weights back, so
     # early stopping, on the same metric, only ends the stage.
     resumables: dict[str, KeepBest | EarlyStopping] = {}
@@ -406,7 +393,7 @@ def _run_stage(run: _Run, stage: Stage) -> None:
         _fit_private(run, stage, inputs, first_epoch)
     else:
         distributed.fit(inputs.model, inputs.train, strategy=run.strategy,
-                        epochs=stage.end,
+                        task=run.data.info.task, epochs=stage.end,
                         initial_epoch=first_epoch, steps_per_epoch=steps,
                         validation_data=inputs.val, callbacks=_callbacks(run, stage, inputs),
                         verbose=verbosity(t.verbose))
@@ -487,7 +474,8 @@ def _fit_private(run: _Run, stage: Stage, inputs: StageInputs, first_epoch: int)
     use_in_fit(inputs.model, TrainStep(inputs.model, gradients))
     batches = privacy.poisson_dataset(x, y, spent.sampling_rate, replicas,
                                       np.random.default_rng(seed))
-    distributed.fit(inputs.model, batches, strategy=run.strategy, epochs=end,
+    distributed.fit(inputs.model, batches, strategy=run.strategy, task=run.data.info.task,
+                    epochs=end,
                     initial_epoch=first_epoch, steps_per_epoch=epoch_steps,
                     validation_data=inputs.val,
                     callbacks=[privacy.PrivacySpent(spent, epoch_steps),
@@ -504,8 +492,9 @@ def _keep_best_stage(run: _Run, stages: list[Stage]) -> bool:
     records = {i: r for i, r in records.items() if r is not None}
     if len(records) < 2:
         return False
-    sign = -1 if run.recipe.train.select_best.endswith("loss") else 1
-    best = max(records, key=lambda i: (sign * records[i]["value"], i))
+    monitor = run.data.info.task.monitor(run.recipe.train.select_best)
+    # the best figure; of equal ones the later stage
+    best = monitor.best({i: records[i]["value"] for i in sorted(records, reverse=True)})
     last = stages[-1].index
     if best != last:
         restore_stage_weights(run.run, best, run.model)
@@ -564,6 +553,8 @@ def lr_find(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
     """Sweep the learning rate over ``steps`` batches of the recipe's first stage and
     suggest one (writes the loss-vs-rate plot to ``out`` when given)."""
     recipe = load_recipe(recipe, overrides)
+    if recipe.privacy.enabled:
+        raise RecipeError(privacy.refused_search("lr-find"))
     strategy = choose_strategy(recipe.train)
     with precision_policy(recipe.train.precision):
         seed_everything(recipe.train.seed, recipe.train.deterministic)
@@ -576,7 +567,8 @@ def lr_find(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
 def evaluate_model(model: keras.Model, data: DataBundle, recipe: Recipe, batch_size: int,
                    strategy: tf.distribute.Strategy | None = None,
                    cached_head: StageInputs | None = None) -> dict[str, float]:
-    """Loss and metric of the inference model on the val and test splits (TTA beside).
+    """The task's figures of the inference model on the val and test splits (with
+    ``train.tta``, those of the predictions averaged over the views beside them).
 
     Args:
         cached_head: when the model's last stage trained its head on cached features of
@@ -584,6 +576,7 @@ def evaluate_model(model: keras.Model, data: DataBundle, recipe: Recipe, batch_s
             without running the backbone again.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    task = data.info.task
     if not getattr(model, "compiled", False):  # trained inside an augmentation graph
         compile_model(model, recipe, data.info, 0.0)
     metrics: dict[str, float] = {}
@@ -594,25 +587,15 @@ def evaluate_model(model: keras.Model, data: DataBundle, recipe: Recipe, batch_s
                        and cached_head.val is not None)
         evaluated, dataset = ((cached_head.model, cached_head.val) if on_features else
                               (model, _input(strategy, data, split, batch_size=batch_size)))
-        values = distributed.evaluate(evaluated, dataset, strategy=strategy)
+        values = distributed.evaluate(evaluated, dataset, strategy=strategy, task=task)
         metrics.update({f"{split}_{k}": v for k, v in values.items()})
-        if (recipe.train.tta and data.info.task == "classification"
+        if (recipe.train.tta and data.info.image_size
                 and not distributed.needs_own_loop(strategy)):
-            metrics[f"{split}_accuracy_tta"] = _tta_accuracy(model, data, split,
-                                                             recipe.train.tta)
+            images, targets = data.arrays(split)
+            averaged = predict_tta(model, images, recipe.train.tta)
+            metrics.update({f"{split}_{k}_tta": v
+                            for k, v in task.measure(targets, averaged).items()})
     return metrics
-
-
-def _tta_accuracy(model: keras.Model, data: DataBundle, split: str, views: int) -> float:
-    """Accuracy of predictions averaged over ``views`` test-time augmentations."""
-    correct = total = 0
-    encoding = data.info.label_encoding
-    for batch in data.dataset(split, batch_size=64):
-        labels = encoding.class_ids(batch[1])
-        predicted = predict_tta(model, np.asarray(batch[0]), views).argmax(axis=1)
-        correct += int((predicted == labels).sum())
-        total += len(labels)
-    return correct / total
 
 
 def read_history(path: Path) -> dict[str, list[float]]:
@@ -653,7 +636,7 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
     recipe, model = run.recipe, run.model
     metrics = evaluate_model(model, run.data, recipe, run.batch_size, run.strategy,
                              run.cached_head)
-    if run.data.info.task == "multilabel":
+    if run.data.info.task.thresholded:
         metrics.update(_choose_thresholds(run))
     metrics["train_seconds"] = train_seconds
     if run.private is not None:

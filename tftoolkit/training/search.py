@@ -23,8 +23,12 @@ from pathlib import Path
 import keras_tuner as kt
 from matplotlib.figure import Figure
 
-from tftoolkit.errors import RecipeError
+from tftoolkit.data import load_data
+from tftoolkit.errors import RecipeError, TftoolkitError
+from tftoolkit.models import input_size
 from tftoolkit.recipe import Recipe, bundled_recipes, load_recipe, parse_overrides
+from tftoolkit.tasks import any_monitor
+from tftoolkit.training.privacy import refused_search
 from tftoolkit.training.runner import TrainResult, train
 
 TUNERS = ("random", "bayesian", "hyperband")
@@ -145,6 +149,15 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+class _StopSearch(kt.errors.FatalError):
+    """A toolkit error inside a trial (a bad recipe value, data, an objective the task
+    does not log): the search stops with it, where KerasTuner would retry the trial."""
+
+    def __init__(self, error: TftoolkitError):
+        super().__init__(str(error))
+        self.error = error
+
+
 class _RecipeTuner(kt.Tuner):
     """A KerasTuner tuner whose trial is a toolkit training run."""
 
@@ -161,13 +174,17 @@ class _RecipeTuner(kt.Tuner):
         if "tuner/epochs" in hp.values:  # Hyperband's budget for this bracket
             values["train.epochs"] = hp.values["tuner/epochs"]
         start = time.perf_counter()
-        result = train(self.recipe, {
-            **values, "export.enabled": False, "train.resume": False,
-            "train.run_dir": str(self.folder / "trials" / trial.trial_id)},
-            report_test=False)
+        try:
+            result = train(self.recipe, {
+                **values, "export.enabled": False, "train.resume": False,
+                "train.run_dir": str(self.folder / "trials" / trial.trial_id)},
+                report_test=False, judged_by=self.objective_name)
+        except TftoolkitError as exc:
+            raise _StopSearch(exc) from exc
         if self.objective_name not in result.metrics:
-            raise RecipeError(f"--objective {self.objective_name}: the run reports "
-                              f"{', '.join(result.metrics)}")
+            raise _StopSearch(RecipeError(
+                f"--objective {self.objective_name}: the run reports "
+                f"{', '.join(result.metrics)} (a search needs a validation split)"))
         value = result.metrics[self.objective_name]
         self.rows.append(TrialRow(trial.trial_id, values, value,
                                   time.perf_counter() - start, result.run_dir))
@@ -186,32 +203,43 @@ def _oracle(tuner: str, objective: kt.Objective, trials: int, seed: int,
 
 
 def search(recipe: Recipe | str, space: list[str], *, trials: int = 10,
-           tuner: str = "random", objective: str = "val_accuracy",
+           tuner: str = "random", objective: str = "",
            overrides: dict | list[str] | None = None, resume: bool = False) -> SearchResult:
     """Search the recipe keys of ``space`` (``KEY=SPEC`` strings) for the best
-    ``objective`` (a validation metric) over ``trials`` trials.
+    ``objective`` (a validation figure the task logs; default: the one it is judged by,
+    ``val_accuracy``, multi-label ``val_map``, regression ``val_loss``) over ``trials``
+    trials.
 
     With ``resume``, the latest search of this recipe continues where it stopped:
     finished trials are not run again.
     """
     source = _recipe_source(recipe)
     recipe = load_recipe(recipe, overrides)
+    if recipe.privacy.enabled:
+        raise RecipeError(refused_search("tune"))
     if tuner not in TUNERS:
         raise RecipeError(f"--tuner {tuner!r}: choices {', '.join(TUNERS)}")
-    if not objective.startswith("val_"):
+    if objective and not objective.startswith("val_"):
         raise RecipeError(f"--objective {objective!r}: a search chooses on a validation "
-                          "metric (val_accuracy, val_loss, ...), never on test figures")
+                          "figure (val_accuracy, val_loss, ...), never on test figures")
     dimensions = parse_space(space)
     check_space(recipe, dimensions)
+    # named: its direction (every trial checks that its task logs it before training);
+    # else the figure the data's task is judged by
+    monitor = (any_monitor(objective) if objective
+               else load_data(recipe, input_size(recipe)).info.task.monitor())
+    objective = monitor.key
     folder = _search_folder(recipe, resume)
-    direction = "min" if objective.endswith("loss") else "max"
-    kt_objective = kt.Objective(objective, direction)
+    kt_objective = kt.Objective(objective, "max" if monitor.higher_is_better else "min")
     runner = _RecipeTuner(recipe, dimensions, objective, folder,
                           oracle=_oracle(tuner, kt_objective, trials, recipe.train.seed,
                                          dimensions),
                           directory=str(folder), project_name="keras_tuner",
                           overwrite=not resume)
-    runner.search()
+    try:
+        runner.search()
+    except _StopSearch as stop:
+        raise stop.error from None
     rows = _all_trials(runner, dimensions, objective)
     best = runner.oracle.get_best_trials(1)[0]
     best_values = {d.key: d.value(best.hyperparameters.values[d.key]) for d in dimensions}

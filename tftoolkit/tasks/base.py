@@ -1,0 +1,184 @@
+"""The :class:`Task` interface every kind of target implements, and :class:`Monitor`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tftoolkit.errors import RecipeError, did_you_mean
+
+# train.loss -> the target encoding it implies
+ENCODING_OF_LOSS = {"mse": "regression", "binary_crossentropy": "binary",
+                    "categorical_crossentropy": "categorical",
+                    "sparse_categorical_crossentropy": "sparse"}
+# Batch size :meth:`Task.measure` feeds arrays to the metrics in.
+MEASURE_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """A logged validation figure that selects (epochs, stages, runs, trials): its key
+    (``val_accuracy``) and whether a higher value is better."""
+
+    key: str
+    higher_is_better: bool
+
+    def better(self, value: float, than: float | None) -> bool:
+        """Whether ``value`` beats ``than`` (anything beats None)."""
+        if than is None:
+            return True
+        return value > than if self.higher_is_better else value < than
+
+    def best(self, values: dict) -> object:
+        """The key of ``values`` (key -> figure) whose figure is best; ties: the first."""
+        sign = 1 if self.higher_is_better else -1
+        return max(values, key=lambda k: sign * values[k])
+
+
+class Task(ABC):
+    """One kind of target and everything that follows from it (see the package
+    docstring). Instances are small immutable descriptions; every method that returns
+    Keras objects returns fresh ones."""
+
+    name: ClassVar[str]           # the data description's ``task``
+    # figure -> whether higher is better; every one is logged per epoch, and with the
+    # ``val_`` prefix on the validation split (``loss`` always, from the loss)
+    figures: ClassVar[dict[str, bool]]
+    # the figure a run, a search or a comparison is judged by when none is named, and
+    # the one exported files are judged by against the float model
+    default_figure: ClassVar[str]
+
+    # --- targets ---------------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def encoding(self) -> str:
+        """The form of the targets the loss takes (``sparse``, ``categorical``,
+        ``binary``, ``multilabel``, ``regression``)."""
+
+    @abstractmethod
+    def encode(self, labels: tf.Tensor) -> tf.Tensor:
+        """A batch of labels as sources give them (class ids, multi-hot rows, targets) ->
+        what the loss takes."""
+
+    def targets(self, encoded: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`encode`: labels as sources give them."""
+        return np.asarray(encoded)
+
+    # --- the head, the loss and the figures ------------------------------------------
+
+    @property
+    def target_dim(self) -> int:
+        """Values per target (regression); 1 for classes."""
+        return 1
+
+    @property
+    @abstractmethod
+    def output_units(self) -> int:
+        """Units of the model's output layer."""
+
+    @property
+    @abstractmethod
+    def activation(self) -> str | None:
+        """The output layer's activation."""
+
+    @abstractmethod
+    def loss(self, label_smoothing: float = 0.0,
+             balanced: bool = False) -> keras.losses.Loss:
+        """The training loss; ``balanced``: weigh what the data has less of
+        (``data.class_weight=balanced``) where the loss itself does it."""
+
+    @abstractmethod
+    def metrics(self) -> list[keras.metrics.Metric]:
+        """Fresh metric objects, one per figure other than the loss, named as
+        :attr:`figures` names them."""
+
+    def example_weights(self, class_counts: list[int]) -> np.ndarray | None:
+        """Per-class weights of each example by its label for ``data.class_weight=
+        balanced`` (``n / (k * n_c)``), or None where the loss balances itself."""
+        return None
+
+    def validation_keys(self) -> list[str]:
+        """The validation figures a run logs every epoch."""
+        return [f"val_{figure}" for figure in self.figures]
+
+    def monitor(self, key: str = "", asked_by: str = "") -> Monitor:
+        """The validation figure ``key`` (default: :attr:`default_figure`'s), refused
+        with the choices when this task does not log it; ``asked_by`` names the setting
+        that asked for it in the message (``train.select_best``)."""
+        key = key or f"val_{self.default_figure}"
+        figure = key.removeprefix("val_")
+        if not key.startswith("val_") or figure not in self.figures:
+            logged = self.validation_keys()
+            named = f"{asked_by}={key!r}" if asked_by else repr(key)
+            raise RecipeError(f"{named} is not a figure a {self.name} run logs on the "
+                              f"validation split{did_you_mean(key, logged)} (it logs: "
+                              f"{', '.join(logged)})")
+        return Monitor(key, self.figures[figure])
+
+    def measure(self, targets: np.ndarray, predictions: np.ndarray,
+                thresholds: np.ndarray | None = None) -> dict[str, float]:
+        """Every figure of ``predictions`` against ``targets`` (labels as sources give
+        them), computed by :meth:`loss` (plain: no smoothing, no weights) and the very
+        metric objects training logs."""
+        metrics, loss = self.metrics(), self.loss()
+        total, count = 0.0, 0
+        for start in range(0, len(targets), MEASURE_BATCH):
+            y = self.encode(tf.constant(targets[start:start + MEASURE_BATCH]))
+            p = tf.constant(np.asarray(predictions[start:start + MEASURE_BATCH], np.float32))
+            n = int(p.shape[0])
+            total += float(loss(y, p)) * n
+            count += n
+            for metric in metrics:
+                metric.update_state(y, p)
+        return {"loss": total / max(count, 1),
+                **{metric.name: float(metric.result()) for metric in metrics}}
+
+    # --- decisions and served outputs ------------------------------------------------
+
+    @abstractmethod
+    def decide(self, predictions: np.ndarray,
+               thresholds: np.ndarray | None = None) -> np.ndarray:
+        """What a client acts on: class ids, a [N, classes] mask of labels, values."""
+
+    def agreement(self, predictions: np.ndarray, reference: np.ndarray,
+                  thresholds: np.ndarray | None = None) -> float:
+        """The share of decisions ``predictions`` and ``reference`` agree on."""
+        return float(np.mean(self.decide(predictions, thresholds)
+                             == self.decide(reference, thresholds)))
+
+    @abstractmethod
+    def serving_outputs(self, predictions: tf.Tensor, class_names: tf.Tensor | None = None,
+                        thresholds: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """A serving signature's outputs from the model's predictions."""
+
+    def scores(self, predictions: np.ndarray) -> np.ndarray:
+        """What a served model returns as its main output for ``predictions``: one
+        probability per class for classifiers (see :class:`~tftoolkit.tasks.SingleLabel`),
+        the predictions themselves otherwise."""
+        return np.asarray(predictions, np.float32)
+
+    def served_scores(self, predictions: tf.Tensor) -> tf.Tensor:
+        """:meth:`scores` inside a served graph."""
+        return tf.cast(predictions, tf.float32)
+
+    @property
+    def serving_key(self) -> str:
+        """The output of :meth:`serving_outputs` that :meth:`scores` gives."""
+        return "outputs"
+
+    @abstractmethod
+    def report(self, targets: np.ndarray, predictions: np.ndarray, class_names: list[str],
+               thresholds: np.ndarray | None = None) -> dict:
+        """The evaluation report of a split: :meth:`measure`'s figures and the task's own
+        tables (per class, confusion matrix, ...)."""
+
+    @property
+    def thresholded(self) -> bool:
+        """Whether decisions take per-class thresholds chosen on validation."""
+        return False
