@@ -192,3 +192,25 @@ def test_grad_cam_of_one_sigmoid_unit_explains_the_predicted_class():
     peak = expected.max(axis=(1, 2), keepdims=True)
     expected = np.divide(expected, peak, out=np.zeros_like(expected), where=peak > 0)
     np.testing.assert_allclose(heat, expected, atol=1e-4)
+
+
+def test_explain_refuses_a_model_without_a_feature_map_naming_it_and_the_fix(tmp_path, cli,
+                                                                              quiet):
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=4, size=8)
+    recipe = Recipe(name="flat", data=DataConfig(source="folder", dir=str(folder),
+                                                 image_size=8, test_fraction=0.0),
+                    model=ModelConfig(architecture="mlp", hidden=[4]),
+                    train=TrainConfig(epochs=1, batch_size=4), export=ExportConfig())
+    result = tftoolkit.train(recipe, quiet)
+    image = next(folder.rglob("*.png"))
+    for path in (result.run_dir, result.export_dir):
+        proc = cli("explain", path, image, "--out", tmp_path / "cams")
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith(f"error: {path} (model.architecture='mlp'): Grad-CAM "
+                                      "weighs the channels of a convolutional feature map, "
+                                      "and this model has none"), proc.stderr
+        assert "model.architecture=cnn or a pretrained backbone" in proc.stderr
+    assert not (tmp_path / "cams").exists()

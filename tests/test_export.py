@@ -452,3 +452,28 @@ def test_predict_on_a_damaged_export_is_one_line_with_the_fix(trained_export, tm
     assert main(["predict", str(version), image]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(expected, err), err
+
+
+def test_predict_and_explain_name_a_refused_image_and_why(trained_export, tmp_path, cli):
+    from PIL import Image
+
+    result, folder = trained_export
+    litert = export_model(_model_with_augmentation_inside(), INFO, tmp_path / "exports",
+                          parity_inputs=_images(), card={"data_info": INFO.to_dict()},
+                          formats=["tflite"]) / "model.tflite"
+    bomb, text = tmp_path / "bomb.png", tmp_path / "notes.jpg"
+    Image.new("1", (8000, 6000)).save(bomb)  # a 1-bit PNG of a few KB declaring 48 MP
+    text.write_text("not an image")
+    good = next(folder.rglob("*.png"))
+    for image, expected in (
+            (bomb, r"declares 8000x6000 pixels, more than data\.max_pixels=40000000\. "
+                   r"Fix: downscale"),
+            (text, r"its size cannot be read from its header: not a JPEG, PNG, GIF, BMP or "
+                   r"WebP file.* Fix: give JPEG")):
+        for argv in (("predict", result.export_dir, good, image), ("predict", litert, image),
+                     ("explain", result.export_dir, image, "--out", tmp_path / "cams")):
+            proc = cli(*argv)
+            assert proc.returncode == 2, (argv, proc.stderr)
+            assert proc.stderr.count("\n") == 1, proc.stderr
+            assert re.search(rf"refused: {re.escape(str(image))}: {expected}", proc.stderr), (
+                argv, proc.stderr)

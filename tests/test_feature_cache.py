@@ -61,6 +61,15 @@ def test_cached_augmented_views_train(image_folder, quiet):
     assert len(result.history["loss"]) == 1
 
 
+def test_cached_views_without_pixel_augmentation_cache_each_image_once(image_folder, quiet):
+    result = tftoolkit.train(_recipe(image_folder, "auto", cached_views=2),
+                             {**quiet, "train.epochs": 1})
+    assert ("feature cache: frozen backbone run once; head trained on cached features "
+            "(augment.cached_views=2 ignored: no pixel augmentation is on, so each copy would "
+            "be the image itself)") in result.notes
+    assert len(result.history["loss"]) == 1
+
+
 def _fine_tune_recipe(folder, cache: str) -> Recipe:
     return Recipe(name=f"prefix_{cache}",
                   data=DataConfig(source="folder", dir=str(folder), image_size=33),

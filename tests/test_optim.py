@@ -169,14 +169,19 @@ def test_select_best_never_reads_a_test_or_training_metric():
 def test_early_stopping_keeps_the_weights_the_best_record_describes(quiet, select_best):
     # The weights' average validates best here; early stopping must not put the raw
     # weights of the best val_loss epoch back over it.
+    from tftoolkit.training.checkpoint import callback_states
+
     result = tftoolkit.train(_diverging_val_recipe(ema=0.9, epochs=3, early_stopping=5,
                                                    select_best=select_best), quiet)
     record = json.loads((result.run_dir / "checkpoints" / "best-0.json").read_text())
     assert record["weights"] == "ema" and record["metric"] == "val_loss"
     assert result.metrics["val_loss"] == pytest.approx(record["value"], rel=1e-5)
-    with np.load(result.run_dir / "checkpoints" / "best-0.npz") as kept:
-        for i, weight in enumerate(result.model.get_weights()):
-            np.testing.assert_allclose(weight, kept[f"arr_{i}"], rtol=1e-6)
+    last = max((result.run_dir / "checkpoints").glob("state-0-*.npz"),
+               key=lambda path: int(path.stem.rsplit("-", 1)[1]))
+    kept = callback_states(last)["keep_best"]
+    assert kept.record["best"] == record  # the last checkpoint holds the best it kept
+    for weight, kept_weight in zip(result.model.get_weights(), kept.arrays, strict=True):
+        np.testing.assert_allclose(weight, kept_weight, rtol=1e-6)
 
 
 def test_select_best_on_a_metric_never_logged_is_refused_before_training(quiet, tmp_path):
@@ -343,3 +348,87 @@ def test_layer_decay_is_validated():
         tftoolkit.load_recipe("fashion_transfer", {"train.layer_decay": 0.0})
     with pytest.raises(RecipeError, match="'auto'"):
         tftoolkit.load_recipe("fashion_transfer", {"train.learning_rate": "fast"})
+
+
+def _crash_after(monkeypatch, epoch: int) -> None:
+    """Make the next run stop like a crash once epoch ``epoch`` (0-based) is on disk."""
+    from tftoolkit.training.checkpoint import SaveProgress
+
+    make = runner._callbacks
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, index, logs=None):
+            if index == epoch:
+                saver.on_train_end()  # the epoch's state file and progress written
+                raise KeyboardInterrupt
+
+    def callbacks(*args):
+        nonlocal saver
+        made = make(*args)
+        saver = next(c for c in made if isinstance(c, SaveProgress))
+        return [*made, Crash()]
+
+    saver = None
+    monkeypatch.setattr(runner, "_callbacks", callbacks)
+
+
+@pytest.mark.parametrize("crash_after, resumes_at", [(1, 2), (2, 8)])
+def test_early_stopping_keeps_counting_its_patience_across_a_resume(quiet, monkeypatch,
+                                                                    crash_after, resumes_at):
+    # val_loss is best at epoch 1 and worse after it: patience 2 stops after epoch 3.
+    # Crashed after epoch 2, the resumed stage has one epoch of patience left; crashed
+    # after epoch 3, where it stopped, it has ended (the next epoch is the fit's end).
+    recipe = _diverging_val_recipe(epochs=8, early_stopping=2, deterministic=True)
+    whole = tftoolkit.train(recipe, quiet)
+    assert len(whole.history["val_loss"]) == 3
+    crashed = {**quiet, "train.run_dir": quiet["train.run_dir"] + "-crashed"}
+    _crash_after(monkeypatch, epoch=crash_after)
+    with pytest.raises(KeyboardInterrupt):
+        tftoolkit.train(recipe, crashed)
+    monkeypatch.undo()
+    resumed = tftoolkit.train(recipe, crashed)
+    assert any("resuming" in note and f"at epoch {resumes_at}" in note
+               for note in resumed.notes)
+    assert resumed.history["val_loss"] == pytest.approx(whole.history["val_loss"], rel=1e-5)
+    for a, b in zip(whole.model.get_weights(), resumed.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_early_stopping_watches_the_selection_metric(quiet):
+    # Separable classes: validation accuracy is 1.0 from the first epoch on, while the
+    # loss keeps falling. Watching val_accuracy, patience 1 ends the stage at epoch 2.
+    x = np.concatenate([np.linspace(-1, -0.5, 32), np.linspace(0.5, 1, 32)])[:, None]
+    y = (x[:, 0] > 0).astype("int64")
+    recipe = Recipe(name="separable", data=DataConfig(source="arrays", arrays={
+        "train": (x.astype("float32"), y), "val": (x.astype("float32"), y)}),
+        model=ModelConfig(architecture="linear"),
+        train=TrainConfig(batch_size=16, optimizer="sgd", learning_rate=2.0, epochs=6,
+                          early_stopping=1, verbose=0), export=ExportConfig(enabled=False))
+    by_loss = tftoolkit.train(recipe, quiet).history
+    assert by_loss["val_accuracy"][0] == 1.0 and len(by_loss["val_loss"]) == 6
+    by_accuracy = tftoolkit.train(recipe, {**quiet, "train.select_best": "val_accuracy"})
+    assert len(by_accuracy.history["val_accuracy"]) == 2
+
+
+def test_a_resume_never_restores_the_best_weights_of_a_discarded_attempt(quiet):
+    # An attempt killed after it recorded a best epoch, before that epoch's checkpoint
+    # reached the disk: the resumed run continues from the checkpoint of epoch 2 and must
+    # not take the record and weights of the discarded epoch 3 (here: a val_loss no
+    # epoch reaches, and zero weights).
+    from tftoolkit.rundir import Progress, RunDir
+
+    recipe = _diverging_val_recipe(epochs=3, select_best="val_loss", deterministic=True)
+    clean = tftoolkit.train(recipe, quiet)
+    run = RunDir(clean.run_dir)
+    (run / "metrics.json").unlink()
+    (run / "checkpoints" / "state-0-3.npz").unlink()
+    run.write_progress(Progress(0, 2, "checkpoints/state-0-2.npz"))
+    run.write_json("checkpoints/best-0.json", {"stage": 0, "epoch": 3, "weights": "weights",
+                                               "metric": "val_loss", "value": -1.0})
+    np.savez(run / "checkpoints" / "best-0.npz",
+             *[np.zeros_like(w) for w in clean.model.get_weights()])
+    resumed = tftoolkit.train(recipe, quiet)
+    assert resumed.run_dir == clean.run_dir
+    assert run.best_record(0)["epoch"] == 1 and run.best_record(0)["value"] > 0
+    for a, b in zip(clean.model.get_weights(), resumed.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -11,8 +11,9 @@ import tftoolkit
 from tftoolkit.errors import RecipeError
 from tftoolkit.recipe import (DataConfig, ExportConfig, ModelConfig, PrivacyConfig, Recipe,
                               TrainConfig)
-from tftoolkit.training import privacy, runner
 from tftoolkit.tasks import SingleLabel
+from tftoolkit.training import privacy, runner
+from tftoolkit.training.checkpoint import callback_states
 from tftoolkit.training.step import TrainStep, per_example_loss
 
 
@@ -412,11 +413,11 @@ def test_a_resumed_private_stage_with_no_affordable_epoch_keeps_its_best_epoch(
     assert any("resuming" in note for note in result.notes)
     kept = next(note for note in result.notes if "kept epoch" in note)
     assert "kept epoch 1 " in kept  # the best is not the last epoch taken
-    [best] = result.run_dir.glob("checkpoints/best-0.npz")
-    with np.load(best) as saved:
-        for weights, kept_weights in zip(result.model.get_weights(),
-                                         [saved[f"arr_{i}"] for i in range(len(saved.files))]):
-            np.testing.assert_array_equal(weights, kept_weights)
+    last = max(result.run_dir.glob("checkpoints/state-0-*.npz"),
+               key=lambda path: int(path.stem.rsplit("-", 1)[1]))
+    for weights, kept_weights in zip(result.model.get_weights(),
+                                     callback_states(last)["keep_best"].arrays, strict=True):
+        np.testing.assert_array_equal(weights, kept_weights)
 
 
 def test_int8_calibration_of_a_private_run_is_on_its_public_split():
@@ -557,3 +558,25 @@ def test_a_private_run_without_validation_checks_its_export_on_synthetic_images(
     save_parity_inputs(RunDir(tmp_path), load_data(non_private))
     reused = np.load(tmp_path / RunDir.PARITY_INPUTS)
     assert np.abs(reused[:, None, :] - training[None, :, :]).max(axis=-1).min() == 0.0
+
+
+def test_a_private_training_split_over_the_memory_budget_is_refused_before_it_is_built(
+        tmp_path, quiet, monkeypatch):
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=12, size=16)
+    recipe = Recipe(name="big", data=DataConfig(source="folder", dir=str(folder),
+                                                image_size=192, memory_budget_mb=1),
+                    model=ModelConfig(architecture="mlp", hidden=[2]),
+                    train=TrainConfig(epochs=1, batch_size=8),
+                    export=ExportConfig(enabled=False),
+                    privacy=PrivacyConfig(enabled=True, noise_multiplier=1.0))
+    monkeypatch.setattr(runner.distributed, "fit", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(RecipeError) as refused:
+        tftoolkit.train(recipe, quiet)
+    train = tftoolkit.load_data(recipe).info.counts["train"]
+    assert str(refused.value).startswith(
+        f"privacy.enabled: DP-SGD samples its batches from the whole training split held in "
+        f"memory, and its {train} examples of 192x192x3 uint8 pixels take "
+        f"{train * 192 * 192 * 3 / 2 ** 20:.0f} MB, more than the memory budget of 1 MB "
+        "(data.memory_budget_mb=1). Fix: set data.memory_budget_mb=")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -192,6 +193,27 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one_and_says_so(q
     assert "state-0-2.npz" in notes and "at epoch 2" in notes
     for a, b in zip(clean.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # epoch 3 trained again
+
+
+def test_a_resume_past_a_damaged_checkpoint_lists_each_epoch_once_in_its_history(quiet):
+    import csv
+
+    from tftoolkit.rundir import Progress, RunDir
+
+    overrides = {**quiet, "train.epochs": 3}
+    clean = tftoolkit.train("mlp", overrides)
+    run = RunDir(clean.run_dir)
+    (run / "metrics.json").unlink()  # killed as the last epoch's file reached the disk
+    run.write_progress(Progress(0, 3, "checkpoints/state-0-3.npz"))
+    newest = run / "checkpoints" / "state-0-3.npz"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+
+    resumed = tftoolkit.train("mlp", overrides)
+    assert any("resuming" in note and "at epoch 2" in note for note in resumed.notes)
+    with open(run / "history.csv", newline="") as f:
+        epochs = [row["epoch"] for row in csv.DictReader(f)]
+    assert epochs == ["0", "1", "2"]  # epoch 3 (index 2) trained again, listed once
+    assert len(resumed.history["loss"]) == 3
 
 
 def test_a_run_directory_being_written_is_not_adopted_by_a_second_process(tmp_path, quiet):
@@ -416,3 +438,45 @@ def test_a_run_without_determinism_turns_off_what_an_earlier_run_turned_on():
     seed_everything(1, deterministic=False)  # e.g. a private run next in a notebook
     assert not config.is_op_determinism_enabled()
     assert "TF_DETERMINISTIC_OPS" not in os.environ
+
+
+QUIET_RUN = """
+import sys
+from pathlib import Path
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import tftoolkit
+from conftest import make_image_folder
+
+root = Path(sys.argv[1])
+folder = make_image_folder(root / "shapes", per_class=8, size=16)  # scanned in threads
+tftoolkit.train("image_folder", {
+    "data.dir": str(folder), "data.image_size": 16, "model.architecture": "cnn",
+    "model.mode": "scratch", "model.filters": [4], "augment.enabled": False,
+    "train.epochs": 1, "train.batch_size": 4, "train.tta": 2, "train.verbose": 0,
+    "train.run_dir": str(root / "runs"), "export.dir": str(root / "exports"),
+    "export.formats": ["tflite_int8", "mediapipe", "onnx"]})
+for seed in range(3):  # several models, each predicting a batch and a smaller last one
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).predict(np.zeros((5, 4)), batch_size=4,
+                                                                verbose=0)
+"""
+
+
+def test_an_ordinary_run_logs_no_retracing_and_no_warning(tmp_path):
+    """TensorFlow warns of retracing at most twice per function in a process, so the run
+    is a process of its own: the folder scan traced its decoder once per thread, and the
+    traces of several models' Keras functions were counted together. The export's
+    formats printed a LiteRT deprecation warning, NumPy's FutureWarning from Keras' ONNX
+    exporter and, at exit, an ignored exception of MediaPipe's metadata writer."""
+    proc = subprocess.run([sys.executable, "-c", QUIET_RUN, str(tmp_path)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for noise in ("retracing", "Warning", "Exception ignored"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]

@@ -374,3 +374,22 @@ def test_the_run_to_resume_is_locked_before_its_progress_is_read(tmp_path, monke
         assert any("finished while this run started" in note for note in opened.notes)
     finally:
         opened.run.release()
+
+
+def test_a_missing_package_of_an_export_format_stops_the_run_before_training(
+        quiet, monkeypatch, tmp_path):
+    import importlib.util
+
+    from tftoolkit.errors import ExportError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    monkeypatch.setattr(runner.distributed, "fit", lambda *a, **k: pytest.fail("trained"))
+    x = np.linspace(-1, 1, 32, dtype="float32")[:, None]
+    recipe = dataclasses.replace(_arrays_recipe({"train": (x, 2 * x)}, epochs=1),
+                                 export=ExportConfig(formats=["onnx"]))
+    with pytest.raises(ExportError, match=r"export\.formats has 'onnx', which needs "
+                                          r"onnxruntime: pip install 'tftoolkit\[onnx\]'"):
+        tftoolkit.train(recipe, quiet)
+    assert not (tmp_path / "runs").exists()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import io
+import json
 import pickle
+import re
 import struct
 from dataclasses import replace
 from pathlib import Path
@@ -406,3 +408,49 @@ def test_imagenet_falls_back_only_when_the_file_cannot_be_downloaded(monkeypatch
     with pytest.raises(WeightsError, match="not available offline"):
         build_backbone(offline, "imagenet", (33, 33, 3))
     assert len(fallbacks) == 1  # the fallback was looked for (and there was none)
+
+
+def test_a_keras_backbone_with_a_lambda_layer_is_refused_naming_the_file_key_and_fix(
+        tmp_path, cli):
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=3, size=8)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0)(keras.layers.Conv2D(2, 3)(inputs))
+    saved = tmp_path / "with_lambda.keras"
+    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x))).save(saved)
+    junk = tmp_path / "junk.keras"
+    junk.write_text("not a model")
+    for path, reason in ((saved, r"the model holds a Lambda layer, whose Python code Keras "
+                                 r"does not load from a file .* replace it with a layer class "
+                                 r"registered with @keras\.saving\.register_keras_serializable"),
+                         (junk, r"not a \.keras file")):
+        proc = cli("train", "image_folder", "--set", f"data.dir={folder}", "--set",
+                   "data.image_size=8", "--set", f"model.architecture={path}", "--set",
+                   f"train.run_dir={tmp_path / 'runs'}", "--set", "export.enabled=false")
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+        assert re.match(rf"error: model\.architecture='{re.escape(str(path))}': {reason}",
+                        proc.stderr), proc.stderr
+
+
+def test_the_weights_an_offline_run_falls_back_to_are_recorded_in_the_run_and_the_card(
+        imported_mobilenet, image_folder, quiet):
+    recipe = Recipe(name="offline", data=DataConfig(source="folder", dir=str(image_folder),
+                                                    image_size=33),
+                    model=ModelConfig(architecture="mobilenet_v2", weights="imagenet",
+                                      mode="feature_extraction"),
+                    train=TrainConfig(epochs=1, batch_size=8))
+    result = tftoolkit.train(recipe, quiet)  # no network here: Keras' file cannot come
+    runtime = json.loads((result.run_dir / "runtime.json").read_text())
+    card = json.loads((result.export_dir / "model_card.json").read_text())
+    for record in (runtime, card):
+        assert record["preprocessing"] == "torch"
+        assert imported_mobilenet.notop.name in record["pretrained_weights"]
+        assert record["pretrained_weights"].endswith(
+            "preprocessing torch; in place of Keras' ImageNet weights for mobilenet_v2, "
+            "which could not be downloaded (model.weights=imagenet, offline)")
+    scratch = tftoolkit.train(recipe.with_overrides({"model.mode": "scratch",
+                                                     "export.enabled": False}), quiet)
+    assert json.loads((scratch.run_dir / "runtime.json").read_text())[
+        "pretrained_weights"] == "none (random initialisation)"

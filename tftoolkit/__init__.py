@@ -14,6 +14,7 @@ import keras
 
 import tftoolkit.detection.losses  # noqa: F401  (registers the detector's losses)
 import tftoolkit.layers  # noqa: F401  (registers the custom layers)
+from tftoolkit import quiet
 from tftoolkit.data import DataInfo, load_data
 from tftoolkit.errors import DataError, ExportError, RecipeError, TftoolkitError, WeightsError
 from tftoolkit.evaluation import evaluate, explain
@@ -22,6 +23,8 @@ from tftoolkit.models import input_size
 from tftoolkit.recipe import Recipe, load_recipe
 from tftoolkit.serving import export_run, predict
 from tftoolkit.training import TrainResult, compare, lr_find, train
+
+quiet.install()
 
 
 def build_model(recipe: Recipe | str, info: DataInfo | None = None) -> keras.Model:

@@ -20,7 +20,8 @@ class RecipeError(TftoolkitError):
 
 
 class DataError(TftoolkitError):
-    """Training data is missing, unreadable or inconsistent."""
+    """Data is missing, unreadable or inconsistent: training data, or the images given to
+    ``predict`` and ``explain``."""
 
 
 class WeightsError(TftoolkitError):

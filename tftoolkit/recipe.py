@@ -91,7 +91,8 @@ class DataConfig:
                 "off; true/false mean memory/off", aliases={True: "memory", False: "off"})
     cache_dir: str = _opt("", "folder of disk caches; empty: <train.run_dir>/<recipe>/"
                               "data_cache")
-    memory_budget_mb: int = _opt(0, "memory one split may take under data.cache=auto; 0: a "
+    memory_budget_mb: int = _opt(0, "memory one split may take under data.cache=auto, and "
+                                    "the training split a private run holds; 0: a "
                                     "quarter of the memory available when the run starts",
                                  min=0)
     shuffle_buffer: int = _opt(2048, "training examples shuffled at a time in an uncached "
@@ -221,7 +222,8 @@ class TrainConfig:
                 "output: the head on backbone features (feature_extraction), the unfrozen "
                 "blocks and the head on the frozen blocks' activations (fine_tune); both "
                 "stages of two_stage")
-    early_stopping: int = _opt(0, "patience in epochs on val_loss; 0: off", min=0)
+    early_stopping: int = _opt(0, "patience in epochs on train.select_best (without it, "
+                                     "val_loss), counted on across a resume; 0: off", min=0)
     distribute: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = _opt(
         "auto", "tf.distribute strategy; auto: multi_worker when TF_CONFIG names several "
                 "workers, tpu when a TPU is attached, mirrored over several GPUs, else default")

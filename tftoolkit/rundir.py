@@ -149,8 +149,18 @@ class RunDir:
 
     def best_record(self, stage: int) -> dict | None:
         """The best epoch of stage ``stage`` by ``train.select_best``, if recorded."""
-        path = self.path / self.CHECKPOINTS / f"best-{stage}.json"
+        path = self._best_record_path(stage)
         return json.loads(path.read_text()) if path.is_file() else None
+
+    def write_best_record(self, stage: int, record: dict | None) -> None:
+        """Record the best epoch of a finished stage (None: it kept none)."""
+        if record is None:
+            self._best_record_path(stage).unlink(missing_ok=True)
+        else:
+            self.write_json(f"{self.CHECKPOINTS}/best-{stage}.json", record)
+
+    def _best_record_path(self, stage: int) -> Path:
+        return self.path / self.CHECKPOINTS / f"best-{stage}.json"
 
     @classmethod
     def is_run_dir(cls, path: str | Path) -> bool:

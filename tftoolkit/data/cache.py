@@ -53,6 +53,11 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def memory_budget(budget_mb: int) -> int:
+    """Bytes of ``data.memory_budget_mb``; 0: a quarter of the memory available now."""
+    return budget_mb * 2 ** 20 if budget_mb else int(DEFAULT_BUDGET_SHARE * available_memory())
+
+
 def example_bytes(examples: Examples, image_size: int | None) -> int:
     """Bytes one cached example takes: uint8 pixels, or float32 features."""
     if image_size:
@@ -157,8 +162,7 @@ def plan_cache(mode: str, examples: Examples, *, split: str, image_size: int | N
     size = count * example_bytes(examples, image_size)
     megabytes = size / 2 ** 20
     if mode == "auto":
-        budget = budget_share * (budget_mb * 2 ** 20 if budget_mb
-                                 else DEFAULT_BUDGET_SHARE * available_memory())
+        budget = budget_share * memory_budget(budget_mb)
         mode = "memory" if size <= budget else "disk"
         why = (f"{megabytes:.0f} MB {'fits' if mode == 'memory' else 'exceeds'} the memory "
                f"budget of {budget / 2 ** 20:.0f} MB")

@@ -4,9 +4,14 @@ A small file can declare gigabytes of pixels (a decompression bomb: a 48 KB PNG 
 20000 x 20000). :func:`decode_image_bytes` reads the width and height from the header
 and refuses an image over ``max_pixels`` before the decoder allocates anything; the
 bad-file scan, the input pipeline and the serving signature all decode through it.
+:func:`refusal` says in words why given bytes are refused (what TensorFlow reports as
+an assertion inside a graph).
 """
 
 from __future__ import annotations
+
+import re
+import threading
 
 import tensorflow as tf
 
@@ -138,3 +143,43 @@ def decode_image_bytes(data: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
+
+
+_TRACED: dict[int, tf.types.experimental.ConcreteFunction] = {}
+_TRACING = threading.Lock()
+
+
+def _traced_decoder(max_pixels: int) -> tf.types.experimental.ConcreteFunction:
+    """:func:`decode_image_bytes` traced once into a graph (its header check is a score of
+    small ops, ten times slower run one by one eagerly than the decode itself). Traced
+    under a lock into a concrete function, which no call traces again: the folder scan
+    calls it from several threads, and a ``tf.function`` first called from several
+    threads at once traces in each of them (TensorFlow then warns of retracing)."""
+    with _TRACING:
+        if max_pixels not in _TRACED:
+            _TRACED[max_pixels] = tf.function(
+                lambda data: decode_image_bytes(data, max_pixels)).get_concrete_function(
+                    tf.TensorSpec([], tf.string))
+        return _TRACED[max_pixels]
+
+
+def refusal(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why encoded image bytes are not decoded, in words, or None when they decode: the
+    size their header declares over ``max_pixels`` (contains :data:`TOO_MANY_PIXELS`),
+    a size that cannot be read (:data:`UNREADABLE_SIZE`), or the decoder's error."""
+    if not data:
+        return "empty file (0 bytes)"
+    try:
+        _traced_decoder(max_pixels)(tf.constant(data))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
+        text = str(exc.message)
+        declared = re.search(rf"declares \d+x\d+ pixels, {TOO_MANY_PIXELS}=\d+", text)
+        if declared:  # refused from its header, before decoding
+            return declared[0]
+        if UNREADABLE_SIZE in text:  # refused: its size, hence its memory, is unknown
+            return (f"{UNREADABLE_SIZE}: not a JPEG, PNG, GIF, BMP or WebP file, or a "
+                    "damaged one")
+        # "{{function_node ...}} Unknown image file format. ...\n\t [[{{node ...}}]]"
+        message = text.split("[Op:")[0].splitlines()[0].split("}}")[-1].strip()
+        return "cannot be decoded: " + message[-120:]
+    return None

@@ -7,9 +7,7 @@ content's sha256 (:mod:`tftoolkit.data.content`).
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +18,7 @@ from typing import Callable
 import numpy as np
 
 from tftoolkit.data.content import DIGEST_BYTES, sha256
-from tftoolkit.data.decode import (DEFAULT_MAX_PIXELS, TOO_MANY_PIXELS, UNREADABLE_SIZE,
-                                   decode_image_bytes)
+from tftoolkit.data.decode import DEFAULT_MAX_PIXELS, TOO_MANY_PIXELS, refusal
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -46,16 +43,6 @@ class ScanResult:
     digests: np.ndarray     # (len(good), 32) uint8: the sha256 of each good file's bytes
 
 
-@functools.cache
-def _decoder(max_pixels: int) -> Callable:
-    """:func:`decode_image_bytes` as one traced graph: its header check is a score of
-    small ops, ten times slower run one by one eagerly than the decode itself."""
-    import tensorflow as tf
-
-    return tf.function(lambda data: decode_image_bytes(data, max_pixels),
-                       input_signature=[tf.TensorSpec([], tf.string)])
-
-
 def _check(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str | None, np.ndarray]:
     """Why ``path`` is not a usable image (None when it is), and the sha256 of its
     bytes (zeros when it could not be read)."""
@@ -70,28 +57,11 @@ def _check(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str | None
         return f"cannot be read ({exc.strerror or type(exc).__name__})", unread
     if not data:
         return "empty file (0 bytes)", unread
-    return _decode_failure(data, max_pixels), sha256(data)
-
-
-def _decode_failure(data: bytes, max_pixels: int) -> str | None:
-    """Why encoded bytes do not decode as an image, or None when they do."""
-    import tensorflow as tf
-
-    try:
-        _decoder(max_pixels)(tf.constant(data))
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
-        text = str(exc.message)
-        declared = re.search(rf"declares \d+x\d+ pixels, {TOO_MANY_PIXELS}=\d+", text)
-        if declared:  # refused from its header, before decoding
-            return (f"{declared[0]}: a decompression bomb, or a picture to downscale first "
-                    "(or raise data.max_pixels)")
-        if UNREADABLE_SIZE in text:  # refused: its size, hence its memory, is unknown
-            return (f"{UNREADABLE_SIZE}: not a JPEG, PNG, GIF, BMP or WebP file, or a "
-                    "damaged one")
-        # "{{function_node ...}} Unknown image file format. ...\n\t [[{{node ...}}]]"
-        message = text.split("[Op:")[0].splitlines()[0].split("}}")[-1].strip()
-        return "cannot be decoded: " + message[-120:]
-    return None
+    reason = refusal(data, max_pixels)
+    if reason is not None and TOO_MANY_PIXELS in reason:  # refused from its header
+        reason = (f"{reason}: a decompression bomb, or a picture to downscale first (or raise "
+                  "data.max_pixels)")
+    return reason, sha256(data)
 
 
 PROGRESS_FROM = 2000              # folders at least this large report progress

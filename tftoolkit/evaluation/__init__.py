@@ -16,15 +16,13 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 from matplotlib.figure import Figure
 
 from tftoolkit.augment.tta import MAX_VIEWS, predict_tta
 from tftoolkit.data import DataBundle, DataInfo, load_data
-from tftoolkit.data.pipeline import decode_image_bytes, to_rgb_image
 from tftoolkit.data.record import SPLITS_FILE, SplitRecord
 from tftoolkit.errors import DataError, TftoolkitError
-from tftoolkit.evaluation.gradcam import grad_cam
+from tftoolkit.evaluation.gradcam import NO_FEATURE_MAP, grad_cam, has_feature_map
 from tftoolkit.evaluation.metrics import render_report
 from tftoolkit.evaluation.plots import plot_confusion_matrix, plot_pr_curves, plot_top_losses
 from tftoolkit.models import load_keras_model
@@ -32,6 +30,7 @@ from tftoolkit.multilabel import Thresholds, precision_recall_curve, score_histo
 from tftoolkit.recipe import Recipe, recipe_from_dict
 from tftoolkit.rundir import RunDir
 from tftoolkit.serving.litert import LiteRTModel
+from tftoolkit.serving.predict import read_images
 from tftoolkit.serving.savedmodel import MODEL_CARD
 
 
@@ -176,15 +175,20 @@ def explain(path: str | Path, images: list[str | Path], out: str | Path) -> list
     """One Grad-CAM overlay PNG per image file, titled with the predicted class (a
     multi-label model: one per label at or above its threshold, or for the most probable
     one when none is)."""
-    model, _, info, _ = load_trained(path)
+    model, recipe, info, _ = load_trained(path)
     if isinstance(model, LiteRTModel):
         raise TftoolkitError(f"{path}: Grad-CAM needs gradients, which a LiteRT file does not "
                              "give; explain the export version folder instead")
+    if not info.image_size:
+        raise TftoolkitError(f"{path}: explain draws heatmaps over images, and this model "
+                             f"takes feature vectors ({info.description})")
+    if not has_feature_map(model):
+        raise TftoolkitError(f"{path} (model.architecture={recipe.model.architecture!r}): "
+                             f"{NO_FEATURE_MAP}")
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         raise TftoolkitError(f"image file(s) not found: {', '.join(missing)}")
-    batch = np.stack([np.asarray(to_rgb_image(decode_image_bytes(
-        tf.io.read_file(str(p)), info.max_pixels), info.resize)) for p in images])
+    batch = read_images(images, info.max_pixels, info.resize)
     task = info.task
     predictions = np.asarray(model.predict(batch, verbose=0))
     scores = task.scores(predictions)  # one column per class

@@ -13,6 +13,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tftoolkit.errors import TftoolkitError
+
+NO_FEATURE_MAP = ("Grad-CAM weighs the channels of a convolutional feature map, and this "
+                  "model has none (its layers turn the image into a vector first): explain "
+                  "a model with convolutional layers (model.architecture=cnn or a "
+                  "pretrained backbone)")
+
+
+def has_feature_map(model: keras.Model) -> bool:
+    """Whether a layer of the model's chain before its output layer outputs a 4-D
+    (convolutional) feature map, which :func:`grad_cam` needs."""
+    *body, _ = model.layers[1:]
+    return any(len(layer.output.shape) == 4 for layer in body)
+
 
 def _logits(layer: keras.layers.Layer, inputs: tf.Tensor) -> tf.Tensor | None:
     """The pre-activation output of a Dense output layer; None for any other layer."""
@@ -61,7 +75,7 @@ def grad_cam(model: keras.Model, images: np.ndarray,
             logits = head(out, training=False)
         predicted, score = _class_scores(tf.cast(logits, tf.float32), classes)
     if features is None:
-        raise ValueError(f"model {model.name} has no convolutional feature map")
+        raise TftoolkitError(f"model {model.name}: {NO_FEATURE_MAP}")
     grads = tape.gradient(score, features)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))

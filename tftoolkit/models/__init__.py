@@ -15,6 +15,7 @@ import keras
 from tftoolkit.errors import RecipeError
 from tftoolkit.models.backbones import BACKBONES
 from tftoolkit.models.hub import HUB_PREFIX  # registers hub:PRESET architectures
+from tftoolkit.models.layout import PREPROCESS
 from tftoolkit.models.registry import (ARCHITECTURES, MODES, ArchitectureSpec,
                                        check_architecture, get_architecture)
 from tftoolkit.models.regularize import apply_kernel_regularizer
@@ -33,6 +34,16 @@ def input_size(recipe: "Recipe") -> int | None:
     if recipe.data.image_size:
         return recipe.data.image_size
     return get_architecture(recipe.model.architecture).default_size
+
+
+def preprocessing_of(model: keras.Model) -> tuple[str, str]:
+    """The model's in-graph preprocessing, and the pretrained weights it belongs to ("" for
+    a model without pretrained weights)."""
+    try:
+        layer = model.get_layer(PREPROCESS)
+    except ValueError:
+        return "none (raw inputs)", ""
+    return layer.mode, layer.source
 
 
 def build_model(recipe: "Recipe", info: "DataInfo") -> keras.Model:
@@ -69,4 +80,4 @@ def build_model(recipe: "Recipe", info: "DataInfo") -> keras.Model:
 
 __all__ = ["ARCHITECTURES", "BACKBONES", "HUB_PREFIX", "MODES", "SCRATCH_ARCHITECTURES",
            "ArchitectureSpec", "build_model", "check_architecture", "get_architecture",
-           "input_size", "load_keras_model"]
+           "input_size", "load_keras_model", "preprocessing_of"]

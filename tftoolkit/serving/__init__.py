@@ -15,8 +15,7 @@ import numpy as np
 from tftoolkit.data import DataBundle, DataInfo, load_data
 from tftoolkit.data.record import SplitRecord
 from tftoolkit.errors import ExportError
-from tftoolkit.models import load_keras_model
-from tftoolkit.models.layout import PREPROCESS
+from tftoolkit.models import load_keras_model, preprocessing_of
 from tftoolkit.multilabel import Thresholds
 from tftoolkit.recipe import recipe_from_dict
 from tftoolkit.rundir import RunDir
@@ -28,21 +27,12 @@ from tftoolkit.unnoised import not_private, unnoised_reads
 PARITY_EXAMPLES = 16
 
 
-def _preprocessing(model: keras.Model) -> tuple[str, str]:
-    """The model's in-graph preprocessing, and the pretrained weights it belongs to."""
-    try:
-        layer = model.get_layer(PREPROCESS)
-    except ValueError:
-        return "none (raw inputs)", ""
-    return layer.mode, layer.source
-
-
 def _card(model: keras.Model, recipe: dict, info: DataInfo, metrics: dict) -> dict:
     private = recipe.get("privacy", {}).get("enabled", False)
     data_info = info.to_dict()
     if private:  # per-class counts of the private split are not released
         data_info["class_counts"] = None
-    preprocessing, pretrained = _preprocessing(model)
+    preprocessing, pretrained = preprocessing_of(model)
     card = {"recipe": recipe["name"], "resolved_recipe": recipe, "data_info": data_info,
             "dataset": info.description, "split_sizes": info.counts,
             "preprocessing": preprocessing, "pretrained_weights": pretrained or None,

@@ -17,6 +17,7 @@ and then quantizes with those ranges through the converter's own quantization st
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -38,13 +39,21 @@ def full_integer(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarra
                          output_data_type=output_type or io_type)
 
 
+def quiet_interpreter(flatbuffer: bytes, **options) -> tf.lite.Interpreter:
+    """``tf.lite.Interpreter`` of ``flatbuffer``, without the warning it prints each time
+    to announce its successor package (ai-edge-litert, not a dependency here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        return tf.lite.Interpreter(model_content=flatbuffer, **options)
+
+
 def own_ranges(model: bytes, samples: Sequence[np.ndarray],
                tensors: Sequence[int]) -> dict[int, tuple[float, float]]:
     """``{tensor: (min, max)}`` of the float LiteRT ``model``'s ``tensors`` (of its
     main subgraph) over ``samples`` (inputs of its one input), each tensor read from a
     buffer no other tensor shares."""
-    interpreter = tf.lite.Interpreter(
-        model_content=model, experimental_preserve_all_tensors=True,
+    interpreter = quiet_interpreter(
+        model, experimental_preserve_all_tensors=True,
         experimental_op_resolver_type=  # delegated ops would hide their tensors
         tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     index = interpreter.get_input_details()[0]["index"]

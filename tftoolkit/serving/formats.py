@@ -20,6 +20,7 @@ extras) are refused before anything is written when those packages are missing.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import keras
@@ -86,8 +87,13 @@ def write_onnx(model: keras.Model, info: DataInfo, target: Path, inputs: np.ndar
     x = keras.Input(info.input_shape, name="images" if info.image_size else "features")
     served = keras.Model(x, info.task.served_scores(model(x, training=False)))
     try:
-        served.export(str(target), format="onnx", verbose=False, input_signature=[
-            tf.TensorSpec([None, *info.input_shape], tf.float32, name=x.name)])
+        with warnings.catch_warnings():
+            # Keras' patch of tf2onnx probes hasattr(np, "object"), which NumPy answers
+            # with a FutureWarning about np.object's future meaning, unused here.
+            warnings.filterwarnings("ignore", message="In the future `np.object`",
+                                    category=FutureWarning)
+            served.export(str(target), format="onnx", verbose=False, input_signature=[
+                tf.TensorSpec([None, *info.input_shape], tf.float32, name=x.name)])
     except Exception as exc:  # tf2onnx raises plain errors of many types
         raise ExportError(f"ONNX conversion failed: {str(exc).splitlines()[0][:300]}") from None
     try:

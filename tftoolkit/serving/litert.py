@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -33,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.errors import ExportError
-from tftoolkit.serving.calibration import full_integer
+from tftoolkit.serving.calibration import full_integer, quiet_interpreter
 from tftoolkit.tasks import Task
 
 QUANTIZED = ("tflite_dynamic", "tflite_float16", "tflite_int8")
@@ -109,9 +108,7 @@ class LiteRTModel:
     def __init__(self, flatbuffer: bytes | str | Path):
         if isinstance(flatbuffer, (str, Path)):
             flatbuffer = Path(flatbuffer).read_bytes()
-        with warnings.catch_warnings():  # tf.lite.Interpreter announces its successor
-            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-            self.interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+        self.interpreter = quiet_interpreter(flatbuffer)
         self._output_index = self._probabilities_index()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self._output_details()

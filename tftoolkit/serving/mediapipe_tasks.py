@@ -184,13 +184,29 @@ def metadata_writers() -> types.SimpleNamespace:
                                      metadata_writer=metadata_writer)
 
     try:
-        return load()
+        writers = load()
     except ModuleNotFoundError as exc:
         if not exc.name or not _VERSION_MODULE.startswith(exc.name) or \
                 exc.name.split(".")[0] != "mediapipe":
             raise
         _provide_version_module()
-        return load()
+        writers = load()
+    _forget_audio_import_error()
+    return writers
+
+
+def _forget_audio_import_error() -> None:
+    """Drop the traceback of the error MediaPipe's audio module keeps from importing
+    ``sounddevice`` (``PortAudio library not found`` where PortAudio is not installed).
+    Its frames reach back through the import to whatever called it first, so every
+    object of that export (the model, the metadata writers) would stay alive until the
+    interpreter exits; a metadata writer then removes its temporary folder after ``os``
+    is gone, and Python prints "Exception ignored in: MetadataWriter.__del__". The error
+    itself stays, for MediaPipe's audio recorder to raise."""
+    audio = sys.modules.get("mediapipe.tasks.python.audio.core.audio_record")
+    error = getattr(audio, "sd_error", None)
+    if isinstance(error, BaseException):
+        error.__traceback__ = None
 
 
 def _provide_version_module() -> None:

@@ -11,9 +11,50 @@ import json
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
-from tftoolkit.errors import ExportError
+from tftoolkit.data import DataInfo
+from tftoolkit.data.decode import (DEFAULT_MAX_PIXELS, TOO_MANY_PIXELS, decode_image_bytes,
+                                   refusal)
+from tftoolkit.data.pipeline import Resize, to_rgb_image
+from tftoolkit.errors import DataError, ExportError
 from tftoolkit.serving.savedmodel import LABELS, MODEL_CARD
+
+MAX_LISTED = 20  # refused images named in an error; the rest are counted
+
+
+def refused_images(images: list[str | Path], max_pixels: int,
+                   error: Exception | None = None) -> DataError:
+    """The error for image files that did not decode: each refused file and why (more
+    than ``max_pixels`` pixels declared, no image, a damaged one), with the fix; the
+    decoder's ``error`` when no file is refused on its own."""
+    reasons = [(str(path), refusal(Path(path).read_bytes(), max_pixels)) for path in images]
+    refused = [f"{path}: {why}" for path, why in reasons if why is not None]
+    if not refused:
+        detail = str(getattr(error, "message", error) or "").strip().splitlines()
+        return DataError(f"cannot decode {', '.join(path for path, _ in reasons)}"
+                         f"{': ' + detail[-1][:200] if detail else ''}")
+    fixes = []
+    if any(TOO_MANY_PIXELS in line for line in refused):
+        fixes.append(f"downscale an image over {max_pixels} pixels first (the "
+                     "data.max_pixels the model was trained and exported with)")
+    if any(TOO_MANY_PIXELS not in line for line in refused):
+        fixes.append("give JPEG, PNG, GIF, BMP or WebP files that open in an image viewer")
+    shown = refused[:MAX_LISTED] + ([f"and {len(refused) - MAX_LISTED} more"]
+                                    if len(refused) > MAX_LISTED else [])
+    return DataError(f"{len(refused)} of {len(images)} image(s) refused: {'; '.join(shown)}. "
+                     f"Fix: {'; '.join(fixes)}")
+
+
+def read_images(images: list[str | Path], max_pixels: int, resize: Resize) -> np.ndarray:
+    """The image files, decoded and resized as the model was trained, as one batch;
+    files that are not images, or declare more than ``max_pixels`` pixels, are refused,
+    each named with why (:func:`refused_images`)."""
+    try:
+        return np.stack([np.asarray(to_rgb_image(decode_image_bytes(
+            tf.io.read_file(str(path)), max_pixels), resize)) for path in images])
+    except tf.errors.InvalidArgumentError as exc:
+        raise refused_images(images, max_pixels, exc) from None
 
 
 def _predict_litert(path: Path, images: list[str | Path]
@@ -24,11 +65,6 @@ def _predict_litert(path: Path, images: list[str | Path]
     MediaPipe file on its own those in its metadata). Images
     are resized as the export's model card says the model was trained, or, for a
     MediaPipe file on its own, with the bilinear resize MediaPipe Tasks applies."""
-    import tensorflow as tf
-
-    from tftoolkit.data import DataInfo
-    from tftoolkit.data.decode import DEFAULT_MAX_PIXELS
-    from tftoolkit.data.pipeline import Resize, decode_image_bytes, to_rgb_image
     from tftoolkit.serving.litert import LiteRTModel
     from tftoolkit.serving.mediapipe_tasks import packed_labels, packed_thresholds
 
@@ -50,13 +86,7 @@ def _predict_litert(path: Path, images: list[str | Path]
     else:
         raise ExportError(f"{path} is not inside an export version: no {MODEL_CARD} beside "
                           "it, which says how images are resized for it")
-    try:
-        batch = np.stack([np.asarray(to_rgb_image(decode_image_bytes(
-            tf.io.read_file(str(p)), max_pixels), resize)) for p in images])
-    except tf.errors.InvalidArgumentError as exc:
-        raise ExportError(f"cannot decode one of {', '.join(map(str, images))} as an image: "
-                          f"{exc.message.splitlines()[0][:160]}") from None
-    predictions = model.predict(batch)
+    predictions = model.predict(read_images(images, max_pixels, resize))
     thresholds = (json.loads(card.read_text()).get("thresholds") if card.is_file()
                   else packed_thresholds(path))
     if thresholds:  # multi-label: sigmoid probabilities, one column per label
@@ -71,8 +101,6 @@ def predict(export_dir: str | Path, images: list[str | Path],
     """Top-``k`` ``(class_name, probability)`` per image file (a multi-label model: every
     label at or above its threshold, most probable first), from an export version's
     SavedModel (``serve_bytes``) or one of its LiteRT files (``.tflite``)."""
-    import tensorflow as tf
-
     export_dir = Path(export_dir)
     litert_file = export_dir.suffix == ".tflite" and export_dir.is_file()
     if not litert_file and not (export_dir / "saved_model.pb").is_file():
@@ -101,12 +129,14 @@ def predict(export_dir: str | Path, images: list[str | Path],
                           "which every tftoolkit export writes: export the run again "
                           "(tftoolkit export RUN_DIR), or write the file")
     names = labels.read_text().splitlines()
+    card = export_dir / MODEL_CARD
+    max_pixels = (DataInfo.from_dict(json.loads(card.read_text())["data_info"]).max_pixels
+                  if card.is_file() else DEFAULT_MAX_PIXELS)  # the limit the export serves
     data = tf.constant([Path(p).read_bytes() for p in images])
     try:
         outputs = loaded.signatures["serve_bytes"](image_bytes=data)
     except tf.errors.InvalidArgumentError as exc:
-        raise ExportError(f"cannot decode one of {', '.join(map(str, images))} as an image: "
-                          f"{exc.message.splitlines()[0][:160]}") from None
+        raise refused_images(images, max_pixels, exc) from None
     labels = outputs["labels"].numpy() if "labels" in outputs else None
     return _top(outputs["probabilities"].numpy(), names, top_k, labels)
 

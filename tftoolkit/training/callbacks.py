@@ -1,18 +1,16 @@
 """Keras callbacks the training loop adds to runs: a stop at the first non-finite loss,
 epoch-only TensorBoard, validation of the weights' moving average, best-epoch keeping,
-honest validation of scratch BatchNorm."""
+early stopping that resumes, honest validation of scratch BatchNorm."""
 
 from __future__ import annotations
-
-import json
 
 import keras
 import numpy as np
 
 from tftoolkit.errors import TrainingDiverged
 from tftoolkit.tasks import Monitor
-from tftoolkit.tempfiles import replace_atomically
 from tftoolkit.training.batchnorm import recalibrate_batchnorm
+from tftoolkit.training.checkpoint import CallbackState
 from tftoolkit.training.step import base_optimizer
 
 
@@ -116,10 +114,12 @@ class KeepBest(keras.callbacks.Callback):
     """Keep the weights (or their moving average) that score best on ``monitor``.
 
     After each epoch the candidates are the weights (``monitor``) and, with EMA, their
-    average (``val_ema_...``). An improvement is written to ``checkpoints/best-<stage>``
-    (so a resumed stage still knows its best); at the end of the stage the best is put
-    back into the model. ``across_epochs=False`` compares only the last epoch's weights
-    with their average.
+    average (``val_ema_...``). The best so far, with its weights, is part of each
+    epoch's checkpoint (:class:`~tftoolkit.training.checkpoint.SaveProgress` writes it
+    into the state file), so a resumed stage knows the best of the very epochs it
+    resumes after; at the end of the stage the best is put back into the model and its
+    record written to ``checkpoints/best-<stage>.json``. ``across_epochs=False``
+    compares only the last epoch's weights with their average.
     """
 
     def __init__(self, run, stage: int, monitor: Monitor, *, ema: bool, across_epochs: bool):
@@ -129,26 +129,19 @@ class KeepBest(keras.callbacks.Callback):
         self.best: dict | None = None
         self._weights: list | None = None
 
-    @property
-    def _files(self):
-        stem = f"checkpoints/best-{self.stage}"
-        return self.run / f"{stem}.json", self.run / f"{stem}.npz"
+    def checkpoint_state(self) -> CallbackState:
+        return CallbackState({"best": self.best}, list(self._weights or []))
+
+    def resume(self, state: CallbackState) -> None:
+        self.best, self._weights = state.record["best"], state.arrays or None
 
     def on_train_end(self, logs=None):
         if self._weights is not None:
             self.model.set_weights(self._weights)
-            if not self.across_epochs:
-                self._save()
+        self.run.write_best_record(self.stage, self.best)
 
     def _better(self, value: float) -> bool:
         return self.monitor.better(value, None if self.best is None else self.best["value"])
-
-    def on_train_begin(self, logs=None):
-        record, weights = self._files
-        if self.across_epochs and record.is_file() and weights.is_file():  # a resumed stage
-            self.best = json.loads(record.read_text())
-            with np.load(weights) as saved:
-                self._weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -164,8 +157,6 @@ class KeepBest(keras.callbacks.Callback):
             self.best = {"stage": self.stage, "epoch": epoch + 1, "weights": source,
                          "metric": self.monitor.key, "value": float(value)}
             self._weights = self._snapshot(source)
-            if self.across_epochs:
-                self._save()
 
     def _snapshot(self, source: str) -> list[np.ndarray]:
         if source == "weights":
@@ -174,11 +165,30 @@ class KeepBest(keras.callbacks.Callback):
         return [np.asarray(averages[id(v)].numpy() if id(v) in averages else v.numpy())
                 for v in self.model.weights]
 
-    def _save(self) -> None:
-        record, weights = self._files
-        replace_atomically(weights, lambda p: np.savez(p, *self._weights))
-        replace_atomically(record, lambda p: p.write_text(json.dumps(self.best)))
 
+class EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' ``EarlyStopping`` on ``monitor``, in its direction, whose count of epochs
+    without improvement, and best value, are part of each epoch's checkpoint: a resumed
+    stage stops where the uninterrupted one would. It only ends the stage;
+    :class:`KeepBest` decides which weights are kept."""
+
+    def __init__(self, monitor: Monitor, patience: int):
+        super().__init__(monitor=monitor.key, patience=patience,
+                         mode="max" if monitor.higher_is_better else "min")
+        self._resumed: dict | None = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._resumed is not None:
+            self.wait, self.best = self._resumed["wait"], self._resumed["best"]
+            self.best_epoch = self._resumed["best_epoch"]
+
+    def checkpoint_state(self) -> CallbackState:
+        return CallbackState({"wait": self.wait, "best_epoch": self.best_epoch,
+                              "best": None if self.best is None else float(self.best)})
+
+    def resume(self, state: CallbackState) -> None:
+        self._resumed = state.record
 
 
 class RecalibrateBeforeValidation(keras.callbacks.Callback):

@@ -87,12 +87,21 @@ def _head(model: keras.Model, first: int, input_shape) -> keras.Model:
     return keras.Model(inputs, x, name="head")
 
 
+def _pixel_views(augmenter: Augmenter, views: int) -> int:
+    """The augmented copies of each training image cached (``augment.cached_views``):
+    none without pixel augmentation, where each copy would be the image itself."""
+    return views if (augmenter.in_model or augmenter.in_pipeline) is not None else 0
+
+
 def cache_plan(augmenter: Augmenter, views: int, cache: str,
                runs_once: str) -> tuple[bool, str]:
     """Whether to cache, and the line that says why (or why not); ``cache`` names the
     cache, ``runs_once`` what it does."""
     if augmenter.in_model is None and augmenter.in_pipeline is None and not augmenter.mixers:
-        return True, f"{cache}: {runs_once}"
+        ignored = (f" (augment.cached_views={views} ignored: no pixel augmentation is on, "
+                   "so each copy would be the image itself)"
+                   if views and not _pixel_views(augmenter, views) else "")
+        return True, f"{cache}: {runs_once}{ignored}"
     if augmenter.mixers:
         return False, f"{cache} off: MixUp/CutMix mix images, not features"
     if views:
@@ -175,6 +184,7 @@ def cached_datasets(parts: tuple[keras.Model, keras.Model], data: DataBundle,
     fit in memory."""
     extractor, head = parts
     train = data.splits["train"]
+    views = _pixel_views(augmenter, views)
     size = int(np.prod(extractor.output.shape[1:]))
     if len(train) * max(views, 1) * size * 4 > MAX_CACHE_BYTES:
         return None

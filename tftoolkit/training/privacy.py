@@ -14,14 +14,16 @@ whoever could regenerate them could subtract the noise. No draw is replayed, aft
 resume either. ``privacy.insecure_reproducible`` draws them from the seed instead, which
 voids the guarantee; it exists for tests and debugging.
 The training split is kept in memory (pixels as uint8, features as float32) so that any
-example can be drawn; :func:`poisson_dataset` feeds the sampled batches to Keras' ``fit``,
-whose step (:class:`~tftoolkit.training.step.TrainStep`) takes its gradients from
+example can be drawn, within the memory budget (:func:`check_memory`);
+:func:`poisson_dataset` feeds the sampled batches to Keras' ``fit``, whose step
+(:class:`~tftoolkit.training.step.TrainStep`) takes its gradients from
 :class:`PrivateGradients`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import dp_accounting
 import keras
@@ -29,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 from dp_accounting import rdp
 
+from tftoolkit.data.cache import memory_budget
 from tftoolkit.errors import RecipeError
 
 
@@ -180,6 +183,24 @@ class PrivacySpent(keras.callbacks.Callback):
         self.spent.steps += self.steps_per_epoch
         if logs is not None:
             logs["epsilon"] = self.spent.epsilon
+
+
+def check_memory(examples: int, example_bytes: int, what: str, budget_mb: int) -> None:
+    """Refuse, before they are built, the training arrays DP-SGD keeps in memory (it
+    draws its Poisson batches from the whole split) when they exceed the memory budget:
+    ``data.memory_budget_mb``, or a quarter of the memory available now."""
+    need, budget = examples * example_bytes, memory_budget(budget_mb)
+    if need <= budget:
+        return
+    source = (f"data.memory_budget_mb={budget_mb}" if budget_mb else
+              "data.memory_budget_mb=0: a quarter of the memory available now")
+    raise RecipeError(
+        f"privacy.enabled: DP-SGD samples its batches from the whole training split held "
+        f"in memory, and its {examples} examples of {what} take {need / 2 ** 20:.0f} MB, "
+        f"more than the memory budget of {budget / 2 ** 20:.0f} MB ({source}). Fix: set "
+        f"data.memory_budget_mb={math.ceil(need / 2 ** 20)} or more if the machine has that "
+        "much free, lower data.image_size, train on cached backbone features "
+        "(model.mode=feature_extraction), or fewer examples (data.max_examples)")
 
 
 def affordable_end(spent_epsilon, first_epoch: int, end: int, epoch_steps: int,

@@ -23,19 +23,22 @@ from tftoolkit.augment.tta import predict_tta
 from tftoolkit.data import SAMPLE_BATCH, DataBundle, DataInfo, load_data
 from tftoolkit.data.record import SplitRecord, check_resumable
 from tftoolkit.errors import DataError, RecipeError
-from tftoolkit.models import build_model, input_size
+from tftoolkit.models import build_model, input_size, preprocessing_of
 from tftoolkit.models.transfer import set_trainable
 from tftoolkit.multilabel import report_at, split_histograms, validation_thresholds
 from tftoolkit.recipe import Recipe, load_recipe
 from tftoolkit.rundir import Progress, RunDir
 from tftoolkit.serving import export_run, save_parity_inputs
+from tftoolkit.serving.formats import check_formats
 from tftoolkit.training import distributed, privacy
 from tftoolkit.training.batchnorm import (RECALIBRATION_BATCHES, recalibrate_batchnorm,
                                           trainable_batchnorms)
-from tftoolkit.training.callbacks import (EmaValidation, EpochTensorBoard, KeepBest,
-                                          RecalibrateBeforeValidation, StopOnNonFiniteLoss)
+from tftoolkit.training.callbacks import (EarlyStopping, EmaValidation, EpochTensorBoard,
+                                          KeepBest, RecalibrateBeforeValidation,
+                                          StopOnNonFiniteLoss)
 from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, readable_progress,
-                                           restore_stage_weights, restore_state)
+                                           restore_stage_weights, restore_state,
+                                           resume_callbacks, trim_history)
 from tftoolkit.training.distributed import is_chief
 from tftoolkit.training.feature_cache import (cache_plan, cached_datasets, split_at_features,
                                               split_below_unfrozen)
@@ -216,6 +219,8 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
     t = recipe.train
     setup = _prepare(recipe, strategy, report_test)
     _check_selection(setup)
+    if recipe.export.enabled:  # a format's missing package, before any training
+        check_formats(recipe.export.formats, setup.data.info)
     if judged_by:
         setup.data.info.task.monitor(judged_by, asked_by="--objective")
     info, notes = setup.data.info, setup.notes
@@ -255,9 +260,11 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
         run.write_json(RunDir.RECIPE, recipe.to_dict())
         record.write(run.path)
         run.write_json(RunDir.DATA_INFO, info.to_dict())
+        preprocessing, pretrained = preprocessing_of(setup.model)
         run.write_json(RunDir.RUNTIME, {
             "strategy": strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
-            "precision": t.precision, "seed": t.seed, "deterministic": t.deterministic})
+            "precision": t.precision, "seed": t.seed, "deterministic": t.deterministic,
+            "pretrained_weights": pretrained or None, "preprocessing": preprocessing})
         if info.bad_files:
             (run / RunDir.SKIPPED_FILES).write_text(
                 "".join(f"{path}\t{why}\n" for path, why in info.bad_files))
@@ -326,9 +333,10 @@ def _input(strategy: tf.distribute.Strategy, data: DataBundle, split: str,
 
 
 def _monitor(run: _Run) -> Monitor:
-    """The validation figure that keeps epochs: ``train.select_best``; with early
-    stopping alone, the ``val_loss`` it watches; for comparing the weights with their
-    average alone, the task's own (``val_accuracy``, multi-label ``val_map``)."""
+    """The validation figure that keeps epochs, which early stopping watches too:
+    ``train.select_best``; with early stopping alone, ``val_loss``; for comparing the
+    weights with their average alone, the task's own (``val_accuracy``, multi-label
+    ``val_map``)."""
     t, task = run.recipe.train, run.data.info.task
     if t.select_best:
         return task.monitor(t.select_best)
@@ -354,18 +362,24 @@ def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callb
         callbacks.append(EmaValidation(inputs.val, lambda model, data: distributed.evaluate(
             model, data, strategy=run.strategy, task=run.data.info.task)))
     # KeepBest is the one owner of which epoch is kept: it alone puts weights back, so
-    # early stopping only ends the stage (the best epoch by val_loss is kept for it).
+    # early stopping, on the same metric, only ends the stage.
+    resumables: dict[str, KeepBest | EarlyStopping] = {}
     if "selection" in reads or "ema" in reads:
-        callbacks.append(KeepBest(run.run, stage.index, _monitor(run), ema="ema" in reads,
-                                  across_epochs="selection" in reads))
+        resumables["keep_best"] = KeepBest(run.run, stage.index, _monitor(run),
+                                           ema="ema" in reads,
+                                           across_epochs="selection" in reads)
+        callbacks.append(resumables["keep_best"])
     callbacks += [keras.callbacks.CSVLogger(str(run.run / RunDir.HISTORY), append=True),
                   EpochTensorBoard(str(run.run / RunDir.LOGS))]
     if "early_stopping" in reads:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            patience=t.early_stopping, restore_best_weights=False))
+        resumables["early_stopping"] = EarlyStopping(_monitor(run), t.early_stopping)
+        callbacks.append(resumables["early_stopping"])
+    if run.resumes(stage):  # the best epoch so far and the patience, as of that epoch
+        resume_callbacks(run.resume_from, run.progress, resumables)
     # Last: the per-epoch state of what trains (the whole graph, or the head on cached
-    # features), with optimizer and random-generator states, that a rerun resumes from.
-    callbacks.append(SaveProgress(run.run, stage.index))
+    # features), with optimizer and random-generator states and those of the callbacks
+    # above, that a rerun resumes from.
+    callbacks.append(SaveProgress(run.run, stage.index, resumables))
     return callbacks
 
 
@@ -375,6 +389,7 @@ def _run_stage(run: _Run, stage: Stage) -> None:
     recipe = run.recipe
     t = recipe.train
     first_epoch = run.progress.next_epoch if run.resumes(stage) else stage.first_epoch
+    trim_history(run.run, first_epoch)
     set_trainable(run.model, stage.mode, recipe.model.unfreeze)
     inputs = _stage_inputs(run, stage, first_epoch)
     # DP-SGD's epoch is its expected number of Poisson batches (train.steps_per_epoch is
@@ -427,12 +442,21 @@ def _plan_privacy(run: _Run, stages: list[Stage]) -> Privacy:
     return plan
 
 
-def _training_arrays(inputs: StageInputs, on_images: bool) -> tuple[np.ndarray, np.ndarray]:
+def _training_arrays(inputs: StageInputs, on_images: bool, examples: int,
+                     budget_mb: int) -> tuple[np.ndarray, np.ndarray]:
     """What the stage trains on, in memory, and the encoded labels: pixels as uint8 (the
     pipeline's pixels are whole numbers) when it trains on images, else the features or
-    activations of the frozen part as they are."""
+    activations of the frozen part as they are; refused first when they would exceed the
+    memory budget."""
+    batches = inputs.plain_train()
+    spec = batches.element_spec[0]
+    shape = "x".join(map(str, spec.shape[1:]))
+    privacy.check_memory(examples, int(np.prod(spec.shape[1:])) * (
+        1 if on_images else spec.dtype.size),
+        f"{shape} uint8 pixels" if on_images else f"{shape} {spec.dtype.name} values",
+        budget_mb)
     xs, ys = [], []
-    for batch in inputs.plain_train():
+    for batch in batches:
         x = np.asarray(batch[0])
         xs.append(x.astype(np.uint8) if on_images else x)
         ys.append(np.asarray(batch[1]))
@@ -445,7 +469,8 @@ def _fit_private(run: _Run, stage: Stage, inputs: StageInputs, first_epoch: int)
     ends before an epoch would take it past ``privacy.target_epsilon``."""
     cfg, t = run.recipe.privacy, run.recipe.train
     on_images = inputs.model is run.graph and bool(run.data.info.image_size)
-    x, y = _training_arrays(inputs, on_images)
+    x, y = _training_arrays(inputs, on_images, len(run.data.splits["train"]),
+                            run.recipe.data.memory_budget_mb)
     n, spent = len(x), run.private
     epoch_steps = privacy.steps_per_epoch(n, run.batch_size)
     spent.steps = first_epoch * epoch_steps  # every epoch before this one, all stages
