@@ -120,6 +120,9 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
         model = load_keras_model(run / RunDir.MODEL)
     root = Path(to) if to else Path(recipe["export"]["dir"]) / recipe["name"]
     card = {**_card(model, recipe, info, metrics), "run_dir": str(run)}
+    for key, name in (("baselines", RunDir.BASELINES), ("mode_choice", RunDir.AUTO)):
+        if (run / name).is_file():  # the cheap baselines; what model.mode=auto tried
+            card[key] = run.read_json(name)
     formats = recipe["export"].get("formats", [])
     thresholds = None
     if info.task == "multilabel":

@@ -1,19 +1,23 @@
 """Run one recipe once per transfer mode on the same data, seed and budget.
 
 The mode exported is chosen on the validation split alone; each row also shows the test
-figure, read once per run for the report, never for the choice.
+figure, read once per run for the report, never for the choice. The runs' baselines
+(:mod:`tftoolkit.training.baselines`) are listed below the modes, with their
+validation figures.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tftoolkit.errors import RecipeError
-from tftoolkit.models.registry import MODES, check_architecture
+from tftoolkit.models.registry import AUTO, MODES, check_architecture
 from tftoolkit.recipe import Recipe
+from tftoolkit.rundir import RunDir
 from tftoolkit.serving import export_run
+from tftoolkit.training.baselines import Baseline, from_dicts
 from tftoolkit.training.runner import TrainResult, train
 
 
@@ -32,9 +36,10 @@ class ModeRow:
 class Comparison:
     """The rows, the validation metric that ranks them, and where the best was exported."""
 
-    metric_name: str              # val_accuracy (higher is better) or val_loss (lower)
+    metric_name: str              # val_accuracy, val_map (higher is better) or val_loss
     rows: list[ModeRow]
     export_dir: Path | None = None
+    baselines: list[Baseline] = field(default_factory=list)
 
     @property
     def best(self) -> ModeRow:
@@ -53,24 +58,39 @@ class Comparison:
             mark = "  <- best by " + self.metric_name if row is self.best else ""
             lines.append(f"{row.mode:20s} {row.validation:14.4f} {test} "
                          f"{row.train_seconds:15.1f}{mark}")
+        for baseline in self.baselines:
+            if f"val_{baseline.metric}" == self.metric_name:
+                lines.append(f"{'baseline: ' + baseline.name:20s} {baseline.val_score:14.4f} "
+                             f"{'-':>14s} {baseline.seconds:15.1f}  ({baseline.description})")
         return "\n".join(lines)
 
 
 def _validation_metric(result: TrainResult) -> str:
-    for key in ("val_accuracy", "val_loss"):
+    for key in ("val_accuracy", "val_map", "val_loss"):
         if key in result.metrics:
             return key
     raise RecipeError("compare chooses on the validation split, and this recipe has none: "
                       "set data.validation_fraction > 0 (or data.val_split for TFDS)")
 
 
+def _baselines(rows: list[ModeRow]) -> list[Baseline]:
+    """The baselines the runs fitted (the same data, so each kind once)."""
+    found: dict[str, Baseline] = {}
+    for row in rows:
+        run = RunDir(row.run_dir)
+        if (run / RunDir.BASELINES).is_file():
+            for baseline in from_dicts(run.read_json(RunDir.BASELINES)["baselines"]):
+                found.setdefault(baseline.name, baseline)
+    return list(found.values())
+
+
 def compare(recipe: Recipe, modes: list[str]) -> Comparison:
     """Train ``recipe`` once per mode (export off), then export the run with the best
     validation figure."""
-    unknown = [m for m in modes if m not in MODES]
+    unknown = [m for m in modes if m not in (*MODES, AUTO)]
     if unknown or not modes:
         raise RecipeError(f"--modes {','.join(modes)}: unknown mode(s) {unknown} "
-                          f"(choices: {', '.join(MODES)})")
+                          f"(choices: {', '.join((*MODES, AUTO))})")
     for mode in modes:  # before anything trains
         check_architecture(recipe.model.architecture, mode)
     rows, metric_name = [], ""
@@ -83,7 +103,7 @@ def compare(recipe: Recipe, modes: list[str]) -> Comparison:
         rows.append(ModeRow(mode, result.metrics[metric_name],
                             result.metrics.get(metric_name.replace("val_", "test_")),
                             result.train_seconds, result.run_dir))
-    comparison = Comparison(metric_name, rows)
+    comparison = Comparison(metric_name, rows, baselines=_baselines(rows))
     if recipe.export.enabled:
         comparison.export_dir = export_run(comparison.best.run_dir)
     return comparison

@@ -212,7 +212,8 @@ def cached_datasets(parts: tuple[keras.Model, keras.Model], data: DataBundle,
         labels = np.tile(train.labels, (views,) + (1,) * (train.labels.ndim - 1))
     else:
         features, labels = _features(extractor, data, "train", batch_size), train.labels
-    arrays = CachedArrays(features, labels)
+    arrays = CachedArrays(features, labels, unaugmented=(
+        (lambda: _features(extractor, data, "train", batch_size)) if views else None))
     cached = DataBundle(data.recipe, {"train": Examples(labels, arrays=features)}, data.info,
                         share=data.share)
     if "val" in data.splits:

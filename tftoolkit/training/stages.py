@@ -42,6 +42,9 @@ class CachedArrays:
     train_labels: np.ndarray
     val: np.ndarray | None = None
     val_labels: np.ndarray | None = None
+    # when ``train`` holds augmented copies: the outputs of the training images as they
+    # are, in example order (computed when first called)
+    unaugmented: Callable[[], np.ndarray] | None = None
 
 
 @dataclass
