@@ -153,3 +153,9 @@ def test_the_default_image_folder_run_chooses_exports_and_reports(image_folder, 
     assert card["mode_choice"]["chosen"] in ("linear probe", "probe + fine-tuning")
     assert [b["name"] for b in card["baselines"]["baselines"]] == ["pixels", "probe"]
     assert "baseline_probe_val_accuracy" in card["metrics"]
+
+
+def test_lr_find_asks_for_a_mode_when_auto_would_choose_one():
+    with pytest.raises(RecipeError, match="lr-find sweeps the first stage of one mode.*"
+                                          "set model.mode"):
+        tftoolkit.lr_find("image_folder")

@@ -668,7 +668,11 @@ def lr_find(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
             steps: int = 100, out: str | Path | None = None) -> LrFindResult:
     """Sweep the learning rate over ``steps`` batches of the recipe's first stage and
     suggest one (writes the loss-vs-rate plot to ``out`` when given)."""
-    recipe = load_recipe(recipe, overrides)
+    recipe = auto.without_choice(load_recipe(recipe, overrides))
+    if recipe is None:
+        raise RecipeError("lr-find sweeps the first stage of one mode, and model.mode=auto "
+                          "chooses the mode while training: set model.mode (for example "
+                          "--set model.mode=fine_tune)")
     strategy = choose_strategy(recipe.train)
     with precision_policy(recipe.train.precision):
         seed_everything(recipe.train.seed, recipe.train.deterministic)
