@@ -54,10 +54,7 @@ def test_a_shortfall_says_which_baseline_and_by_how_much():
         "map 0.8500 vs 0.9000 (0.0500 lower)"]
 
 
-def test_baselines_can_be_turned_off_and_never_fit_regression(image_folder, quiet):
-    result = tftoolkit.train(_cnn(image_folder, epochs=1, baselines=False), quiet)
-    assert not any(k.startswith("baseline_") for k in result.metrics)
-    assert not (result.run_dir / "baselines.json").exists()
+def test_a_regression_run_fits_no_baselines(quiet):
     x = np.linspace(-1, 1, 40, dtype="float32")[:, None]
     regression = Recipe(name="line", data=DataConfig(source="arrays", arrays={
         "train": (x, 2 * x), "val": (x, 2 * x)}), model=ModelConfig(architecture="linear"),
@@ -114,6 +111,9 @@ def test_min_steps_makes_each_epoch_several_passes_and_plans_the_schedule_over_t
     assert int(optimizer.iterations) == 2 * passes * steps_per_pass
     assert optimizer._learning_rate.decay_steps == 2 * passes * steps_per_pass
     assert len(result.history["loss"]) == 2
+    # train.baselines=false: none fitted
+    assert not any(k.startswith("baseline_") for k in result.metrics)
+    assert not (result.run_dir / "baselines.json").exists()
 
 
 def test_a_run_killed_inside_a_stretched_epoch_resumes_to_the_same_weights(

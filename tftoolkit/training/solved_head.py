@@ -5,8 +5,9 @@ layer) on cached features of a frozen backbone, its loss is convex: the head is 
 convergence by :func:`tftoolkit.training.probe.solve`, with the stage's loss (label
 smoothing, class weights) and its L2 strength chosen on the validation split, and the
 solution is written into the output layer. Exports and serving see an ordinary model.
-With ``augment.cached_views``, the solver fits the cached augmented copies (and, with a
-validation split, the images as they are too, keeping the better). The runner
+With ``augment.cached_views`` and a validation split, the head is solved on the images
+as they are and on the images with their cached augmented copies, and the better kept
+(without validation: on the copies). The runner
 then measures the stage's validation figures with Keras on the cached validation
 features, as after an epoch, and keeps them as the stage's best record (what
 ``train.select_best`` compares a later fine-tuning stage with).
@@ -65,15 +66,17 @@ class SolvedHead:
 
     solution: Solution
     rows: int
-    kept: str = ""        # "augmented copies" | "the images as they are" | ""
+    kept: str = ""        # which fit was kept, when there were two
 
 
 def solve_stage(recipe: Recipe, data: DataBundle, inputs: StageInputs) -> SolvedHead:
     """Solve the head of ``inputs`` on its cached features and put the solution in the
     model's output layer. With cached augmented copies and a validation split, the head
-    is solved on the copies and on the images as they are, and the one that validates
-    better is kept (an augmentation that does not suit the images, such as flipping
-    digits, then costs nothing)."""
+    is solved on the images as they are and on the images with their copies, and the one
+    that validates better is kept, a tie going to the images alone (on Fashion-MNIST at
+    10 and 50 images per class, heads fitted to 2 or 4 augmented copies alone tested 1 to
+    2.6 points below the images'; an augmentation that does not suit the images then
+    costs nothing)."""
     info, arrays = data.info, inputs.arrays
     kind = head_kind(info.label_encoding)
     balanced = recipe.data.class_weight == "balanced"
@@ -89,8 +92,10 @@ def solve_stage(recipe: Recipe, data: DataBundle, inputs: StageInputs) -> Solved
         grid = L2_GRID if arrays.val is not None else (UNVALIDATED_L2,)
     fits = [("", arrays.train, arrays.train_labels)]
     if arrays.unaugmented is not None and arrays.val is not None:
-        fits = [("augmented copies", arrays.train, arrays.train_labels),
-                ("the images as they are", arrays.unaugmented(), data.splits["train"].labels)]
+        plain, labels = arrays.unaugmented(), data.splits["train"].labels
+        fits = [("the images as they are", plain, labels),
+                ("the images and their augmented copies", np.concatenate([plain, arrays.train]),
+                 np.concatenate([labels, arrays.train_labels]))]
     solved = [SolvedHead(solve(problem, x, labels, arrays.val, arrays.val_labels, grid=grid,
                                raw_penalty=own_penalty), len(x), kept)
               for kept, x, labels in fits]
