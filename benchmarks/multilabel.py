@@ -33,16 +33,16 @@ from tftoolkit.data.sources import FASHION_MNIST_CLASSES, load_source
 from tftoolkit.recipe import DataConfig
 from tftoolkit.training import runner
 
-CELL = 28
 
 
-def mosaics(images: np.ndarray, labels: np.ndarray, count: int,
-            rng: np.random.Generator) -> tuple[np.ndarray, list[list[str]]]:
-    """``count`` 56x56 mosaics, each cell an item (probability 1/2) or blank, at least one
-    item per mosaic, items drawn without replacement while the pool lasts; and the
-    sorted class names present in each."""
-    out = np.zeros((count, 2 * CELL, 2 * CELL), np.uint8)
-    names: list[list[str]] = []
+def mosaics(images: np.ndarray, labels: np.ndarray, count: int, rng: np.random.Generator,
+            names: list[str] = FASHION_MNIST_CLASSES) -> tuple[np.ndarray, list[list[str]]]:
+    """``count`` 2x2 mosaics of square ``images`` (each cell an item, probability 1/2,
+    or blank; at least one item per mosaic), items drawn without replacement while the
+    pool lasts; and the sorted class ``names`` present in each (spaces as underscores)."""
+    cell = images.shape[1]
+    out = np.zeros((count, 2 * cell, 2 * cell), np.uint8)
+    present_names: list[list[str]] = []
     pool = rng.permutation(len(images))
     taken = 0
     for i in range(count):
@@ -50,16 +50,16 @@ def mosaics(images: np.ndarray, labels: np.ndarray, count: int,
         if not cells.any():
             cells[rng.integers(4)] = True
         present = set()
-        for cell in np.flatnonzero(cells):
+        for index in np.flatnonzero(cells):
             if taken == len(pool):
                 pool, taken = rng.permutation(len(images)), 0
             item = pool[taken]
             taken += 1
-            row, col = divmod(int(cell), 2)
-            out[i, row * CELL:(row + 1) * CELL, col * CELL:(col + 1) * CELL] = images[item]
-            present.add(FASHION_MNIST_CLASSES[labels[item]].replace(" ", "_"))
-        names.append(sorted(present))
-    return out, names
+            row, col = divmod(int(index), 2)
+            out[i, row * cell:(row + 1) * cell, col * cell:(col + 1) * cell] = images[item]
+            present.add(names[labels[item]].replace(" ", "_"))
+        present_names.append(sorted(present))
+    return out, present_names
 
 
 def write_table(folder: Path, args) -> Path:
@@ -72,9 +72,16 @@ def write_table(folder: Path, args) -> Path:
     parts = {"train": (train.arrays[order[:half]], train.labels[order[:half]], args.train),
              "val": (train.arrays[order[half:]], train.labels[order[half:]], args.val),
              "test": (test.arrays, test.labels, args.test)}
+    return write_mosaic_table(folder, {split: mosaics(images, labels, count, rng)
+                                       for split, (images, labels, count) in parts.items()})
+
+
+def write_mosaic_table(folder: Path, splits: dict[str, tuple[np.ndarray, list[list[str]]]]
+                       ) -> Path:
+    """Each split's mosaics as PNG files under ``folder/<split>/`` and ``labels.csv``
+    (path, space-separated labels, split)."""
     rows = []
-    for split, (images, labels, count) in parts.items():
-        pictures, names = mosaics(images, labels, count, rng)
+    for split, (pictures, names) in splits.items():
         (folder / split).mkdir(parents=True)
         for i, (picture, present) in enumerate(zip(pictures, names)):
             path = f"{split}/{i:05d}.png"

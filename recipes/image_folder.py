@@ -1,7 +1,13 @@
-"""Any class-per-subfolder image folder -> a fine-tuned, exported image classifier.
+"""Any class-per-subfolder image folder -> an exported image classifier, the mode chosen.
 
     tftoolkit train image_folder --set data.dir=PATH/TO/IMAGES
 
+``model.mode=auto`` tries the linear probe (the head solved on the frozen ImageNet
+MobileNetV2's features, 2 augmented views of each image), the probe then fine-tuning of
+blocks 13 and up, and, for images unlike photos, a small CNN from scratch, and keeps the
+one that validates best (within ``train.time_budget`` seconds). Every stage takes at
+least ``train.min_steps`` steps, however few the images. The run reports two baselines
+beside the model: logistic regression on downsampled pixels and the linear probe.
 Unreadable files stop the run with their list (or --set data.on_bad_file=skip).
 """
 
@@ -10,13 +16,15 @@ from tftoolkit.recipe import (AugmentConfig, DataConfig, ModelConfig, Recipe,
 
 RECIPE = Recipe(
     name="image_folder",
-    description="fine-tune ImageNet MobileNetV2 on a class-per-subfolder image folder "
-                "(--set data.dir=PATH)",
+    description="an ImageNet MobileNetV2 classifier of a class-per-subfolder image folder, "
+                "its mode chosen on validation (--set data.dir=PATH)",
     data=DataConfig(source="folder", image_size=160, validation_fraction=0.2),
-    model=ModelConfig(architecture="mobilenet_v2", weights="imagenet", mode="two_stage",
+    model=ModelConfig(architecture="mobilenet_v2", weights="imagenet", mode="auto",
                       unfreeze="block_13"),
-    augment=AugmentConfig(enabled=True, flip="horizontal", rotation=0.05, zoom=0.1),
+    augment=AugmentConfig(enabled=True, flip="horizontal", rotation=0.05, zoom=0.1,
+                          cached_views=2),
     regularize=RegularizeConfig(dropout=0.2, label_smoothing=0.1),
-    train=TrainConfig(epochs=5, fine_tune_epochs=5, batch_size=32, learning_rate=1e-3,
-                      fine_tune_learning_rate=1e-4),
+    train=TrainConfig(epochs=5, fine_tune_epochs=5, batch_size=32, optimizer="adamw",
+                      weight_decay=1e-4, learning_rate=1e-3, fine_tune_learning_rate=3e-4,
+                      schedule="cosine", warmup_epochs=0.5, min_steps=200, time_budget=600),
 )

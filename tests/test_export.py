@@ -175,6 +175,9 @@ def test_training_exports_a_complete_version(trained_export):
         assert key in card, key
     assert card["parity"]["max_abs_diff"] <= 1e-5
     assert set(card["versions"]) >= {"tftoolkit", "tensorflow", "keras"}
+    # the run's baselines, beside the model's own validation figure
+    assert [b["name"] for b in card["baselines"]["baselines"]] == ["pixels"]
+    assert card["baselines"]["model"] == {"val_accuracy": card["metrics"]["val_accuracy"]}
     reloaded = keras.models.load_model(version / "model.keras")
     assert reloaded.output_shape == (None, 2)
 

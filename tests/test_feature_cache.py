@@ -18,7 +18,7 @@ def _recipe(folder, cache: str, **augment) -> Recipe:
                                     mode="feature_extraction"),
                   augment=AugmentConfig(**augment),
                   train=TrainConfig(epochs=2, batch_size=8, learning_rate=0.01, seed=7,
-                                    cache_features=cache),
+                                    cache_features=cache, solve_head="off"),
                   export=ExportConfig(enabled=cache == "auto"))
 
 

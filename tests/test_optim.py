@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import keras
 import numpy as np
 import pytest
@@ -274,9 +275,10 @@ def test_two_stage_never_ends_below_its_first_stage(image_folder, quiet):
                                       optimizer="sgd", select_best="val_accuracy"),
                     export=ExportConfig(enabled=False))
     result = tftoolkit.train(recipe, quiet)
-    first_stage = max(result.history["val_accuracy"][:3])
+    # the first stage's head is solved: its validation figure is its record, not an epoch
+    first_stage = json.loads((result.run_dir / "checkpoints/best-0.json").read_text())["value"]
     assert result.metrics["val_accuracy"] >= first_stage
-    if result.history["val_accuracy"][3] < first_stage:  # fine-tuning at rate 50 hurt
+    if result.history["val_accuracy"][0] < first_stage:  # fine-tuning at rate 50 hurt
         assert "kept stage 1 (feature_extraction)" in " ".join(result.notes)
 
 

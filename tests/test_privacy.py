@@ -145,6 +145,8 @@ def test_a_private_stage_schedules_its_learning_rate_over_the_steps_it_takes(qui
                                   "regularize.dropout=0"),
     ({"data.class_weight": "balanced"}, "class_weight"),
     ({"train.steps_per_epoch": 5}, "train.steps_per_epoch=5.*train.steps_per_epoch=0"),
+    ({"train.min_steps": 100}, "train.min_steps=100.*train.min_steps=0"),
+    ({"model.mode": "auto"}, "model.mode=auto: every mode tried would train on the private"),
     ({"privacy.target_epsilon": 0.0, "privacy.noise_multiplier": 0.0}, "noise_multiplier"),
     ({"train.learning_rate": "auto"}, "train.learning_rate=auto"),
     ({"export.formats": ["tflite_int8"]}, "tflite_int8.*privacy.public_split=val"),
@@ -263,7 +265,8 @@ def test_both_stages_of_a_private_two_stage_run_spend_one_budget(image_folder, q
         "model.weights": "none", "model.mode": "two_stage", "model.unfreeze": "block_16",
         "augment.enabled": False, "regularize.dropout": 0.0, "train.epochs": 1,
         "train.fine_tune_epochs": 1,
-        "train.batch_size": 8, "privacy.enabled": True, "privacy.noise_multiplier": 1.0,
+        "train.batch_size": 8, "train.min_steps": 0, "privacy.enabled": True,
+        "privacy.noise_multiplier": 1.0,
         "export.enabled": False})
     n = result.info.counts["train"]
     # frozen-backbone stage on cached features, then fine-tuning through the backbone
@@ -284,7 +287,7 @@ def _cached_prefix_fine_tune(image_folder, quiet, tmp_path, **options):
         "model.weights": "imagenet-torchvision", "model.mode": "fine_tune",
         "model.unfreeze": "block_16", "augment.enabled": False,
         "train.epochs": 8, "train.optimizer": "gd", "train.batch_size": 0,
-        "train.momentum": 0.0, "train.fine_tune_learning_rate": 0.002,
+        "train.momentum": 0.0, "train.fine_tune_learning_rate": 0.002, "train.min_steps": 0,
         "regularize.dropout": 0.0,
         "export.enabled": False, **options})
 

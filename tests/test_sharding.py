@@ -284,11 +284,11 @@ def test_two_workers_share_the_frozen_backbone_and_train_like_one_process(tmp_pa
     (tmp_path / "one").mkdir()
     (alone,) = _train(recipe_file, tmp_path / "one", workers=1)
     # The features, gathered from the two workers' shares, are those one process computes,
-    # and the head trains on them with the same global batches.
-    for key in ("loss", "val_loss", "val_accuracy"):
-        np.testing.assert_allclose(chief["history"][key], alone["history"][key], rtol=1e-3)
-    assert chief["metrics"]["val_loss"] == pytest.approx(alone["metrics"]["val_loss"],
-                                                         rel=1e-3)
+    # and the head solved on them is the same on every worker.
+    assert any("head solved on" in note for note in chief["notes"]), chief["notes"]
+    for key in ("val_loss", "val_accuracy", "baseline_probe_val_accuracy"):
+        assert chief["metrics"][key] == pytest.approx(alone["metrics"][key], rel=1e-3)
+        assert other["metrics"][key] == pytest.approx(chief["metrics"][key], rel=1e-6)
 
 
 class _KeyInGreen:

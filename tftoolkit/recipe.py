@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal
 
 from tftoolkit.errors import RecipeError, did_you_mean
 from tftoolkit.tasks import ENCODING_OF_LOSS
-from tftoolkit.models.registry import check_architecture
+from tftoolkit.models.registry import check_architecture, mode_without_choice
 
 BUNDLED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -114,8 +114,11 @@ class ModelConfig:
     architecture: str = _opt("mlp", "linear, mlp, cnn, a keras.applications backbone "
                                     "(mobilenet_v2, resnet50, ...), efficientnet_lite0/1/2, "
                                     "hub:PRESET (KerasHub) or a .keras file")
-    mode: Literal["scratch", "feature_extraction", "fine_tune", "two_stage"] = _opt(
-        "scratch", "transfer mode")
+    mode: Literal["auto", "scratch", "feature_extraction", "fine_tune", "two_stage"] = _opt(
+        "auto", "transfer mode; auto: with pretrained weights, the linear probe, the probe "
+                "then fine-tuning, and (for images unlike photos) a small CNN from scratch "
+                "are tried within train.time_budget and the best on validation is kept; "
+                "without pretrained weights (linear, mlp, cnn, weights=none): scratch")
     weights: str = _opt("imagenet", "imagenet, imagenet-torchvision, none, or a weights file",
                         aliases={None: "none"})
     backbone_layer: str = _opt("", "layer of a .keras model used as backbone; empty: "
@@ -213,6 +216,21 @@ class TrainConfig:
     seed: int = _opt(42, "seed of every random generator", min=0)
     steps_per_epoch: int = _opt(0, "steps per epoch; 0: one pass over the training data",
                                 min=0)
+    min_steps: int = _opt(0, "fewest optimizer steps of each stage: a stage that would take "
+                             "fewer makes each of its epochs several passes over the "
+                             "training data, so schedules, warmup and validation keep their "
+                             "shape per epoch; 0: off", min=0)
+    solve_head: Literal["auto", "off"] = _opt(
+        "auto", "auto: a linear head on cached frozen features is solved to convergence "
+                "(L-BFGS logistic regression, its L2 strength chosen on validation) instead "
+                "of trained by the optimizer; off: trained by the optimizer")
+    baselines: bool = _opt(True, "classification: fit a logistic regression on downsampled "
+                                 "pixels and the linear probe on the frozen backbone's "
+                                 "features, score them on validation and report them beside "
+                                 "the model")
+    time_budget: float = _opt(0.0, "seconds training may take: a stage stops after the "
+                                   "epoch that ends past it, and model.mode=auto tries "
+                                   "no candidate once it is spent; 0: no limit", min=0.0)
     fine_tune_learning_rate: float = _opt(0.0, "learning rate when fine-tuning; 0: "
                                                "learning_rate / 10", min=0.0)
     fine_tune_epochs: int = _opt(0, "epochs of the fine-tuning stage of two_stage; 0: epochs",
@@ -531,7 +549,13 @@ def _check_private(recipe: Recipe) -> None:
     if not p.noise_multiplier and not p.target_epsilon:
         raise RecipeError("privacy.enabled needs privacy.noise_multiplier or "
                           "privacy.target_epsilon")
-    if recipe.model.mode == "scratch" and recipe.model.architecture not in ("linear", "mlp"):
+    mode = mode_without_choice(recipe.model.architecture, recipe.model.mode,
+                               recipe.model.weights, recipe.model_fn is not None)
+    if mode is None:
+        raise RecipeError("privacy.enabled with model.mode=auto: every mode tried would train "
+                          "on the private data, spending the budget once each; set "
+                          "model.mode (feature_extraction, fine_tune, two_stage or scratch)")
+    if mode == "scratch" and recipe.model.architecture not in ("linear", "mlp"):
         raise RecipeError(f"privacy.enabled with model.mode='scratch' on "
                           f"{recipe.model.architecture!r}: its BatchNorm layers train on batch "
                           "statistics, which mix examples, so no example's influence is "
@@ -548,6 +572,11 @@ def _check_private(recipe: Recipe) -> None:
                           "vectorised, so random layers draw once per batch and every "
                           "example gets the same mask or augmentation, which correlates "
                           f"the examples; set {fix}")
+    if recipe.train.min_steps:
+        raise RecipeError(f"privacy.enabled with train.min_steps={recipe.train.min_steps}: "
+                          "a private epoch is the expected number of Poisson-sampled "
+                          "batches, which the accountant counts; set train.min_steps=0 "
+                          "(and train.epochs for the steps)")
     if recipe.train.steps_per_epoch:
         raise RecipeError(f"privacy.enabled with train.steps_per_epoch="
                           f"{recipe.train.steps_per_epoch}: a private epoch is the expected "

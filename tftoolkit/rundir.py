@@ -58,6 +58,8 @@ class RunDir:
     PARITY_INPUTS = "parity_inputs.npy"
     SKIPPED_FILES = "skipped_files.txt"
     THRESHOLDS = "thresholds.json"  # multi-label: per class, chosen on validation
+    BASELINES = "baselines.json"    # classification: the cheap baselines on validation
+    AUTO = "auto.json"              # model.mode=auto: the modes tried and the choice
     METRICS = "metrics.json"       # written last: marks the run finished
     EVAL = "eval"
     LOCK = "writer.lock"           # flock-ed by the process writing the run

@@ -17,7 +17,8 @@ from tftoolkit.models.backbones import BACKBONES
 from tftoolkit.models.hub import HUB_PREFIX  # registers hub:PRESET architectures
 from tftoolkit.models.layout import PREPROCESS
 from tftoolkit.models.registry import (ARCHITECTURES, MODES, ArchitectureSpec,
-                                       check_architecture, get_architecture)
+                                       check_architecture, get_architecture,
+                                       mode_without_choice)
 from tftoolkit.models.regularize import apply_kernel_regularizer
 from tftoolkit.models.saving import load_keras_model
 from tftoolkit.models.scratch import SCRATCH_ARCHITECTURES
@@ -47,19 +48,22 @@ def preprocessing_of(model: keras.Model) -> tuple[str, str]:
 
 
 def build_model(recipe: "Recipe", info: "DataInfo") -> keras.Model:
-    """Build the inference model of ``recipe`` for data described by ``info``."""
+    """Build the inference model of ``recipe`` for data described by ``info``
+    (``model.mode=auto`` with pretrained weights: as for feature extraction, where
+    training starts; training itself chooses the mode)."""
     m, dropout = recipe.model, recipe.regularize.dropout
     if recipe.model_fn is not None:
         model = recipe.model_fn(recipe, info)
     else:
-        spec = check_architecture(m.architecture, m.mode)
+        mode = mode_without_choice(m.architecture, m.mode, m.weights) or "feature_extraction"
+        spec = check_architecture(m.architecture, mode)
         if spec.kind == "backbone":
             if info.image_size is None:
                 raise RecipeError(f"model.architecture={m.architecture!r} needs image data; "
                                   f"{info.description} holds feature vectors")
             try:
                 model = build_transfer_model(
-                    spec, weights=m.weights, mode=m.mode, unfreeze=m.unfreeze,
+                    spec, weights=m.weights, mode=mode, unfreeze=m.unfreeze,
                     input_shape=info.input_shape, task=info.task, dropout=dropout,
                     backbone_layer=m.backbone_layer)
             except ValueError as exc:

@@ -19,6 +19,8 @@ from tftoolkit.layers import AffinePreprocessing
 
 MODES = ("scratch", "feature_extraction", "fine_tune", "two_stage")
 TRANSFER_MODES = ("feature_extraction", "fine_tune", "two_stage")
+# model.mode=auto: training chooses among modes on validation (tftoolkit.training.auto)
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,27 @@ def get_architecture(name: str) -> ArchitectureSpec:
 
 
 def check_architecture(architecture: str, mode: str) -> ArchitectureSpec:
-    """The spec, after checking that it exists and supports ``mode``."""
+    """The spec, after checking that it exists and supports ``mode`` (every architecture
+    supports ``auto``)."""
     spec = get_architecture(architecture)
-    if mode not in spec.modes:
+    if mode != AUTO and mode not in spec.modes:
         raise RecipeError(f"model.mode={mode!r} needs a pretrained backbone; "
                           f"model.architecture={architecture!r} is built from scratch "
                           f"(modes: {', '.join(spec.modes)})")
     return spec
+
+
+def mode_without_choice(architecture: str, mode: str, weights: str,
+                        custom_model: bool = False) -> str | None:
+    """The mode a run trains in when nothing is left to choose: ``mode`` itself unless it
+    is ``auto``; for ``auto``, ``scratch`` when there are no pretrained weights to
+    transfer (a from-scratch architecture, ``model.weights=none``, or a recipe's own
+    ``model_fn``); None when ``auto`` has modes to choose among."""
+    if mode != AUTO:
+        return mode
+    if custom_model:
+        return "scratch"
+    spec = get_architecture(architecture)
+    if not set(TRANSFER_MODES) & set(spec.modes) or weights == "none":
+        return "scratch"
+    return None

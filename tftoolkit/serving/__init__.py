@@ -130,6 +130,9 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
         card["split_fingerprints"] = {split: digest for split, digest in
                                       record.fingerprints().items()
                                       if not (private and split == "train")}
+    for key, name in (("baselines", RunDir.BASELINES), ("mode_choice", RunDir.AUTO)):
+        if (run / name).is_file():  # the cheap baselines; what model.mode=auto tried
+            card[key] = run.read_json(name)
     formats = recipe["export"].get("formats", [])
     thresholds = None
     if info.task.thresholded:

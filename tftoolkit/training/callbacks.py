@@ -4,6 +4,8 @@ early stopping that resumes, honest validation of scratch BatchNorm."""
 
 from __future__ import annotations
 
+import time
+
 import keras
 import numpy as np
 
@@ -58,6 +60,22 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 f"a learning rate too high ({self.key}={self.learning_rate:g}): lower it, or "
                 f"set train.clip_norm. The run stopped: {self.run_dir} {kept}, is not "
                 "marked finished, and nothing was exported")
+
+
+class StopAtDeadline(keras.callbacks.Callback):
+    """``train.time_budget``: the stage stops after the epoch that ends past ``deadline``
+    (a ``time.perf_counter()`` value), and ``notes`` say so."""
+
+    def __init__(self, deadline: float, stage: str, budget: float, notes: list[str]):
+        super().__init__()
+        self.deadline, self.stage, self.budget, self.notes = deadline, stage, budget, notes
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = epoch + 1 >= self.params.get("epochs", epoch + 1)
+        if time.perf_counter() >= self.deadline and not last and not self.model.stop_training:
+            self.model.stop_training = True
+            self.notes.append(f"{self.stage}: stopped after epoch {epoch + 1}, "
+                              f"train.time_budget={self.budget:g} s spent")
 
 
 class EpochTensorBoard(keras.callbacks.TensorBoard):

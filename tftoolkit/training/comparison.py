@@ -2,21 +2,25 @@
 
 The mode exported is chosen on the validation split alone; each row also shows the test
 figure, read once per run for the report, never for the choice. The runs must have
-recorded the same splits (``splits.csv``).
+recorded the same splits (``splits.csv``). The runs' baselines
+(:mod:`tftoolkit.training.baselines`) are listed below the modes, with their
+validation figures.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tftoolkit.data.record import SplitRecord
 from tftoolkit.errors import DataError, RecipeError
-from tftoolkit.models.registry import MODES, check_architecture
+from tftoolkit.models.registry import AUTO, MODES, check_architecture
 from tftoolkit.recipe import Recipe
-from tftoolkit.tasks import Monitor
+from tftoolkit.rundir import RunDir
 from tftoolkit.serving import export_run
+from tftoolkit.tasks import Monitor
+from tftoolkit.training.baselines import Baseline, from_dicts
 from tftoolkit.training.privacy import refused_search
 from tftoolkit.training.runner import TrainResult, train
 
@@ -39,6 +43,7 @@ class Comparison:
     monitor: Monitor              # the task's own figure: val_accuracy, val_map, val_loss
     rows: list[ModeRow]
     export_dir: Path | None = None
+    baselines: list[Baseline] = field(default_factory=list)
 
     @property
     def metric_name(self) -> str:
@@ -60,6 +65,10 @@ class Comparison:
             mark = "  <- best by " + self.metric_name if row is self.best else ""
             lines.append(f"{row.mode:20s} {row.validation:14.4f} {test} "
                          f"{row.train_seconds:15.1f}{mark}")
+        for baseline in self.baselines:
+            if f"val_{baseline.metric}" == self.metric_name:
+                lines.append(f"{'baseline: ' + baseline.name:20s} {baseline.val_score:14.4f} "
+                             f"{'-':>14s} {baseline.seconds:15.1f}  ({baseline.description})")
         return "\n".join(lines)
 
 
@@ -93,15 +102,26 @@ def _check_same_splits(rows: list[ModeRow]) -> None:
                             "data that stays as it is")
 
 
+def _baselines(rows: list[ModeRow]) -> list[Baseline]:
+    """The baselines the runs fitted (the same data, so each kind once)."""
+    found: dict[str, Baseline] = {}
+    for row in rows:
+        run = RunDir(row.run_dir)
+        if (run / RunDir.BASELINES).is_file():
+            for baseline in from_dicts(run.read_json(RunDir.BASELINES)["baselines"]):
+                found.setdefault(baseline.name, baseline)
+    return list(found.values())
+
+
 def compare(recipe: Recipe, modes: list[str]) -> Comparison:
     """Train ``recipe`` once per mode (export off), then export the run with the best
     validation figure."""
     if recipe.privacy.enabled:
         raise RecipeError(refused_search("compare"))
-    unknown = [m for m in modes if m not in MODES]
+    unknown = [m for m in modes if m not in (*MODES, AUTO)]
     if unknown or not modes:
         raise RecipeError(f"--modes {','.join(modes)}: unknown mode(s) {unknown} "
-                          f"(choices: {', '.join(MODES)})")
+                          f"(choices: {', '.join((*MODES, AUTO))})")
     for mode in modes:  # before anything trains
         check_architecture(recipe.model.architecture, mode)
     rows, monitor = [], None
@@ -115,7 +135,7 @@ def compare(recipe: Recipe, modes: list[str]) -> Comparison:
                             result.metrics.get(monitor.key.replace("val_", "test_")),
                             result.train_seconds, result.run_dir))
     _check_same_splits(rows)
-    comparison = Comparison(monitor, rows)
+    comparison = Comparison(monitor, rows, baselines=_baselines(rows))
     if recipe.export.enabled:
         comparison.export_dir = export_run(comparison.best.run_dir)
     return comparison

@@ -28,7 +28,7 @@ from tftoolkit.data.splits import shard_positions
 from tftoolkit.models.layout import FEATURES, PREPROCESS
 from tftoolkit.models.transfer import backbone_of, unfreeze_start
 from tftoolkit.training.runtime import verbosity
-from tftoolkit.training.stages import StageInputs
+from tftoolkit.training.stages import CachedArrays, StageInputs
 
 MAX_CACHE_BYTES = 4 * 1024 ** 3
 
@@ -87,12 +87,6 @@ def _head(model: keras.Model, first: int, input_shape) -> keras.Model:
     return keras.Model(inputs, x, name="head")
 
 
-def _pixel_views(augmenter: Augmenter, views: int) -> int:
-    """The augmented copies of each training image cached (``augment.cached_views``):
-    none without pixel augmentation, where each copy would be the image itself."""
-    return views if (augmenter.in_model or augmenter.in_pipeline) is not None else 0
-
-
 def cache_plan(augmenter: Augmenter, views: int, cache: str,
                runs_once: str) -> tuple[bool, str]:
     """Whether to cache, and the line that says why (or why not); ``cache`` names the
@@ -100,7 +94,7 @@ def cache_plan(augmenter: Augmenter, views: int, cache: str,
     if augmenter.in_model is None and augmenter.in_pipeline is None and not augmenter.mixers:
         ignored = (f" (augment.cached_views={views} ignored: no pixel augmentation is on, "
                    "so each copy would be the image itself)"
-                   if views and not _pixel_views(augmenter, views) else "")
+                   if views and not effective_views(augmenter, views) else "")
         return True, f"{cache}: {runs_once}{ignored}"
     if augmenter.mixers:
         return False, f"{cache} off: MixUp/CutMix mix images, not features"
@@ -176,33 +170,63 @@ def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: 
     return features
 
 
+def split_features(extractor: keras.Model, data: DataBundle, split: str, batch_size: int,
+                   limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen features of ``split`` and its labels: the whole split in example order
+    (shared through this process's memo with the stages that train on it), or, when it
+    holds more than ``limit`` examples, the first ``limit`` of its seeded stratified
+    sample order (:meth:`DataBundle.sample`)."""
+    examples = data.splits[split]
+    if not limit or len(examples) <= limit:
+        return _features(extractor, data, split, batch_size), examples.labels
+    images = data.sample(split, limit, batch_size=batch_size).map(lambda x, *rest: x)
+    features = np.asarray(extractor.predict(images, verbose=0))
+    return features, examples.labels[data.sample_order(split)[:limit]]
+
+
+def effective_views(augmenter: Augmenter, views: int) -> int:
+    """The augmented copies of each training image cached: ``views`` when the augmenter
+    has pixel operations to draw them with, else 0 (the images once)."""
+    return views if (augmenter.in_model or augmenter.in_pipeline) is not None else 0
+
+
+def fits_in_memory(extractor: keras.Model, examples: int, views: int) -> bool:
+    """Whether the extractor's outputs for ``examples`` training examples (times
+    ``views`` copies) fit the cache's memory bound."""
+    size = int(np.prod(extractor.output.shape[1:]))
+    return examples * max(views, 1) * size * 4 <= MAX_CACHE_BYTES
+
+
 def cached_datasets(parts: tuple[keras.Model, keras.Model], data: DataBundle,
                     augmenter: Augmenter, views: int, batch_size: int,
                     first_epoch: int = 0) -> StageInputs | None:
     """The trained part of ``parts`` (frozen extractor, trained part) and its training
-    and validation datasets on the extractor's cached outputs; None when those would not
-    fit in memory."""
+    and validation datasets on the extractor's cached outputs (and those outputs in
+    memory); None when they would not fit in memory. ``views`` augmented copies are
+    cached when the augmenter has pixel operations (else the images once)."""
     extractor, head = parts
     train = data.splits["train"]
-    views = _pixel_views(augmenter, views)
-    size = int(np.prod(extractor.output.shape[1:]))
-    if len(train) * max(views, 1) * size * 4 > MAX_CACHE_BYTES:
-        return None
     pixels = augmenter.in_model or augmenter.in_pipeline
+    views = effective_views(augmenter, views)
+    if not fits_in_memory(extractor, len(train), views):
+        return None
     if views:
         features = _features(extractor, data, "train", batch_size, pixels, views)
         labels = np.tile(train.labels, (views,) + (1,) * (train.labels.ndim - 1))
     else:
         features, labels = _features(extractor, data, "train", batch_size), train.labels
+    arrays = CachedArrays(features, labels, unaugmented=(
+        (lambda: _features(extractor, data, "train", batch_size)) if views else None))
     cached = DataBundle(data.recipe, {"train": Examples(labels, arrays=features)}, data.info,
                         share=data.share)
     if "val" in data.splits:
-        cached.splits["val"] = Examples(data.splits["val"].labels,
-                                        arrays=_features(extractor, data, "val", batch_size))
+        arrays.val = _features(extractor, data, "val", batch_size)
+        arrays.val_labels = data.splits["val"].labels
+        cached.splits["val"] = Examples(arrays.val_labels, arrays=arrays.val)
     # Features are not images: no resizing; labels and class weights as for images.
     cached.info = replace(data.info, image_size=None)
     train_ds = cached.dataset("train", training=True, batch_size=batch_size,
                               first_epoch=first_epoch)
     val_ds = cached.dataset("val", batch_size=batch_size) if "val" in cached.splits else None
     return StageInputs(head, train_ds, val_ds, cached.steps_per_epoch("train", batch_size),
-                       lambda: cached.dataset("train", batch_size=batch_size))
+                       lambda: cached.dataset("train", batch_size=batch_size), arrays)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,30 +24,37 @@ from tftoolkit.augment.tta import predict_tta
 from tftoolkit.data import SAMPLE_BATCH, DataBundle, DataInfo, load_data
 from tftoolkit.data.record import SplitRecord, check_resumable
 from tftoolkit.errors import DataError, RecipeError
-from tftoolkit.models import build_model, input_size, preprocessing_of
+from tftoolkit.models import build_model, get_architecture, input_size, preprocessing_of
 from tftoolkit.models.transfer import set_trainable
 from tftoolkit.multilabel import report_at, split_histograms, validation_thresholds
 from tftoolkit.recipe import Recipe, load_recipe
 from tftoolkit.rundir import Progress, RunDir
 from tftoolkit.serving import export_run, save_parity_inputs
 from tftoolkit.serving.formats import check_formats
-from tftoolkit.training import distributed, privacy
+from tftoolkit.training import auto, distributed, privacy
+from tftoolkit.training.baselines import (Baseline, baseline_metrics, fit_baselines,
+                                          from_dicts, record, shortfalls)
+from tftoolkit.training.baselines import applies as baselines_apply
+from tftoolkit.training.baselines import describe as describe_baselines
 from tftoolkit.training.batchnorm import (RECALIBRATION_BATCHES, recalibrate_batchnorm,
                                           trainable_batchnorms)
 from tftoolkit.training.callbacks import (EarlyStopping, EmaValidation, EpochTensorBoard,
                                           KeepBest, RecalibrateBeforeValidation,
+                                          StopAtDeadline,
                                           StopOnNonFiniteLoss)
 from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, readable_progress,
                                            restore_stage_weights, restore_state,
                                            resume_callbacks, trim_history)
 from tftoolkit.training.distributed import is_chief
-from tftoolkit.training.feature_cache import (cache_plan, cached_datasets, split_at_features,
+from tftoolkit.training.feature_cache import (cache_plan, cached_datasets, effective_views,
+                                              fits_in_memory, split_at_features,
                                               split_below_unfrozen)
 from tftoolkit.training.lr_find import LrFindResult, sweep
 from tftoolkit.training.optim import compile_model, learning_rate_schedule
 from tftoolkit.training.plots import plot_history
 from tftoolkit.training.runtime import (choose_strategy, precision_policy, seed_everything,
                                         strategy_name, verbosity)
+from tftoolkit.training.solved_head import solve_stage, why_not_solved
 from tftoolkit.training.step import TrainStep, use_in_fit
 from tftoolkit.training.stages import Stage, StageInputs, plan_stages, stage_modes
 from tftoolkit.tasks import Monitor
@@ -106,6 +114,8 @@ class _Run(_Setup):
     progress: Progress | None = None
     cached_head: StageInputs | None = None  # the last stage, when it trained on features
     private: Privacy | None = None          # DP-SGD's noise, delta and steps taken
+    baselines: list[Baseline] = field(default_factory=list)
+    deadline: float | None = None           # perf_counter() past which stages stop
 
     def resumes(self, stage: Stage) -> bool:
         """Whether ``stage`` continues from a saved epoch of the resumed run."""
@@ -117,8 +127,11 @@ class _Run(_Setup):
 
 
 def train(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
-          report_test: bool = True, judged_by: str = "") -> TrainResult:
-    """Train ``recipe`` end to end and return the model, history and run directory.
+          report_test: bool = True, judged_by: str = "",
+          deadline: float | None = None) -> TrainResult:
+    """Train ``recipe`` end to end and return the model, history and run directory;
+    ``model.mode=auto`` hands the recipe to :func:`tftoolkit.training.auto.choose`,
+    which trains each mode it tries through this function.
 
     An unfinished run of the same resolved recipe is resumed from its last completed
     epoch unless ``train.resume`` is false.
@@ -128,17 +141,33 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
             objective); refused before training when the task does not log it.
         report_test: False leaves the test split out of the run entirely (a search
             trial: nothing is chosen by looking at it).
+        deadline: a ``time.perf_counter()`` value after which stages stop at the end of
+            their epoch, if ``train.time_budget`` does not stop them before (the budget
+            ``model.mode=auto`` has left).
     """
     recipe = load_recipe(recipe, overrides)
+    fixed = auto.without_choice(recipe)
+    if fixed is None:  # model.mode=auto with modes to choose among
+        return auto.choose(recipe, train, report_test=report_test, judged_by=judged_by)
+    recipe = fixed
     t = recipe.train
     strategy = choose_strategy(t)  # first: a multi-worker strategy must precede any TF op
     with precision_policy(t.precision):
         seed_everything(t.seed, t.deterministic)
         run = _open_run(recipe, strategy, report_test, judged_by)
+        run.baselines = _baselines(run)
         lr_scale = strategy.num_replicas_in_sync if t.scale_lr else 1
         if lr_scale > 1:
             run.notes.append(f"learning rates scaled by {lr_scale} replicas (train.scale_lr)")
         start = time.perf_counter()
+        ends = [end for end in (deadline, start + t.time_budget if t.time_budget else None)
+                if end is not None]
+        run.deadline = min(ends, default=None)
+        if run.deadline is not None and distributed.needs_own_loop(strategy):
+            raise RecipeError("train.time_budget stops a stage at a time each worker "
+                              "measures on its own clock, so the workers of a multi-worker "
+                              "run could stop at different epochs; set train.time_budget=0 "
+                              "and train.epochs instead")
         if t.learning_rate == "auto":
             run.recipe = _found_learning_rate(run)
         stages = plan_stages(run.recipe, lr_scale)
@@ -275,6 +304,35 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
     return _Run(**vars(setup), run=run, resume_from=resume_from, progress=progress)
 
 
+def _pretrained_backbone(recipe: Recipe) -> str | None:
+    """The name of the model's pretrained backbone, which stays frozen at first; None
+    for a model trained from scratch or built by ``model_fn``."""
+    m = recipe.model
+    if recipe.model_fn is not None or m.mode == "scratch" or m.weights == "none":
+        return None
+    return Path(m.architecture).stem if get_architecture(
+        m.architecture).kind == "backbone" else None
+
+
+def _baselines(run: _Run) -> list[Baseline]:
+    """The run's baselines (``train.baselines``), fitted before any stage changes the
+    backbone, or read back when the run resumes; none for a private run (they would
+    release figures of the private data outside the guarantee) or without a validation
+    split to score them on."""
+    if (not run.recipe.train.baselines or run.recipe.privacy.enabled
+            or not baselines_apply(run.data)):
+        return []
+    saved = run.resume_from and (run.resume_from / RunDir.BASELINES).is_file()
+    if saved:
+        found = from_dicts(run.resume_from.read_json(RunDir.BASELINES)["baselines"])
+    else:
+        found = fit_baselines(run.model, run.data, run.batch_size,
+                              pretrained=_pretrained_backbone(run.recipe))
+        run.run.write_json(RunDir.BASELINES, record(found))
+    run.notes.append(describe_baselines(found))
+    return found
+
+
 def _frozen_part(run: _Setup, stage: Stage) -> tuple[tuple, str, str] | None:
     """How the stage can train on cached outputs of the frozen part of the model: the
     (frozen, trained) halves, the cache's name and what it does; None when it cannot."""
@@ -293,34 +351,57 @@ def _frozen_part(run: _Setup, stage: Stage) -> tuple[tuple, str, str] | None:
     return None
 
 
-def _stage_inputs(run: _Setup, stage: Stage, first_epoch: int) -> StageInputs:
-    """The training graph on images, or the part that trains on cached outputs of the
-    frozen part (the head on backbone features, or the unfrozen top on the activations
-    of the frozen blocks) when the cache applies."""
-    recipe, data = run.recipe, run.data
+@dataclass
+class _CachedPart:
+    """How a stage trains on cached outputs of the frozen part of the model."""
+
+    parts: tuple[keras.Model, keras.Model]   # (frozen part, the part that trains)
+    views: int                               # augmented copies cached (0: images once)
+
+
+def _cached_part(run: _Setup, stage: Stage) -> _CachedPart | None:
+    """Whether the stage trains on cached outputs of the frozen part (the head on
+    backbone features, or the unfrozen top on the frozen blocks' activations), noted
+    with why or why not; None: it trains on images."""
     frozen = _frozen_part(run, stage)
-    if frozen is not None:
-        parts, name, runs_once = frozen
-        views = recipe.augment.cached_views
-        use_cache, why = cache_plan(run.augmenter, views, name, runs_once)
-        cached = (cached_datasets(parts, data, run.augmenter, views, run.batch_size,
-                                  first_epoch=first_epoch) if use_cache else None)
-        if use_cache and cached is None:
-            why = f"{name} off: the cached outputs would not fit in memory"
-        elif cached is not None and data.share is not None:
-            why += (f"; each of {data.share.count} workers ran the frozen part on its share "
-                    "of the images")
-        run.notes.append(why)
-        if cached is not None:
-            return cached
+    if frozen is None:
+        return None
+    parts, name, runs_once = frozen
+    data = run.data
+    use_cache, why = cache_plan(run.augmenter, run.recipe.augment.cached_views, name,
+                                runs_once)
+    views = effective_views(run.augmenter, run.recipe.augment.cached_views)
+    if use_cache and not fits_in_memory(parts[0], len(data.splits["train"]), views):
+        use_cache, why = False, f"{name} off: the cached outputs would not fit in memory"
+    elif use_cache and data.share is not None:
+        why += (f"; each of {data.share.count} workers ran the frozen part on its share "
+                "of the images")
+    run.notes.append(why)
+    return _CachedPart(parts, views) if use_cache else None
+
+
+def _stage_inputs(run: _Setup, stage: Stage, first_pass: int,
+                  cached: _CachedPart | None) -> StageInputs:
+    """The training graph on images, or the part that trains on ``cached`` outputs of
+    the frozen part; the training stream starts at pass ``first_pass`` over the data."""
+    data = run.data
+    if cached is not None:
+        return cached_datasets(cached.parts, data, run.augmenter, cached.views, run.batch_size,
+                               first_epoch=first_pass)
     return StageInputs(
         run.graph,
         _input(run.strategy, data, "train", training=True, batch_size=run.batch_size,
-               augment=run.augmenter.pipeline_fn(), first_epoch=first_epoch),
+               augment=run.augmenter.pipeline_fn(), first_epoch=first_pass),
         _input(run.strategy, data, "val", batch_size=run.batch_size)
         if "val" in data.splits else None,
         data.steps_per_epoch("train", run.batch_size),
         lambda: data.dataset("train", batch_size=run.batch_size))
+
+
+def _passes_per_epoch(min_steps: int, epochs: int, steps_per_pass: int) -> int:
+    """Passes over the training data per epoch so that the stage takes at least
+    ``min_steps`` steps (``train.min_steps``): 1 unless the stage is shorter."""
+    return max(1, math.ceil(min_steps / max(epochs * steps_per_pass, 1)))
 
 
 def _input(strategy: tf.distribute.Strategy, data: DataBundle, split: str,
@@ -374,6 +455,9 @@ def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callb
     if "early_stopping" in reads:
         resumables["early_stopping"] = EarlyStopping(_monitor(run), t.early_stopping)
         callbacks.append(resumables["early_stopping"])
+    if run.deadline is not None:
+        callbacks.append(StopAtDeadline(run.deadline, f"stage {stage.index + 1} "
+                                        f"({stage.mode})", t.time_budget, run.notes))
     if run.resumes(stage):  # the best epoch so far and the patience, as of that epoch
         resume_callbacks(run.resume_from, run.progress, resumables)
     # Last: the per-epoch state of what trains (the whole graph, or the head on cached
@@ -385,17 +469,41 @@ def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callb
 
 def _run_stage(run: _Run, stage: Stage) -> None:
     """Freeze or unfreeze for the stage's mode, compile, restore a saved epoch if this
-    stage is being resumed, fit, and keep the stage's end state."""
+    stage is being resumed, fit (or solve a linear head on cached features), and keep
+    the stage's end state."""
     recipe = run.recipe
     t = recipe.train
     first_epoch = run.progress.next_epoch if run.resumes(stage) else stage.first_epoch
     trim_history(run.run, first_epoch)
     set_trainable(run.model, stage.mode, recipe.model.unfreeze)
-    inputs = _stage_inputs(run, stage, first_epoch)
-    # DP-SGD's epoch is its expected number of Poisson batches (train.steps_per_epoch is
-    # refused with privacy)
-    steps = (privacy.steps_per_epoch(len(run.data.splits["train"]), run.batch_size)
-             if run.private is not None else t.steps_per_epoch or inputs.steps_per_epoch)
+    cached = _cached_part(run, stage)
+    n = len(run.data.splits["train"])
+    # DP-SGD's epoch is its expected number of Poisson batches (train.steps_per_epoch and
+    # train.min_steps are refused with privacy)
+    if run.private is not None:
+        steps_per_pass, passes = privacy.steps_per_epoch(n, run.batch_size), 1
+    else:
+        examples = n * max(cached.views, 1) if cached is not None else n
+        steps_per_pass = t.steps_per_epoch or math.ceil(examples / max(run.batch_size, 1))
+        passes = _passes_per_epoch(t.min_steps, stage.epochs, steps_per_pass)
+    # The input stream counts passes over the data: with several per epoch, a stage
+    # resumed at an epoch starts at that epoch's first pass.
+    inputs = _stage_inputs(run, stage,
+                           stage.first_epoch + (first_epoch - stage.first_epoch) * passes,
+                           cached)
+    if stage.mode == "feature_extraction":
+        why_not = why_not_solved(recipe, run.data, inputs, run.private is not None)
+        if why_not is None:
+            _solve_stage(run, stage, inputs)
+            return
+        if t.solve_head == "auto":
+            run.notes.append(f"stage {stage.index + 1} ({stage.mode}): head trained by "
+                             f"the optimizer, not solved: {why_not}")
+    steps = steps_per_pass * passes
+    if passes > 1:
+        run.notes.append(f"stage {stage.index + 1} ({stage.mode}): each epoch is {passes} "
+                         f"passes over the training data ({steps} steps), so that the "
+                         f"stage takes at least train.min_steps={t.min_steps} steps")
     # The schedule spans the whole stage; a resumed stage continues it from the
     # optimizer's restored step count.
     learning_rate = learning_rate_schedule(t, stage.learning_rate, stage.epochs * steps, steps)
@@ -420,6 +528,29 @@ def _run_stage(run: _Run, stage: Stage) -> None:
                          f"{best['epoch']} ({source}), {best['metric']} {best['value']:.4f}")
     finish_stage(run.run, stage.index, stage.end, run.model)
     run.cached_head = inputs if inputs.model is not run.graph else None
+
+
+def _solve_stage(run: _Run, stage: Stage, inputs: StageInputs) -> None:
+    """The stage's linear head solved on its cached features (``train.solve_head``);
+    its validation figures, measured as after an epoch, are its best record."""
+    with run.strategy.scope():
+        compile_model(inputs.model, run.recipe, run.data.info, 0.0)
+        solved = solve_stage(run.recipe, run.data, inputs)
+    figures = ({f"val_{k}": v for k, v in distributed.evaluate(
+        inputs.model, inputs.val, strategy=run.strategy, task=run.data.info.task).items()}
+               if inputs.val is not None else {})
+    monitor = run.recipe.train.select_best
+    if monitor in figures:
+        run.run.write_json(f"{RunDir.CHECKPOINTS}/best-{stage.index}.json", {
+            "stage": stage.index, "epoch": stage.end, "weights": "solved",
+            "metric": monitor, "value": figures[monitor]})
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in figures.items())
+    kept = f" ({solved.kept}, chosen on validation)" if solved.kept else ""
+    run.notes.append(f"stage {stage.index + 1} ({stage.mode}): head solved on {solved.rows} "
+                     f"cached feature rows{kept}, {solved.solution.describe()}"
+                     + (f"; {shown}" if shown else ""))
+    finish_stage(run.run, stage.index, stage.end, run.model)
+    run.cached_head = inputs
 
 
 def _plan_privacy(run: _Run, stages: list[Stage]) -> Privacy:
@@ -554,7 +685,7 @@ def _sweep_first_stage(setup: _Setup, steps: int = 100) -> LrFindResult:
     features when the backbone is frozen); the models' weights are put back after."""
     stage = Stage(0, stage_modes(setup.recipe)[0], 0, setup.recipe.train.epochs, 0.0)
     set_trainable(setup.model, stage.mode, setup.recipe.model.unfreeze)
-    inputs = _stage_inputs(setup, stage, 0)
+    inputs = _stage_inputs(setup, stage, 0, _cached_part(setup, stage))
     weights = inputs.model.get_weights()
     with setup.strategy.scope():
         compile_model(inputs.model, setup.recipe, setup.data.info, 1e-7)
@@ -571,6 +702,11 @@ def lr_find(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
     recipe = load_recipe(recipe, overrides)
     if recipe.privacy.enabled:
         raise RecipeError(privacy.refused_search("lr-find"))
+    recipe = auto.without_choice(recipe)
+    if recipe is None:
+        raise RecipeError("lr-find sweeps the first stage of one mode, and model.mode=auto "
+                          "chooses the mode while training: set model.mode (for example "
+                          "--set model.mode=fine_tune)")
     strategy = choose_strategy(recipe.train)
     with precision_policy(recipe.train.precision):
         seed_everything(recipe.train.seed, recipe.train.deterministic)
@@ -656,6 +792,10 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
     if run.data.info.task.thresholded:
         metrics.update(_choose_thresholds(run))
     metrics["train_seconds"] = train_seconds
+    if run.baselines:
+        metrics.update(baseline_metrics(run.baselines))
+        run.notes.extend(shortfalls(run.baselines, metrics))
+        run.run.write_json(RunDir.BASELINES, record(run.baselines, metrics))
     if run.private is not None:
         metrics.update(epsilon=run.private.epsilon, delta=run.private.delta)
     model.save(run.run / RunDir.MODEL)

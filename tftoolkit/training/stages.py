@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tftoolkit.recipe import Recipe
@@ -33,6 +34,20 @@ class Stage:
 
 
 @dataclass
+class CachedArrays:
+    """The cached outputs of a frozen part that a stage trains on, in memory, with their
+    labels (class ids, or multi-hot rows): what a solved head is fitted to."""
+
+    train: np.ndarray
+    train_labels: np.ndarray
+    val: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+    # when ``train`` holds augmented copies: the outputs of the training images as they
+    # are, in example order (computed when first called)
+    unaugmented: Callable[[], np.ndarray] | None = None
+
+
+@dataclass
 class StageInputs:
     """What a stage fits: the model (the training graph, or the head alone on cached
     features) and its datasets."""
@@ -43,6 +58,7 @@ class StageInputs:
     steps_per_epoch: int
     # builds the training split once, in order, not augmented (DP-SGD's arrays), when read
     plain_train: Callable[[], tf.data.Dataset]
+    arrays: CachedArrays | None = None   # what trains on cached outputs, in memory
 
 
 def stage_modes(recipe: Recipe) -> list[str]:

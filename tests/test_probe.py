@@ -1,0 +1,182 @@
+"""Solved linear heads: the solver against scikit-learn and Keras, and the solved stage."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+
+import tftoolkit
+from tftoolkit.recipe import (AugmentConfig, DataConfig, ExportConfig, ModelConfig, Recipe,
+                              RegularizeConfig, TrainConfig)
+from tftoolkit.training import probe
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits(return_X_y=True)
+    return x[:600].astype("float32"), y[:600], x[600:900].astype("float32"), y[600:900]
+
+
+def test_the_softmax_head_is_scikit_learns_logistic_regression(digits):
+    x, y, xv, yv = digits
+    solution = probe.solve(probe.LinearProblem(probe.SOFTMAX, 10), x, y, grid=(0.01,))
+    # scikit-learn minimises C * sum(loss) + |w|^2 / 2 on the same standardized features
+    scale = probe._Standardizer.fit(x)
+    sk = LogisticRegression(C=1 / (2 * 0.01 * len(x)), tol=1e-10, max_iter=10000).fit(
+        scale(x), y)
+    logits = solution.predict(xv)
+    ours = np.exp(logits - logits.max(1, keepdims=True))
+    ours /= ours.sum(1, keepdims=True)
+    np.testing.assert_allclose(ours, sk.predict_proba(scale(xv)), atol=2e-3)
+
+
+def test_a_multi_label_head_is_one_binary_regression_per_class(digits):
+    x, y, _, _ = digits
+    rows = np.stack([y % 2, y > 4], axis=1).astype("float32")
+    both = probe.solve(probe.LinearProblem(probe.MULTILABEL, 2), x, rows, grid=(0.02,))
+    for c in range(2):
+        # the multi-label loss averages the classes: each alone carries half of it
+        alone = probe.solve(probe.LinearProblem(probe.SIGMOID, 1), x, rows[:, c:c + 1],
+                            grid=(0.04,))
+        np.testing.assert_allclose(both.kernel[:, c], alone.kernel[:, 0], atol=2e-3)
+        np.testing.assert_allclose(both.bias[c], alone.bias[0], atol=2e-3)
+
+
+def _keras_gradient_norm(kind, outputs, loss, x, labels, solution, l2, weights=None):
+    """The norm of the gradient of Keras' own training loss (the loss object plus an l2
+    kernel regularizer) at the solved kernel and bias."""
+    inputs = keras.Input((x.shape[1],))
+    dense = keras.layers.Dense(outputs, activation="softmax" if kind == probe.SOFTMAX
+                               else "sigmoid", kernel_regularizer=keras.regularizers.L2(l2))
+    model = keras.Model(inputs, dense(inputs))
+    dense.set_weights([solution.kernel, solution.bias])
+    with tf.GradientTape() as tape:
+        total = loss(labels, model(x), sample_weight=weights) + tf.add_n(model.losses)
+    grads = tape.gradient(total, model.trainable_variables)
+    return float(tf.linalg.global_norm(grads)), float(total)
+
+
+def test_the_solution_is_where_keras_training_loss_stops_moving(digits):
+    x, y, _, _ = digits
+    x = x / 16.0
+    class_weights = np.linspace(0.5, 2.0, 10)
+    problem = probe.LinearProblem(probe.SOFTMAX, 10, label_smoothing=0.1,
+                                  class_weights=class_weights)
+    solution = probe.solve(problem, x, y, grid=(1e-3,), raw_penalty=True)
+    norm, _ = _keras_gradient_norm(
+        probe.SOFTMAX, 10, keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+        x, np.eye(10)[y], solution, 1e-3, class_weights[y])
+    assert norm < 1e-3
+
+    rows = np.stack([y % 2, y > 4, y == 0], axis=1).astype("float32")
+    positive = np.array([1.0, 2.0, 8.0])
+    problem = probe.LinearProblem(probe.MULTILABEL, 3, label_smoothing=0.1,
+                                  positive_weights=positive)
+    solution = probe.solve(problem, x, rows, grid=(1e-3,), raw_penalty=True)
+    loss = tftoolkit.multilabel.MultiLabelCrossentropy(0.1, list(positive))
+    norm, _ = _keras_gradient_norm(probe.MULTILABEL, 3, loss, x, rows, solution, 1e-3)
+    assert norm < 1e-3
+
+
+def test_the_l2_strength_is_the_best_on_validation_ties_to_the_lower_loss(digits):
+    x, y, xv, yv = digits
+    solution = probe.solve(probe.LinearProblem(probe.SOFTMAX, 10), x, y, xv, yv)
+    assert [l2 for l2, *_ in solution.tried] == sorted(probe.L2_GRID, reverse=True)
+    best = max(solution.tried, key=lambda t: (t[1], -t[2]))
+    assert (solution.l2, solution.val_score, solution.val_loss) == best
+    with pytest.raises(ValueError, match="needs validation data"):
+        probe.solve(probe.LinearProblem(probe.SOFTMAX, 10), x, y)
+
+
+def _frozen(folder, **train) -> Recipe:
+    return Recipe(name="solved",
+                  data=DataConfig(source="folder", dir=str(folder), image_size=32),
+                  model=ModelConfig(architecture="mobilenet_v2",
+                                    weights="imagenet-torchvision",
+                                    mode="feature_extraction"),
+                  regularize=RegularizeConfig(kernel="l2", strength=1e-3),
+                  train=TrainConfig(epochs=3, batch_size=8, learning_rate=0.01,
+                                    baselines=False, **train),
+                  export=ExportConfig(enabled=False))
+
+
+def _training_objective(result, recipe) -> float:
+    """The head's training loss (cross-entropy plus the l2 penalty) on the run's
+    training features."""
+    from tftoolkit.training.feature_cache import split_at_features, split_features
+    from tftoolkit.training.optim import compile_model
+
+    data = tftoolkit.load_data(recipe, 32)
+    extractor, head = split_at_features(result.model)
+    features, labels = split_features(extractor, data, "train", 8)
+    compile_model(head, recipe, data.info, 0.0)
+    return head.evaluate(features, np.eye(2)[labels], verbose=0, return_dict=True)["loss"]
+
+
+def test_a_solved_head_reaches_a_lower_training_loss_than_its_epochs(image_folder, quiet,
+                                                                     imported_mobilenet):
+    solved_recipe = _frozen(image_folder)
+    solved = tftoolkit.train(solved_recipe, quiet)
+    sampled_recipe = _frozen(image_folder, solve_head="off")
+    sampled = tftoolkit.train(sampled_recipe, quiet)
+    notes = " ".join(solved.notes)
+    assert "head solved on" in notes and "L2 0.001, " in notes
+    assert "head solved" not in " ".join(sampled.notes)
+    assert "loss" not in solved.history  # no epoch was sampled
+    assert (_training_objective(solved, solved_recipe)
+            < _training_objective(sampled, sampled_recipe))
+
+
+def test_the_solved_stage_is_the_start_of_fine_tuning_and_its_record(image_folder, quiet,
+                                                                       imported_mobilenet):
+    recipe = _frozen(image_folder, select_best="val_accuracy", fine_tune_epochs=1,
+                     fine_tune_learning_rate=1e-4)
+    recipe = tftoolkit.load_recipe(recipe, {"model.mode": "two_stage",
+                                            "model.unfreeze": "block_16",
+                                            "regularize.kernel": "none"})
+    result = tftoolkit.train(recipe, quiet)
+    record = json.loads((result.run_dir / "checkpoints" / "best-0.json").read_text())
+    assert record["weights"] == "solved" and record["metric"] == "val_accuracy"
+    assert len(result.history["val_accuracy"]) == 1  # the fine-tuning epoch alone
+    assert result.metrics["val_accuracy"] >= record["value"]  # never below stage 1
+    assert "chosen on validation from 10 strengths" in " ".join(result.notes)
+
+
+def test_cached_views_without_augmentation_cache_the_images_once(image_folder, quiet,
+                                                                 imported_mobilenet):
+    recipe = Recipe(name="views", data=DataConfig(source="folder", dir=str(image_folder),
+                                                  image_size=32),
+                    model=ModelConfig(architecture="mobilenet_v2", weights="none",
+                                      mode="feature_extraction"),
+                    augment=AugmentConfig(enabled=False, cached_views=3),
+                    train=TrainConfig(epochs=1, batch_size=8, baselines=False),
+                    export=ExportConfig(enabled=False))
+    result = tftoolkit.train(recipe, quiet)
+    train = result.info.counts["train"]
+    assert f"head solved on {train} cached feature rows" in " ".join(result.notes)
+
+
+def test_with_augmented_views_the_head_is_solved_on_them_and_on_the_images_alike(
+        image_folder, quiet, imported_mobilenet, monkeypatch):
+    from tftoolkit.training import solved_head
+
+    tried = []
+    real_solve = solved_head.solve
+    monkeypatch.setattr(solved_head, "solve", lambda problem, x, *a, **k: tried.append(
+        len(x)) or real_solve(problem, x, *a, **k))
+    recipe = tftoolkit.load_recipe(_frozen(image_folder), {
+        "augment.enabled": True, "augment.rotation": 0.1, "augment.cached_views": 3,
+        "regularize.kernel": "none"})
+    result = tftoolkit.train(recipe, quiet)
+    n = result.info.counts["train"]
+    assert tried == [n, 4 * n]
+    notes = " ".join(result.notes)
+    assert (f"head solved on {4 * n} cached feature rows (the images and their augmented "
+            "copies, chosen on validation)" in notes or f"head solved on {n} cached feature "
+            "rows (the images as they are, chosen on validation)" in notes), notes
