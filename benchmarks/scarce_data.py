@@ -50,6 +50,7 @@ from tftoolkit.data.pipeline import to_rgb_image
 from tftoolkit.data.sources import FASHION_MNIST_CLASSES, load_source
 from tftoolkit.models.transfer import backbone_of
 from tftoolkit.recipe import DataConfig
+from tftoolkit.tasks import SingleLabel
 from tftoolkit.training.feature_cache import split_at_features, split_below_unfrozen
 
 RECIPE = "image_folder"
@@ -160,9 +161,9 @@ def sklearn_probe(recipe_overrides: dict, train: tuple, test: TestSet) -> tuple[
     recipe = tftoolkit.load_recipe(RECIPE, {**recipe_overrides,
                                             "model.mode": "feature_extraction"})
     size = recipe.data.image_size
-    info = tftoolkit.DataInfo("classification", "categorical", (size, size, 3),
-                              [str(c) for c in np.unique(test.labels)], size, "draw",
-                              resize_method=recipe.data.resize_method)
+    classes = [str(c) for c in np.unique(test.labels)]
+    info = tftoolkit.DataInfo(SingleLabel(len(classes)), (size, size, 3), classes, size,
+                              "draw", resize_method=recipe.data.resize_method)
     extractor = split_at_features(tftoolkit.build_model(recipe, info))[0]
     images, labels = train
     features = extractor.predict(TestSet(images, labels, test.names).inputs(info.resize),

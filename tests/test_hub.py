@@ -13,6 +13,7 @@ import pytest
 import tftoolkit
 from tftoolkit.errors import RecipeError, WeightsError
 from tftoolkit.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, TrainConfig
+from tftoolkit.tasks import SingleLabel
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -62,7 +63,7 @@ def _recipe(architecture: str, folder, mode: str, image_size: int = 0, **export)
 def _info(size: int):
     from tftoolkit.data import DataInfo
 
-    return DataInfo("classification", "categorical", (size, size, 3), ["a", "b"], size, "t")
+    return DataInfo(SingleLabel(2, "categorical"), (size, size, 3), ["a", "b"], size, "t")
 
 
 def test_the_presets_converter_is_the_in_graph_preprocessing(resnet_preset):
