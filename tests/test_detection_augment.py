@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tftoolkit.data.pipeline import Resize
-from tftoolkit.detection.augment import BoxAugment, crop_boxes, transform_boxes
+from tftoolkit.augment.boxes import BoxAugment, crop_boxes, transform_boxes
 
 SIZE = 64
 POLICIES = {
