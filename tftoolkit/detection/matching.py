@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import tensorflow as tf
 
 from tftoolkit.detection.anchors import AnchorSet
@@ -70,19 +71,22 @@ class TargetEncoder:
     anchors: AnchorSet
     coder: BoxCoder = BoxCoder()
     match: MatchConfig = MatchConfig()
-    _corners: tf.Tensor = field(init=False, repr=False, compare=False)
-    _centres: tf.Tensor = field(init=False, repr=False, compare=False)
+    # numpy, made tensors in each call: an encoder serves graphs traced apart (pipelines,
+    # metrics) and eager calls alike
+    _corners: np.ndarray = field(init=False, repr=False, compare=False)
+    _centres: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "_corners", tf.constant(self.anchors.corners()))
-        object.__setattr__(self, "_centres", tf.constant(self.anchors.centres_sizes()))
+        object.__setattr__(self, "_corners", self.anchors.corners())
+        object.__setattr__(self, "_centres", self.anchors.centres_sizes())
 
     def __call__(self, tables: tf.Tensor) -> tf.Tensor:
         """``[batch, max_boxes, 5]`` box tables -> ``[batch, anchors + max_boxes, 6]``."""
+        corners, centres = tf.constant(self._corners), tf.constant(self._centres)
         tables = tf.cast(tables, tf.float32)
         boxes, classes = tables[..., :4], tf.cast(tables[..., 4], tf.int32)
         present = classes != NO_BOX                                       # [B, M]
-        iou = tf.where(present[:, None, :], _batch_iou(self._corners, boxes), -1.0)
+        iou = tf.where(present[:, None, :], _batch_iou(corners, boxes), -1.0)
         shape = tf.shape(iou)
         # a column of -1 makes the argmax of an image without boxes background
         padded = tf.concat([iou, tf.fill([shape[0], shape[1], 1], -1.0)], axis=2)
@@ -104,9 +108,9 @@ class TargetEncoder:
         padded_boxes = tf.concat([boxes, tf.zeros([shape[0], 1, 4])], axis=1)
         # non-positive anchors are coded against themselves (finite zeros), then masked
         safe = tf.where(positive[..., None], tf.gather(padded_boxes, matched, batch_dims=1),
-                        self._corners[None])
+                        corners[None])
         weight = tf.cast(positive, tf.float32)[..., None]
-        anchor_rows = tf.concat([self.coder.encode(safe, self._centres) * weight, weight,
+        anchor_rows = tf.concat([self.coder.encode(safe, centres) * weight, weight,
                                  tf.cast(class_targets, tf.float32)[..., None]], axis=2)
         table_rows = tf.pad(tables, [[0, 0], [0, 0], [0, 1]])
         return tf.concat([anchor_rows, table_rows], axis=1)

@@ -185,7 +185,8 @@ def _prepare(recipe: Recipe, strategy: tf.distribute.Strategy,
     if not report_test:
         data.splits.pop("test", None)
         data.info.counts.pop("test", None)
-    augmenter = build_augmenter(recipe.augment, data.info.image_size, recipe.train.seed)
+    augmenter = build_augmenter(recipe.augment, data.info.image_size, recipe.train.seed,
+                                spatial=data.info.task.spatial)
     with strategy.scope():
         model = build_model(recipe, data.info)
         graph = training_model(model, augmenter)
@@ -271,8 +272,8 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
 def _frozen_part(run: _Setup, stage: Stage) -> tuple[tuple, str, str] | None:
     """How the stage can train on cached outputs of the frozen part of the model: the
     (frozen, trained) halves, the cache's name and what it does; None when it cannot."""
-    if run.recipe.train.cache_features != "auto":
-        return None
+    if run.recipe.train.cache_features != "auto" or run.data.info.task.feature_strides:
+        return None  # (a head on feature maps of several strides trains on images)
     if stage.mode == "feature_extraction":
         parts = split_at_features(run.model)
         return parts and (parts, "feature cache",
