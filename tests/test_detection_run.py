@@ -81,7 +81,8 @@ def voc_run(tmp_path_factory, imported_mobilenet):
     return train("object_detection", _overrides(
         quiet, **{"data.dir": str(_voc(tmp / "voc")), "augment.resized_crop_scale": 0.5,
                   "data.validation_fraction": 0.25, "data.test_fraction": 0.25,
-                  "export.formats": ["mediapipe", "mediapipe_int8"]}))
+                  "export.formats": ["mediapipe", "mediapipe_int8"],
+                  "train.steps_per_epoch": 40}))
 
 
 def test_a_voc_run_logs_val_map_every_epoch_and_reports_test_map(voc_run):
@@ -187,3 +188,45 @@ def test_settings_that_do_not_move_boxes_are_refused_before_training(tmp_path, q
             **overrides, "train.loss": "categorical_crossentropy"}), SIZE)
     with pytest.raises(RecipeError, match="data.image_size=70.*multiple of"):
         load_data(load_recipe("object_detection", overrides), 70)
+
+
+def test_predict_prints_the_boxes_and_draws_them(voc_run, tmp_path, cli):
+    image = write_image(tmp_path / "scene.png", list(_scenes(3))[2][0])  # two squares
+    proc = cli("predict", voc_run.export_dir, image, "--min-score", 0, "--out",
+               tmp_path / "drawn")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == str(image) and len(lines) >= 3
+    assert all(" box x " in line and line.endswith(" px") for line in lines[1:-1])
+    drawn = tmp_path / "drawn" / "scene_boxes.png"
+    assert drawn.is_file() and lines[-1].startswith(f"wrote {tmp_path / 'drawn'}")
+    from PIL import Image
+    assert Image.open(drawn).size == (80, 64)   # the image's own size
+
+
+def test_evaluate_writes_coco_ap_per_class_curves_and_a_sheet_of_boxes(voc_run, tmp_path,
+                                                                       cli):
+    proc = cli("evaluate", voc_run.run_dir, "--out", tmp_path / "eval")
+    assert proc.returncode == 0, proc.stderr
+    assert "AP@0.5" in proc.stdout and "(pycocotools;" in proc.stdout
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["cocoeval"]["map"] == pytest.approx(voc_run.metrics["test_map"], abs=0.005)
+    assert [row["class"] for row in report["per_class"]] == sorted(CLASSES)
+    for name in ("per_class.csv", "pr_curves.png", "detections.png"):
+        assert (tmp_path / "eval" / name).is_file(), name
+    refused = cli("evaluate", voc_run.run_dir, "--tta", 2, "--out", tmp_path / "eval")
+    assert refused.returncode != 0 and "boxes in other places" in refused.stderr
+
+
+def test_augment_preview_draws_the_boxes_moved_with_the_pixels(voc_run, tmp_path,
+                                                               monkeypatch):
+    import tftoolkit.augment.preview as preview
+
+    drawn = []
+    monkeypatch.setattr(preview, "draw_boxes", lambda ax, boxes, *rest: drawn.append(
+        np.asarray(boxes)))
+    out = preview.augment_preview(voc_run.recipe, tmp_path / "preview.png", images=3,
+                                  views=2)
+    assert out.is_file() and len(drawn) == 3 * 3
+    # a view's boxes are those of its image, flipped or cropped, never new ones
+    assert all(len(view) <= 2 for view in drawn) and any(len(view) for view in drawn)
