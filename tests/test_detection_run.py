@@ -179,6 +179,32 @@ def test_a_csv_of_boxes_with_a_split_column_is_a_detection_source(tmp_path, quie
     assert not tables[:, 1, :4].any() and (tables[:, 1, 4] == -1).all()
 
 
+def test_a_coco_file_is_a_detection_source_with_a_test_split_held_out(tmp_path, quiet):
+    images, annotations = [], []
+    for i, (image, boxes) in enumerate(_scenes(10, seed=2)):
+        write_image(tmp_path / "images" / f"{i}.png", image)
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": 80, "height": 64})
+        annotations += [{"id": len(annotations) + 1, "image_id": i + 1,
+                         "category_id": CLASSES.index(name) + 1,
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0}
+                        for name, x0, y0, x1, y1 in boxes]
+    instances = tmp_path / "instances.json"
+    instances.write_text(json.dumps({"images": images, "annotations": annotations,
+                                     "categories": [{"id": 1, "name": "red"},
+                                                    {"id": 2, "name": "blue"}]}))
+    recipe = load_recipe("object_detection", _overrides(quiet, **{
+        "data.source": "coco", "data.annotations": str(instances),
+        "data.dir": str(tmp_path / "images"), "data.test_fraction": 0.2}))
+    data = load_data(recipe, SIZE)
+    assert data.info.class_names == ["red", "blue"] and sum(data.info.counts.values()) == 10
+    tables = data.splits["train"].labels
+    assert data.info.counts["test"] == 2 and data.info.class_counts == [
+        int((tables[..., 4] == k).sum()) for k in range(2)]
+    with pytest.raises(DataError, match="data.source='coco' needs data.annotations"):
+        load_data(load_recipe("object_detection", _overrides(quiet, **{
+            "data.source": "coco", "data.dir": str(tmp_path / "images")})), SIZE)
+
+
 def test_settings_that_do_not_move_boxes_are_refused_before_training(tmp_path, quiet):
     overrides = _overrides(quiet, **{"data.dir": str(_voc(tmp_path / "voc", 6))})
     with pytest.raises(RecipeError, match="augment.mixup=.*without moving the boxes"):
