@@ -81,8 +81,7 @@ def voc_run(tmp_path_factory, imported_mobilenet):
     return train("object_detection", _overrides(
         quiet, **{"data.dir": str(_voc(tmp / "voc")), "augment.resized_crop_scale": 0.5,
                   "data.validation_fraction": 0.25, "data.test_fraction": 0.25,
-                  "export.formats": ["mediapipe", "mediapipe_int8"],
-                  "train.steps_per_epoch": 40}))
+                  "export.formats": ["mediapipe"], "train.steps_per_epoch": 40}))
 
 
 def test_a_voc_run_logs_val_map_every_epoch_and_reports_test_map(voc_run):
@@ -127,12 +126,11 @@ def test_the_export_serves_the_tf_od_api_outputs_of_images_of_any_size(voc_run):
 def test_the_mediapipe_files_are_measured_on_validation_and_recorded_in_the_card(voc_run):
     card = json.loads((voc_run.export_dir / "model_card.json").read_text())
     written = {**card["formats"], **card["formats_refused"]}
-    assert set(written) == {"mediapipe", "mediapipe_int8"} and "mediapipe" in card["formats"]
-    for fmt, entry in written.items():
-        assert {"val_map", "val_float_map", "val_map_drop", "val_agreement", "test_map"} \
-            <= set(entry), fmt
-    assert written["mediapipe_int8"]["io"] == "uint8"
+    assert set(written) == {"mediapipe"} and "mediapipe" in card["formats"]
+    assert {"val_map", "val_float_map", "val_map_drop", "val_agreement", "test_map",
+            "size_vs_float_tflite", "metadata_file"} <= set(written["mediapipe"])
     assert written["mediapipe"]["val_map_drop"] == pytest.approx(0.0, abs=0.02)
+    assert written["mediapipe"]["val_agreement"] >= 0.95
     allowed = voc_run.recipe.export.max_accuracy_drop
     for fmt, entry in card["formats"].items():   # kept: within the allowed drop
         assert entry["val_map_drop"] <= allowed and (voc_run.export_dir / entry["file"]) \
@@ -212,6 +210,9 @@ def test_settings_that_do_not_move_boxes_are_refused_before_training(tmp_path, q
     with pytest.raises(DataError, match="train.loss='categorical_crossentropy'.*boxes"):
         load_data(load_recipe("object_detection", {
             **overrides, "train.loss": "categorical_crossentropy"}), SIZE)
+    with pytest.raises(RecipeError, match=r"export.formats has \['onnx'\]: a detector"):
+        load_data(load_recipe("object_detection", {**overrides, "export.formats": ["onnx"]}),
+                  SIZE)
     with pytest.raises(RecipeError, match="data.image_size=70.*multiple of"):
         load_data(load_recipe("object_detection", overrides), 70)
 

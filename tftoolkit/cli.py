@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Sequence
 
-from tftoolkit.errors import TftoolkitError
+from tftoolkit.errors import ExportError, TftoolkitError
 
 
 def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -129,8 +129,8 @@ def _cmd_predict(args) -> int:
             print(f"wrote {args.out}/: each image with its boxes drawn")
         return 0
     if args.out:
-        print("tftoolkit: --out draws the boxes of a detector; this export is not one")
-        return 2
+        raise ExportError(f"--out writes a detector's images with their boxes drawn; "
+                          f"{args.export_dir} is not a detector's export")
     for path, top in zip(args.images, predict(args.export_dir, args.images, args.top_k)):
         print(path)
         for name, p in top:

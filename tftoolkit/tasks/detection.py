@@ -161,6 +161,11 @@ class Detection(Task):
         if recipe.privacy.enabled:
             raise RecipeError("privacy.enabled: DP-SGD is not offered for detectors; set "
                               "privacy.enabled=false")
+        other = [f for f in recipe.export.formats if f not in self.formats]
+        if recipe.export.enabled and other:
+            raise RecipeError(f"export.formats has {other}: a detector is served as a "
+                              f"SavedModel and as {', '.join(self.formats)}; remove "
+                              f"{', '.join(other)}")
         unboxed = [key for key in UNBOXED_AUGMENT if a.enabled and getattr(a, key)]
         if unboxed:
             raise RecipeError(f"augment.{unboxed[0]}={getattr(a, unboxed[0])!r} changes "
