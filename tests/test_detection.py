@@ -303,6 +303,25 @@ def test_the_head_on_the_features_gives_the_detectors_outputs(small_detector):
     np.testing.assert_allclose(head(maps), small_detector(x), atol=1e-6)
 
 
+def test_the_cached_feature_maps_and_the_head_on_them_give_the_detectors_outputs(
+        small_detector):
+    from tftoolkit.augment import build_augmenter
+    from tftoolkit.recipe import AugmentConfig
+    from tftoolkit.training.feature_cache import cache_plan, split_at_feature_maps
+
+    extractor, head = split_at_feature_maps(small_detector)
+    x = np.random.default_rng(2).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    features = extractor(x)
+    assert features.shape == (2, 8 * 8 * 192 + 4 * 4 * 576 + 2 * 2 * 1280)
+    np.testing.assert_allclose(head(features), small_detector(x), atol=1e-5)
+    assert {id(w) for w in head.trainable_weights} == {
+        id(w) for w in small_detector.get_layer(HEAD).trainable_weights}
+    # augmentation that moves boxes cannot be cached
+    boxes = build_augmenter(AugmentConfig(enabled=True, flip="horizontal"), 64, 0,
+                            spatial=True)
+    assert cache_plan(boxes, 2, "feature cache", "")[0] is False
+
+
 def test_a_compiled_detector_loads_in_a_new_process_with_only_tftoolkit_imported(
         small_detector, tmp_path):
     import subprocess

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import write_image
+from tftoolkit.augment import build_augmenter
 from tftoolkit.data import load_data
 from tftoolkit.detection.evaluation import ImageBoxes, coco_evaluate
 from tftoolkit.errors import DataError, RecipeError
@@ -79,7 +81,7 @@ def voc_run(tmp_path_factory, imported_mobilenet):
     quiet = {"train.run_dir": str(tmp / "runs"), "export.dir": str(tmp / "exports"),
              "train.verbose": 0}
     return train("object_detection", _overrides(
-        quiet, **{"data.dir": str(_voc(tmp / "voc")), "augment.resized_crop_scale": 0.5,
+        quiet, **{"data.dir": str(_voc(tmp / "voc")), "augment.enabled": False,
                   "data.validation_fraction": 0.25, "data.test_fraction": 0.25,
                   "export.formats": ["mediapipe"], "train.steps_per_epoch": 40}))
 
@@ -93,6 +95,9 @@ def test_a_voc_run_logs_val_map_every_epoch_and_reports_test_map(voc_run):
     metrics = json.loads((voc_run.run_dir / "metrics.json").read_text())
     assert {"val_map", "val_map_50", "test_map", "test_map_50"} <= set(metrics)
     assert any("kept epoch" in note and "val_map" in note for note in voc_run.notes)
+    # without augmentation the head trained on the frozen backbone's cached feature maps
+    assert "feature cache: frozen backbone run once; head trained on cached features" in \
+        voc_run.notes
 
 
 def test_the_reported_test_map_is_pycocotools_on_the_models_detections(voc_run):
@@ -166,15 +171,33 @@ def test_the_exported_mediapipe_file_loads_in_mediapipes_object_detector(voc_run
 
 
 def test_a_csv_of_boxes_with_a_split_column_is_a_detection_source(tmp_path, quiet):
-    data = load_data(load_recipe("object_detection", _overrides(quiet, **{
+    recipe = load_recipe("object_detection", _overrides(quiet, **{
         "data.source": "csv", "data.csv": str(_csv(tmp_path)),
-        "data.split_column": "split"})), SIZE)
+        "data.split_column": "split"}))
+    data = load_data(recipe, SIZE)
     assert isinstance(data.info.task, Detection) and data.info.task.max_boxes == 2
     assert data.info.counts == {"train": 16, "val": 4, "test": 4}
     images, tables = data.arrays("val")
     assert images.shape == (4, SIZE, SIZE, 3) and tables.shape == (4, 2, 5)
     assert (tables[:, :, 4] >= 0).sum(axis=1).tolist() == [1, 1, 1, 1]  # pictures 1, 7, ...
     assert not tables[:, 1, :4].any() and (tables[:, 1, 4] == -1).all()
+    # the training pipeline moves each image's boxes with its pixels: every box of an
+    # augmented batch still encloses its coloured square
+    augmenter = build_augmenter(replace(recipe.augment, resized_crop_scale=0.5,
+                                        rotation=0.05), SIZE, 0, spatial=True)
+    assert augmenter.in_model is None and augmenter.in_pipeline is None
+    x, y = next(iter(data.dataset("train", training=True, batch_size=16,
+                                  augment=augmenter.pipeline_fn())))
+    plain, _ = next(iter(data.dataset("train", batch_size=16)))
+    assert not np.array_equal(np.asarray(x), np.asarray(plain))
+    boxes = data.info.task.targets(np.asarray(y))
+    checked = 0
+    for image, table in zip(np.asarray(x), boxes):
+        for ymin, xmin, ymax, xmax in table[table[:, 4] >= 0, :4] * SIZE:
+            inner = image[int(ymin) + 2:int(ymax) - 2, int(xmin) + 2:int(xmax) - 2]
+            assert inner.size and inner.max(axis=-1).mean() > 150, (ymin, xmin, ymax, xmax)
+            checked += 1
+    assert checked >= 8
 
 
 def test_a_coco_file_is_a_detection_source_with_a_test_split_held_out(tmp_path, quiet):
@@ -252,8 +275,9 @@ def test_augment_preview_draws_the_boxes_moved_with_the_pixels(voc_run, tmp_path
     drawn = []
     monkeypatch.setattr(preview, "draw_boxes", lambda ax, boxes, *rest: drawn.append(
         np.asarray(boxes)))
-    out = preview.augment_preview(voc_run.recipe, tmp_path / "preview.png", images=3,
-                                  views=2)
+    recipe = replace(voc_run.recipe, augment=replace(
+        voc_run.recipe.augment, enabled=True, flip="horizontal", resized_crop_scale=0.5))
+    out = preview.augment_preview(recipe, tmp_path / "preview.png", images=3, views=2)
     assert out.is_file() and len(drawn) == 3 * 3
     # a view's boxes are those of its image, flipped or cropped, never new ones
     assert all(len(view) <= 2 for view in drawn) and any(len(view) for view in drawn)

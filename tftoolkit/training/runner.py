@@ -37,7 +37,8 @@ from tftoolkit.training.callbacks import (EmaValidation, EpochTensorBoard, KeepB
 from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, readable_progress,
                                            restore_stage_weights, restore_state)
 from tftoolkit.training.distributed import is_chief
-from tftoolkit.training.feature_cache import (cache_plan, cached_datasets, split_at_features,
+from tftoolkit.training.feature_cache import (cache_plan, cached_datasets,
+                                              split_at_feature_maps, split_at_features,
                                               split_below_unfrozen)
 from tftoolkit.training.lr_find import LrFindResult, sweep
 from tftoolkit.training.optim import compile_model, learning_rate_schedule
@@ -272,13 +273,14 @@ def _open_run(recipe: Recipe, strategy: tf.distribute.Strategy,
 def _frozen_part(run: _Setup, stage: Stage) -> tuple[tuple, str, str] | None:
     """How the stage can train on cached outputs of the frozen part of the model: the
     (frozen, trained) halves, the cache's name and what it does; None when it cannot."""
-    if run.recipe.train.cache_features != "auto" or run.data.info.task.feature_strides:
-        return None  # (a head on feature maps of several strides trains on images)
+    if run.recipe.train.cache_features != "auto":
+        return None
+    pyramid = bool(run.data.info.task.feature_strides)  # a head on feature maps
     if stage.mode == "feature_extraction":
-        parts = split_at_features(run.model)
+        parts = split_at_feature_maps(run.model) if pyramid else split_at_features(run.model)
         return parts and (parts, "feature cache",
                           "frozen backbone run once; head trained on cached features")
-    if stage.mode == "fine_tune":
+    if stage.mode == "fine_tune" and not pyramid:  # (the pyramid taps frozen blocks too)
         parts = split_below_unfrozen(run.model, run.recipe.model.unfreeze)
         first = parts and parts[1].get_layer("unfrozen_blocks").layers[1].name
         return parts and (parts, "frozen-prefix cache",
