@@ -229,7 +229,8 @@ def test_a_coco_file_is_a_detection_source_with_a_test_split_held_out(tmp_path, 
 def test_settings_that_do_not_move_boxes_are_refused_before_training(tmp_path, quiet):
     overrides = _overrides(quiet, **{"data.dir": str(_voc(tmp_path / "voc", 6))})
     with pytest.raises(RecipeError, match="augment.mixup=.*without moving the boxes"):
-        load_data(load_recipe("object_detection", {**overrides, "augment.mixup": 0.2}), SIZE)
+        load_data(load_recipe("object_detection", {**overrides, "augment.enabled": True,
+                                                      "augment.mixup": 0.2}), SIZE)
     with pytest.raises(DataError, match="train.loss='categorical_crossentropy'.*boxes"):
         load_data(load_recipe("object_detection", {
             **overrides, "train.loss": "categorical_crossentropy"}), SIZE)
