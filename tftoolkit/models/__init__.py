@@ -48,13 +48,15 @@ def build_model(recipe: "Recipe", info: "DataInfo") -> keras.Model:
                 raise RecipeError(f"model.architecture={m.architecture!r} needs image data; "
                                   f"{info.description} holds feature vectors")
             try:
-                model = (build_detector(spec, weights=m.weights, mode=m.mode,
-                                        image_size=info.image_size, task=info.task,
-                                        unfreeze=m.unfreeze)
-                         if info.task.feature_strides else build_transfer_model(
-                    spec, weights=m.weights, mode=m.mode, unfreeze=m.unfreeze,
-                    input_shape=info.input_shape, task=info.task, dropout=dropout,
-                    backbone_layer=m.backbone_layer))
+                if info.task.feature_strides:  # a head on feature maps (a detector)
+                    model = build_detector(spec, weights=m.weights, mode=m.mode,
+                                           image_size=info.image_size, task=info.task,
+                                           unfreeze=m.unfreeze)
+                else:
+                    model = build_transfer_model(
+                        spec, weights=m.weights, mode=m.mode, unfreeze=m.unfreeze,
+                        input_shape=info.input_shape, task=info.task, dropout=dropout,
+                        backbone_layer=m.backbone_layer)
             except ValueError as exc:
                 smallest = INPUT_TOO_SMALL.search(str(exc))
                 if smallest is None:

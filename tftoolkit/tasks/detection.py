@@ -3,10 +3,10 @@
 Targets come from sources as box tables, ``[max_boxes, 5]`` rows of ``(ymin, xmin, ymax,
 xmax, class id)`` per image (normalised boxes; unused rows of class -1); the pipeline
 encodes a batch of them against the fixed anchors (:mod:`tftoolkit.detection.matching`).
-The head is a feature pyramid over the backbone's maps at :attr:`Detection.strides`
-(:mod:`tftoolkit.detection.head`), whose predictions are every anchor's box codes and
-class scores; the loss is the focal loss plus the box loss
-(:mod:`tftoolkit.detection.losses`); the figures are COCO's mAP over IoU 0.50:0.95
+The head is a feature pyramid over the backbone's maps at the anchors' strides
+(:attr:`Detection.feature_strides`, :mod:`tftoolkit.detection.head`), whose predictions
+are every anchor's box codes and class scores; the loss is the focal loss plus the box
+loss (:mod:`tftoolkit.detection.losses`); the figures are COCO's mAP over IoU 0.50:0.95
 (``map``) and at 0.50 (``map_50``), by a metric whose state adds up over batches and
 replicas (:mod:`tftoolkit.detection.metrics`). Decisions and served outputs are the
 detections decoded as MediaPipe's ObjectDetector decodes them
@@ -53,8 +53,8 @@ UNBOXED_AUGMENT = ("crop", "erasing", "rand_augment", "mixup", "cutmix")
 @dataclass(frozen=True)
 class Detection(Task):
     """Boxes of ``num_classes`` classes in images of ``image_size`` pixels a side, at
-    most ``max_boxes`` per image; ``anchors``, ``coder``, ``match``, ``nms`` and ``head``
-    configure the detector (see the module docstring)."""
+    most ``max_boxes`` per image; ``anchors``, ``coder``, ``match``, ``nms`` and
+    ``head_config`` configure the detector (see the module docstring)."""
 
     num_classes: int
     image_size: int
@@ -98,6 +98,10 @@ class Detection(Task):
 
     @classmethod
     def from_config(cls, num_classes: int, config: dict) -> "Detection":
+        """The task :meth:`config` describes (a data description's ``task_config``)."""
+        if not config:
+            raise ValueError("a detection task is rebuilt from its config (the data "
+                             "description's task_config), and none was given")
         return cls(num_classes, config["image_size"], config["max_boxes"],
                    AnchorConfig.from_dict(config["anchors"]), BoxCoder(**config["coder"]),
                    MatchConfig(**config["match"]), NmsConfig(**config["nms"]),
