@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -145,3 +148,42 @@ def test_a_task_is_rebuilt_from_its_config_as_json_keeps_it():
     task = _task()
     config = json.loads(json.dumps(task.config()))
     assert make_task("detection", 4, config=config) == task
+
+
+_MIRRORED = textwrap.dedent("""
+    import json, sys, numpy as np, tensorflow as tf, keras
+    tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    from tftoolkit.tasks import make_task
+    from tftoolkit.training import distributed
+    saved = np.load(sys.argv[1])
+    tables, predictions = saved["tables"], saved["predictions"]
+    task = make_task("detection", int(saved["classes"]), config=json.loads(sys.argv[2]))
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():  # a model that returns its input: the predictions given
+        inputs = keras.Input(predictions.shape[1:])
+        model = keras.Model(inputs, keras.layers.Identity()(inputs))
+        model.compile(optimizer="sgd", loss=task.loss(), weighted_metrics=task.metrics())
+    data = tf.data.Dataset.from_tensor_slices((predictions, tables)).batch(10).map(
+        lambda a, b: (a, task.encode(b)))
+    print(json.dumps([model.evaluate(data, verbose=0, return_dict=True),
+                      distributed.evaluate_distributed(model, data, strategy, task),
+                      task.measure(tables, predictions)]))
+""")
+
+
+def test_the_figures_sum_over_replicas_under_mirrored_strategy(tmp_path):
+    task, tables, predictions = _scene(6, images=30)
+    np.savez(tmp_path / "scene.npz", tables=tables, predictions=predictions,
+             classes=task.num_classes)
+    proc = subprocess.run([sys.executable, "-c", _MIRRORED, str(tmp_path / "scene.npz"),
+                           json.dumps(task.config())], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    keras_figures, own, measured = json.loads(proc.stdout.splitlines()[-1])
+    assert set(keras_figures) == set(own) == {"loss", "map", "map_50"}
+    assert 0.1 < keras_figures["map"] < 0.9
+    for figure, value in keras_figures.items():
+        assert own[figure] == pytest.approx(value, abs=1e-5), figure
+        if figure != "loss":
+            assert measured[figure] == pytest.approx(value, abs=1e-5), figure
