@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tftoolkit.data.pipeline import Resize
-from tftoolkit.detection.augment import BoxAugment, crop_boxes, transform_boxes
+from tftoolkit.augment.boxes import BoxAugment, crop_boxes, transform_boxes
 
 SIZE = 64
 POLICIES = {
@@ -106,3 +106,31 @@ def test_the_augmentation_runs_in_a_tf_data_map_and_is_keyed_there_too():
                                        resize)
         np.testing.assert_allclose(out.numpy(), eager.numpy(), atol=1e-3)
         np.testing.assert_allclose(out_boxes.numpy(), eager_boxes.numpy(), atol=1e-6)
+
+
+def test_a_training_example_keeps_its_box_table_shape_and_loses_only_dropped_boxes():
+    image = np.full((SIZE, SIZE, 3), 20, np.uint8)
+    image[4:20, 40:60] = 235   # near the right edge: a shift left keeps it
+    table = np.array([[4 / SIZE, 40 / SIZE, 20 / SIZE, 60 / SIZE, 1],
+                      [0.0, 0.0, 0.05, 0.05, 0],      # tiny, in the corner
+                      [0, 0, 0, 0, -1]], np.float32)  # unused
+    flipped_image, flipped = BoxAugment(flip="horizontal").augment_example(
+        tf.constant(image), tf.constant(table), tf.constant([5, 5], tf.int64),
+        Resize(SIZE, "bilinear"))
+    assert flipped.shape == (3, 5) and flipped_image.shape == (SIZE, SIZE, 3)
+    kept = flipped.numpy()
+    assert kept[:, 4].tolist() == [1, 0, -1]
+    mirrored = table[0].copy()
+    mirrored[[1, 3]] = 1 - table[0, [3, 1]]
+    assert any(np.allclose(kept[0], box, atol=1e-5) for box in (table[0], mirrored))
+    # a translation far enough drops the corner box; its row becomes an unused one
+    shifted = BoxAugment(translation=0.5, min_visible=0.9)
+    for seed in range(20):
+        _, moved = shifted.augment_example(tf.constant(image), tf.constant(table),
+                                           tf.constant([seed, 1], tf.int64),
+                                           Resize(SIZE, "bilinear"))
+        moved = moved.numpy()
+        if (moved[:, 4] == -1).sum() > 1:
+            break
+    assert (moved[:, 4] == -1).sum() >= 2 and moved.shape == (3, 5)
+    assert not moved[moved[:, 4] == -1, :4].any()

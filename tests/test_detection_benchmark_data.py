@@ -8,7 +8,7 @@ import numpy as np
 
 from benchmarks.detection_data import Layout, compose, write_dataset
 from tftoolkit.data.sources import FASHION_MNIST_CLASSES
-from tftoolkit.detection.sources import read_box_csv
+from tftoolkit.data.box_sources import read_box_csv
 
 
 def test_an_items_box_encloses_its_opaque_pixels():

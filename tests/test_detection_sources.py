@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import write_image
-from tftoolkit.detection.sources import read_box_csv, read_coco, read_voc
+from tftoolkit.data.box_sources import read_box_csv, read_coco, read_voc
 from tftoolkit.errors import DataError
 
 

@@ -1,6 +1,6 @@
 """The detection pieces together: a tiny detector trained with plain Keras compile/fit on
-encoded targets of synthetic squares, then served as a SavedModel and as MediaPipe
-ObjectDetector files that MediaPipe loads in a process without TensorFlow."""
+the task's encoded targets of synthetic squares, then served as a SavedModel and as
+MediaPipe ObjectDetector files that MediaPipe loads in a process without TensorFlow."""
 
 from __future__ import annotations
 
@@ -15,17 +15,18 @@ import pytest
 import tensorflow as tf
 
 from conftest import write_image
+from tftoolkit.data import DataInfo
 from tftoolkit.data.pipeline import Resize
 from tftoolkit.detection.anchors import AnchorConfig
-from tftoolkit.detection.decoding import NmsConfig, decode_detections
+from tftoolkit.detection.decoding import NmsConfig
 from tftoolkit.detection.evaluation import box_iou
-from tftoolkit.detection.export import mediapipe_detector, served_detections, write_savedmodel
-from tftoolkit.detection.losses import BoxLoss, FocalLoss
-from tftoolkit.detection.matching import TargetEncoder
-from tftoolkit.detection.model import (BOX_ENCODINGS, CLASS_SCORES, HeadConfig,
-                                       build_detector, detector_spec)
+from tftoolkit.detection.head import HeadConfig
+from tftoolkit.models.detector import build_detector
 from tftoolkit.models.registry import get_architecture
 from tftoolkit.models.weights import TORCHVISION
+from tftoolkit.serving.detection import mediapipe_detector
+from tftoolkit.serving.savedmodel import write_savedmodel
+from tftoolkit.tasks import Detection
 
 SIZE = 64
 CLASSES = ["red", "blue"]
@@ -33,6 +34,8 @@ COLOURS = [(230, 40, 40), (40, 40, 230)]
 ANCHORS = AnchorConfig(strides=(16, 32), size=2.0, scales=(1.0, 1.5),
                        aspect_ratios=(0.5, 1.0, 2.0))
 NMS = NmsConfig(max_results=5, score_threshold=0.3)
+TASK = Detection(2, SIZE, 1, ANCHORS, nms=NMS, head_config=HeadConfig(width=32, depth=1))
+INFO = DataInfo(TASK, (SIZE, SIZE, 3), CLASSES, SIZE, "squares")
 
 
 def squares(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,27 +68,21 @@ def trained(imported_mobilenet) -> Trained:
     keras.utils.set_random_seed(0)
     images, boxes, classes = squares(48, seed=0)
     model = build_detector(get_architecture("mobilenet_v2"), weights=TORCHVISION,
-                           mode="feature_extraction", image_size=SIZE, num_classes=2,
-                           anchors=ANCHORS, head=HeadConfig(width=32, depth=1))
+                           mode="feature_extraction", image_size=SIZE, task=TASK)
     backbone_before = [w.numpy().copy() for w in model.get_layer("backbone").weights]
-    encoder = TargetEncoder(detector_spec(model).anchors)
-    box_targets, class_targets = zip(*(encoder(b, c) for b, c in zip(boxes, classes)))
-    model.compile(keras.optimizers.Adam(1e-2),
-                  loss={BOX_ENCODINGS: BoxLoss(), CLASS_SCORES: FocalLoss()})
-    history = model.fit(images, {BOX_ENCODINGS: np.stack(box_targets),
-                                 CLASS_SCORES: np.stack(class_targets)},
+    tables = np.concatenate([boxes, classes[..., None].astype(np.float32)], axis=-1)
+    model.compile(keras.optimizers.Adam(1e-2), loss=TASK.loss())
+    history = model.fit(images, TASK.encode(tf.constant(tables)),
                         batch_size=16, epochs=60, verbose=0)
     return Trained(model, history.history["loss"], images, boxes, classes, backbone_before)
 
 
 def test_a_tiny_detector_learns_to_put_boxes_on_the_squares(trained):
     assert trained.losses[-1] < 0.2 * trained.losses[0]
-    outputs = trained.model(trained.images, training=False)
-    found = decode_detections(outputs[BOX_ENCODINGS], outputs[CLASS_SCORES],
-                              detector_spec(trained.model), NmsConfig(max_results=1))
+    found = TASK.decide(trained.model(trained.images, training=False))
     iou = np.array([box_iou(b[None], t)[0, 0] for b, t in zip(
-        found["detection_boxes"].numpy()[:, 0], trained.boxes)])
-    right = found["detection_classes"].numpy()[:, 0] == trained.classes[:, 0]
+        found["detection_boxes"][:, 0], trained.boxes)])
+    right = found["detection_classes"][:, 0] == trained.classes[:, 0]
     assert np.mean((iou >= 0.5) & right) >= 0.9, (iou.round(2), right)
 
 
@@ -103,14 +100,14 @@ def test_training_leaves_a_frozen_backbone_and_its_batchnorm_statistics_as_they_
 @pytest.fixture(scope="module")
 def savedmodel(trained, tmp_path_factory):
     path = tmp_path_factory.mktemp("detector") / "savedmodel"
-    write_savedmodel(trained.model, path, CLASSES, Resize(SIZE, "bilinear"), NMS)
+    write_savedmodel(trained.model, INFO, path)
     return tf.saved_model.load(str(path))
 
 
 def _expected(trained: Trained, images: np.ndarray) -> dict[str, np.ndarray]:
     """What serving must return: the Keras model on the training pipeline's resize."""
     resized = Resize(SIZE, "bilinear")(tf.constant(images))
-    out = served_detections(trained.model, resized, tf.constant(CLASSES), NMS)
+    out = TASK.serving_outputs(trained.model(resized, training=False), tf.constant(CLASSES))
     return {key: value.numpy() for key, value in out.items()}
 
 
@@ -170,7 +167,7 @@ def mediapipe_files(trained, tmp_path_factory):
     folder = tmp_path_factory.mktemp("mediapipe")
     files = {}
     for fmt in ("mediapipe", "mediapipe_int8"):
-        flatbuffer, metadata = mediapipe_detector(trained.model, fmt, CLASSES,
+        flatbuffer, metadata = mediapipe_detector(trained.model, fmt, INFO,
                                                   calibration=[trained.images[:32]])
         files[fmt] = folder / f"model_{fmt}.tflite"
         files[fmt].write_bytes(flatbuffer)
@@ -191,7 +188,7 @@ def _pixel_boxes(boxes: np.ndarray) -> np.ndarray:
 def test_mediapipe_files_are_builtin_ops_raw_outputs_in_mediapipes_order(trained,
                                                                           mediapipe_files):
     files, _ = mediapipe_files
-    anchors = detector_spec(trained.model).anchors.count
+    anchors = TASK.anchor_set.count
     for fmt, dtype in (("mediapipe", np.float32), ("mediapipe_int8", np.uint8)):
         interpreter = tf.lite.Interpreter(model_path=str(files[fmt]))
         inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()

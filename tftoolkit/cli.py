@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Sequence
 
-from tftoolkit.errors import TftoolkitError
+from tftoolkit.errors import ExportError, TftoolkitError
 
 
 def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -113,8 +113,24 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from tftoolkit.serving import predict
+    from tftoolkit.serving import detect, is_detector, predict
 
+    if is_detector(args.export_dir):
+        found = detect(args.export_dir, args.images, args.min_score, args.out)
+        for path, objects in zip(args.images, found):
+            print(path)
+            for obj in objects:
+                xmin, ymin, xmax, ymax = obj.box
+                print(f"  {obj.score:7.2%}  {obj.class_name}  box x {xmin:.0f}-{xmax:.0f}, "
+                      f"y {ymin:.0f}-{ymax:.0f} px")
+            if not objects:
+                print(f"  (no object scored {args.min_score:g} or more)")
+        if args.out:
+            print(f"wrote {args.out}/: each image with its boxes drawn")
+        return 0
+    if args.out:
+        raise ExportError(f"--out writes a detector's images with their boxes drawn; "
+                          f"{args.export_dir} is not a detector's export")
     for path, top in zip(args.images, predict(args.export_dir, args.images, args.top_k)):
         print(path)
         for name, p in top:
@@ -273,10 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_export)
 
     p = verbs.add_parser("predict", help="top classes of images from an export alone "
-                                           "(multi-label: every label above its threshold)")
+                                           "(multi-label: every label above its threshold; "
+                                           "a detector: its boxes)")
     p.add_argument("export_dir", help="a version directory, e.g. saved_models/<recipe>/1")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--min-score", type=float, default=0.5,
+                   help="a detector's objects printed: those scoring at least this")
+    p.add_argument("--out", default=None,
+                   help="a detector's images are written to this folder with their boxes")
     p.set_defaults(fn=_cmd_predict)
 
     p = verbs.add_parser("weights", help="manage pretrained weights")

@@ -40,12 +40,21 @@ def _opt(default: Any, help: str, *, min: float | None = None, max: float | None
 class DataConfig:
     """Where examples come from and how they are turned into batches."""
 
-    source: Literal["synthetic", "arrays", "folder", "csv", "tfds", "fashion_mnist"] = _opt(
-        "synthetic", "kind of data source")
+    source: Literal["synthetic", "arrays", "folder", "csv", "tfds", "fashion_mnist", "voc",
+                    "coco"] = _opt(
+        "synthetic", "kind of data source (voc, coco: object detection annotations)")
+    task: Literal["auto", "detection"] = _opt(
+        "auto", "what the labels are; auto: what the source implies (voc and coco: "
+                "detection; csv: detection when its header names xmin, ymin, xmax and ymax "
+                "columns, else classes or targets)")
+    annotations: str = _opt("", "COCO instances file (source=coco); image file names are "
+                                "relative to data.dir")
     name: str = _opt("", "synthetic generator (linear, sine_product) or TFDS dataset name")
     dir: str = _opt("", "image folder with one subfolder per class (source=folder); the "
                         "folder a table's paths are relative to and may not leave "
-                        "(source=csv; empty: the CSV file's folder)")
+                        "(source=csv; empty: the CSV file's folder); the Pascal VOC folder "
+                        "(source=voc: Annotations/ and JPEGImages/ or images/); the folder "
+                        "of COCO's images (source=coco)")
     csv: str | object = _opt("", "table of images (source=csv): a CSV file's path (.tsv: "
                                  "tab-separated), or a pandas DataFrame in the Python API")
     path_column: str = _opt("path", "column of image paths (source=csv)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import keras
 
+from tftoolkit.augment.boxes import BoxAugment
 from tftoolkit.augment.stateless import ExampleAugment, PipelineAugment
 from tftoolkit.layers import FusedGeometric, RandomResizedCrop
 from tftoolkit.recipe import AugmentConfig
@@ -67,8 +68,9 @@ class Augmenter:
     in_model: keras.Sequential | None      # pixel ops inside the training graph
     in_pipeline: keras.Sequential | None   # pixel ops in the tf.data map
     mixers: list[keras.layers.Layer]       # MixUp / CutMix: they also mix labels
-    per_example: ExampleAugment | None = None  # in_pipeline's policy, drawn per example
-    #                                            from stateless keys where it can be
+    per_example: ExampleAugment | BoxAugment | None = None  # in_pipeline's policy, drawn
+    #                           per example from stateless keys where it can be; a spatial
+    #                           task's whole policy
 
     def pipeline_fn(self) -> PipelineAugment | None:
         """What the input pipeline applies to training examples, or None: the pixel ops
@@ -90,10 +92,17 @@ class Augmenter:
                                apply if layers is not None or self.mixers else None)
 
 
-def build_augmenter(cfg: AugmentConfig, image_size: int | None, seed: int) -> Augmenter:
-    """Turn the ``augment`` section into layers; empty when disabled or not images."""
+def build_augmenter(cfg: AugmentConfig, image_size: int | None, seed: int,
+                    spatial: bool = False) -> Augmenter:
+    """Turn the ``augment`` section into layers; empty when disabled or not images.
+    ``spatial``: the targets are places in the image (boxes), which every op must move
+    with the pixels: the policy runs in the input pipeline on each example and its
+    targets (:class:`~tftoolkit.augment.boxes.BoxAugment`), whatever
+    ``augment.placement``."""
     if not cfg.enabled or not image_size:
         return Augmenter(None, None, [])
+    if spatial:
+        return Augmenter(None, None, [], BoxAugment.from_config(cfg))
     layers = _pixel_layers(cfg, image_size, seed)
     pixels = keras.Sequential(layers, name="augment") if layers else None
     mixers: list[keras.layers.Layer] = []
@@ -115,4 +124,5 @@ def training_model(model: keras.Model, augmenter: Augmenter) -> keras.Model:
     return keras.Model(inputs, model(augmenter.in_model(inputs)), name="training_graph")
 
 
-__all__ = ["Augmenter", "ExampleAugment", "PipelineAugment", "build_augmenter", "training_model"]
+__all__ = ["Augmenter", "BoxAugment", "ExampleAugment", "PipelineAugment", "build_augmenter",
+           "training_model"]

@@ -43,6 +43,7 @@ class ExampleAugment:
 
     # The policy keys drawn here; a policy with any other pixel op runs as Keras layers.
     KEYS = ("flip", "crop", "resized_crop_scale", "contrast", "brightness")
+    spatial = False  # the pipeline gives it images alone
     OTHER_OPS = ("rotation", "zoom", "translation", "erasing", "rand_augment")
 
     @classmethod
@@ -111,6 +112,7 @@ class ExampleAugment:
 class PipelineAugment:
     """What the input pipeline applies to training examples and batches."""
 
-    per_example: ExampleAugment | None   # keyed stateless draws, run in parallel
+    per_example: ExampleAugment | None   # keyed stateless draws, run in parallel (for
+    #                                      targets that are places, a BoxAugment)
     per_batch: Callable | None           # ``(images, labels) -> (images, labels)``: Keras
     #                                      layers with their own generators, run in order

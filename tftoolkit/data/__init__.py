@@ -31,11 +31,11 @@ from tftoolkit.data.splits import (proportional_counts, shard_positions, stratif
 from tftoolkit.errors import DataError, bounded_list
 from tftoolkit.models.registry import get_architecture
 from tftoolkit.recipe import DataConfig, Recipe
-from tftoolkit.tasks import ENCODING_OF_LOSS, Task, make_task
+from tftoolkit.tasks import ENCODING_OF_LOSS, Detection, Task, make_task
 
 # Sources a test split is held out of (data.test_fraction) when they have none; TFDS
 # splits are named by the user, and synthetic data is a teaching example.
-SOURCES_WITHOUT_TEST_SPLIT = ("folder", "arrays", "csv")
+SOURCES_WITHOUT_TEST_SPLIT = ("folder", "arrays", "csv", "voc", "coco")
 # Representative samples (DataBundle.sample) are drawn with the data seed plus this, so
 # that they are not the order of a capped split itself; read in batches of SAMPLE_BATCH.
 SAMPLE_SEED_OFFSET, SAMPLE_BATCH = 7919, 64
@@ -77,14 +77,15 @@ class DataInfo:
                 "input_shape": list(self.input_shape), "class_names": self.class_names,
                 "image_size": self.image_size, "description": self.description,
                 "counts": self.counts, "class_counts": self.class_counts,
-                "target_dim": task.target_dim,
+                "target_dim": task.target_dim, "task_config": task.config(),
                 "resize_method": self.resize_method, "max_pixels": self.max_pixels}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataInfo":
         task = make_task(d["encoding"], len(d["class_names"] or []),
                          target_dim=d.get("target_dim", 1), class_counts=d.get("class_counts"),
-                         examples=d.get("counts", {}).get("train", 0))
+                         examples=d.get("counts", {}).get("train", 0),
+                         config=d.get("task_config"))
         return cls(task, tuple(d["input_shape"]), d["class_names"], d["image_size"],
                    d["description"], d.get("counts", {}), d.get("class_counts"),
                    resize_method=d.get("resize_method", "bilinear"),
@@ -289,7 +290,7 @@ def load_data(recipe: Recipe, image_size: int | None = None,
             raise DataError(f"split {name!r} of {source.description} is empty"
                             + (f" ({'; '.join(notes)})" if record is not None else ""))
 
-    kind = ("regression" if source.class_names is None
+    kind = ("detection" if source.detection else "regression" if source.class_names is None
             else "multilabel" if source.multilabel else "classification")
     train = splits["train"]
     is_image = (train.paths is not None or train.dataset is not None
@@ -306,20 +307,43 @@ def load_data(recipe: Recipe, image_size: int | None = None,
         class_counts = np.bincount(train.labels, minlength=len(source.class_names)).tolist()
     elif kind == "multilabel":
         class_counts = train.labels.sum(axis=0).round().astype(int).tolist()
-    if record is None and kind != "regression":
+    elif kind == "detection":  # boxes of each class
+        classes = train.labels[..., 4].astype(int).ravel()
+        class_counts = np.bincount(classes[classes >= 0],
+                                   minlength=len(source.class_names)).tolist()
+    if record is None and kind not in ("regression", "detection"):
         notes += _check_classes(splits, source.class_names)
     num_classes = len(source.class_names or [])
     target_dim = (1 if kind != "regression"
                   else int(np.prod(train.labels.shape[1:], dtype=int)))
-    info = DataInfo(task=make_task(_label_encoding(recipe, kind, num_classes), num_classes,
-                                   target_dim=target_dim, class_counts=class_counts,
-                                   examples=len(train)),
+    if kind == "detection":
+        task = _detection_task(recipe, source, num_classes, image_size)
+    else:
+        task = make_task(_label_encoding(recipe, kind, num_classes), num_classes,
+                         target_dim=target_dim, class_counts=class_counts,
+                         examples=len(train))
+    info = DataInfo(task=task,
                     input_shape=input_shape, class_names=source.class_names,
                     image_size=image_size, description=source.description,
                     counts={k: len(v) for k, v in splits.items()},
                     class_counts=class_counts, bad_files=source.bad_files,
                     resize_method=cfg.resize_method, max_pixels=cfg.max_pixels)
     return DataBundle(recipe, splits, info, notes=notes, share=share)
+
+
+def _detection_task(recipe: Recipe, source: SourceData, num_classes: int,
+                    image_size: int) -> Detection:
+    """The detection task of boxes of ``source`` at ``image_size``, its box tables as
+    wide as the most boxes of any image; recipe settings that mean nothing for boxes are
+    refused."""
+    if recipe.train.loss != "auto":
+        raise DataError(f"train.loss={recipe.train.loss!r}: {source.description} holds "
+                        "boxes, which train with the detector's focal and box loss; set "
+                        "train.loss=auto")
+    widest = max(examples.labels.shape[1] for examples in source.splits.values())
+    task = Detection(num_classes, image_size, widest)
+    task.check_recipe(recipe)
+    return task
 
 
 def _held_out_splits(source: SourceData, cfg: DataConfig,

@@ -316,14 +316,15 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     whatever ``order``: a disk cache of the same examples serves every order.
 
     ``augment`` runs only when ``training`` is true: its per-example part in parallel,
-    keyed by :func:`example_key`; its per-batch part (Keras layers) sequentially, so
-    that their random draws are reproducible. A crop's window is drawn from the source
-    image's shape, so an example's crop is the same region of its image in every cache
-    mode: uncached, only that window is decoded (of a JPEG); cached, it is cut from the
-    cached image, whose cache keeps the source shape (:func:`in_resized`), and resized
-    again. An example's key names its row's entry of ``positions`` (its position in the
-    whole split when ``examples`` is a shard of it: shards then never repeat one
-    another's draws; default: the row).
+    keyed by :func:`example_key` (a spatial one, :class:`~tftoolkit.augment.BoxAugment`,
+    on the image at the model's size together with its targets); its per-batch part
+    (Keras layers) sequentially, so that their random draws are reproducible. A crop's
+    window is drawn from the source image's shape, so an example's crop is the same
+    region of its image in every cache mode: uncached, only that window is decoded (of a
+    JPEG); cached, it is cut from the cached image, whose cache keeps the source shape
+    (:func:`in_resized`), and resized again. An example's key names its row's entry of
+    ``positions`` (its position in the whole split when ``examples`` is a shard of it:
+    shards then never repeat one another's draws; default: the row).
 
     Maps run :data:`PARALLEL_CALLS` examples at a time, in order, and batches are
     prefetched :data:`PREFETCH_BATCHES` ahead, with or without ``autotune``.
@@ -363,6 +364,10 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
             if per_example is None:
                 return (x if cached else decode(x)), y
             key = example_key(seed, epoch, index)
+            if per_example.spatial:  # targets that are places move with the pixels: the
+                # image at the model's size and its targets, augmented together
+                return per_example.augment_example(x if cached else decode(x), y, key,
+                                                   resize)
             window_fn = per_example.window_fn(key)
             if not cached:
                 return per_example.recolor(decode(x, window_fn), key), y

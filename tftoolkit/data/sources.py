@@ -1,7 +1,10 @@
 """Data sources: each turns a ``data`` section into labelled splits of examples.
 
 A source returns :class:`Examples` per split (``train``, and ``val``/``test`` where the
-source has them) plus the class names. Examples are in-memory arrays, image file
+source has them) plus the class names. Detection sources (Pascal VOC, COCO, a CSV of
+boxes: :mod:`tftoolkit.data.box_sources`) label each image with its box table,
+``[max_boxes, 5]`` rows of ``(ymin, xmin, ymax, xmax, class id)``, unused rows of class
+-1 (:mod:`tftoolkit.detection.matching`). Examples are in-memory arrays, image file
 paths, or (TFDS) a ``tf.data.Dataset`` whose labels were read up front; each carries
 where it comes from (its source id) and the sha256 of its content. Single-label images
 whose content is identical must agree on their class (a source the user wrote: a
@@ -20,11 +23,14 @@ from typing import Callable
 
 import numpy as np
 
+from tftoolkit.data.box_sources import (DetectionSource, names_box_columns, read_box_csv,
+                                        read_coco, read_voc)
 from tftoolkit.data.content import (DIGEST_BYTES, array_digests, conflicting_pairs,
                                     content_groups, sha256)
 from tftoolkit.data.parallelism import PARALLEL_CALLS
 from tftoolkit.data.scan import IMAGE_EXTENSIONS, WorkerShare, is_hidden, scan_image_folder
 from tftoolkit.data.table import control_characters, read_table
+from tftoolkit.detection.matching import BOX_FIELDS, NO_BOX
 from tftoolkit.errors import DataError, bounded_list, did_you_mean
 from tftoolkit.paths import keras_datasets_dir
 from tftoolkit.recipe import DataConfig
@@ -126,6 +132,7 @@ class SourceData:
     bad_files: list[tuple[str, str]]
     multilabel: bool = False
     notes: list[str] = field(default_factory=list)
+    detection: bool = False   # labels are box tables
 
 
 def _ids(prefix: str, count: int) -> np.ndarray:
@@ -152,7 +159,13 @@ def load_source(cfg: DataConfig, seed: int, share: WorkerShare | None = None) ->
     loaders = {"synthetic": _synthetic, "arrays": _arrays,
                "folder": functools.partial(_folder, share=share),
                "csv": functools.partial(_csv, share=share),
-               "tfds": _tfds, "fashion_mnist": _fashion_mnist}
+               "tfds": _tfds, "fashion_mnist": _fashion_mnist,
+               "voc": functools.partial(_voc, share=share),
+               "coco": functools.partial(_coco, share=share)}
+    if cfg.task == "detection" and cfg.source not in ("voc", "coco", "csv"):
+        raise DataError(f"data.task=detection needs boxes: data.source=voc, coco or csv (a "
+                        f"table of path,xmin,ymin,xmax,ymax,label rows), not "
+                        f"{cfg.source!r}")
     return loaders[cfg.source](cfg, seed)
 
 
@@ -328,6 +341,12 @@ def _csv(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Source
     if cfg.csv is None or (isinstance(cfg.csv, str) and not cfg.csv):
         raise DataError("data.source='csv' needs data.csv: --set data.csv=PATH/TO/labels.csv "
                         "(or a pandas DataFrame in the Python API)")
+    if cfg.task == "detection" or (isinstance(cfg.csv, str) and names_box_columns(cfg.csv)):
+        if not isinstance(cfg.csv, str):
+            raise DataError("data.task=detection reads a CSV file of boxes: set data.csv to "
+                            "its path (a DataFrame is not read as boxes)")
+        return _boxes(read_box_csv(cfg.csv, cfg.dir, split_column=cfg.split_column), cfg,
+                      share)
     table = read_table(cfg.csv, path_column=cfg.path_column, label_column=cfg.label_column,
                        label_delimiter=cfg.label_delimiter, split_column=cfg.split_column,
                        data_dir=cfg.dir)
@@ -372,6 +391,56 @@ def _csv(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> Source
 
 
 # --- TensorFlow Datasets ---------------------------------------------------------------
+
+# --- object detection annotations -------------------------------------------------------
+
+def _voc(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> SourceData:
+    if not cfg.dir:
+        raise DataError("data.source='voc' needs data.dir: --set data.dir=PATH (the folder "
+                        "holding Annotations/ and JPEGImages/ or images/)")
+    return _boxes(read_voc(cfg.dir), cfg, share)
+
+
+def _coco(cfg: DataConfig, seed: int, share: WorkerShare | None = None) -> SourceData:
+    if not cfg.annotations or not cfg.dir:
+        raise DataError("data.source='coco' needs data.annotations (the instances JSON) and "
+                        "data.dir (the folder of its images): --set "
+                        "data.annotations=PATH/instances.json --set data.dir=PATH/images")
+    return _boxes(read_coco(cfg.annotations, cfg.dir), cfg, share)
+
+
+def _boxes(found: DetectionSource, cfg: DataConfig,
+           share: WorkerShare | None = None) -> SourceData:
+    """The annotated images as splits (where the annotations place them; train
+    otherwise) labelled with their box tables, each image checked as a folder's are."""
+    where = {image.path: image.where for image in found.images}
+    scan = scan_image_folder([Path(image.path) for image in found.images], share=share,
+                             max_pixels=cfg.max_pixels)
+    scan.bad = [(f"{where.get(path, path)} ({path})", why) for path, why in scan.bad]
+    if scan.bad and cfg.on_bad_file == "error":
+        raise _unreadable(scan.bad, f"image(s) named in {found.description} cannot be read "
+                                    f"({', '.join(IMAGE_EXTENSIONS)})")
+    digest_of = dict(zip(scan.good, scan.digests))
+    images = [image for image in found.images if image.path in digest_of]
+    max_boxes = max([len(image.classes) for image in images] + [1])
+    tables = np.zeros((len(images), max_boxes, BOX_FIELDS), np.float32)
+    tables[..., 4] = NO_BOX
+    for row, image in enumerate(images):
+        count = len(image.classes)
+        tables[row, :count, :4], tables[row, :count, 4] = image.boxes, image.classes
+    paths = np.array([image.path for image in images], dtype=str)
+    digests = np.array([digest_of[image.path] for image in images],
+                       np.uint8).reshape(-1, DIGEST_BYTES)
+    placed = np.array([image.split or "train" for image in images], dtype=str)
+    splits = {split: Examples(tables[placed == split], paths=paths[placed == split],
+                              sources=paths[placed == split],
+                              digests=digests[placed == split])
+              for split in ("train", "val", "test") if split == "train" or
+              (placed == split).any()}
+    return SourceData(splits, found.class_names,
+                      f"{found.description} ({found.box_count} boxes)", scan.bad,
+                      detection=True)
+
 
 def _tfds_read_config():
     """Record files read :data:`~tftoolkit.data.parallelism.PARALLEL_CALLS` at a time

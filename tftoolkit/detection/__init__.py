@@ -1,16 +1,19 @@
-"""Object detection: boxes in, a served detector and MediaPipe ObjectDetector files out.
+"""Object detection: what boxes as targets mean, in pieces the detection task assembles.
 
 One module per piece, each usable on its own:
 
-- ``sources``: Pascal VOC, COCO and CSV annotations -> one ``DetectionSource``;
-- ``augment``: box-aware crop, flip, rotation, zoom, translation and colour ops;
 - ``anchors`` and ``boxes``: the fixed anchors and the one box coding (MediaPipe's);
-- ``matching``: anchors matched to true boxes -> the targets the losses take;
-- ``losses``: sigmoid focal loss and the box regression loss;
-- ``model``: the detector on any registry backbone (feature pyramid, shared heads);
-- ``decoding``: raw outputs -> detections, suppressed the way MediaPipe does;
-- ``evaluation``: COCO mAP (pycocotools, and the same in numpy for every epoch);
-- ``export``: SavedModel signatures and the MediaPipe ObjectDetector files.
+- ``matching``: box tables matched to the anchors -> the targets the loss takes;
+- ``losses``: the sigmoid focal loss plus the box regression loss, per image;
+- ``head``: the feature pyramid and shared towers over a backbone's feature maps;
+- ``decoding``: predictions -> detections, suppressed the way MediaPipe does;
+- ``metrics``: COCO mAP as a Keras metric logged every epoch (``val_map``);
+- ``evaluation``: COCO metrics by pycocotools (reports, and the check of ``metrics``).
+
+The task object (:class:`tftoolkit.tasks.Detection`) ties them together. The stages of a
+run hold the rest: sources in :mod:`tftoolkit.data.box_sources`, box-aware augmentation
+in :mod:`tftoolkit.augment.boxes`, the detector model in :mod:`tftoolkit.models.detector`,
+MediaPipe ObjectDetector files in :mod:`tftoolkit.serving.detection`.
 
 Boxes are ``(ymin, xmin, ymax, xmax)`` normalised to the image throughout.
 """

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from tftoolkit.detection.model import DetectorSpec
+from tftoolkit.detection.anchors import AnchorSet
+from tftoolkit.detection.boxes import BoxCoder
+from tftoolkit.detection.head import split_predictions
 
 MEDIAPIPE_IOU = 0.3  # MediaPipe's default min_suppression_threshold
 
@@ -32,10 +34,11 @@ class NmsConfig:
     iou_threshold: float = MEDIAPIPE_IOU
 
 
-def decode_detections(box_encodings: tf.Tensor, class_scores: tf.Tensor, spec: DetectorSpec,
+def decode_detections(predictions: tf.Tensor, anchors: AnchorSet, coder: BoxCoder,
                       nms: NmsConfig = NmsConfig()) -> dict[str, tf.Tensor]:
-    """Raw outputs [batch, anchors, 4] and [batch, anchors, classes] -> the detection
-    outputs of the TF Object Detection API, padded to ``nms.max_results``:
+    """A detector's predictions [batch, anchors, 4 + classes] (box codes, then class
+    scores) -> the detection outputs of the TF Object Detection API, padded to
+    ``nms.max_results``:
 
     - ``detection_boxes`` [batch, N, 4] float32 ``(ymin, xmin, ymax, xmax)`` normalised
       to the input image and clipped to it (0 past ``num_detections``);
@@ -43,9 +46,8 @@ def decode_detections(box_encodings: tf.Tensor, class_scores: tf.Tensor, spec: D
     - ``detection_classes`` [batch, N] int64 0-based class ids (-1 past it);
     - ``num_detections`` [batch] int32.
     """
-    anchors = tf.constant(spec.anchors.centres_sizes())
-    boxes = spec.coder.decode(box_encodings, anchors)
-    scores = tf.cast(class_scores, tf.float32)
+    codes, scores = split_predictions(tf.cast(predictions, tf.float32))
+    boxes = coder.decode(codes, tf.constant(anchors.centres_sizes()))
     limit = nms.max_results
 
     def one_image(args):

@@ -1,31 +1,26 @@
-"""COCO detection metrics: mAP over IoU 0.50:0.95, mAP@0.50 and AP per class.
+"""COCO detection metrics by pycocotools: mAP over IoU 0.50:0.95, mAP@0.50, AP per class.
 
-Two implementations of the same numbers:
+:func:`coco_evaluate` runs ``pycocotools``' ``COCOeval`` (the standard implementation) on
+detections and true boxes given per image: what ``tftoolkit evaluate`` reports per class
+and draws as precision-recall curves. The figures logged every epoch come from a metric
+that computes the same algorithm batch by batch (:mod:`tftoolkit.detection.metrics`);
+the tests check the two against each other.
 
-- :func:`coco_evaluate` runs ``pycocotools``' ``COCOeval`` (the standard: what reports
-  and the model card state);
-- :func:`coco_metrics` is the same algorithm in numpy (greedy matching of each class's
-  detections in score order to the unmatched true box of highest IoU, precision made
-  monotone and read at 101 recall points, at most 100 detections per image and class),
-  without ``COCOeval``'s per-image Python loops and printing, for a score after every
-  epoch (``val_map``); :class:`MapAccumulator` collects the batches.
-
-They agree to float precision (the tests check it). Boxes are ``(ymin, xmin, ymax,
-xmax)`` normalised; IoU does not depend on the unit. A class without true boxes in the
-evaluated images has no AP (NaN) and is left out of the means, as in COCO.
+Boxes are ``(ymin, xmin, ymax, xmax)`` normalised; IoU does not depend on the unit. A
+class without true boxes in the evaluated images has no AP (NaN) and is left out of the
+means, as in COCO.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
-MAX_DETECTIONS = 100   # per image (and class), COCO's maxDets
 
 
 @dataclass(frozen=True)
@@ -88,27 +83,6 @@ def box_iou(detections: np.ndarray, truths: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def _match(detections: np.ndarray, truths: np.ndarray) -> np.ndarray:
-    """[T, D] whether each detection (sorted by score) matches a true box at each IoU
-    threshold: the unmatched true box of highest IoU (the last of equals, as COCOeval
-    scans), at least the threshold."""
-    matched = np.zeros((len(IOU_THRESHOLDS), len(detections)), bool)
-    if not len(truths) or not len(detections):
-        return matched
-    iou = box_iou(detections, truths)
-    taken = np.zeros((len(IOU_THRESHOLDS), len(truths)), bool)
-    floor = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[:, None]
-    for d in range(len(detections)):
-        candidates = np.where(~taken & (iou[d] >= floor), iou[d], -1.0)   # [T, G]
-        best = candidates.max(axis=1)
-        found = best >= 0
-        # the last true box of the highest IoU
-        last = len(truths) - 1 - np.argmax(candidates[:, ::-1] == best[:, None], axis=1)
-        matched[found, d] = True
-        taken[np.flatnonzero(found), last[found]] = True
-    return matched
-
-
 def _check(truths: list[ImageBoxes], detections: list[ImageBoxes]) -> None:
     """Refuse lists of different lengths and inverted boxes (COCOeval would silently
     ignore an inverted detection: its area is negative)."""
@@ -121,41 +95,6 @@ def _check(truths: list[ImageBoxes], detections: list[ImageBoxes]) -> None:
             if (boxes[:, 2:] < boxes[:, :2]).any():
                 raise ValueError(f"image {i}: a {what} has a minimum above its maximum "
                                  "(boxes are ymin, xmin, ymax, xmax)")
-
-
-def coco_metrics(truths: list[ImageBoxes], detections: list[ImageBoxes],
-                 num_classes: int) -> CocoMetrics:
-    """COCO's figures of ``detections`` against ``truths`` (one entry per image each,
-    in the same order), computed in numpy."""
-    _check(truths, detections)
-    precision = -np.ones((len(IOU_THRESHOLDS), len(RECALL_POINTS), num_classes))
-    for k in range(num_classes):
-        scores, matches, positives = [], [], 0
-        for truth, found in zip(truths, detections):
-            true_boxes = np.asarray(truth.boxes)[np.asarray(truth.classes) == k]
-            mine = np.asarray(found.classes) == k
-            order = np.argsort(-np.asarray(found.scores)[mine], kind="mergesort")
-            order = order[:MAX_DETECTIONS]
-            boxes = np.asarray(found.boxes)[mine][order]
-            positives += len(true_boxes)
-            scores.append(np.asarray(found.scores)[mine][order])
-            matches.append(_match(boxes, true_boxes))
-        if positives == 0:
-            continue
-        score = np.concatenate(scores)
-        order = np.argsort(-score, kind="mergesort")
-        hits = np.concatenate(matches, axis=1)[:, order]
-        tp = np.cumsum(hits, axis=1, dtype=float)
-        fp = np.cumsum(~hits, axis=1, dtype=float)
-        recall = tp / positives
-        ratio = tp / (tp + fp + np.spacing(1))
-        monotone = np.maximum.accumulate(ratio[:, ::-1], axis=1)[:, ::-1]
-        for t in range(len(IOU_THRESHOLDS)):
-            at = np.searchsorted(recall[t], RECALL_POINTS, side="left")
-            inside = at < len(score)
-            precision[t, :, k] = np.where(
-                inside, monotone[t][np.minimum(at, len(score) - 1)] if len(score) else 0, 0)
-    return CocoMetrics.from_precision(precision)
 
 
 def coco_evaluate(truths: list[ImageBoxes], detections: list[ImageBoxes],
@@ -198,28 +137,3 @@ def coco_evaluate(truths: list[ImageBoxes], detections: list[ImageBoxes],
         evaluation.accumulate()
     # [T, R, K, areas, max detections]: all areas, 100 detections
     return CocoMetrics.from_precision(evaluation.eval["precision"][:, :, :, 0, -1])
-
-
-@dataclass
-class MapAccumulator:
-    """True boxes and detections collected batch by batch; :meth:`result` scores them
-    with :func:`coco_metrics`."""
-
-    num_classes: int
-    truths: list[ImageBoxes] = field(default_factory=list)
-    detections: list[ImageBoxes] = field(default_factory=list)
-
-    def update(self, truths: list[ImageBoxes], outputs: dict[str, np.ndarray]) -> None:
-        """Add a batch: its images' true boxes and the detection outputs of
-        :func:`~tftoolkit.detection.decoding.decode_detections` for them."""
-        counts = np.asarray(outputs["num_detections"])
-        for i, truth in enumerate(truths):
-            n = int(counts[i])
-            self.truths.append(truth)
-            self.detections.append(ImageBoxes(
-                np.asarray(outputs["detection_boxes"][i][:n]),
-                np.asarray(outputs["detection_classes"][i][:n]),
-                np.asarray(outputs["detection_scores"][i][:n])))
-
-    def result(self) -> CocoMetrics:
-        return coco_metrics(self.truths, self.detections, self.num_classes)

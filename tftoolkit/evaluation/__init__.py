@@ -24,7 +24,8 @@ from tftoolkit.data.record import SPLITS_FILE, SplitRecord
 from tftoolkit.errors import DataError, TftoolkitError
 from tftoolkit.evaluation.gradcam import NO_FEATURE_MAP, grad_cam, has_feature_map
 from tftoolkit.evaluation.metrics import render_report
-from tftoolkit.evaluation.plots import plot_confusion_matrix, plot_pr_curves, plot_top_losses
+from tftoolkit.evaluation.plots import (plot_confusion_matrix, plot_detection_pr_curves,
+                                        plot_detection_sheet, plot_pr_curves, plot_top_losses)
 from tftoolkit.models import load_keras_model
 from tftoolkit.multilabel import Thresholds, precision_recall_curve, score_histograms
 from tftoolkit.recipe import Recipe, recipe_from_dict
@@ -122,13 +123,19 @@ def evaluate(path: str | Path, split: str = "test", tta: int = 0,
     ``EXPORT-eval``) ``metrics.json``, the task's report: its figures, and for
     classifiers ``per_class.csv`` and figures (a confusion matrix and the top losses of a
     single-label classifier; the precision-recall curves of a multi-label one, whose
-    decisions are at the thresholds chosen on validation). With ``tta`` views, the
+    decisions are at the thresholds chosen on validation; a detector's COCO AP per class
+    by pycocotools, its precision-recall curves at IoU 0.50 and ``detections.png``, a
+    sheet of images with their true and detected boxes). With ``tta`` views, the
     figures of the predictions averaged over them too."""
     if not 0 <= tta <= MAX_VIEWS:  # before anything is evaluated or written
         raise TftoolkitError(f"--tta {tta}: test-time augmentation takes 1 to {MAX_VIEWS} "
                              "views (0: none)")
     model, recipe, info, default_out = load_trained(path)
     task = info.task
+    if tta and task.spatial:
+        raise TftoolkitError(f"--tta {tta}: test-time augmentation averages the predictions "
+                             f"of flipped views, which for a {task.name} model are boxes in "
+                             "other places; evaluate without --tta")
     out = Path(out) if out else default_out
     out.mkdir(parents=True, exist_ok=True)
     evaluated, images, targets, notes = _split_arrays(path, recipe, info, split)
@@ -153,6 +160,12 @@ def evaluate(path: str | Path, split: str = "test", tta: int = 0,
                               f"{title}: confusion matrix, row-normalised")
         plot_top_losses(images, targets, task.scores(predictions), info.class_names,
                         out / "top_losses.png")
+    if "precision_50" in report:  # a detector's
+        plot_detection_pr_curves(report["precision_50"], report["per_class"],
+                                 out / "pr_curves.png",
+                                 f"{title}: precision-recall per class, IoU 0.50")
+        plot_detection_sheet(images, targets, task.decide(predictions),
+                             info.class_names, out / "detections.png")
     if task.thresholded:
         precision, recall = precision_recall_curve(*(h.numpy() for h in score_histograms(
             targets, predictions)))

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from tftoolkit.detection.drawing import PREDICTED, TRUE, draw_boxes
+
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path,
                           title: str = "") -> Path:
@@ -72,6 +74,59 @@ def plot_pr_curves(precision: np.ndarray, recall: np.ndarray, per_class: list[di
     ax.set_ylabel("precision")
     ax.set_title(title or "precision-recall per class (dot: at the threshold)")
     ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_detection_pr_curves(precision_50: list[list[float]], per_class: list[dict],
+                             path: Path, title: str = "") -> Path:
+    """COCO's interpolated precision at 101 recall points, IoU 0.50, one curve per class
+    that has true boxes, its AP@0.50 in the legend."""
+    fig = Figure(figsize=(6.5, 5))
+    ax = fig.subplots()
+    recall = np.linspace(0.0, 1.0, 101)
+    for curve, row in zip(precision_50, per_class):
+        if row["ap_50"] is not None:  # a class without true boxes has no curve
+            ax.plot(recall, curve, label=f"{row['class']} (AP@0.5 {row['ap_50']:.3f})")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title or "precision-recall per class, IoU 0.50")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_detection_sheet(images: np.ndarray, tables: np.ndarray, detections: dict,
+                         class_names: list[str], path: Path, min_score: float = 0.3,
+                         count: int = 16) -> Path:
+    """The first ``count`` images with their true boxes (green) and the detections
+    scoring ``min_score`` or more (red, with their scores)."""
+    shown = min(count, len(images))
+    columns = min(4, shown)
+    rows = -(-shown // columns)
+    fig = Figure(figsize=(2.6 * columns, 2.7 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for i in range(shown):
+        ax = axes.ravel()[i]
+        height, width = images[i].shape[:2]
+        ax.imshow(np.clip(images[i], 0, 255).astype(np.uint8))
+        truth = tables[i][tables[i][:, 4] >= 0]
+        draw_boxes(ax, truth[:, :4], [class_names[int(c)] for c in truth[:, 4]], height,
+                   width, TRUE)
+        n = int(detections["num_detections"][i])
+        scores = detections["detection_scores"][i, :n]
+        keep = scores >= min_score
+        draw_boxes(ax, detections["detection_boxes"][i, :n][keep],
+                   [class_names[int(c)] for c in detections["detection_classes"][i, :n][keep]],
+                   height, width, PREDICTED, scores[keep])
+    fig.suptitle(f"true boxes (green), detections scoring {min_score:g} or more (red)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path

@@ -14,6 +14,7 @@ import keras
 
 from tftoolkit.errors import RecipeError
 from tftoolkit.models.backbones import BACKBONES
+from tftoolkit.models.detector import build_detector
 from tftoolkit.models.hub import HUB_PREFIX  # registers hub:PRESET architectures
 from tftoolkit.models.layout import PREPROCESS
 from tftoolkit.models.registry import (ARCHITECTURES, MODES, ArchitectureSpec,
@@ -62,10 +63,15 @@ def build_model(recipe: "Recipe", info: "DataInfo") -> keras.Model:
                 raise RecipeError(f"model.architecture={m.architecture!r} needs image data; "
                                   f"{info.description} holds feature vectors")
             try:
-                model = build_transfer_model(
-                    spec, weights=m.weights, mode=mode, unfreeze=m.unfreeze,
-                    input_shape=info.input_shape, task=info.task, dropout=dropout,
-                    backbone_layer=m.backbone_layer)
+                if info.task.feature_strides:  # a head on feature maps (a detector)
+                    model = build_detector(spec, weights=m.weights, mode=mode,
+                                           image_size=info.image_size, task=info.task,
+                                           unfreeze=m.unfreeze)
+                else:
+                    model = build_transfer_model(
+                        spec, weights=m.weights, mode=mode, unfreeze=m.unfreeze,
+                        input_shape=info.input_shape, task=info.task, dropout=dropout,
+                        backbone_layer=m.backbone_layer)
             except ValueError as exc:
                 smallest = INPUT_TOO_SMALL.search(str(exc))
                 if smallest is None:
@@ -75,6 +81,9 @@ def build_model(recipe: "Recipe", info: "DataInfo") -> keras.Model:
                     f"model.architecture={m.architecture!r}, which takes images of at least "
                     f"{smallest[1]}x{smallest[1]} pixels: --set data.image_size="
                     f"{smallest[1]} or more (0: its default, {spec.default_size})") from None
+        elif info.task.feature_strides:
+            raise RecipeError(f"model.architecture={m.architecture!r}: a {info.task.name} "
+                              "model needs a registry backbone (mobilenet_v2, resnet50, ...)")
         else:
             model = spec.build(input_shape=info.input_shape, task=info.task, hidden=m.hidden,
                                filters=m.filters, activation=m.activation, dropout=dropout)

@@ -19,7 +19,7 @@ from tftoolkit.models import load_keras_model, preprocessing_of
 from tftoolkit.multilabel import Thresholds
 from tftoolkit.recipe import recipe_from_dict
 from tftoolkit.rundir import RunDir
-from tftoolkit.serving.predict import predict
+from tftoolkit.serving.predict import FoundObject, detect, is_detector, predict
 from tftoolkit.serving.savedmodel import MEASURED, MODEL_CARD, Quantization, export_model
 from tftoolkit.tasks import task_class
 from tftoolkit.unnoised import not_private, unnoised_reads
@@ -175,4 +175,5 @@ def formats_table(version: Path) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["export_model", "export_run", "formats_table", "predict", "save_parity_inputs"]
+__all__ = ["FoundObject", "detect", "export_model", "export_run", "formats_table",
+           "is_detector", "predict", "save_parity_inputs"]

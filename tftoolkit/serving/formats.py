@@ -48,9 +48,15 @@ def check_formats(formats: list[str], info: DataInfo) -> None:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ExportError(f"export.formats has {unknown}; choices: {', '.join(FORMATS)}")
+    served = info.task.formats
+    if served is not None and any(f not in served for f in formats):
+        refused = [f for f in formats if f not in served]
+        raise ExportError(f"export.formats has {refused}: a {info.task.name} model is "
+                          f"served as a SavedModel and as {', '.join(served)}; remove "
+                          f"{', '.join(refused)}. Nothing was exported.")
     wanted = [f for f in formats if f in MEDIAPIPE]
     if wanted and not (info.image_size and info.class_names):
-        raise ExportError(f"export.formats has {wanted}: MediaPipe image-classifier files, "
+        raise ExportError(f"export.formats has {wanted}: MediaPipe image files, "
                           f"but this model is a {info.task.name} model of inputs "
                           f"{list(info.input_shape)}; remove them. Nothing was exported.")
     for fmt in formats:

@@ -109,23 +109,33 @@ class LiteRTModel:
         if isinstance(flatbuffer, (str, Path)):
             flatbuffer = Path(flatbuffer).read_bytes()
         self.interpreter = quiet_interpreter(flatbuffer)
-        self._output_index = self._probabilities_index()
+        self._output_indices = self._prediction_indices()
         self.input = self.interpreter.get_input_details()[0]
-        self.output = self._output_details()
+        self.outputs = self._output_details()
         self._batch = None
 
-    def _probabilities_index(self) -> int:
-        """The tensor index of the predictions: a signature's ``probabilities`` (a
-        multi-label file also outputs its ``labels`` mask), else the first output."""
+    def _prediction_indices(self) -> list[int]:
+        """The tensor indices of the predictions: a signature's ``probabilities`` (a
+        multi-label file also outputs its ``labels`` mask); a MediaPipe detector's raw
+        outputs, box codes then class scores (``[1, anchors, n]`` each), which are joined
+        as the Keras detector joins them; else the first output."""
         for key in self.interpreter.get_signature_list():
             outputs = self.interpreter.get_signature_runner(key).get_output_details()
             if "probabilities" in outputs:
-                return outputs["probabilities"]["index"]
-        return self.interpreter.get_output_details()[0]["index"]
+                return [outputs["probabilities"]["index"]]
+        outputs = self.interpreter.get_output_details()
+        if len(outputs) > 1 and all(len(d["shape"]) == 3 for d in outputs):
+            return [d["index"] for d in outputs]
+        return [outputs[0]["index"]]
 
-    def _output_details(self) -> dict:
-        return next(d for d in self.interpreter.get_output_details()
-                    if d["index"] == self._output_index)
+    def _output_details(self) -> list[dict]:
+        details = {d["index"]: d for d in self.interpreter.get_output_details()}
+        return [details[index] for index in self._output_indices]
+
+    @property
+    def output(self) -> dict:
+        """The details of the (first) prediction output."""
+        return self.outputs[0]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -141,7 +151,7 @@ class LiteRTModel:
             self.interpreter.resize_tensor_input(self.input["index"], list(images.shape))
             self.interpreter.allocate_tensors()
             self.input = self.interpreter.get_input_details()[0]
-            self.output = self._output_details()
+            self.outputs = self._output_details()
             self._batch = images.shape
         x = np.asarray(images, np.float32)
         if self.input["dtype"] != np.float32:
@@ -150,11 +160,14 @@ class LiteRTModel:
             x = np.clip(np.round(x / scale + zero), info.min, info.max)
         self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
         self.interpreter.invoke()
-        y = self.interpreter.get_tensor(self.output["index"])
-        if self.output["dtype"] != np.float32:
-            scale, zero = self.output["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        return y.astype(np.float32)
+        found = []
+        for output in self.outputs:
+            y = self.interpreter.get_tensor(output["index"])
+            if output["dtype"] != np.float32:
+                scale, zero = output["quantization"]
+                y = (y.astype(np.float32) - zero) * scale
+            found.append(y.astype(np.float32))
+        return np.concatenate(found, axis=-1)
 
     @property
     def fixed_batch(self) -> bool:

@@ -11,9 +11,14 @@ import numpy as np
 from tftoolkit.tasks import Task
 
 
-def served_key(outputs) -> str:
-    """The output that carries the prediction: ``probabilities`` or ``outputs``."""
-    return "probabilities" if "probabilities" in outputs else "outputs"
+def served_key(outputs, task: Task) -> str:
+    """The output that carries the prediction: ``probabilities``, the task's own
+    (:attr:`~tftoolkit.tasks.Task.serving_key`: a detector's ``detection_boxes``) or
+    ``outputs``."""
+    for key in ("probabilities", task.serving_key):
+        if key in outputs:
+            return key
+    return "outputs"
 
 
 def expected_output(model, inputs: np.ndarray, task: Task, key: str) -> np.ndarray:

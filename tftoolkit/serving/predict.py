@@ -2,12 +2,13 @@
 
 A classifier gives its top classes; a multi-label classifier every label at or above its
 threshold (the SavedModel's ``labels`` output; for a LiteRT file, the thresholds of the
-model card beside it).
+model card beside it); a detector its boxes (:func:`detect`).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +152,64 @@ def _top(probabilities: np.ndarray, names: list[str], top_k: int,
         order = order[:top_k] if labels is None else [j for j in order if labels[i, j]]
         results.append([(names[j], float(row[j])) for j in order])
     return results
+
+
+@dataclass(frozen=True)
+class FoundObject:
+    """One detection: its class, score and box ``(xmin, ymin, xmax, ymax)`` in pixels of
+    the image it was found in."""
+
+    class_name: str
+    score: float
+    box: tuple[float, float, float, float]
+
+
+def is_detector(export_dir: str | Path) -> bool:
+    """Whether the export version (or the LiteRT file in one) is an object detector's."""
+    path = Path(export_dir)
+    card = (path.parent if path.suffix == ".tflite" else path) / MODEL_CARD
+    return card.is_file() and json.loads(card.read_text()).get("task") == "detection"
+
+
+def detect(export_dir: str | Path, images: list[str | Path], min_score: float = 0.5,
+           out: str | Path | None = None) -> list[list[FoundObject]]:
+    """Per image file, the objects a detector's export version finds at ``min_score`` or
+    more (its SavedModel's ``serve_bytes``: decoded and suppressed as MediaPipe does),
+    most confident first; with ``out``, each image is written there as
+    ``<name>_boxes.png`` with its boxes drawn."""
+    import tensorflow as tf
+
+    from tftoolkit.data.pipeline import decode_image_bytes, to_rgb
+    from tftoolkit.detection.drawing import save_with_boxes
+
+    export_dir = Path(export_dir)
+    if export_dir.suffix == ".tflite":
+        raise ExportError(f"{export_dir} is a MediaPipe ObjectDetector file: run it with "
+                          "mediapipe.tasks.python.vision.ObjectDetector; predict reads the "
+                          f"SavedModel of its version, {export_dir.parent}")
+    missing = [str(p) for p in images if not Path(p).is_file()]
+    if missing:
+        raise ExportError(f"image file(s) not found: {', '.join(missing)}")
+    loaded = tf.saved_model.load(str(export_dir))
+    found = []
+    for path in images:
+        data = Path(path).read_bytes()
+        try:
+            outputs = loaded.signatures["serve_bytes"](image_bytes=tf.constant([data]))
+            image = to_rgb(decode_image_bytes(tf.constant(data))).numpy()
+        except tf.errors.InvalidArgumentError as exc:
+            raise ExportError(f"cannot decode {path} as an image: "
+                              f"{exc.message.splitlines()[0][:160]}") from None
+        count = int(outputs["num_detections"][0])
+        scores = outputs["detection_scores"][0, :count].numpy()
+        keep = scores >= min_score
+        boxes = outputs["detection_boxes"][0, :count].numpy()[keep]
+        names = [n.decode() for n in outputs["detection_class_names"][0, :count].numpy()[keep]]
+        height, width = image.shape[:2]
+        found.append([FoundObject(name, float(score), (
+            float(box[1] * width), float(box[0] * height), float(box[3] * width),
+            float(box[2] * height))) for name, score, box in zip(names, scores[keep], boxes)])
+        if out is not None:
+            save_with_boxes(image, Path(out) / f"{Path(path).stem}_boxes.png", boxes, names,
+                            scores[keep])
+    return found

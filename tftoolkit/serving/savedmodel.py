@@ -44,6 +44,7 @@ from tftoolkit.data import DataInfo
 from tftoolkit.data.pipeline import Resize, decode_image_bytes, to_rgb_image
 from tftoolkit.errors import ExportError
 from tftoolkit.serving import litert, mediapipe_tasks
+from tftoolkit.serving.detection import mediapipe_detector
 from tftoolkit.serving.formats import (ONNX_FILE, ONNX_TOLERANCE, check_formats, write_onnx,
                                        write_tflite)
 from tftoolkit.serving.outputs import expected_output, served_key
@@ -146,7 +147,7 @@ def parity_check(path: Path, model: keras.Model, inputs: np.ndarray, tolerance: 
     x = tf.constant(inputs, tf.float32)
     first = served(x)
     second = served(x)
-    key = served_key(first)
+    key = served_key(first, task)
     got = first[key].numpy()
     if not np.array_equal(got, second[key].numpy()):
         raise ExportError(f"parity check failed: two calls of serving_default on the same "
@@ -220,7 +221,10 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
     written, refused = {}, {}
     for fmt in (f for f in formats if f in MEASURED):
         metadata = None
-        if fmt in mediapipe_tasks.MEDIAPIPE:
+        if fmt in mediapipe_tasks.MEDIAPIPE and info.task.mediapipe_task == "ObjectDetector":
+            flatbuffer, metadata = mediapipe_detector(model, fmt, info,
+                                                      quantization.calibration)
+        elif fmt in mediapipe_tasks.MEDIAPIPE:
             flatbuffer, metadata = mediapipe_tasks.convert(
                 model, fmt, info, quantization.calibration, thresholds)
         else:

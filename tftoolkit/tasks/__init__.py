@@ -19,9 +19,9 @@ One :class:`Task` per kind of target owns everything that depends on it:
 
 The tasks are single-label classification (:mod:`~tftoolkit.tasks.classification`:
 integer ids, one-hot, or one sigmoid unit for two classes), multi-label classification
-(:mod:`~tftoolkit.tasks.multilabel`) and regression
-(:mod:`~tftoolkit.tasks.regression`). :func:`make_task` builds the one a run's data
-describes.
+(:mod:`~tftoolkit.tasks.multilabel`), regression (:mod:`~tftoolkit.tasks.regression`) and
+object detection (:mod:`~tftoolkit.tasks.detection`). :func:`make_task` builds the one a
+run's data describes.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from __future__ import annotations
 from tftoolkit.errors import RecipeError, did_you_mean
 from tftoolkit.tasks.base import ENCODING_OF_LOSS, Monitor, Task
 from tftoolkit.tasks.classification import SingleLabel
+from tftoolkit.tasks.detection import Detection
 from tftoolkit.tasks.multilabel import MultiLabel
 from tftoolkit.tasks.regression import Regression
 
 # data description's encoding -> the task class that owns it
 TASK_OF_ENCODING: dict[str, type[Task]] = {
     "sparse": SingleLabel, "categorical": SingleLabel, "binary": SingleLabel,
-    "multilabel": MultiLabel, "regression": Regression}
+    "multilabel": MultiLabel, "regression": Regression, "detection": Detection}
 
 
 def task_class(name: str) -> type[Task]:
@@ -62,12 +63,15 @@ def any_monitor(key: str) -> Monitor:
 
 
 def make_task(encoding: str, num_classes: int = 0, *, target_dim: int = 1,
-              class_counts: list[int] | None = None, examples: int = 0) -> Task:
+              class_counts: list[int] | None = None, examples: int = 0,
+              config: dict | None = None) -> Task:
     """The task of targets of ``encoding`` (``sparse``, ``categorical``, ``binary``,
-    ``multilabel`` or ``regression``); ``class_counts`` and ``examples`` are the
-    training split's (a multi-label task weighs each class's positives by them when
-    asked to balance)."""
+    ``multilabel``, ``regression`` or ``detection``); ``class_counts`` and ``examples``
+    are the training split's (a multi-label task weighs each class's positives by them
+    when asked to balance); ``config``: what else rebuilds it (:meth:`Task.config`)."""
     cls = TASK_OF_ENCODING.get(encoding)
+    if cls is Detection:
+        return Detection.from_config(num_classes, config or {})
     if cls is SingleLabel:
         return SingleLabel(num_classes, encoding)
     if cls is MultiLabel:
@@ -78,5 +82,5 @@ def make_task(encoding: str, num_classes: int = 0, *, target_dim: int = 1,
                      f"(choices: {', '.join(TASK_OF_ENCODING)})")
 
 
-__all__ = ["ENCODING_OF_LOSS", "Monitor", "MultiLabel", "Regression", "SingleLabel", "Task",
-           "any_monitor", "make_task", "task_class"]
+__all__ = ["ENCODING_OF_LOSS", "Detection", "Monitor", "MultiLabel", "Regression",
+           "SingleLabel", "Task", "any_monitor", "make_task", "task_class"]

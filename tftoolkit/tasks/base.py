@@ -6,13 +6,16 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tftoolkit.errors import RecipeError, did_you_mean
+
+if TYPE_CHECKING:  # annotations only: tasks never import the recipe
+    from tftoolkit.recipe import Recipe
 
 # train.loss -> the target encoding it implies
 ENCODING_OF_LOSS = {"mse": "regression", "binary_crossentropy": "binary",
@@ -60,6 +63,22 @@ class Task(ABC):
     # the figure a run, a search or a comparison is judged by when none is named, and
     # the one exported files are judged by against the float model
     default_figure: ClassVar[str]
+    # whether targets are places in the image (boxes), which augmentation must move with
+    # the pixels: it then runs in the input pipeline, on each example and its targets
+    spatial: ClassVar[bool] = False
+    # the export formats besides the SavedModel that serve this task (None: every one)
+    formats: ClassVar[tuple[str, ...] | None] = None
+    # the MediaPipe Tasks API whose files the ``mediapipe*`` formats are
+    mediapipe_task: ClassVar[str] = "ImageClassifier"
+
+    def config(self) -> dict:
+        """What rebuilds this task besides its encoding and classes (anchors, ...), kept
+        in the data description (:meth:`from_config` reads it back)."""
+        return {}
+
+    def check_recipe(self, recipe: "Recipe") -> None:
+        """Refuse, before anything runs, recipe settings that have no meaning for this
+        kind of target."""
 
     # --- targets ---------------------------------------------------------------------
 
@@ -79,6 +98,18 @@ class Task(ABC):
         return np.asarray(encoded)
 
     # --- the head, the loss and the figures ------------------------------------------
+
+    @property
+    def feature_strides(self) -> tuple[int, ...]:
+        """The strides of the backbone feature maps the head takes (a detector's
+        pyramid); empty: the head takes the backbone's pooled features."""
+        return ()
+
+    def head(self, feature_shapes: list[tuple[int, ...]]) -> keras.Model:
+        """The head on feature maps of :attr:`feature_strides` (of those shapes); tasks
+        whose head takes pooled features have an output layer instead
+        (:attr:`output_units`, :attr:`activation`)."""
+        raise NotImplementedError(f"a {self.name} head takes pooled features")
 
     @property
     def target_dim(self) -> int:
@@ -143,11 +174,12 @@ class Task(ABC):
         """Every figure other than the (recipe-dependent) loss over ``(targets,
         predictions)`` batches, by the very metric objects training logs."""
         metrics = self.metrics()
+        updates = [tf.function(metric.update_state) for metric in metrics]
         for targets, predictions in batches:
             y = self.encode(tf.constant(np.asarray(targets)))
             p = tf.constant(self.predictions(predictions))
-            for metric in metrics:
-                metric.update_state(y, p)
+            for update in updates:
+                update(y, p)
         return {metric.name: float(metric.result()) for metric in metrics}
 
     def predictions(self, outputs: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from tftoolkit.augment import Augmenter
 from tftoolkit.data import DataBundle
 from tftoolkit.data.sources import Examples
 from tftoolkit.data.splits import shard_positions
+from tftoolkit.models.detector import split_detector
 from tftoolkit.models.layout import FEATURES, PREPROCESS
 from tftoolkit.models.transfer import backbone_of, unfreeze_start
 from tftoolkit.training.runtime import verbosity
@@ -42,6 +43,27 @@ def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model] | N
         return None
     extractor = keras.Model(model.inputs, pool.output, name="feature_extractor")
     return extractor, _head(model, model.layers.index(pool) + 1, pool.output.shape[1:])
+
+
+def split_at_feature_maps(model: keras.Model) -> tuple[keras.Model, keras.Model] | None:
+    """A detector's (frozen extractor: image -> its tapped feature maps, flattened and
+    joined into one vector per image, head: that vector -> predictions, through the
+    detection head) sharing the model's layers; None for a model that is not a
+    detector."""
+    try:
+        maps, head = split_detector(model)
+    except ValueError:
+        return None
+    flat = [keras.layers.Flatten(name=f"flatten_{i}")(m) for i, m in enumerate(maps.outputs)]
+    extractor = keras.Model(maps.inputs, keras.layers.Concatenate(name="joined")(flat),
+                            name="feature_extractor")
+    features = keras.Input(extractor.output.shape[1:], name="features")
+    parts, start = [], 0
+    for m in maps.outputs:
+        size = int(np.prod(m.shape[1:]))
+        parts.append(keras.layers.Reshape(m.shape[1:])(features[:, start:start + size]))
+        start += size
+    return extractor, keras.Model(features, head(parts), name="head")
 
 
 def split_below_unfrozen(model: keras.Model,
@@ -91,6 +113,9 @@ def cache_plan(augmenter: Augmenter, views: int, cache: str,
                runs_once: str) -> tuple[bool, str]:
     """Whether to cache, and the line that says why (or why not); ``cache`` names the
     cache, ``runs_once`` what it does."""
+    if augmenter.per_example is not None and augmenter.per_example.spatial:
+        return False, (f"{cache} off: augmentation moves the boxes with the pixels, which "
+                       "cached features cannot")
     if augmenter.in_model is None and augmenter.in_pipeline is None and not augmenter.mixers:
         ignored = (f" (augment.cached_views={views} ignored: no pixel augmentation is on, "
                    "so each copy would be the image itself)"

@@ -47,7 +47,8 @@ from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, readable_
                                            resume_callbacks, trim_history)
 from tftoolkit.training.distributed import is_chief
 from tftoolkit.training.feature_cache import (cache_plan, cached_datasets, effective_views,
-                                              fits_in_memory, split_at_features,
+                                              fits_in_memory, split_at_feature_maps,
+                                              split_at_features,
                                               split_below_unfrozen)
 from tftoolkit.training.lr_find import LrFindResult, sweep
 from tftoolkit.training.optim import compile_model, learning_rate_schedule
@@ -217,7 +218,8 @@ def _prepare(recipe: Recipe, strategy: tf.distribute.Strategy,
     if not report_test:
         data.splits.pop("test", None)
         data.info.counts.pop("test", None)
-    augmenter = build_augmenter(recipe.augment, data.info.image_size, recipe.train.seed)
+    augmenter = build_augmenter(recipe.augment, data.info.image_size, recipe.train.seed,
+                                spatial=data.info.task.spatial)
     with strategy.scope():
         model = build_model(recipe, data.info)
         graph = training_model(model, augmenter)
@@ -338,11 +340,12 @@ def _frozen_part(run: _Setup, stage: Stage) -> tuple[tuple, str, str] | None:
     (frozen, trained) halves, the cache's name and what it does; None when it cannot."""
     if run.recipe.train.cache_features != "auto":
         return None
+    pyramid = bool(run.data.info.task.feature_strides)  # a head on feature maps
     if stage.mode == "feature_extraction":
-        parts = split_at_features(run.model)
+        parts = split_at_feature_maps(run.model) if pyramid else split_at_features(run.model)
         return parts and (parts, "feature cache",
                           "frozen backbone run once; head trained on cached features")
-    if stage.mode == "fine_tune":
+    if stage.mode == "fine_tune" and not pyramid:  # (the pyramid taps frozen blocks too)
         parts = split_below_unfrozen(run.model, run.recipe.model.unfreeze)
         first = parts and parts[1].get_layer("unfrozen_blocks").layers[1].name
         return parts and (parts, "frozen-prefix cache",

@@ -52,7 +52,7 @@ def why_not_solved(recipe: Recipe, data: DataBundle, inputs: StageInputs,
     if private:
         return "DP-SGD trains it (a solved head would not be private)"
     if head_kind(data.info.task) is None:
-        return "regression targets"
+        return f"the {data.info.task.name} task's head is no logistic regression"
     if linear_output(inputs.model) is None:
         return "the head is not one linear layer"
     if recipe.regularize.kernel not in ("none", "l2"):

@@ -381,6 +381,17 @@ def read_coco(annotations: str | Path, images_dir: str | Path,
 
 # --- CSV ---------------------------------------------------------------------------------
 
+def names_box_columns(table: str | Path) -> bool:
+    """Whether the CSV file ``table`` has a header naming xmin, ymin, xmax and ymax (a
+    table of boxes); False for a file that cannot be read (its reader says why)."""
+    try:
+        with open(Path(table).expanduser(), newline="", encoding="utf-8-sig") as f:
+            header = {cell.strip() for cell in next(csv.reader(f), [])}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return {"xmin", "ymin", "xmax", "ymax"} <= header
+
+
 def read_box_csv(table: str | Path, images_dir: str | Path = "",
                  class_names: list[str] | None = None,
                  split_column: str = "") -> DetectionSource:

@@ -1,17 +1,8 @@
-"""A detector's served forms: SavedModel signatures and MediaPipe ObjectDetector files.
+"""MediaPipe ObjectDetector files of a detector.
 
-SavedModel signatures (the TF Object Detection API's output names):
-
-- ``serving_default``: float ``images`` [batch, H, W, 3], raw 0-255, any H and W;
-- ``serve_bytes``: ``image_bytes`` [batch] encoded JPEG/PNG/GIF/BMP/WebP;
-
-both bring each image to the model's size with the training pipeline's own
-:class:`~tftoolkit.data.pipeline.Resize` (a stretch, so boxes normalised to the model's
-input are normalised to the image), run the model in inference mode and decode as
-MediaPipe does (:func:`~tftoolkit.detection.decoding.decode_detections`):
-``detection_boxes`` [batch, N, 4] ``(ymin, xmin, ymax, xmax)`` normalised,
-``detection_scores``, ``detection_classes`` (0-based ids into ``labels.txt``, -1 for
-padding), ``detection_class_names`` ("" for padding) and ``num_detections``.
+A detector's SavedModel is written as every task's (:mod:`tftoolkit.serving.savedmodel`):
+its signatures return :meth:`~tftoolkit.tasks.Detection.serving_outputs`, the detections
+decoded as MediaPipe decodes them under the TF Object Detection API's names.
 
 MediaPipe files (``mediapipe``: float; ``mediapipe_int8``: full integer, uint8 pixels in,
 float outputs) hold the model without non-max suppression, builtin ops only, input
@@ -25,59 +16,19 @@ loads such a file as it is.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tftoolkit.data.decode import DEFAULT_MAX_PIXELS
-from tftoolkit.data.pipeline import Resize, decode_image_bytes, to_rgb_image
-from tftoolkit.detection.decoding import NmsConfig, decode_detections
-from tftoolkit.detection.model import BOX_ENCODINGS, CLASS_SCORES, detector_spec
+from tftoolkit.data import DataInfo
+from tftoolkit.detection.head import detector_spec, raw_outputs
 from tftoolkit.errors import ExportError
+from tftoolkit.models.detector import split_detector
 from tftoolkit.serving.calibration import full_integer
 from tftoolkit.serving.litert import LiteRTModel
 from tftoolkit.serving.mediapipe_tasks import LABELS_FILE, metadata_writers
-
-
-def served_detections(model: keras.Model, images: tf.Tensor, class_names: tf.Tensor,
-                      nms: NmsConfig) -> dict[str, tf.Tensor]:
-    """The detection outputs for ``images`` already at the model's size."""
-    outputs = model(images, training=False)
-    detections = decode_detections(outputs[BOX_ENCODINGS], outputs[CLASS_SCORES],
-                                   detector_spec(model), nms)
-    classes = detections["detection_classes"]
-    names = tf.gather(tf.concat([class_names, [""]], axis=0),
-                      tf.where(classes >= 0, classes, tf.size(class_names, tf.int64)))
-    return {**detections, "detection_class_names": names}
-
-
-def write_savedmodel(model: keras.Model, path: Path, class_names: list[str], resize: Resize,
-                     nms: NmsConfig = NmsConfig(),
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Write the detector with its two serving signatures as a SavedModel at ``path``."""
-    size = resize.size
-    names = tf.constant(list(class_names))
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32,
-                                                name="images")])
-    def serve_images(images):
-        return served_detections(model, resize(images), names, nms)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    def serve_bytes(image_bytes):
-        images = tf.map_fn(lambda b: to_rgb_image(decode_image_bytes(b, max_pixels), resize),
-                           image_bytes,
-                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-        return served_detections(model, images, names, nms)
-
-    archive.add_endpoint("serving_default", serve_images)
-    archive.add_endpoint("serve_bytes", serve_bytes)
-    archive.write_out(str(path), verbose=False)
 
 
 def _flatbuffer(model: keras.Model, image_size: int, int8: bool,
@@ -85,16 +36,21 @@ def _flatbuffer(model: keras.Model, image_size: int, int8: bool,
     """The LiteRT file of the raw outputs: a concrete function of a fixed one-image input,
     its weights frozen into constants, builtin ops only; ``int8``: full integer
     (calibrated on ``calibration`` images), uint8 pixels in, float32 outputs."""
+    features, head = split_detector(model)
+    head = raw_outputs(head)
+
     @tf.function(input_signature=[tf.TensorSpec([1, image_size, image_size, 3], tf.float32,
                                                 name="image")])
-    def raw(image):
+    def served(image):
         if int8:  # uint8 pixels are fed as they are: the input's scale must be exactly 1
             image = tf.quantization.fake_quant_with_min_max_args(image, min=0.0, max=255.0,
                                                                  num_bits=8)
-        outputs = model(image, training=False)
-        return outputs[BOX_ENCODINGS], outputs[CLASS_SCORES]  # MediaPipe's order
+        # box codes and class scores as two tensors (each quantized on its own range), in
+        # MediaPipe's order
+        return tuple(head(features(image, training=False), training=False))
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([raw.get_concrete_function()])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [served.get_concrete_function()])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
         if not int8:
@@ -120,11 +76,12 @@ def _flatbuffer(model: keras.Model, image_size: int, int8: bool,
     return flatbuffer
 
 
-def mediapipe_detector(model: keras.Model, fmt: str, class_names: list[str],
+def mediapipe_detector(model: keras.Model, fmt: str, info: DataInfo,
                        calibration: Iterable[np.ndarray] = ()) -> tuple[bytes, str]:
     """The MediaPipe ObjectDetector file of the detector ``model`` (``fmt``:
-    ``mediapipe`` or ``mediapipe_int8``) with its metadata, and the metadata as JSON."""
-    spec = detector_spec(model)
+    ``mediapipe`` or ``mediapipe_int8``) with its metadata, and the metadata as JSON;
+    ``info`` names the classes."""
+    spec, class_names = detector_spec(model), list(info.class_names or [])
     if len(class_names) != spec.num_classes:
         raise ExportError(f"{len(class_names)} class names for a detector of "
                           f"{spec.num_classes} classes")

@@ -21,13 +21,16 @@ evaluation or export never sees it (the inference model holds none of it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import tensorflow as tf
 
 from tftoolkit.augment.stateless import ExampleAugment
 from tftoolkit.data.pipeline import Resize, crop_window
 from tftoolkit.detection.boxes import box_areas
+from tftoolkit.detection.matching import NO_BOX
 from tftoolkit.layers import FusedGeometric
+from tftoolkit.recipe import AugmentConfig
 
 DRAWS = ("crop", "geometric", "colour")
 GEOMETRIC_DRAWS = 8  # uniform draws FusedGeometric may make: flips, rotation, zoom, shifts
@@ -100,6 +103,16 @@ class BoxAugment:
     min_visible: float = 0.5
 
     _geometric: FusedGeometric | None = field(init=False, repr=False, compare=False)
+    # the pipeline gives it each example's targets with its image (boxes move with it)
+    spatial: ClassVar[bool] = True
+    KEYS: ClassVar[tuple[str, ...]] = ("flip", "resized_crop_scale", "rotation", "zoom",
+                                       "translation", "contrast", "brightness")
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig) -> "BoxAugment":
+        """The policy's ops that move boxes with the pixels (the detection task refuses
+        the others before a run starts)."""
+        return cls(**{key: getattr(cfg, key) for key in cls.KEYS})
 
     def __post_init__(self):
         # built now, not inside a tf.data trace (a Keras layer makes a variable); only its
@@ -158,3 +171,18 @@ class BoxAugment:
             image = crop_window(image, window)
             boxes, classes = self.crop(boxes, classes, window, shape)
         return self.transform(resize(tf.cast(image, tf.float32)), boxes, classes, key)
+
+    def augment_example(self, image: tf.Tensor, table: tf.Tensor, key: tf.Tensor,
+                        resize: Resize) -> tuple[tf.Tensor, tf.Tensor]:
+        """One training example in the input pipeline: its image (at the model's size)
+        and box table ``[max_boxes, 5]`` (rows of class ``NO_BOX`` unused) -> the
+        augmented float32 image and its table, boxes dropped by the crop or the
+        transform leaving unused rows."""
+        rows = tf.shape(table)[0]
+        present = table[:, 4] != NO_BOX
+        image, boxes, classes = self(image, tf.boolean_mask(table[:, :4], present),
+                                     tf.boolean_mask(table[:, 4], present), key, resize)
+        kept = tf.concat([boxes, classes[:, None]], axis=1)
+        unused = tf.concat([tf.zeros([rows - tf.shape(kept)[0], 4]),
+                            tf.fill([rows - tf.shape(kept)[0], 1], float(NO_BOX))], axis=1)
+        return image, tf.ensure_shape(tf.concat([kept, unused], axis=0), table.shape)
