@@ -164,3 +164,20 @@ def test_lr_find_asks_for_a_mode_when_auto_would_choose_one():
     with pytest.raises(RecipeError, match="lr-find sweeps the first stage of one mode.*"
                                           "set model.mode"):
         tftoolkit.lr_find("image_folder")
+
+
+def test_a_nan_validation_figure_never_wins(tmp_path):
+    train_one, _ = _fake_train(
+        tmp_path, {"feature_extraction": (float("nan"), 0.9), "two_stage": (0.5, 0.4)},
+        baselines={"pixels": 0.2, "probe": 0.5})
+    assert auto.choose(_recipe(), train_one).run_dir == tmp_path / "two_stage"
+
+
+def test_the_cnn_skip_names_why_the_baselines_were_not_compared(tmp_path):
+    train_one, calls = _fake_train(
+        tmp_path, {"feature_extraction": (0.8, 0.7), "two_stage": (0.7, 0.6)})
+    result = auto.choose(_recipe(baselines=False), train_one)
+    assert [name for name, _ in calls] == ["feature_extraction", "two_stage"]
+    skipped = json.loads((result.run_dir / "auto.json").read_text())["candidates"][2]
+    assert skipped["skipped"] == ("no pixel and probe baselines to compare "
+                                  "(train.baselines=false)")

@@ -17,12 +17,12 @@ first:
 Each candidate is an ordinary run of the recipe with its mode (its own run directory,
 export off), so frozen features computed by one are reused by the next (the feature
 memo of :mod:`tftoolkit.training.feature_cache`); the first fits the baselines. The
-best validation figure wins (accuracy, a multi-label model's mAP, or the loss for
-regression), ties going to the earlier candidate; the test split never takes part. A
-candidate starts only while ``train.time_budget`` has time left, and its stages stop when
-the budget is spent. The winner's run is the result: its notes open with what was tried,
-each one's validation figure and seconds, and why the winner won (also in its
-``auto.json``); it carries the baselines, and it is what is exported.
+best validation figure wins (the task's own: accuracy, a multi-label model's mAP, a
+regression's mean squared error), ties going to the earlier candidate; the test split
+never takes part. A candidate starts only while ``train.time_budget`` has time left, and
+its stages stop when the budget is spent. The winner's run is the result: its notes open
+with what was tried, each one's validation figure and seconds, and why the winner won
+(also in its ``auto.json``); it carries the baselines, and it is what is exported.
 
 Without pretrained weights to transfer (``linear``, ``mlp``, ``cnn``, ``model.weights=none``,
 a recipe's ``model_fn``) there is nothing to choose: the run trains from scratch.
@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from tftoolkit.errors import RecipeError, TrainingDiverged
@@ -42,7 +41,8 @@ from tftoolkit.recipe import Recipe
 from tftoolkit.rundir import RunDir
 from tftoolkit.serving import export_run
 from tftoolkit.tasks import Monitor
-from tftoolkit.training.baselines import baseline_metrics, from_dicts, record, shortfalls
+from tftoolkit.training.baselines import (baseline_metrics, read_baselines, record,
+                                          shortfalls)
 
 if TYPE_CHECKING:  # the runner calls this module; it passes its train function in
     from tftoolkit.training.runner import TrainResult
@@ -98,19 +98,19 @@ def _scratch_variant(recipe: Recipe, metric: str) -> Recipe:
 
 def _unlike_photos(result: "TrainResult") -> tuple[bool, str]:
     """Whether the pixel baseline of the probe's run validates at least as well as the
-    linear probe baseline, and the sentence that says so."""
-    path = Path(result.run_dir) / RunDir.BASELINES
-    if not path.is_file():
-        return False, "no baselines to compare pixels with the probe (train.baselines=false)"
-    found = {b.name: b for b in from_dicts(RunDir(result.run_dir).read_json(
-        RunDir.BASELINES)["baselines"])}
+    linear probe baseline, and the sentence that says so (or why they were not
+    compared)."""
+    found = {b.name: b for b in read_baselines([result.run_dir])}
     pixels, probe = found.get("pixels"), found.get("probe")
     if pixels is None or probe is None:
-        return False, "no pixel and probe baselines to compare"
+        why = ("train.baselines=false" if not result.recipe.train.baselines else
+               f"the {result.info.task.name} task fits none")
+        return False, f"no pixel and probe baselines to compare ({why})"
     unlike = pixels.val_score >= probe.val_score
     relation = "at least as well as" if unlike else "below"
-    return unlike, (f"the {pixels.description} baseline validates {relation} the linear "
-                    f"probe ({pixels.val_score:.4f} vs {probe.val_score:.4f})")
+    looks = "" if unlike else "the images look like photos to the backbone: "
+    return unlike, (f"{looks}the {pixels.description} baseline validates {relation} the "
+                    f"linear probe ({pixels.val_score:.4f} vs {probe.val_score:.4f})")
 
 
 def _check_validation(recipe: Recipe) -> None:
@@ -167,17 +167,13 @@ def choose(recipe: Recipe, train_one: Callable[..., "TrainResult"], *,
     if unlike:
         attempt("small CNN from scratch", _scratch_variant(recipe, metric))
     else:
-        candidates.append(Candidate("small CNN from scratch", "scratch", "cnn",
-                                    skipped=f"the images look like photos to the backbone: "
-                                            f"{why}"))
+        candidates.append(Candidate("small CNN from scratch", "scratch", "cnn", skipped=why))
     for candidate in candidates:
         if candidate.name in results:
             candidate.validation = results[candidate.name].metrics.get(metric)
-    winner = None
-    for candidate in candidates:
-        if candidate.validation is not None and monitor.better(
-                candidate.validation, winner and winner.validation):
-            winner = candidate
+    # the best figure (a NaN is worst); of equal ones, the earlier candidate
+    trained = {i: c.validation for i, c in enumerate(candidates) if c.validation is not None}
+    winner = candidates[monitor.best(trained)]
     return _finish(recipe, results[winner.name], winner, candidates, monitor, results,
                    time.perf_counter() - start, why)
 
@@ -199,7 +195,7 @@ def _finish(recipe: Recipe, result: "TrainResult", winner: Candidate,
     notes = [f"model.mode=auto tried, by {metric}: {tried}", why]
     if any(c.name.endswith("scratch") and not c.skipped for c in candidates):
         notes.insert(1, f"a small CNN from scratch was tried: {pixels_vs_probe}")
-    baselines = _all_baselines(results)
+    baselines = read_baselines(r.run_dir for r in results.values())
     metrics = dict(result.metrics)
     if baselines:
         metrics.update(baseline_metrics(baselines))
@@ -216,14 +212,3 @@ def _finish(recipe: Recipe, result: "TrainResult", winner: Candidate,
         result.export_dir = export_run(result.run_dir, model=result.model)
     return result
 
-
-def _all_baselines(results: dict) -> list:
-    """Every candidate run's baselines, each kind once (the first run's)."""
-    found = {}
-    for result in results.values():
-        path = Path(result.run_dir) / RunDir.BASELINES
-        if path.is_file():
-            for baseline in from_dicts(RunDir(result.run_dir).read_json(
-                    RunDir.BASELINES)["baselines"]):
-                found.setdefault(baseline.name, baseline)
-    return list(found.values())

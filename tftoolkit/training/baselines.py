@@ -18,13 +18,16 @@ how much the model validates below any of them.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tftoolkit.data import SAMPLE_BATCH, DataBundle
+from tftoolkit.rundir import RunDir
 from tftoolkit.training.feature_cache import split_at_features, split_features
 from tftoolkit.training.probe import LinearProblem, Solution, head_kind, solve
 
@@ -189,5 +192,17 @@ def from_dicts(rows: list[dict]) -> list[Baseline]:
     return [Baseline(**row) for row in rows]
 
 
+def read_baselines(run_dirs: Iterable[str | Path]) -> list[Baseline]:
+    """The baselines that runs on the same data fitted, each kind once (the first run's
+    that has it); runs without ``baselines.json`` give none."""
+    found: dict[str, Baseline] = {}
+    for run_dir in run_dirs:
+        run = RunDir(run_dir)
+        if (run / RunDir.BASELINES).is_file():
+            for baseline in from_dicts(run.read_json(RunDir.BASELINES)["baselines"]):
+                found.setdefault(baseline.name, baseline)
+    return list(found.values())
+
+
 __all__ = ["Baseline", "applies", "baseline_metrics", "describe", "fit_baselines",
-           "from_dicts", "record", "shortfalls"]
+           "from_dicts", "read_baselines", "record", "shortfalls"]

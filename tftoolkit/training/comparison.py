@@ -17,10 +17,9 @@ from tftoolkit.data.record import SplitRecord
 from tftoolkit.errors import DataError, RecipeError
 from tftoolkit.models.registry import AUTO, MODES, check_architecture
 from tftoolkit.recipe import Recipe
-from tftoolkit.rundir import RunDir
 from tftoolkit.serving import export_run
 from tftoolkit.tasks import Monitor
-from tftoolkit.training.baselines import Baseline, from_dicts
+from tftoolkit.training.baselines import Baseline, read_baselines
 from tftoolkit.training.privacy import refused_search
 from tftoolkit.training.runner import TrainResult, train
 
@@ -40,7 +39,7 @@ class ModeRow:
 class Comparison:
     """The rows, the validation figure that ranks them, and where the best was exported."""
 
-    monitor: Monitor              # the task's own figure: val_accuracy, val_map, val_loss
+    monitor: Monitor              # the task's own figure: val_accuracy, val_map, val_mse
     rows: list[ModeRow]
     export_dir: Path | None = None
     baselines: list[Baseline] = field(default_factory=list)
@@ -102,16 +101,6 @@ def _check_same_splits(rows: list[ModeRow]) -> None:
                             "data that stays as it is")
 
 
-def _baselines(rows: list[ModeRow]) -> list[Baseline]:
-    """The baselines the runs fitted (the same data, so each kind once)."""
-    found: dict[str, Baseline] = {}
-    for row in rows:
-        run = RunDir(row.run_dir)
-        if (run / RunDir.BASELINES).is_file():
-            for baseline in from_dicts(run.read_json(RunDir.BASELINES)["baselines"]):
-                found.setdefault(baseline.name, baseline)
-    return list(found.values())
-
 
 def compare(recipe: Recipe, modes: list[str]) -> Comparison:
     """Train ``recipe`` once per mode (export off), then export the run with the best
@@ -135,7 +124,7 @@ def compare(recipe: Recipe, modes: list[str]) -> Comparison:
                             result.metrics.get(monitor.key.replace("val_", "test_")),
                             result.train_seconds, result.run_dir))
     _check_same_splits(rows)
-    comparison = Comparison(monitor, rows, baselines=_baselines(rows))
+    comparison = Comparison(monitor, rows, baselines=read_baselines(row.run_dir for row in rows))
     if recipe.export.enabled:
         comparison.export_dir = export_run(comparison.best.run_dir)
     return comparison
