@@ -154,3 +154,16 @@ def test_the_time_budget_stops_a_stage_after_the_epoch_that_spends_it(image_fold
     assert len(result.history["loss"]) == 1
     assert "stage 1 (scratch): stopped after epoch 1, train.time_budget=1e-06 s spent" in (
         result.notes)
+
+
+def test_the_baselines_are_a_validation_read_declared_with_the_others():
+    from tftoolkit.unnoised import unnoised_reads
+
+    recipe = tftoolkit.load_recipe("image_folder", {"data.dir": "unused"})
+    reads = unnoised_reads(recipe, {"train", "val", "test"})
+    assert {use: reads[use].split for use in ("baselines", "head_choice", "mode_choice")} == {
+        "baselines": "val", "head_choice": "val", "mode_choice": "val"}
+    quiet = recipe.with_overrides({"train.baselines": False, "model.mode": "two_stage"})
+    assert "baselines" not in unnoised_reads(quiet, {"train", "val"})
+    assert "mode_choice" not in unnoised_reads(quiet, {"train", "val"})
+    assert not {"baselines", "head_choice"} & set(unnoised_reads(recipe, {"train"}))

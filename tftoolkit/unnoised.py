@@ -41,9 +41,9 @@ def unnoised_reads(recipe: Recipe, splits: Collection[str],
                    thresholded: bool = False) -> dict[str, Read]:
     """Each use of data a run of ``recipe`` makes outside its training steps, by name
     (``parity``, ``selection``, ``ema``, ``early_stopping``, ``thresholds``,
-    ``calibration``, ...), given the splits the run has and whether its task decides at
-    thresholds chosen on validation. A use absent from the result does not happen (no
-    epoch is selected, thresholds stay at their default)."""
+    ``calibration``, ``baselines``, ...), given the splits the run has and whether its
+    task decides at thresholds chosen on validation. A use absent from the result does
+    not happen (no epoch is selected, thresholds stay at their default)."""
     t, private, has_val = recipe.train, recipe.privacy.enabled, "val" in splits
     uses: list[tuple[str, str, str]] = [
         ("training_figures", "train", "the logged per-epoch training loss and figures, "
@@ -69,6 +69,16 @@ def unnoised_reads(recipe: Recipe, splits: Collection[str],
         if thresholded and isinstance(t.threshold, str):
             uses.append(("thresholds", "val", "the per-class decision thresholds, shipped "
                                               "in the export"))
+        if not private:  # choices that would release private figures: not made then
+            if t.solve_head == "auto":
+                uses.append(("head_choice", "val", "a solved head's L2 strength and whether "
+                                                   "its cached augmented copies are kept"))
+            if t.baselines:
+                uses.append(("baselines", "val", "the baselines' L2 strengths and their "
+                                                 "figures, reported beside the model"))
+            if recipe.model.mode == "auto":
+                uses.append(("mode_choice", "val", "the transfer mode model.mode=auto "
+                                                   "keeps"))
         if any(f.startswith(MEASURED_PREFIXES) for f in recipe.export.formats):
             uses.append(("format_figures", "val", "the exported files' validation figures, "
                                                   "which decide whether each ships"))

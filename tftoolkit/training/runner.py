@@ -321,8 +321,8 @@ def _baselines(run: _Run) -> list[Baseline]:
     backbone, or read back when the run resumes; none for a private run (they would
     release figures of the private data outside the guarantee) or without a validation
     split to score them on."""
-    if (not run.recipe.train.baselines or run.recipe.privacy.enabled
-            or not baselines_apply(run.data)):
+    reads = unnoised_reads(run.recipe, run.data.splits, run.data.info.task.thresholded)
+    if "baselines" not in reads or not baselines_apply(run.data):
         return []
     saved = run.resume_from and (run.resume_from / RunDir.BASELINES).is_file()
     if saved:
