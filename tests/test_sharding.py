@@ -295,6 +295,8 @@ class _KeyInGreen:
     """A per-example augmentation that writes the index of its key into the green
     channel, so that a batch says which keys its examples were augmented with."""
 
+    spatial = False  # it moves no targets
+
     def window_fn(self, key):
         return None
 

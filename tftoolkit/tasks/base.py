@@ -63,6 +63,9 @@ class Task(ABC):
     # the figure a run, a search or a comparison is judged by when none is named, and
     # the one exported files are judged by against the float model
     default_figure: ClassVar[str]
+    # whether measuring outside a model traces each metric's update into a graph (worth
+    # its tracing for a metric of many small ops, as a detector's decoding and matching)
+    traced_updates: ClassVar[bool] = False
     # whether targets are places in the image (boxes), which augmentation must move with
     # the pixels: it then runs in the input pipeline, on each example and its targets
     spatial: ClassVar[bool] = False
@@ -174,7 +177,8 @@ class Task(ABC):
         """Every figure other than the (recipe-dependent) loss over ``(targets,
         predictions)`` batches, by the very metric objects training logs."""
         metrics = self.metrics()
-        updates = [tf.function(metric.update_state) for metric in metrics]
+        updates = [tf.function(metric.update_state) if self.traced_updates
+                   else metric.update_state for metric in metrics]
         for targets, predictions in batches:
             y = self.encode(tf.constant(np.asarray(targets)))
             p = tf.constant(self.predictions(predictions))

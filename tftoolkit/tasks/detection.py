@@ -67,6 +67,7 @@ class Detection(Task):
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     name: ClassVar[str] = "detection"
+    traced_updates: ClassVar[bool] = True
     figures: ClassVar[dict[str, bool]] = {"loss": False, "map": True, "map_50": True}
     default_figure: ClassVar[str] = "map"
     spatial: ClassVar[bool] = True
