@@ -36,6 +36,17 @@ def test_the_softmax_head_is_scikit_learns_logistic_regression(digits):
     np.testing.assert_allclose(ours, sk.predict_proba(scale(xv)), atol=2e-3)
 
 
+def test_a_solve_stopped_by_the_iteration_limit_says_so(digits, monkeypatch):
+    x, y, xv, yv = digits
+    problem = probe.LinearProblem(probe.SOFTMAX, 10)
+    assert probe.solve(problem, x, y, xv, yv, grid=(1.0, 0.1)).unconverged == 0
+    monkeypatch.setattr(probe, "MAX_ITERATIONS", 3)
+    stopped = probe.solve(problem, x, y, xv, yv, grid=(1.0, 0.1))
+    assert stopped.unconverged == 2
+    assert stopped.describe().endswith(
+        "; 2 of 2 strengths stopped at the limit of 3 iterations before converging")
+
+
 def test_a_multi_label_head_is_one_binary_regression_per_class(digits):
     x, y, _, _ = digits
     rows = np.stack([y % 2, y > 4], axis=1).astype("float32")

@@ -98,6 +98,7 @@ class Solution:
     #                                    (l2, val score, val log-loss), in order tried
     iterations: int = 0
     seconds: float = 0.0
+    unconverged: int = 0               # strengths whose solve hit the iteration limit
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Logits of raw features."""
@@ -106,7 +107,11 @@ class Solution:
     def describe(self) -> str:
         chosen = (f"L2 {self.l2:g} chosen on validation from {len(self.tried)} strengths"
                   if len(self.tried) > 1 else f"L2 {self.l2:g}")
-        return f"{chosen}, {self.iterations} L-BFGS iterations in {self.seconds:.1f} s"
+        stopped = (f"; {self.unconverged} of {max(len(self.tried), 1)} strengths stopped at "
+                   f"the limit of {MAX_ITERATIONS} iterations before converging"
+                   if self.unconverged else "")
+        return (f"{chosen}, {self.iterations} L-BFGS iterations in {self.seconds:.1f} s"
+                + stopped)
 
 
 @dataclass
@@ -185,18 +190,20 @@ def _initial(problem: LinearProblem, targets: np.ndarray, d: int) -> np.ndarray:
 
 def _path(problem: LinearProblem, x: np.ndarray, targets: np.ndarray, weights: np.ndarray,
           penalty_rows: np.ndarray, val: np.ndarray | None, val_labels: np.ndarray | None,
-          grid: tuple[float, ...]) -> tuple[tuple, list, int]:
+          grid: tuple[float, ...]) -> tuple[tuple, list, int, int]:
     """Solve for each strength of ``grid``, strongest first, each from the previous
     solution; returns ((val score, val loss, l2, parameters) of the best, the strengths
-    tried with their figures, the iterations taken)."""
+    tried with their figures, the iterations taken, the solves that hit the iteration
+    limit)."""
     d, k = x.shape[1], problem.outputs
     theta = _initial(problem, targets, d)
-    best, tried, iterations = None, [], 0
+    best, tried, iterations, unconverged = None, [], 0, 0
     for l2 in sorted(grid, reverse=True):
         result = minimize(_loss_and_gradient, theta, jac=True, method="L-BFGS-B",
                           args=(x, targets, weights, problem, l2 * penalty_rows),
                           options={"maxiter": MAX_ITERATIONS, "gtol": 1e-6})
         theta, iterations = result.x, iterations + result.nit
+        unconverged += int(not result.success)
         if val is None:
             best = (None, None, l2, theta)
             continue
@@ -204,7 +211,7 @@ def _path(problem: LinearProblem, x: np.ndarray, targets: np.ndarray, weights: n
         tried.append((l2, score, loss))
         if best is None or (score, -loss) > (best[0], -best[1]):
             best = (score, loss, l2, theta)
-    return best, tried, iterations
+    return best, tried, iterations, unconverged
 
 
 def solve(problem: LinearProblem, train_x: np.ndarray, train_labels: np.ndarray,
@@ -225,7 +232,7 @@ def solve(problem: LinearProblem, train_x: np.ndarray, train_labels: np.ndarray,
     # One BLAS thread: with a pool of two, L-BFGS's many small vector operations ran 15x
     # slower in wall-clock time on a busy 2-core machine (its threads waiting on each other).
     with threadpool_limits(limits=1, user_api="blas"):
-        (score, loss, l2, theta), tried, iterations = _path(
+        (score, loss, l2, theta), tried, iterations, unconverged = _path(
             problem, x, targets, problem.example_weights(train_labels), rows, val,
             val_labels, grid)
     d, k = x.shape[1], problem.outputs
@@ -233,4 +240,4 @@ def solve(problem: LinearProblem, train_x: np.ndarray, train_labels: np.ndarray,
     bias = theta[d * k:] - standardize.mean @ kernel
     return Solution(kernel.astype(np.float32), bias.astype(np.float32), l2,
                     metric_name(problem.kind), score, loss, tried, iterations,
-                    time.perf_counter() - start)
+                    time.perf_counter() - start, unconverged)
