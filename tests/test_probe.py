@@ -157,6 +157,7 @@ def test_the_solved_stage_is_the_start_of_fine_tuning_and_its_record(image_folde
     assert len(result.history["val_accuracy"]) == 1  # the fine-tuning epoch alone
     assert result.metrics["val_accuracy"] >= record["value"]  # never below stage 1
     assert "chosen on validation from 10 strengths" in " ".join(result.notes)
+    assert not (result.run_dir / "refit.json").exists()  # refitted only when last
 
 
 def test_cached_views_without_augmentation_cache_the_images_once(image_folder, quiet,
@@ -185,9 +186,45 @@ def test_with_augmented_views_the_head_is_solved_on_them_and_on_the_images_alike
         "augment.enabled": True, "augment.rotation": 0.1, "augment.cached_views": 3,
         "regularize.kernel": "none"})
     result = tftoolkit.train(recipe, quiet)
-    n = result.info.counts["train"]
-    assert tried == [n, 4 * n]
+    n, v = result.info.counts["train"], result.info.counts["val"]
+    assert tried[:2] == [n, 4 * n]
+    assert tried[2] in (n + v, 4 * n + v)  # the kept fit refitted with validation
     notes = " ".join(result.notes)
     assert (f"head solved on {4 * n} cached feature rows (the images and their augmented "
             "copies, chosen on validation)" in notes or f"head solved on {n} cached feature "
             "rows (the images as they are, chosen on validation)" in notes), notes
+
+
+def test_the_last_solved_head_is_refitted_with_validation_and_reports_the_figures_before(
+        image_folder, quiet, imported_mobilenet):
+    from tftoolkit.training.feature_cache import split_at_features, split_features
+
+    recipe = _frozen(image_folder)
+    held_out = tftoolkit.train(recipe, {**quiet, "train.refit_head": False})
+    refitted = tftoolkit.train(recipe, quiet)
+    assert not (held_out.run_dir / "refit.json").exists()
+    record = json.loads((refitted.run_dir / "refit.json").read_text())
+    counts = refitted.info.counts
+    assert record["splits"] == ["train", "val"]
+    assert record["rows"] == counts["train"] + counts["val"]
+    # the run's validation figures are the head's before the refit: the held-out run's
+    for key in ("val_accuracy", "val_loss"):
+        assert refitted.metrics[key] == pytest.approx(held_out.metrics[key], abs=1e-6)
+    assert "head refitted at L2 0.001 on" in " ".join(refitted.notes)
+    # the head is the solution on the training and validation features together
+    data = tftoolkit.load_data(recipe, 32)
+    extractor, head = split_at_features(refitted.model)
+    train, train_labels = split_features(extractor, data, "train", 8)
+    val, val_labels = split_features(extractor, data, "val", 8)
+    both = probe.solve(probe.LinearProblem(probe.SOFTMAX, 2), np.concatenate([train, val]),
+                       np.concatenate([train_labels, val_labels]), grid=(1e-3,),
+                       raw_penalty=True)
+    kernel = head.layers[-1].get_weights()[0]
+    np.testing.assert_allclose(kernel, both.kernel, atol=1e-4)
+    assert np.abs(kernel - split_at_features(held_out.model)[1].layers[-1]
+                  .get_weights()[0]).max() > 1e-3
+    # evaluating on validation later says that it is no held-out estimate
+    report, _ = tftoolkit.evaluate(refitted.run_dir, split="val")
+    assert any("no held-out estimate" in n for n in report["notes"])
+    report, _ = tftoolkit.evaluate(held_out.run_dir, split="val")
+    assert not any("held-out" in n for n in report.get("notes", []))

@@ -233,6 +233,10 @@ class TrainConfig:
         "auto", "auto: a linear head on cached frozen features is solved to convergence "
                 "(L-BFGS logistic regression, its L2 strength chosen on validation) instead "
                 "of trained by the optimizer; off: trained by the optimizer")
+    refit_head: bool = _opt(True, "a head solved in the run's last stage is solved again, at "
+                                  "the L2 strength chosen on validation, on the training "
+                                  "and validation splits together (single-label; the "
+                                  "validation figures reported are the ones before)")
     baselines: bool = _opt(True, "classification: fit a logistic regression on downsampled "
                                  "pixels and the linear probe on the frozen backbone's "
                                  "features, score them on validation and report them beside "

@@ -60,6 +60,7 @@ class RunDir:
     THRESHOLDS = "thresholds.json"  # multi-label: per class, chosen on validation
     BASELINES = "baselines.json"    # classification: the cheap baselines on validation
     AUTO = "auto.json"              # model.mode=auto: the modes tried and the choice
+    REFIT = "refit.json"            # train.refit_head: validation trained the final head
     METRICS = "metrics.json"       # written last: marks the run finished
     EVAL = "eval"
     LOCK = "writer.lock"           # flock-ed by the process writing the run

@@ -74,17 +74,32 @@ def thresholds_of(path: str | Path, info: DataInfo) -> np.ndarray:
                                 info.class_names).values
 
 
+def _run_behind(path: str | Path) -> tuple[Path, dict, Path]:
+    """The folder of ``path`` (a run directory, an export version or a LiteRT file in
+    one), its model card (empty for a run directory) and the run directory behind it."""
+    path = Path(path)
+    folder = path.parent if path.suffix == ".tflite" else path
+    card = (json.loads((folder / MODEL_CARD).read_text())
+            if (folder / MODEL_CARD).is_file() else {})
+    return folder, card, folder if RunDir.is_run_dir(folder) else Path(card.get("run_dir",
+                                                                               folder))
+
+
+def trained_on(path: str | Path) -> list[str]:
+    """The held-out splits that trained the model behind ``path`` as well (``val`` after
+    ``train.refit_head``), as its run recorded."""
+    refit = _run_behind(path)[2] / RunDir.REFIT
+    return [s for s in json.loads(refit.read_text())["splits"] if s != "train"] \
+        if refit.is_file() else []
+
+
 def recorded_data(path: str | Path, recipe: Recipe, info: DataInfo) -> DataBundle:
     """The data of the run behind ``path`` (a run directory, an export version or a
     LiteRT file in one), its splits those the run recorded in its ``splits.csv``; the
     bundle's notes say what the record lists that the data lacks now, and what it
     leaves out. Without the record (an export whose run directory is gone) the splits
     are derived again and must have the content the model card fingerprints."""
-    path = Path(path)
-    folder = path.parent if path.suffix == ".tflite" else path
-    card = (json.loads((folder / MODEL_CARD).read_text())
-            if (folder / MODEL_CARD).is_file() else {})
-    run_dir = folder if RunDir.is_run_dir(folder) else Path(card.get("run_dir", folder))
+    folder, card, run_dir = _run_behind(path)
     record = SplitRecord.read(run_dir) if run_dir.is_dir() else None
     data = load_data(recipe, info.image_size, record=record)
     if record is not None:
@@ -148,6 +163,11 @@ def evaluate(path: str | Path, split: str = "test", tta: int = 0,
     if evaluated != split:
         report["note"] = (f"the data has no {split} split (data.test_fraction=0?); "
                           f"evaluated on the {evaluated} split instead")
+    if evaluated in trained_on(path):
+        report.setdefault("notes", []).append(
+            f"the {evaluated} split trained this model's head too (train.refit_head): "
+            "these figures are no held-out estimate; the run's metrics.json keeps the "
+            "ones measured before the refit")
     if tta:
         report["tta"] = {"views": tta, **task.measure(
             targets, predict_tta(model, images, tta), thresholds)}

@@ -55,7 +55,8 @@ from tftoolkit.training.optim import compile_model, learning_rate_schedule
 from tftoolkit.training.plots import plot_history
 from tftoolkit.training.runtime import (choose_strategy, precision_policy, seed_everything,
                                         strategy_name, verbosity)
-from tftoolkit.training.solved_head import solve_stage, why_not_solved
+from tftoolkit.training.solved_head import (refit_with_validation, refits, solve_stage,
+                                            why_not_solved)
 from tftoolkit.training.step import TrainStep, use_in_fit
 from tftoolkit.training.stages import Stage, StageInputs, plan_stages, stage_modes
 from tftoolkit.tasks import Monitor
@@ -176,7 +177,7 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
             run.private = _plan_privacy(run, stages)
         for stage in stages:
             if not run.finished_before(stage):
-                _run_stage(run, stage)
+                _run_stage(run, stage, last=stage is stages[-1])
         if _keep_best_stage(run, stages):
             run.cached_head = None  # an earlier stage's weights: evaluate the whole model
         if _recalibrates(run):
@@ -470,10 +471,10 @@ def _callbacks(run: _Run, stage: Stage, inputs: StageInputs) -> list[keras.callb
     return callbacks
 
 
-def _run_stage(run: _Run, stage: Stage) -> None:
+def _run_stage(run: _Run, stage: Stage, last: bool) -> None:
     """Freeze or unfreeze for the stage's mode, compile, restore a saved epoch if this
     stage is being resumed, fit (or solve a linear head on cached features), and keep
-    the stage's end state."""
+    the stage's end state; ``last``: the run's last stage."""
     recipe = run.recipe
     t = recipe.train
     first_epoch = run.progress.next_epoch if run.resumes(stage) else stage.first_epoch
@@ -497,7 +498,7 @@ def _run_stage(run: _Run, stage: Stage) -> None:
     if stage.mode == "feature_extraction":
         why_not = why_not_solved(recipe, run.data, inputs, run.private is not None)
         if why_not is None:
-            _solve_stage(run, stage, inputs)
+            _solve_stage(run, stage, inputs, last)
             return
         if t.solve_head == "auto":
             run.notes.append(f"stage {stage.index + 1} ({stage.mode}): head trained by "
@@ -533,9 +534,11 @@ def _run_stage(run: _Run, stage: Stage) -> None:
     run.cached_head = inputs if inputs.model is not run.graph else None
 
 
-def _solve_stage(run: _Run, stage: Stage, inputs: StageInputs) -> None:
+def _solve_stage(run: _Run, stage: Stage, inputs: StageInputs, last: bool) -> None:
     """The stage's linear head solved on its cached features (``train.solve_head``);
-    its validation figures, measured as after an epoch, are its best record."""
+    its validation figures, measured as after an epoch, are its best record. In the
+    run's last stage, the head is then refitted with the validation rows
+    (``train.refit_head``), and those figures are kept as the run's."""
     with run.strategy.scope():
         compile_model(inputs.model, run.recipe, run.data.info, 0.0)
         solved = solve_stage(run.recipe, run.data, inputs)
@@ -552,6 +555,16 @@ def _solve_stage(run: _Run, stage: Stage, inputs: StageInputs) -> None:
     run.notes.append(f"stage {stage.index + 1} ({stage.mode}): head solved on {solved.rows} "
                      f"cached feature rows{kept}, {solved.solution.describe()}"
                      + (f"; {shown}" if shown else ""))
+    if refits(run.recipe, inputs, solved, last):
+        refitted = refit_with_validation(run.recipe, inputs, solved)
+        rows = solved.rows + len(inputs.arrays.val)
+        run.run.write_json(RunDir.REFIT, {
+            "splits": ["train", "val"], "rows": rows, "l2": refitted.l2,
+            "validation_figures": figures})
+        run.notes.append(f"stage {stage.index + 1} ({stage.mode}): head refitted at L2 "
+                         f"{refitted.l2:g} on {rows} rows, the training and validation "
+                         "splits (train.refit_head); the validation figures are the "
+                         "head's before the refit")
     finish_stage(run.run, stage.index, stage.end, run.model)
     run.cached_head = inputs
 
@@ -792,6 +805,9 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
     recipe, model = run.recipe, run.model
     metrics = evaluate_model(model, run.data, recipe, run.batch_size, run.strategy,
                              run.cached_head)
+    if (run.run / RunDir.REFIT).is_file():  # validation trained the model: its figures
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("val_")}
+        metrics.update(run.run.read_json(RunDir.REFIT)["validation_figures"])
     if run.data.info.task.thresholded:
         metrics.update(_choose_thresholds(run))
     metrics["train_seconds"] = train_seconds
