@@ -12,7 +12,7 @@ against each fixed transfer mode.
   then each fixed mode of ``--modes``), with ``data.test_fraction=0`` because the test
   set is the official one: every model is scored on the first ``--test`` images of the
   10,000-image test set. Beside it, scikit-learn's ``LogisticRegression()`` fitted on
-  the whole draw's features from the recipe's frozen ImageNet MobileNetV2 (at the
+  the whole draw's features from the recipe's frozen ImageNet backbone (at the
   recipe's image size, through the toolkit's own resize) and scored on the same test
   images.
 - ``mosaics``: 2x2 mosaics of scikit-learn's 8x8 digits (the builder of
