@@ -13,8 +13,8 @@ against each fixed transfer mode.
   set is the official one: every model is scored on the first ``--test`` images of the
   10,000-image test set. Beside it, scikit-learn's ``LogisticRegression()`` fitted on
   the whole draw's features from the recipe's frozen ImageNet backbone (at the
-  recipe's image size, through the toolkit's own resize) and scored on the same test
-  images.
+  recipe's image size, through the toolkit's own resize; without the pixels of
+  ``model.pixel_features``) and scored on the same test images.
 - ``mosaics``: 2x2 mosaics of scikit-learn's 8x8 digits (the builder of
   ``benchmarks.multilabel``; 1,120 training, 280 validation and 1,000 test mosaics from
   disjoint digits), labelled with the digits present, as a CSV table of PNG files at
@@ -51,7 +51,8 @@ from tftoolkit.data.sources import FASHION_MNIST_CLASSES, load_source
 from tftoolkit.models.transfer import backbone_of
 from tftoolkit.recipe import DataConfig
 from tftoolkit.tasks import SingleLabel
-from tftoolkit.training.feature_cache import split_at_features, split_below_unfrozen
+from tftoolkit.training.feature_cache import (pixel_columns, split_at_features,
+                                              split_below_unfrozen)
 
 RECIPE = "image_folder"
 
@@ -139,6 +140,7 @@ class TestSet:
             if parts is None:
                 continue
             frozen, rest = parts
+            key += (tuple(frozen.output.shape[1:]),)  # (with or without pixel features)
             weights, outputs = self._frozen_outputs(key, frozen, resize)
             current = frozen.get_weights()
             if len(current) == len(weights) and all(
@@ -165,13 +167,15 @@ def sklearn_probe(recipe_overrides: dict, train: tuple, test: TestSet) -> tuple[
     info = tftoolkit.DataInfo(SingleLabel(len(classes)), (size, size, 3), classes, size,
                               "draw", resize_method=recipe.data.resize_method)
     extractor = split_at_features(tftoolkit.build_model(recipe, info))[0]
+    backbone_only = extractor.output.shape[-1] - pixel_columns(extractor)
     images, labels = train
     features = extractor.predict(TestSet(images, labels, test.names).inputs(info.resize),
                                  verbose=0)
-    probe = LogisticRegression(max_iter=2000).fit(features, labels)
-    _, test_features = test._frozen_outputs(("features", info.resize), extractor,
-                                            info.resize)
-    return float(probe.score(test_features, test.labels)), f"{len(labels)} training images"
+    probe = LogisticRegression(max_iter=2000).fit(features[:, :backbone_only], labels)
+    _, test_features = test._frozen_outputs(
+        ("features", info.resize, tuple(extractor.output.shape[1:])), extractor, info.resize)
+    return (float(probe.score(test_features[:, :backbone_only], test.labels)),
+            f"{len(labels)} training images")
 
 
 def run_toolkit(folder: Path, workdir: Path, mode: str, test: TestSet,

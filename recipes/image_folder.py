@@ -23,7 +23,7 @@ RECIPE = Recipe(
                 "folder, its mode chosen on validation (--set data.dir=PATH)",
     data=DataConfig(source="folder", image_size=224, validation_fraction=0.2),
     model=ModelConfig(architecture="efficientnet_lite0", weights="imagenet", mode="auto",
-                      unfreeze="block6a"),
+                      unfreeze="block6a", pixel_features=16),
     augment=AugmentConfig(enabled=True, flip="horizontal", rotation=0.05, zoom=0.1,
                           cached_views=2),
     regularize=RegularizeConfig(dropout=0.2, label_smoothing=0.1),

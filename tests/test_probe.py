@@ -132,7 +132,7 @@ def _training_objective(result, recipe) -> float:
 
 def test_a_solved_head_reaches_a_lower_training_loss_than_its_epochs(image_folder, quiet,
                                                                      imported_mobilenet):
-    solved_recipe = _frozen(image_folder)
+    solved_recipe = _frozen(image_folder, refit_head=False)  # the training rows' optimum
     solved = tftoolkit.train(solved_recipe, quiet)
     sampled_recipe = _frozen(image_folder, solve_head="off")
     sampled = tftoolkit.train(sampled_recipe, quiet)
@@ -182,6 +182,9 @@ def test_with_augmented_views_the_head_is_solved_on_them_and_on_the_images_alike
     real_solve = solved_head.solve
     monkeypatch.setattr(solved_head, "solve", lambda problem, x, *a, **k: tried.append(
         len(x)) or real_solve(problem, x, *a, **k))
+    real_refit = solved_head.refit
+    monkeypatch.setattr(solved_head, "refit", lambda problem, x, *a, **k: tried.append(
+        len(x)) or real_refit(problem, x, *a, **k))
     recipe = tftoolkit.load_recipe(_frozen(image_folder), {
         "augment.enabled": True, "augment.rotation": 0.1, "augment.cached_views": 3,
         "regularize.kernel": "none"})
@@ -228,3 +231,94 @@ def test_the_last_solved_head_is_refitted_with_validation_and_reports_the_figure
     assert any("no held-out estimate" in n for n in report["notes"])
     report, _ = tftoolkit.evaluate(held_out.run_dir, split="val")
     assert not any("held-out" in n for n in report.get("notes", []))
+    best = json.loads((refitted.run_dir / "checkpoints" / "best-0.json").read_text()) \
+        if (refitted.run_dir / "checkpoints" / "best-0.json").is_file() else None
+    assert best is None or best["refitted_on"] == ["train", "val"]
+
+
+def test_an_export_of_a_refitted_head_says_so_wherever_it_is_evaluated(
+        image_folder, quiet, imported_mobilenet, tmp_path):
+    import shutil
+
+    recipe = tftoolkit.load_recipe(_frozen(image_folder, select_best="val_accuracy"),
+                                   {"export.enabled": True})
+    result = tftoolkit.train(recipe, quiet)
+    card = json.loads((result.export_dir / "model_card.json").read_text())
+    assert card["refit"]["splits"] == ["train", "val"]
+    assert "only their comparison with the float model" in card["refit"]["note"]
+    best = json.loads((result.run_dir / "checkpoints" / "best-0.json").read_text())
+    assert best["refitted_on"] == ["train", "val"]
+    # the run directory moved away: the card alone says so
+    shutil.move(result.run_dir, tmp_path / "moved")
+    report, _ = tftoolkit.evaluate(result.export_dir, split="val")
+    assert any("no held-out estimate" in n for n in report["notes"])
+
+
+def test_two_experts_add_their_logits_with_weights_chosen_on_validation(digits):
+    x, y, xv, yv = digits
+    rng = np.random.default_rng(0)
+    noise, noise_val = rng.normal(size=(len(x), 12)), rng.normal(size=(len(xv), 12))
+    problem = probe.LinearProblem(probe.SOFTMAX, 10)
+    # uninformative "features" first, informative "pixels" last: the pixels must count
+    both = probe.solve_experts(problem, np.hstack([noise, x]), y, np.hstack([noise_val, xv]),
+                               yv, split=12)
+    a, b = both.blend.weights
+    assert b > 0 and a < 1 and len(both.blend.tried) == len(probe.BLENDS)
+    assert both.val_score == max(t[2] for t in both.blend.tried) > both.blend.tried[0][2]
+    alone = [probe.solve(problem, part, y, val, yv) for part, val in
+             ((noise, noise_val), (x, xv))]
+    assert both.blend.pixel_l2 == alone[1].l2
+    np.testing.assert_allclose(both.kernel[:12], a * alone[0].kernel, atol=1e-6)
+    np.testing.assert_allclose(both.kernel[12:], b * alone[1].kernel, atol=1e-6)
+    np.testing.assert_allclose(both.bias, a * alone[0].bias + b * alone[1].bias, atol=1e-5)
+    assert "chosen on validation from 5 blends" in both.describe()
+    # informative features and noise pixels: the features alone win (the first blend)
+    features_first = probe.solve_experts(problem, np.hstack([x, noise]), y,
+                                         np.hstack([xv, noise_val]), yv, split=64)
+    assert features_first.blend.weights == (1.0, 0.0)
+    assert not features_first.kernel[64:].any()
+    # a refit keeps the blend and each expert's strength
+    more = probe.refit(problem, np.vstack([np.hstack([noise, x]), np.hstack([noise_val, xv])]),
+                       np.concatenate([y, yv]), both)
+    assert more.blend.weights == both.blend.weights and more.l2 == both.l2
+
+
+def test_grey_pixels_are_the_area_average_of_the_grey_image():
+    from tftoolkit.layers import GreyPixels
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    expected = images.mean(-1).reshape(2, 8, 4, 8, 4).mean((2, 4)).reshape(2, 64) / 255
+    np.testing.assert_allclose(np.asarray(GreyPixels(8)(images)), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="not a multiple of 8"):
+        GreyPixels(8)(np.zeros((1, 30, 30, 3), "float32"))
+
+
+def test_pixel_features_are_a_second_expert_of_the_frozen_head_and_export_alike(
+        image_folder, quiet, imported_mobilenet):
+    from tftoolkit.training.feature_cache import (pixel_columns, split_at_features,
+                                                  split_below_unfrozen)
+
+    recipe = tftoolkit.load_recipe(_frozen(image_folder), {
+        "model.pixel_features": 8, "regularize.kernel": "none", "train.baselines": True,
+        "export.enabled": True, "export.formats": ["tflite", "onnx"]})
+    result = tftoolkit.train(recipe, quiet)
+    extractor, head = split_at_features(result.model)
+    assert pixel_columns(extractor) == 64 and extractor.output.shape[-1] == 1280 + 64
+    assert split_below_unfrozen(result.model, "block_16") is None  # the head reads pixels
+    assert "experts' logits: " in " ".join(result.notes)
+    # the probe baseline reads the backbone's features alone
+    baselines = json.loads((result.run_dir / "baselines.json").read_text())
+    assert [b["name"] for b in baselines["baselines"]] == ["pixels", "probe"]
+    # every format serves what the Keras model predicts (the export's parity check)
+    card = json.loads((result.export_dir / "model_card.json").read_text())
+    for name in ("tflite", "onnx"):
+        assert card["formats"][name]["max_abs_diff"] <= 1e-4
+    # Grad-CAM follows the branch: it explains the class the model predicts
+    from tftoolkit.evaluation.gradcam import grad_cam
+
+    images = np.stack([np.asarray(keras.utils.load_img(p, target_size=(32, 32)), "float32")
+                       for p in sorted(image_folder.glob("*/*"))[:4]])
+    _, explained = grad_cam(result.model, images)
+    np.testing.assert_array_equal(explained, result.model.predict(images, verbose=0).argmax(1))
+    with pytest.raises(tftoolkit.RecipeError, match="model.pixel_features=8 puts grey pixels"):
+        tftoolkit.load_recipe(recipe, {"model.mode": "two_stage"})

@@ -71,8 +71,14 @@ def unnoised_reads(recipe: Recipe, splits: Collection[str],
                                               "in the export"))
         if not private:  # choices that would release private figures: not made then
             if t.solve_head == "auto":
-                uses.append(("head_choice", "val", "a solved head's L2 strength and whether "
-                                                   "its cached augmented copies are kept"))
+                uses.append(("head_choice", "val", "a solved head's L2 strength, the blend "
+                                                   "of its experts (model.pixel_features) "
+                                                   "and whether its cached augmented "
+                                                   "copies are kept"))
+                if t.refit_head:
+                    uses.append(("refit", "val", "the rows a solved head of the run's last "
+                                                 "stage is refitted on beside the training "
+                                                 "split (train.refit_head)"))
             if t.baselines:
                 uses.append(("baselines", "val", "the baselines' L2 strengths and their "
                                                  "figures, reported beside the model"))

@@ -87,10 +87,12 @@ def _run_behind(path: str | Path) -> tuple[Path, dict, Path]:
 
 def trained_on(path: str | Path) -> list[str]:
     """The held-out splits that trained the model behind ``path`` as well (``val`` after
-    ``train.refit_head``), as its run recorded."""
-    refit = _run_behind(path)[2] / RunDir.REFIT
-    return [s for s in json.loads(refit.read_text())["splits"] if s != "train"] \
-        if refit.is_file() else []
+    ``train.refit_head``), as its model card or run recorded."""
+    _, card, run_dir = _run_behind(path)
+    record = card.get("refit")
+    if record is None and (run_dir / RunDir.REFIT).is_file():
+        record = json.loads((run_dir / RunDir.REFIT).read_text())
+    return [s for s in record["splits"] if s != "train"] if record else []
 
 
 def recorded_data(path: str | Path, recipe: Recipe, info: DataInfo) -> DataBundle:

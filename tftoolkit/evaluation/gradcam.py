@@ -14,6 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from tftoolkit.errors import TftoolkitError
+from tftoolkit.layers import GreyPixels
+from tftoolkit.models.layout import FEATURES
 
 NO_FEATURE_MAP = ("Grad-CAM weighs the channels of a convolutional feature map, and this "
                   "model has none (its layers turn the image into a vector first): explain "
@@ -57,16 +59,22 @@ def grad_cam(model: keras.Model, images: np.ndarray,
     ``classes`` (one per image; a multi-label model's labels) or the predicted one.
 
     The model's top-level layers are applied in order (tftoolkit's models are chains:
-    preprocessing, backbone or conv blocks, pooling, head); the last 4-D output is the
+    preprocessing, backbone or conv blocks, pooling, head; with ``model.pixel_features``
+    the image's pixels join the pooled features); the last 4-D output is the
     feature map the class score is differentiated against, and the score is the output
     layer's logit (its output itself when it is not a Dense layer).
     """
     x = tf.constant(images, tf.float32)
     *body, head = model.layers[1:]
     with tf.GradientTape() as tape:
-        out, features = x, None
+        out, features, pixels = x, None, None
         for layer in body:
-            out = layer(out, training=False)
+            # model.pixel_features: a branch reads the image, and the features join it
+            if isinstance(layer, GreyPixels):
+                pixels = layer(x)
+                continue
+            out = layer([out, pixels] if layer.name == FEATURES and pixels is not None
+                        else out, training=False)
             if len(out.shape) == 4:
                 features = out
                 tape.watch(features)

@@ -7,8 +7,9 @@ toolkit writes.
 
 from tftoolkit.layers.box_encodings import BoxEncodings
 from tftoolkit.layers.fused_geometric import FusedGeometric
+from tftoolkit.layers.grey_pixels import GreyPixels
 from tftoolkit.layers.preprocess import PREPROCESSING_MODES, AffinePreprocessing, Preprocess
 from tftoolkit.layers.random_resized_crop import RandomResizedCrop
 
 __all__ = ["PREPROCESSING_MODES", "AffinePreprocessing", "BoxEncodings", "FusedGeometric",
-           "Preprocess", "RandomResizedCrop"]
+           "GreyPixels", "Preprocess", "RandomResizedCrop"]

@@ -17,8 +17,9 @@ from pathlib import Path
 import keras
 
 from tftoolkit.errors import RecipeError, WeightsError
-from tftoolkit.layers import Preprocess
-from tftoolkit.models.layout import BACKBONE, FEATURES, HEAD_DROPOUT, PREPROCESS
+from tftoolkit.layers import GreyPixels, Preprocess
+from tftoolkit.models.layout import (BACKBONE, BACKBONE_POOL, FEATURES, HEAD_DROPOUT, PIXELS,
+                                     PREPROCESS)
 from tftoolkit.models.registry import ArchitectureSpec
 from tftoolkit.models.saving import load_keras_model
 from tftoolkit.models.scratch import output_layer
@@ -56,7 +57,7 @@ def _load_keras_backbone(path: Path, layer_name: str) -> keras.Model:
 def build_transfer_model(spec: ArchitectureSpec, *, weights: str, mode: str,
                          unfreeze: int | float | str, input_shape: tuple[int, int, int],
                          task: Task, dropout: float = 0.0,
-                         backbone_layer: str = "") -> keras.Model:
+                         backbone_layer: str = "", pixel_features: int = 0) -> keras.Model:
     """The inference model: raw RGB 0-255 in, ``task``'s predictions out.
 
     Args:
@@ -65,7 +66,12 @@ def build_transfer_model(spec: ArchitectureSpec, *, weights: str, mode: str,
         mode: ``model.mode``; the backbone is frozen for the first stage.
         unfreeze: ``model.unfreeze``, the top of the backbone that fine-tuning trains.
         backbone_layer: for a ``.keras`` file, the layer whose output is the backbone's.
+        pixel_features: N > 0 (``feature_extraction`` only): the features are the pooled
+            backbone output followed by the image's N x N grey pixels (``GreyPixels``).
     """
+    if pixel_features and mode != "feature_extraction":
+        raise RecipeError(f"model.pixel_features={pixel_features} is for a frozen backbone "
+                          f"(feature_extraction), not {mode}")
     if spec.name.endswith(".keras"):
         backbone = _load_keras_backbone(Path(spec.name), backbone_layer)
         preprocess = Preprocess("none", source=f"the layers of {spec.name}", name=PREPROCESS)
@@ -77,10 +83,19 @@ def build_transfer_model(spec: ArchitectureSpec, *, weights: str, mode: str,
     # Frozen or fine-tuned backbones always run in inference mode (BatchNorm statistics
     # stay as pretrained); a scratch backbone follows the training flag.
     x = backbone(x, training=False) if mode != "scratch" else backbone(x)
+    pooled = BACKBONE_POOL if pixel_features else FEATURES
     if len(x.shape) == 4:
-        x = keras.layers.GlobalAveragePooling2D(name=FEATURES)(x)
+        x = keras.layers.GlobalAveragePooling2D(name=pooled)(x)
     elif len(x.shape) == 3:  # a transformer's tokens (KerasHub ViT, DINOv2): their mean
-        x = keras.layers.GlobalAveragePooling1D(name=FEATURES)(x)
+        x = keras.layers.GlobalAveragePooling1D(name=pooled)(x)
+    if pixel_features:
+        if input_shape[0] % pixel_features or input_shape[1] % pixel_features:
+            raise RecipeError(f"model.pixel_features={pixel_features}: the images "
+                              f"({input_shape[0]}x{input_shape[1]}) are not a multiple of "
+                              f"{pixel_features} pixels on each side; set data.image_size "
+                              "to a multiple of it")
+        x = keras.layers.Concatenate(name=FEATURES)(
+            [x, GreyPixels(pixel_features, name=PIXELS)(inputs)])
     if dropout:
         x = keras.layers.Dropout(dropout, name=HEAD_DROPOUT)(x)
     model = keras.Model(inputs, output_layer(task)(x),

@@ -130,9 +130,16 @@ def export_run(run_dir: str | Path, to: str | Path | None = None,
         card["split_fingerprints"] = {split: digest for split, digest in
                                       record.fingerprints().items()
                                       if not (private and split == "train")}
-    for key, name in (("baselines", RunDir.BASELINES), ("mode_choice", RunDir.AUTO)):
-        if (run / name).is_file():  # the cheap baselines; what model.mode=auto tried
-            card[key] = run.read_json(name)
+    for key, name in (("baselines", RunDir.BASELINES), ("mode_choice", RunDir.AUTO),
+                      ("refit", RunDir.REFIT)):
+        if (run / name).is_file():  # the cheap baselines; what model.mode=auto tried;
+            card[key] = run.read_json(name)  # the validation rows that trained the head
+    if "refit" in card:
+        card["refit"]["note"] = (
+            "the validation split trained the head after its L2 strength was chosen "
+            "(train.refit_head): the metrics' validation figures are the head's before; "
+            "the exported files' validation figures are on rows the head trained on, so "
+            "only their comparison with the float model is meaningful")
     formats = recipe["export"].get("formats", [])
     thresholds = None
     if info.task.thresholded:

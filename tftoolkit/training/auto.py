@@ -5,7 +5,7 @@ first:
 
 1. ``linear probe`` (``feature_extraction``): the head solved on the frozen backbone's
    cached features (``train.solve_head``; cached augmented views when augmentation is
-   on);
+   on), with ``model.pixel_features`` blended with an expert on the image's pixels;
 2. ``probe + fine-tuning`` (``two_stage``): the same solved head, then the top of the
    backbone (``model.unfreeze``) fine-tuned from it, the best epoch and stage kept on
    validation;
@@ -92,7 +92,8 @@ def _variant(recipe: Recipe, mode: str, select_best: str = "", **model) -> Recip
 
 def _scratch_variant(recipe: Recipe, metric: str) -> Recipe:
     size = min(recipe.data.image_size or SCRATCH_SIZE, SCRATCH_SIZE)
-    variant = _variant(recipe, "scratch", metric, architecture="cnn", filters=SCRATCH_FILTERS)
+    variant = _variant(recipe, "scratch", metric, architecture="cnn", filters=SCRATCH_FILTERS,
+                       pixel_features=0)
     return dataclasses.replace(variant, data=dataclasses.replace(recipe.data, image_size=size))
 
 
@@ -162,7 +163,8 @@ def choose(recipe: Recipe, train_one: Callable[..., "TrainResult"], *,
         raise RecipeError(f"model.mode=auto chooses the mode on the validation split, and "
                           f"{first.info.description} has none: set "
                           "data.validation_fraction (or data.val_split), or model.mode")
-    attempt("probe + fine-tuning", _variant(recipe, "two_stage", metric))
+    # (model.pixel_features is the linear probe's alone: fine-tuning trains the backbone)
+    attempt("probe + fine-tuning", _variant(recipe, "two_stage", metric, pixel_features=0))
     unlike, why = _unlike_photos(first)
     if unlike:
         attempt("small CNN from scratch", _scratch_variant(recipe, metric))

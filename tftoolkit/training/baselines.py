@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from tftoolkit.data import SAMPLE_BATCH, DataBundle
 from tftoolkit.rundir import RunDir
-from tftoolkit.training.feature_cache import split_at_features, split_features
+from tftoolkit.training.feature_cache import pixel_columns, split_at_features, split_features
 from tftoolkit.training.probe import LinearProblem, Solution, head_kind, solve
 
 PIXEL_SIDE = 16
@@ -120,7 +120,9 @@ def _probe(model: keras.Model, data: DataBundle, batch_size: int,
     start = time.perf_counter()
     train, train_labels = split_features(parts[0], data, "train", batch_size, TRAIN_LIMIT)
     val, val_labels = split_features(parts[0], data, "val", batch_size, VALIDATION_LIMIT)
-    solution = solve(_problem(data), train, train_labels, val, val_labels)
+    backbone_only = train.shape[1] - pixel_columns(parts[0])  # (model.pixel_features)
+    solution = solve(_problem(data), train[:, :backbone_only], train_labels,
+                     val[:, :backbone_only], val_labels)
     return _baseline("probe", DESCRIPTIONS["probe"].format(backbone=backbone), solution,
                      start, data, len(train), len(val))
 

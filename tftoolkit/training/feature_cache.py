@@ -26,12 +26,21 @@ from tftoolkit.data import DataBundle
 from tftoolkit.data.sources import Examples
 from tftoolkit.data.splits import shard_positions
 from tftoolkit.models.detector import split_detector
-from tftoolkit.models.layout import FEATURES, PREPROCESS
+from tftoolkit.models.layout import FEATURES, PIXELS, PREPROCESS
 from tftoolkit.models.transfer import backbone_of, unfreeze_start
 from tftoolkit.training.runtime import verbosity
 from tftoolkit.training.stages import CachedArrays, StageInputs
 
 MAX_CACHE_BYTES = 4 * 1024 ** 3
+
+
+def pixel_columns(model: keras.Model) -> int:
+    """How many of the model's pooled features are the image's pixels
+    (``model.pixel_features``), the last ones; 0 without them."""
+    try:
+        return int(model.get_layer(PIXELS).output.shape[-1])
+    except ValueError:
+        return 0
 
 
 def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model] | None:
@@ -71,10 +80,13 @@ def split_below_unfrozen(model: keras.Model,
     """(frozen prefix: image -> the activations fine-tuning starts from, top: those
     activations -> output, through the unfrozen backbone blocks and the head), sharing
     the model's layers; None without a nested backbone, when nothing below ``unfreeze``
-    is frozen, or when the unfrozen blocks read more than one tensor of the frozen ones."""
+    is frozen, when the unfrozen blocks read more than one tensor of the frozen ones, or
+    when the head reads the image's pixels too (``model.pixel_features``)."""
     try:
         backbone = backbone_of(model)
     except ValueError:
+        return None
+    if pixel_columns(model):
         return None
     start = unfreeze_start(backbone, unfreeze)
     if not 1 < start < len(backbone.layers):
@@ -134,19 +146,20 @@ def cache_plan(augmenter: Augmenter, views: int, cache: str,
 # one recipe that differ only in what trains on the features (search trials, compare)
 # share them.
 _COMPUTED: OrderedDict[str, np.ndarray] = OrderedDict()
-_KEEP = 4
+_KEEP = 6
 
 
 def _memo_key(data: DataBundle, split: str, views: int, batch_size: int,
-              extractor: keras.Model) -> str | None:
-    """What the frozen features of ``split`` depend on, or None for a custom model."""
+              extractor: keras.Model, cut: tuple[str, list] | None = None) -> str | None:
+    """What the frozen features of ``split`` depend on, or None for a custom model;
+    ``cut``: (name, shape) of the outputs, when not the extractor's own."""
     recipe = data.recipe
     if recipe.model_fn is not None:
         return None
     m = recipe.model
     return json.dumps({
         "content": data.splits[split].fingerprint, "split": split,
-        "cut": [extractor.name, list(extractor.output.shape[1:])],
+        "cut": list(cut or (extractor.name, list(extractor.output.shape[1:]))),
         "image_size": data.info.image_size, "resize": data.info.resize.key,
         "backbone": [m.architecture, m.weights, m.backbone_layer],
         "augment": asdict(recipe.augment) if views else None, "views": views,
@@ -190,6 +203,11 @@ def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: 
         features = share.sum_over_workers(whole)
     if key is not None:
         _COMPUTED[key] = features
+        pixels = pixel_columns(extractor)
+        if pixels:  # the backbone's features alone: those of a model without the pixels
+            alone = _memo_key(data, split, views, batch_size, extractor,
+                              (extractor.name, [features.shape[1] - pixels]))
+            _COMPUTED[alone] = features[:, :-pixels]
         while len(_COMPUTED) > _KEEP:
             _COMPUTED.popitem(last=False)
     return features

@@ -36,6 +36,9 @@ SOFTMAX, SIGMOID, MULTILABEL = "softmax", "sigmoid", "multilabel"
 # L2 strengths tried, strongest first (each warm-starts the next, weaker one)
 L2_GRID = (3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
 MAX_ITERATIONS = 1000
+# Two experts (the backbone's features, the image's grey pixels): the weights of their
+# logits tried, the backbone alone first (ties go to it).
+BLENDS = ((1.0, 0.0), (1.0, 0.5), (1.0, 1.0), (0.5, 1.0), (0.0, 1.0))
 # A feature's scale is at least this share of the mean feature scale: a feature almost
 # constant on the training split (a near-dead channel) is not blown up.
 SCALE_FLOOR = 0.01
@@ -99,6 +102,7 @@ class Solution:
     iterations: int = 0
     seconds: float = 0.0
     unconverged: int = 0               # strengths whose solve hit the iteration limit
+    blend: "Blend | None" = None       # two experts: how they were combined
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Logits of raw features."""
@@ -110,8 +114,28 @@ class Solution:
         stopped = (f"; {self.unconverged} of {max(len(self.tried), 1)} strengths stopped at "
                    f"the limit of {MAX_ITERATIONS} iterations before converging"
                    if self.unconverged else "")
+        blended = "" if self.blend is None else f"; {self.blend.describe()}"
         return (f"{chosen}, {self.iterations} L-BFGS iterations in {self.seconds:.1f} s"
-                + stopped)
+                + stopped + blended)
+
+
+@dataclass
+class Blend:
+    """Two experts solved apart, their logits added with weights chosen on validation:
+    the features before column ``split`` and the pixels from it on."""
+
+    split: int
+    weights: tuple[float, float]       # (features, pixels)
+    pixel_l2: float                    # the pixel expert's L2 strength (chosen on validation)
+    tried: list[tuple[float, float, float, float]] = field(default_factory=list)
+    #                                    (features weight, pixels weight, val score, loss)
+
+    def describe(self) -> str:
+        a, b = self.weights
+        what = ("the backbone's features alone" if not b else "the pixels alone" if not a
+                else f"the backbone's features x {a:g} + the pixels x {b:g}")
+        return (f"experts' logits: {what} (pixel expert L2 {self.pixel_l2:g}), chosen on "
+                f"validation from {len(self.tried)} blends")
 
 
 @dataclass
@@ -241,3 +265,57 @@ def solve(problem: LinearProblem, train_x: np.ndarray, train_labels: np.ndarray,
     return Solution(kernel.astype(np.float32), bias.astype(np.float32), l2,
                     metric_name(problem.kind), score, loss, tried, iterations,
                     time.perf_counter() - start, unconverged)
+
+
+def solve_experts(problem: LinearProblem, train_x: np.ndarray, train_labels: np.ndarray,
+                  val_x: np.ndarray | None, val_labels: np.ndarray | None, *, split: int,
+                  grid: tuple[float, ...] = L2_GRID, raw_penalty: bool = False) -> Solution:
+    """Two experts on the columns of ``train_x`` before ``split`` (a backbone's features)
+    and from it on (the image's pixels), each solved by :func:`solve` with its own L2
+    strength chosen on validation, their logits added with the weights of :data:`BLENDS`
+    that validate best (ties to the earlier: the features alone first). Without
+    validation data, the features alone (the pixels' kernel rows zero)."""
+    start = time.perf_counter()
+    features = solve(problem, train_x[:, :split], train_labels,
+                     None if val_x is None else val_x[:, :split], val_labels, grid=grid,
+                     raw_penalty=raw_penalty)
+    if val_x is None:
+        pixels = Solution(np.zeros((train_x.shape[1] - split, problem.outputs), np.float32),
+                          np.zeros(problem.outputs, np.float32), 0.0, features.metric,
+                          None, None)
+        return _combined(features, pixels, Blend(split, (1.0, 0.0), 0.0), start)
+    pixels = solve(problem, train_x[:, split:], train_labels, val_x[:, split:], val_labels,
+                   grid=grid, raw_penalty=raw_penalty)
+    on_features, on_pixels = features.predict(val_x[:, :split]), pixels.predict(val_x[:, split:])
+    blend = Blend(split, (1.0, 0.0), pixels.l2)
+    best = None
+    for a, b in BLENDS:
+        score, loss = _scores(problem, a * on_features + b * on_pixels, val_labels)
+        blend.tried.append((a, b, score, loss))
+        if best is None or (score, -loss) > (best[0], -best[1]):
+            best, blend.weights = (score, loss), (a, b)
+    solution = _combined(features, pixels, blend, start)
+    solution.val_score, solution.val_loss = best
+    return solution
+
+
+def refit(problem: LinearProblem, x: np.ndarray, labels: np.ndarray, chosen: Solution,
+          raw_penalty: bool = False) -> Solution:
+    """``chosen`` solved again on ``x`` (more rows) at its L2 strengths, with its blend."""
+    if chosen.blend is None:
+        return solve(problem, x, labels, grid=(chosen.l2,), raw_penalty=raw_penalty)
+    start, split = time.perf_counter(), chosen.blend.split
+    features = solve(problem, x[:, :split], labels, grid=(chosen.l2,), raw_penalty=raw_penalty)
+    pixels = solve(problem, x[:, split:], labels, grid=(chosen.blend.pixel_l2,),
+                   raw_penalty=raw_penalty)
+    return _combined(features, pixels, chosen.blend, start)
+
+
+def _combined(features: Solution, pixels: Solution, blend: Blend, start: float) -> Solution:
+    """One kernel and bias for the two experts' weighted logits."""
+    a, b = blend.weights
+    return Solution(np.concatenate([a * features.kernel, b * pixels.kernel]).astype(np.float32),
+                    (a * features.bias + b * pixels.bias).astype(np.float32), features.l2,
+                    features.metric, features.val_score, features.val_loss, features.tried,
+                    features.iterations + pixels.iterations, time.perf_counter() - start,
+                    features.unconverged + pixels.unconverged, blend)

@@ -545,28 +545,47 @@ def _solve_stage(run: _Run, stage: Stage, inputs: StageInputs, last: bool) -> No
     figures = ({f"val_{k}": v for k, v in distributed.evaluate(
         inputs.model, inputs.val, strategy=run.strategy, task=run.data.info.task).items()}
                if inputs.val is not None else {})
+    refitted = None
+    if refits(run.recipe, inputs, solved, last):
+        solution = refit_with_validation(run.recipe, inputs, solved)
+        refitted = {"stage": stage.index, "splits": ["train", "val"],
+                    "rows": solved.rows + len(inputs.arrays.val), "l2": solution.l2,
+                    "iterations": solution.iterations, "unconverged": solution.unconverged,
+                    "validation_figures": figures}
+        run.run.write_json(RunDir.REFIT, refitted)
     monitor = run.recipe.train.select_best
     if monitor in figures:
         run.run.write_json(f"{RunDir.CHECKPOINTS}/best-{stage.index}.json", {
             "stage": stage.index, "epoch": stage.end, "weights": "solved",
-            "metric": monitor, "value": figures[monitor]})
+            "metric": monitor, "value": figures[monitor],
+            **({"refitted_on": refitted["splits"]} if refitted else {})})
     shown = ", ".join(f"{k} {v:.4f}" for k, v in figures.items())
     kept = f" ({solved.kept}, chosen on validation)" if solved.kept else ""
     run.notes.append(f"stage {stage.index + 1} ({stage.mode}): head solved on {solved.rows} "
                      f"cached feature rows{kept}, {solved.solution.describe()}"
                      + (f"; {shown}" if shown else ""))
-    if refits(run.recipe, inputs, solved, last):
-        refitted = refit_with_validation(run.recipe, inputs, solved)
-        rows = solved.rows + len(inputs.arrays.val)
-        run.run.write_json(RunDir.REFIT, {
-            "splits": ["train", "val"], "rows": rows, "l2": refitted.l2,
-            "validation_figures": figures})
-        run.notes.append(f"stage {stage.index + 1} ({stage.mode}): head refitted at L2 "
-                         f"{refitted.l2:g} on {rows} rows, the training and validation "
-                         "splits (train.refit_head); the validation figures are the "
-                         "head's before the refit")
+    if refitted:
+        run.notes.append(_refit_note(refitted))
     finish_stage(run.run, stage.index, stage.end, run.model)
     run.cached_head = inputs
+
+
+def _refit_note(refitted: dict) -> str:
+    limit = (f", {refitted['unconverged']} solve(s) stopped at the iteration limit"
+             if refitted["unconverged"] else "")
+    return (f"stage {refitted['stage'] + 1} (feature_extraction): head refitted at L2 "
+            f"{refitted['l2']:g} on {refitted['rows']} rows, the training and validation "
+            f"splits (train.refit_head; {refitted['iterations']} L-BFGS iterations{limit}); "
+            "the validation figures are the head's before the refit")
+
+
+def _refit_record(run: _Run) -> dict | None:
+    """What ``refit.json`` says about the head's refit with the validation rows (written
+    by this run, or by the run it resumes); None when the head was not refitted."""
+    for folder in (run.run, run.resume_from):
+        if folder is not None and (folder / RunDir.REFIT).is_file():
+            return folder.read_json(RunDir.REFIT)
+    return None
 
 
 def _plan_privacy(run: _Run, stages: list[Stage]) -> Privacy:
@@ -805,9 +824,15 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
     recipe, model = run.recipe, run.model
     metrics = evaluate_model(model, run.data, recipe, run.batch_size, run.strategy,
                              run.cached_head)
-    if (run.run / RunDir.REFIT).is_file():  # validation trained the model: its figures
+    refitted = _refit_record(run)
+    if refitted is not None:  # validation trained the head: its figures from before
+        if any(k.startswith("val_") and k.endswith("_tta") for k in metrics):
+            run.notes.append("no validation figures of test-time augmentation: the "
+                             "validation split trained the head (train.refit_head)")
         metrics = {k: v for k, v in metrics.items() if not k.startswith("val_")}
-        metrics.update(run.run.read_json(RunDir.REFIT)["validation_figures"])
+        metrics.update(refitted["validation_figures"])
+        if _refit_note(refitted) not in run.notes:  # (a resumed run)
+            run.notes.append(_refit_note(refitted))
     if run.data.info.task.thresholded:
         metrics.update(_choose_thresholds(run))
     metrics["train_seconds"] = train_seconds

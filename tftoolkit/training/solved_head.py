@@ -7,7 +7,11 @@ smoothing, class weights) and its L2 strength chosen on the validation split, an
 solution is written into the output layer. Exports and serving see an ordinary model.
 With ``augment.cached_views`` and a validation split, the head is solved on the images
 as they are and on the images with their cached augmented copies, and the better kept
-(without validation: on the copies). The runner
+(without validation: on the copies). With ``model.pixel_features``, the features end
+with the image's grey pixels, and the head is two experts solved apart, the backbone's
+features and the pixels, their logits added with weights chosen on validation
+(:func:`tftoolkit.training.probe.solve_experts`): on images a backbone describes poorly
+(digits, drawings), the pixels carry what it misses. The runner
 then measures the stage's validation figures with Keras on the cached validation
 features, as after an epoch, and keeps them as the stage's best record (what
 ``train.select_best`` compares a later fine-tuning stage with).
@@ -32,7 +36,7 @@ from tftoolkit.data import DataBundle
 from tftoolkit.models.layout import OUTPUT
 from tftoolkit.recipe import Recipe
 from tftoolkit.training.probe import (L2_GRID, MULTILABEL, LinearProblem, Solution, head_kind,
-                                      solve)
+                                      refit, solve, solve_experts)
 from tftoolkit.training.stages import StageInputs
 
 # The L2 strength of a head solved without a validation split to choose one on (the
@@ -109,9 +113,16 @@ def solve_stage(recipe: Recipe, data: DataBundle, inputs: StageInputs) -> Solved
         fits = [("the images as they are", plain, labels),
                 ("the images and their augmented copies", np.concatenate([plain, arrays.train]),
                  np.concatenate([labels, arrays.train_labels]))]
-    solved = [SolvedHead(solve(problem, x, labels, arrays.val, arrays.val_labels, grid=grid,
-                               raw_penalty=own_penalty), problem, x, labels, kept)
-              for kept, x, labels in fits]
+    pixels = recipe.model.pixel_features ** 2
+    if pixels:  # the backbone's features and the pixels: two experts
+        def fit(x, labels):
+            return solve_experts(problem, x, labels, arrays.val, arrays.val_labels,
+                                 split=x.shape[1] - pixels, grid=grid, raw_penalty=own_penalty)
+    else:
+        def fit(x, labels):
+            return solve(problem, x, labels, arrays.val, arrays.val_labels, grid=grid,
+                         raw_penalty=own_penalty)
+    solved = [SolvedHead(fit(x, labels), problem, x, labels, kept) for kept, x, labels in fits]
     best = max(solved, key=lambda s: (s.solution.val_score, -s.solution.val_loss)
                ) if len(solved) > 1 else solved[0]
     _set_head(inputs.model, best.solution)
@@ -127,12 +138,13 @@ def refits(recipe: Recipe, inputs: StageInputs, solved: SolvedHead, last_stage: 
 
 
 def refit_with_validation(recipe: Recipe, inputs: StageInputs, solved: SolvedHead) -> Solution:
-    """Solve the head again at the L2 strength ``solved`` chose on validation, on its
-    training rows and the validation rows, and put it in the model's output layer."""
+    """Solve the head again at the L2 strength (and blend of experts) ``solved`` chose on
+    validation, on its training rows and the validation rows, and put it in the model's
+    output layer."""
     arrays = inputs.arrays
     x = np.concatenate([solved.x, arrays.val])
     labels = np.concatenate([np.asarray(solved.labels), np.asarray(arrays.val_labels)])
-    solution = solve(solved.problem, x, labels, grid=(solved.solution.l2,),
+    solution = refit(solved.problem, x, labels, solved.solution,
                      raw_penalty=recipe.regularize.kernel == "l2")
     _set_head(inputs.model, solution)
     return solution
