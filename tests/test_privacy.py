@@ -262,7 +262,8 @@ def test_dp_sgd_under_mirrored_strategy_matches_one_device(tmp_path, quiet):
 def test_both_stages_of_a_private_two_stage_run_spend_one_budget(image_folder, quiet):
     result = tftoolkit.train("image_folder", {
         **quiet, "data.dir": str(image_folder), "data.image_size": 33,
-        "model.weights": "none", "model.mode": "two_stage", "model.unfreeze": "block_16",
+        "model.architecture": "mobilenet_v2", "model.weights": "none",
+        "model.mode": "two_stage", "model.unfreeze": "block_16",
         "augment.enabled": False, "regularize.dropout": 0.0, "train.epochs": 1,
         "train.fine_tune_epochs": 1,
         "train.batch_size": 8, "train.min_steps": 0, "privacy.enabled": True,
@@ -284,8 +285,8 @@ def _cached_prefix_fine_tune(image_folder, quiet, tmp_path, **options):
     return tftoolkit.train("image_folder", {
         **quiet, "train.run_dir": str(tmp_path / "runs" / str(len(options))),
         "data.dir": str(image_folder), "data.image_size": 33,
-        "model.weights": "imagenet-torchvision", "model.mode": "fine_tune",
-        "model.unfreeze": "block_16", "augment.enabled": False,
+        "model.architecture": "mobilenet_v2", "model.weights": "imagenet-torchvision",
+        "model.mode": "fine_tune", "model.unfreeze": "block_16", "augment.enabled": False,
         "train.epochs": 8, "train.optimizer": "gd", "train.batch_size": 0,
         "train.momentum": 0.0, "train.fine_tune_learning_rate": 0.002, "train.min_steps": 0,
         "regularize.dropout": 0.0,

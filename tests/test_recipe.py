@@ -240,6 +240,7 @@ def test_an_image_size_too_small_for_the_backbone_is_one_line_with_the_fix(tmp_p
     folder = make_image_folder(tmp_path / "shapes", per_class=3)
     err = _one_line_error(capsys, ["train", "image_folder", "--set", f"data.dir={folder}",
                                    "--set", "data.image_size=8", "--set",
+                                   "model.architecture=mobilenet_v2", "--set",
                                    f"model.weights={weights}", "--set",
                                    f"train.run_dir={tmp_path / 'runs'}"])
     assert ("data.image_size=8 is too small for model.architecture='mobilenet_v2', which "

@@ -138,10 +138,11 @@ class ModelConfig:
     activation: Literal["sigmoid", "tanh", "relu"] = _opt("relu", "hidden activation")
     filters: list[int] = _opt([16, 32], "convolution filters per block (cnn)")
     pixel_features: int = _opt(0, "a frozen pretrained backbone's linear head also reads the "
-                                  "image's grey pixels on an N x N grid (the image size a "
-                                  "multiple of N), solved as a separate expert whose weight "
-                                  "is chosen on validation (0 included); feature_extraction "
-                                  "and auto's linear probe only; 0: off", min=0)
+                                  "image's grey pixels on an N x N grid, solved as a "
+                                  "separate expert whose weight is chosen on validation (0 "
+                                  "included); used by feature_extraction and auto's linear "
+                                  "probe, other modes train without it (their notes say "
+                                  "so); 0: off", min=0)
 
 
 @dataclass(frozen=True)
@@ -536,12 +537,6 @@ def _check_combinations(recipe: Recipe) -> None:
     """Rules between fields that need no data, checked before anything runs."""
     if recipe.model_fn is None:
         check_architecture(recipe.model.architecture, recipe.model.mode)
-    m = recipe.model
-    if m.pixel_features and m.mode not in ("feature_extraction", "auto"):
-        raise RecipeError(f"model.pixel_features={m.pixel_features} puts grey pixels beside a "
-                          "frozen backbone's features, for its solved linear head: "
-                          f"model.mode=feature_extraction (or auto, whose linear probe uses "
-                          f"them), not {m.mode}; or set model.pixel_features=0")
     if recipe.regularize.label_smoothing and ENCODING_OF_LOSS.get(recipe.train.loss) in (
             "sparse", "regression"):
         raise RecipeError(f"regularize.label_smoothing={recipe.regularize.label_smoothing} "

@@ -71,7 +71,9 @@ def build_model(recipe: "Recipe", info: "DataInfo") -> keras.Model:
                     model = build_transfer_model(
                         spec, weights=m.weights, mode=mode, unfreeze=m.unfreeze,
                         input_shape=info.input_shape, task=info.task, dropout=dropout,
-                        backbone_layer=m.backbone_layer, pixel_features=m.pixel_features)
+                        backbone_layer=m.backbone_layer,
+                        pixel_features=m.pixel_features if mode == "feature_extraction"
+                        else 0)
             except ValueError as exc:
                 smallest = INPUT_TOO_SMALL.search(str(exc))
                 if smallest is None:

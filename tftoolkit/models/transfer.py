@@ -89,11 +89,6 @@ def build_transfer_model(spec: ArchitectureSpec, *, weights: str, mode: str,
     elif len(x.shape) == 3:  # a transformer's tokens (KerasHub ViT, DINOv2): their mean
         x = keras.layers.GlobalAveragePooling1D(name=pooled)(x)
     if pixel_features:
-        if input_shape[0] % pixel_features or input_shape[1] % pixel_features:
-            raise RecipeError(f"model.pixel_features={pixel_features}: the images "
-                              f"({input_shape[0]}x{input_shape[1]}) are not a multiple of "
-                              f"{pixel_features} pixels on each side; set data.image_size "
-                              "to a multiple of it")
         x = keras.layers.Concatenate(name=FEATURES)(
             [x, GreyPixels(pixel_features, name=PIXELS)(inputs)])
     if dropout:

@@ -47,8 +47,8 @@ from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, readable_
                                            resume_callbacks, trim_history)
 from tftoolkit.training.distributed import is_chief
 from tftoolkit.training.feature_cache import (cache_plan, cached_datasets, effective_views,
-                                              fits_in_memory, split_at_feature_maps,
-                                              split_at_features,
+                                              fits_in_memory, pixel_columns,
+                                              split_at_feature_maps, split_at_features,
                                               split_below_unfrozen)
 from tftoolkit.training.lr_find import LrFindResult, sweep
 from tftoolkit.training.optim import compile_model, learning_rate_schedule
@@ -157,6 +157,10 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
     with precision_policy(t.precision):
         seed_everything(t.seed, t.deterministic)
         run = _open_run(recipe, strategy, report_test, judged_by)
+        if recipe.model.pixel_features and recipe.model.mode != "feature_extraction":
+            run.notes.append(f"model.pixel_features={recipe.model.pixel_features} not used: "
+                             "the pixels join a frozen backbone's solved head "
+                             f"(feature_extraction), and this run is {recipe.model.mode}")
         run.baselines = _baselines(run)
         lr_scale = strategy.num_replicas_in_sync if t.scale_lr else 1
         if lr_scale > 1:
@@ -541,7 +545,7 @@ def _solve_stage(run: _Run, stage: Stage, inputs: StageInputs, last: bool) -> No
     (``train.refit_head``), and those figures are kept as the run's."""
     with run.strategy.scope():
         compile_model(inputs.model, run.recipe, run.data.info, 0.0)
-        solved = solve_stage(run.recipe, run.data, inputs)
+        solved = solve_stage(run.recipe, run.data, inputs, pixel_columns(run.model))
     figures = ({f"val_{k}": v for k, v in distributed.evaluate(
         inputs.model, inputs.val, strategy=run.strategy, task=run.data.info.task).items()}
                if inputs.val is not None else {})

@@ -88,12 +88,14 @@ class SolvedHead:
         return len(self.x)
 
 
-def solve_stage(recipe: Recipe, data: DataBundle, inputs: StageInputs) -> SolvedHead:
+def solve_stage(recipe: Recipe, data: DataBundle, inputs: StageInputs,
+                pixels: int = 0) -> SolvedHead:
     """Solve the head of ``inputs`` on its cached features and put the solution in the
     model's output layer. With cached augmented copies and a validation split, the head
     is solved on the images as they are and on the images with their copies, and the one
     that validates better is kept, a tie going to the images alone: an augmentation that
-    does not suit the images then costs nothing."""
+    does not suit the images then costs nothing. ``pixels``: how many of the features, the
+    last ones, are the image's pixels (``model.pixel_features``; two experts then)."""
     info, arrays = data.info, inputs.arrays
     kind = head_kind(info.task)
     balanced = recipe.data.class_weight == "balanced"
@@ -113,8 +115,7 @@ def solve_stage(recipe: Recipe, data: DataBundle, inputs: StageInputs) -> Solved
         fits = [("the images as they are", plain, labels),
                 ("the images and their augmented copies", np.concatenate([plain, arrays.train]),
                  np.concatenate([labels, arrays.train_labels]))]
-    pixels = recipe.model.pixel_features ** 2
-    if pixels:  # the backbone's features and the pixels: two experts
+    if pixels:  # the features end with the image's pixels: two experts
         def fit(x, labels):
             return solve_experts(problem, x, labels, arrays.val, arrays.val_labels,
                                  split=x.shape[1] - pixels, grid=grid, raw_penalty=own_penalty)
