@@ -87,10 +87,10 @@ def test_a_run_killed_at_the_stage_boundary_resumes_into_fine_tuning(image_folde
 
     real_run_stage = runner._run_stage
 
-    def dies_in_fine_tuning(run, stage):
+    def dies_in_fine_tuning(run, stage, last):
         if stage.index == 1:
             raise KeyboardInterrupt("killed at the stage boundary")
-        real_run_stage(run, stage)
+        real_run_stage(run, stage, last)
 
     overrides = {"train.run_dir": str(tmp_path / "killed"), "train.verbose": 0}
     monkeypatch.setattr(runner, "_run_stage", dies_in_fine_tuning)

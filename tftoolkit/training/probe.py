@@ -37,7 +37,7 @@ SOFTMAX, SIGMOID, MULTILABEL = "softmax", "sigmoid", "multilabel"
 L2_GRID = (3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
 MAX_ITERATIONS = 1000
 # Two experts (the backbone's features, the image's grey pixels): the weights of their
-# logits tried, the backbone alone first (ties go to it).
+# logits tried, the backbone alone first (equal figures and log-losses go to it).
 BLENDS = ((1.0, 0.0), (1.0, 0.5), (1.0, 1.0), (0.5, 1.0), (0.0, 1.0))
 # A feature's scale is at least this share of the mean feature scale: a feature almost
 # constant on the training split (a near-dead channel) is not blown up.
@@ -134,8 +134,13 @@ class Blend:
         a, b = self.weights
         what = ("the backbone's features alone" if not b else "the pixels alone" if not a
                 else f"the backbone's features x {a:g} + the pixels x {b:g}")
+        if not self.tried:
+            return f"experts' logits: {what} (no validation split to choose a blend on)"
         return (f"experts' logits: {what} (pixel expert L2 {self.pixel_l2:g}), chosen on "
                 f"validation from {len(self.tried)} blends")
+
+    def to_dict(self) -> dict:
+        return {"weights": list(self.weights), "pixel_l2": self.pixel_l2}
 
 
 @dataclass

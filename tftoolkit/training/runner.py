@@ -555,6 +555,7 @@ def _solve_stage(run: _Run, stage: Stage, inputs: StageInputs, last: bool) -> No
         refitted = {"stage": stage.index, "splits": ["train", "val"],
                     "rows": solved.rows + len(inputs.arrays.val), "l2": solution.l2,
                     "iterations": solution.iterations, "unconverged": solution.unconverged,
+                    **({"blend": solution.blend.to_dict()} if solution.blend else {}),
                     "validation_figures": figures}
         run.run.write_json(RunDir.REFIT, refitted)
     monitor = run.recipe.train.select_best
