@@ -270,6 +270,8 @@ def test_both_stages_of_a_private_two_stage_run_spend_one_budget(image_folder, q
         "privacy.noise_multiplier": 1.0,
         "export.enabled": False})
     n = result.info.counts["train"]
+    # image_folder's pixel expert is for a frozen head alone: this run says it goes without
+    assert any("model.pixel_features=16 not used" in note for note in result.notes)
     # frozen-backbone stage on cached features, then fine-tuning through the backbone
     assert len(result.history["epsilon"]) == 2
     expected = privacy.epsilon(8 / n, 1.0, 2 * round(n / 8), 1 / (10 * n))

@@ -157,7 +157,7 @@ def train(recipe: Recipe | str, overrides: dict | list[str] | None = None, *,
     with precision_policy(t.precision):
         seed_everything(t.seed, t.deterministic)
         run = _open_run(recipe, strategy, report_test, judged_by)
-        if recipe.model.pixel_features and recipe.model.mode != "feature_extraction":
+        if recipe.model.pixel_features and not pixel_columns(run.model):  # as built
             run.notes.append(f"model.pixel_features={recipe.model.pixel_features} not used: "
                              "the pixels join a frozen backbone's solved head "
                              f"(feature_extraction), and this run is {recipe.model.mode}")
