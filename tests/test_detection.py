@@ -322,6 +322,27 @@ def test_the_cached_feature_maps_and_the_head_on_them_give_the_detectors_outputs
     assert cache_plan(boxes, 2, "feature cache", "")[0] is False
 
 
+def test_fine_tuning_a_detector_trains_its_top_on_the_frozen_prefix_and_taps():
+    """Fine-tuning from block_13, the stride-8 tap (block_6_expand_relu) is frozen: the
+    prefix outputs it with block_12's activations, and the top (the unfrozen blocks,
+    which make the other taps, and the head) gives the detector's outputs on them."""
+    from tftoolkit.training.feature_cache import split_below_unfrozen
+
+    detector = build_detector(get_architecture("mobilenet_v2"), weights="none",
+                              mode="fine_tune", image_size=64, task=SMALL_TASK,
+                              unfreeze="block_13")
+    prefix, top = split_below_unfrozen(detector, "block_13")
+    x = np.random.default_rng(3).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    # block_12_add at stride 16 (4x4x96), then the stride-8 tap (8x8x192)
+    assert prefix(x).shape == (2, 4 * 4 * 96 + 8 * 8 * 192)
+    np.testing.assert_allclose(top(prefix(x)), detector(x), atol=1e-5)
+    trained = {id(w) for w in top.trainable_weights}
+    assert trained == {id(w) for w in detector.trainable_weights}
+    assert not {id(w) for w in prefix.weights} & trained
+    # nothing frozen below block_1: no prefix to cache
+    assert split_below_unfrozen(detector, 1.0) is None
+
+
 def test_a_compiled_detector_loads_in_a_new_process_with_only_tftoolkit_imported(
         small_detector, tmp_path):
     import subprocess

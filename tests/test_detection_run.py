@@ -226,6 +226,34 @@ def test_a_coco_file_is_a_detection_source_with_a_test_split_held_out(tmp_path, 
             "data.source": "coco", "data.dir": str(tmp_path / "images")})), SIZE)
 
 
+def test_fine_tuning_a_detector_on_its_frozen_prefix_gives_the_uncached_model(tmp_path,
+                                                                             quiet):
+    """The stride-8 tap lies below block_13: it is cached with the frozen blocks'
+    activations, and the unfrozen blocks and the head train on them as on images."""
+    table = _csv(tmp_path, count=18)
+    runs = {}
+    for cache in ("auto", "off"):
+        runs[cache] = train("object_detection", _overrides(
+            quiet, **{"data.source": "csv", "data.csv": str(table),
+                      "data.split_column": "split", "model.mode": "fine_tune",
+                      "model.unfreeze": "block_13", "train.cache_features": cache,
+                      "train.optimizer": "sgd", "train.seed": 3,
+                      "export.enabled": False}))
+    cached, plain = runs["auto"], runs["off"]
+    assert any(n.startswith("frozen-prefix cache: the frozen backbone layers below "
+                            "block_13_expand run once") for n in cached.notes), cached.notes
+    assert not any("prefix cache" in n for n in plain.notes)
+    # The same steps, rounding apart: the frozen part runs in the training step's graph
+    # on images and alone on the cache, with other convolution kernels. (SGD: Adam would
+    # turn that rounding in the near-zero gradients of the box codes into whole steps.)
+    np.testing.assert_allclose(cached.history["loss"], plain.history["loss"], rtol=1e-3)
+    np.testing.assert_allclose(cached.history["val_loss"], plain.history["val_loss"],
+                               rtol=1e-3)
+    x = np.random.default_rng(0).uniform(0, 255, (3, SIZE, SIZE, 3)).astype("float32")
+    np.testing.assert_allclose(cached.model.predict(x, verbose=0),
+                               plain.model.predict(x, verbose=0), atol=1e-3)
+
+
 def test_settings_that_do_not_move_boxes_are_refused_before_training(tmp_path, quiet):
     overrides = _overrides(quiet, **{"data.dir": str(_voc(tmp_path / "voc", 6))})
     with pytest.raises(RecipeError, match="augment.mixup=.*without moving the boxes"):

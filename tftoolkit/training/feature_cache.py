@@ -54,6 +54,28 @@ def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model] | N
     return extractor, _head(model, model.layers.index(pool) + 1, pool.output.shape[1:])
 
 
+def _joined(tensors: list, name: str):
+    """Feature maps flattened and joined into one vector per image (the one array per
+    example a cache holds); :func:`_unjoined` splits it again."""
+    if len(tensors) == 1:
+        return tensors[0]
+    flat = [keras.layers.Flatten(name=f"{name}_flatten_{i}")(t) for i, t in enumerate(tensors)]
+    return keras.layers.Concatenate(name=name)(flat)
+
+
+def _unjoined(vector, shapes: list) -> list:
+    """The tensors of ``shapes`` (without the batch) that :func:`_joined` joined into
+    ``vector``."""
+    if len(shapes) == 1:
+        return [vector]
+    parts, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        parts.append(keras.layers.Reshape(shape)(vector[:, start:start + size]))
+        start += size
+    return parts
+
+
 def split_at_feature_maps(model: keras.Model) -> tuple[keras.Model, keras.Model] | None:
     """A detector's (frozen extractor: image -> its tapped feature maps, flattened and
     joined into one vector per image, head: that vector -> predictions, through the
@@ -63,15 +85,10 @@ def split_at_feature_maps(model: keras.Model) -> tuple[keras.Model, keras.Model]
         maps, head = split_detector(model)
     except ValueError:
         return None
-    flat = [keras.layers.Flatten(name=f"flatten_{i}")(m) for i, m in enumerate(maps.outputs)]
-    extractor = keras.Model(maps.inputs, keras.layers.Concatenate(name="joined")(flat),
+    extractor = keras.Model(maps.inputs, _joined(maps.outputs, "joined"),
                             name="feature_extractor")
     features = keras.Input(extractor.output.shape[1:], name="features")
-    parts, start = [], 0
-    for m in maps.outputs:
-        size = int(np.prod(m.shape[1:]))
-        parts.append(keras.layers.Reshape(m.shape[1:])(features[:, start:start + size]))
-        start += size
+    parts = _unjoined(features, [m.shape[1:] for m in maps.outputs])
     return extractor, keras.Model(features, head(parts), name="head")
 
 
@@ -81,7 +98,11 @@ def split_below_unfrozen(model: keras.Model,
     activations -> output, through the unfrozen backbone blocks and the head), sharing
     the model's layers; None without a nested backbone, when nothing below ``unfreeze``
     is frozen, when the unfrozen blocks read more than one tensor of the frozen ones, or
-    when the head reads the image's pixels too (``model.pixel_features``)."""
+    when the head reads the image's pixels too (``model.pixel_features``).
+
+    A detector's backbone has several outputs (its feature-map taps): the prefix also
+    outputs the taps below ``unfreeze``, flattened and joined with the activations into
+    one vector per image, which the top splits again."""
     try:
         backbone = backbone_of(model)
     except ValueError:
@@ -98,15 +119,25 @@ def split_below_unfrozen(model: keras.Model,
     if len(boundary) != 1:
         return None
     (cut,) = boundary.values()
+    outputs = keras.tree.flatten(backbone.output)
+    # what the prefix computes: the cut, then the outputs (taps) below it
+    kept = [cut] + [t for t in outputs if id(t) in produced and t is not cut]
     # Both halves run the backbone in inference mode, as the full model does.
     image = keras.Input(model.input_shape[1:], name="image")
-    below = keras.Model(backbone.input, cut, name="frozen_blocks")
+    below = keras.Model(backbone.input, kept, name="frozen_blocks")
+    computed = keras.tree.flatten(below(model.get_layer(PREPROCESS)(image), training=False))
     # named by where it ends: the activation memo tells cuts of one shape apart by it
-    prefix = keras.Model(image, below(model.get_layer(PREPROCESS)(image), training=False),
+    prefix = keras.Model(image, _joined(computed, "joined"),
                          name=f"frozen_blocks_below_{backbone.layers[start].name}")
-    above = keras.Model(cut, backbone.output, name="unfrozen_blocks")
-    activations = keras.Input(cut.shape[1:], name="activations")
-    x = above(activations, training=False)
+    trained = [t for t in outputs if id(t) not in produced]
+    above = keras.Model(cut, trained if len(outputs) > 1 else trained[0],
+                        name="unfrozen_blocks")
+    activations = keras.Input(prefix.output.shape[1:], name="activations")
+    inputs = _unjoined(activations, [t.shape[1:] for t in kept])
+    rebuilt = {id(t): x for t, x in zip(kept, inputs)}
+    rebuilt.update(zip((id(t) for t in trained),
+                       keras.tree.flatten(above(inputs[0], training=False))))
+    x = [rebuilt[id(t)] for t in outputs] if len(outputs) > 1 else rebuilt[id(outputs[0])]
     for layer in model.layers[model.layers.index(backbone) + 1:]:
         x = layer(x)
     return prefix, keras.Model(activations, x, name="top")

@@ -350,7 +350,7 @@ def _frozen_part(run: _Setup, stage: Stage) -> tuple[tuple, str, str] | None:
         parts = split_at_feature_maps(run.model) if pyramid else split_at_features(run.model)
         return parts and (parts, "feature cache",
                           "frozen backbone run once; head trained on cached features")
-    if stage.mode == "fine_tune" and not pyramid:  # (the pyramid taps frozen blocks too)
+    if stage.mode == "fine_tune":
         parts = split_below_unfrozen(run.model, run.recipe.model.unfreeze)
         first = parts and parts[1].get_layer("unfrozen_blocks").layers[1].name
         return parts and (parts, "frozen-prefix cache",
