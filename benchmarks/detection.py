@@ -3,7 +3,9 @@ from real images (:mod:`benchmarks.detection_data`: Fashion-MNIST items composit
 photo crops), exported as a SavedModel and as MediaPipe ObjectDetector files.
 
     python -m benchmarks.detection [--train 3000] [--val 500] [--test 1000]
-        [--image-size 192] [--epochs 12] [--mediapipe-images 200]
+        [--image-size PX] [--epochs N] [--mediapipe-images 200]
+
+``--image-size`` and ``--epochs`` default to the recipe's own.
 
 Prints the seconds of each part apart (writing the pictures, training, the rest of the
 run with its export), with the CPU seconds of this process and the load average before
@@ -38,6 +40,9 @@ from benchmarks.detection_data import write_dataset
 from tftoolkit.data import load_data
 from tftoolkit.detection.evaluation import box_iou
 from tftoolkit.evaluation import evaluate
+from tftoolkit.recipe import load_recipe
+
+RECIPE = load_recipe("object_detection")
 
 MATCH_IOU = 0.9
 # MediaPipe's ObjectDetector on a list of pictures, TensorFlow blocked: per picture its
@@ -102,8 +107,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=3000)
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--test", type=int, default=1000)
-    parser.add_argument("--image-size", type=int, default=192)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--image-size", type=int, default=RECIPE.data.image_size)
+    parser.add_argument("--epochs", type=int, default=RECIPE.train.epochs)
     parser.add_argument("--mediapipe-images", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
