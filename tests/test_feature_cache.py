@@ -140,3 +140,56 @@ def test_cuts_of_one_shape_are_cached_apart(image_folder, imported_mobilenet):
     assert np.abs(first - second).max() > 0.1 * np.abs(second).max()
     np.testing.assert_allclose(second, below_15.predict(data.dataset("val", batch_size=8)
                                                         .map(lambda x, y: x), verbose=0))
+
+
+PEAK_SCRIPT = """
+import keras, numpy as np
+from tftoolkit.augment import build_augmenter
+from tftoolkit.data import load_data
+from tftoolkit.recipe import AugmentConfig, DataConfig, Recipe, TrainConfig
+from tftoolkit.training.feature_cache import cached_datasets
+
+def memory(field):  # this process's own figures since its exec, in bytes (the peak that
+    # ru_maxrss reports carries a parent's peak over the exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+rng = np.random.default_rng(0)
+arrays = {"train": (rng.uniform(0, 255, (2000, 8, 8, 3)).astype("float32"),
+                    np.arange(2000) % 2),
+          "val": (rng.uniform(0, 255, (10, 8, 8, 3)).astype("float32"), np.arange(10) % 2)}
+recipe = Recipe(name="m", data=DataConfig(source="arrays", image_size=8, arrays=arrays),
+                train=TrainConfig(batch_size=20, verbose=0))
+data = load_data(recipe, 8)
+inputs = keras.Input((8, 8, 3))
+extractor = keras.Model(inputs, keras.layers.Flatten()(keras.layers.UpSampling2D(16)(inputs)),
+                        name="feature_extractor")           # 196 KB of features per image
+width = extractor.output.shape[1]
+head = keras.Sequential([keras.Input((width,)), keras.layers.Dense(2, activation="softmax")])
+extractor.predict(arrays["val"][0], verbose=0)
+before = memory("VmRSS:")
+stage = cached_datasets((extractor, head), data, build_augmenter(AugmentConfig(), 8, 0), 0,
+                        20)
+for _ in zip(range(3), stage.train):
+    pass
+for _ in stage.val:
+    pass
+grown = memory("VmHWM:") - before
+print(grown / (len(data.splits["train"]) * width * 4))
+"""
+
+
+def test_cached_features_are_held_once_in_memory():
+    """The extractor's outputs are written into one array as they come and the stage's
+    datasets read that array as it is: the process grows by about the features' size,
+    not by the 5x of Keras' predict (every batch's outputs kept, then joined) followed
+    by a data cache and a tensor made of them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], capture_output=True,
+                          text=True, cwd=Path(__file__).parents[1], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    growth = float(proc.stdout.strip().splitlines()[-1])
+    assert growth < 1.8, f"peak memory grew by {growth:.2f}x the cached features' size"

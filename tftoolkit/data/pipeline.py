@@ -267,6 +267,21 @@ def _in_memory(pairs) -> _Rows:
         lambda component: tf.gather(component, rows), pairs), True)
 
 
+def _from_arrays(arrays: np.ndarray, labels: np.ndarray) -> _Rows:
+    """Rows of feature vectors read from their NumPy arrays, a batch of rows per call (a
+    tensor made of them would be a copy, twice their size while it is made); labels in
+    memory."""
+    labels = tf.constant(labels)
+
+    def read_rows(rows):
+        x = tf.numpy_function(lambda r: arrays[r], [rows], tf.as_dtype(arrays.dtype),
+                              stateful=False)
+        x.set_shape(rows.shape.concatenate(arrays.shape[1:]))
+        return x, tf.gather(labels, rows)
+
+    return _Rows(read_rows, False)
+
+
 def _on_disk(stored: tf.data.Dataset, folder, labels: np.ndarray) -> _Rows:
     """The inputs and source shapes of ``stored`` in a :class:`DiskCache` (written in
     one pass first, unless complete), read a batch of records per call; labels in
@@ -335,24 +350,32 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     n = max(len(examples), 1)
     batch = batch_size or n
     cached = cache != "off"
-    # Rows are read from a disk cache, and in training (eagerly: not while a dataset
-    # function is traced) from the memory cache or the files' or arrays' references;
-    # other examples are read in the order they are stored in: stored in ``order``.
-    rows_read = cache == "disk" or (training and tf.executing_eagerly()
-                                    and (cached or examples.dataset is None))
+    # uncached feature vectors in memory, read from their arrays
+    vectors = not cached and examples.arrays is not None and resize is None
+    # Rows are read from a disk cache or such arrays, and in training (eagerly: not while
+    # a dataset function is traced) from the memory cache or the files' or arrays'
+    # references; other examples are read in the order they are stored in: stored in
+    # ``order``.
+    rows_read = vectors or cache == "disk" or (training and tf.executing_eagerly()
+                                               and (cached or examples.dataset is None))
     if order is not None and not rows_read:
         examples, order = examples.subset(order), None
-    tensors = _reference_tensors(examples, positions)
-    refs, kind = _references(examples, tensors, positions)
+    if vectors:
+        tensors, stored, kind = None, None, "array"
+    else:
+        tensors = _reference_tensors(examples, positions)
+        refs, kind = _references(examples, tensors, positions)
+        stored = refs if not cached else _parallel_map(
+            refs, lambda i, pair: (i, (_cache_decoder(kind, resize, max_pixels)(pair[0]),
+                                       pair[1])))
     decode = _decoder(kind, resize, max_pixels)
-    stored = refs if not cached else _parallel_map(
-        refs, lambda i, pair: (i, (_cache_decoder(kind, resize, max_pixels)(pair[0]),
-                                   pair[1])))
     # Cached examples are decoded images; redecoding them is a crop and resize.
     redecode = _decoder("tensor", resize, max_pixels)
     per_example = augment.per_example if training and augment is not None else None
     per_batch = augment.per_batch if training and augment is not None else None
-    by_example = not cached or per_example is not None  # work done example by example
+    # work done example by example: decoding, augmenting (feature vectors are only cast,
+    # a batch at a time)
+    by_example = per_example is not None or not (cached or vectors)
 
     def prepare(epoch):
         """``(index, (stored input, label)) -> (x, y)``: of one example, or of a batch
@@ -390,6 +413,8 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     rows = None
     if cache == "disk":
         rows = _on_disk(stored, cache_path, examples.labels)
+    elif vectors:
+        rows = _from_arrays(examples.arrays, examples.labels)
     elif rows_read and cache == "memory":
         rows = _in_memory(next(iter(stored.batch(n)))[1])  # decoded once
     elif rows_read:
@@ -417,7 +442,7 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
         ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(
             lambda epoch: epoch_of(tf.data.Dataset.from_tensor_slices(
                 epoch_order(n, seed, epoch)), epoch))
-    elif rows is not None:  # a disk cache, in read order
+    elif rows is not None:  # a disk cache or arrays, in read order
         ds = epoch_of(tf.data.Dataset.range(n), 0)
     elif training:
         if cache == "memory":

@@ -197,6 +197,35 @@ def _memo_key(data: DataBundle, split: str, views: int, batch_size: int,
         "seed": recipe.train.seed, "batch_size": batch_size}, sort_keys=True, default=str)
 
 
+def _outputs(extractor: keras.Model, images: tf.data.Dataset, count: int, verbose: int,
+             passes: int = 1) -> np.ndarray:
+    """The extractor's outputs on ``passes`` passes over the ``count`` images of
+    ``images``, written into one array batch by batch (Keras' ``predict`` holds every
+    batch's outputs until it joins them: twice the memory of the features)."""
+    spec = images.element_spec
+    run = tf.function(lambda x: extractor(x, training=False), input_signature=[
+        tf.TensorSpec([None, *spec.shape[1:]], spec.dtype)])
+    shape = tuple(extractor.output.shape[1:])
+    outputs = progress = None
+    row = 0
+    for _ in range(passes):
+        for batch in images:
+            values = np.asarray(run(batch))
+            if outputs is None:
+                outputs = np.empty((passes * count, *shape), values.dtype)
+                progress = keras.utils.Progbar(passes * count) if verbose else None
+            outputs[row:row + len(values)] = values
+            row += len(values)
+            if progress is not None:
+                progress.update(row)
+    if outputs is None:  # no examples (a worker's empty share)
+        outputs = np.empty((0, *shape), np.float32)
+    if row != passes * count:
+        raise RuntimeError(f"the {extractor.name} ran over {row} examples, "
+                           f"{passes * count} expected")
+    return outputs
+
+
 def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: int,
               augment=None, views: int = 0) -> np.ndarray:
     """Features of ``split`` in example order; with ``augment``, ``views`` augmented
@@ -219,12 +248,15 @@ def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: 
               f"{split} split ({len(data.splits[split])} examples"
               f"{f', {views} augmented views' if augment is not None else ''})",
               file=sys.stderr, flush=True)
+    if share is None:
+        count = len(data.splits[split])
+    else:
+        count = len(shard_positions(len(data.splits[split]), share.index, share.count))
     if augment is None:
-        features = np.asarray(extractor.predict(images, verbose=verbose))
+        features = _outputs(extractor, images, count, verbose)
     else:
         augmented = images.map(lambda x: augment(x, training=True))
-        features = np.concatenate([np.asarray(extractor.predict(augmented, verbose=verbose))
-                                   for _ in range(views)])
+        features = _outputs(extractor, augmented, count, verbose, views)
     if share is not None:  # each worker fills its rows; the sum over workers is the whole
         n = len(data.splits[split])
         rows = (np.arange(max(views, 1))[:, None] * n
@@ -291,7 +323,10 @@ def cached_datasets(parts: tuple[keras.Model, keras.Model], data: DataBundle,
         features, labels = _features(extractor, data, "train", batch_size), train.labels
     arrays = CachedArrays(features, labels, unaugmented=(
         (lambda: _features(extractor, data, "train", batch_size)) if views else None))
-    cached = DataBundle(data.recipe, {"train": Examples(labels, arrays=features)}, data.info,
+    # The features are read from these arrays as they are: a data cache would hold a
+    # second copy of them.
+    recipe = replace(data.recipe, data=replace(data.recipe.data, cache="off"))
+    cached = DataBundle(recipe, {"train": Examples(labels, arrays=features)}, data.info,
                         share=data.share)
     if "val" in data.splits:
         arrays.val = _features(extractor, data, "val", batch_size)
