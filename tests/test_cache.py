@@ -309,3 +309,28 @@ def test_uncached_arrays_are_held_once_by_their_training_dataset():
     # one copy of the arrays (and TensorFlow's first iteration), not a second batch of
     # them all
     assert float(out.split()[-1]) < 1.5, out
+
+
+def test_arrays_read_by_a_dataset_live_as_long_as_it_and_no_longer():
+    """Batches are read from the arrays while only the dataset (or one made from it)
+    refers to them; once it is gone, the arrays are freed (TensorFlow keeps the Python
+    function that reads them for the life of the process)."""
+    import gc
+    import weakref
+
+    from tftoolkit.data.pipeline import make_dataset
+    from tftoolkit.data.sources import Examples
+    from tftoolkit.tasks import SingleLabel
+
+    x = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    held = weakref.ref(x)
+    batches = make_dataset(Examples(np.arange(40) % 2, arrays=x), batch_size=8,
+                           resize=None, task=SingleLabel(2, "sparse"), training=False,
+                           seed=0, cache="off").map(lambda x, y: x)
+    del x
+    gc.collect()
+    assert np.array_equal(np.concatenate(list(batches.as_numpy_iterator())),
+                          np.arange(40 * 3, dtype=np.float32).reshape(40, 3))
+    del batches
+    gc.collect()
+    assert held() is None

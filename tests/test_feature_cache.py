@@ -193,3 +193,26 @@ def test_cached_features_are_held_once_in_memory():
     assert proc.returncode == 0, proc.stderr[-3000:]
     growth = float(proc.stdout.strip().splitlines()[-1])
     assert growth < 1.8, f"peak memory grew by {growth:.2f}x the cached features' size"
+
+
+@pytest.mark.parametrize("verbose", [0, 1, 2])
+def test_extractor_outputs_are_written_in_order_and_shown_as_verbose_asks(verbose, capsys):
+    """Outputs of every pass, in order; a bar redrawn at a terminal (1), one line for a
+    log (2), nothing (0); an input of more examples than expected is refused."""
+    import keras
+    import tensorflow as tf
+
+    from tftoolkit.training.feature_cache import _outputs
+
+    extractor = keras.Sequential([keras.Input((2,)), keras.layers.Dense(
+        3, kernel_initializer="ones")], name="extractor")
+    images = tf.data.Dataset.from_tensor_slices(np.arange(10, dtype="float32").reshape(5, 2)
+                                                ).batch(2)
+    outputs = _outputs(extractor, images, 5, verbose, passes=2)
+    row_sums = np.arange(10, dtype="float32").reshape(5, 2).sum(axis=1)
+    assert np.array_equal(outputs, np.repeat(np.tile(row_sums, 2)[:, None], 3, axis=1))
+    shown = capsys.readouterr().out
+    assert ("10/10" in shown) == bool(verbose)
+    assert ("\r" in shown or "\b" in shown) == (verbose == 1)
+    with pytest.raises(RuntimeError, match="more than the 4 examples"):
+        _outputs(extractor, images, 4, 0)

@@ -9,6 +9,7 @@ explain use it too.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -270,11 +271,14 @@ def _in_memory(pairs) -> _Rows:
 def _from_arrays(arrays: np.ndarray, labels: np.ndarray) -> _Rows:
     """Rows of feature vectors read from their NumPy arrays, a batch of rows per call (a
     tensor made of them would be a copy, twice their size while it is made); labels in
-    memory."""
+    memory. The reading function holds the arrays weakly (TensorFlow keeps a dataset's
+    Python functions for the life of the process): the dataset made of these rows holds
+    them (:func:`make_dataset`)."""
     labels = tf.constant(labels)
+    held = weakref.ref(arrays)
 
     def read_rows(rows):
-        x = tf.numpy_function(lambda r: arrays[r], [rows], tf.as_dtype(arrays.dtype),
+        x = tf.numpy_function(lambda r: held()[r], [rows], tf.as_dtype(arrays.dtype),
                               stateful=False)
         x.set_shape(rows.shape.concatenate(arrays.shape[1:]))
         return x, tf.gather(labels, rows)
@@ -473,4 +477,8 @@ def make_dataset(examples: Examples, *, batch_size: int, resize: Resize | None,
     if rows is not None and rows.in_memory:  # the rewrites serialize the dataset graph:
         # a copy of the tensors it holds
         options.experimental_optimization.apply_default_optimizations = False
-    return ds.prefetch(PREFETCH_BATCHES).with_options(options)
+    ds = ds.prefetch(PREFETCH_BATCHES).with_options(options)
+    if vectors:  # what the rows are read from lives as long as the dataset (and those
+        # made from it, which hold it)
+        ds.source_arrays = examples.arrays
+    return ds

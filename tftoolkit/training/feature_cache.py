@@ -205,24 +205,25 @@ def _outputs(extractor: keras.Model, images: tf.data.Dataset, count: int, verbos
     spec = images.element_spec
     run = tf.function(lambda x: extractor(x, training=False), input_signature=[
         tf.TensorSpec([None, *spec.shape[1:]], spec.dtype)])
-    shape = tuple(extractor.output.shape[1:])
+    total = passes * count
     outputs = progress = None
     row = 0
     for _ in range(passes):
         for batch in images:
             values = np.asarray(run(batch))
+            if row + len(values) > total:
+                raise RuntimeError(f"the {extractor.name} ran over more than the {total} "
+                                   "examples expected")
             if outputs is None:
-                outputs = np.empty((passes * count, *shape), values.dtype)
-                progress = keras.utils.Progbar(passes * count) if verbose else None
+                outputs = np.empty((total, *values.shape[1:]), values.dtype)
+                progress = (keras.utils.Progbar(total, verbose=verbose, unit_name="example")
+                            if verbose else None)
             outputs[row:row + len(values)] = values
             row += len(values)
             if progress is not None:
                 progress.update(row)
-    if outputs is None:  # no examples (a worker's empty share)
-        outputs = np.empty((0, *shape), np.float32)
-    if row != passes * count:
-        raise RuntimeError(f"the {extractor.name} ran over {row} examples, "
-                           f"{passes * count} expected")
+    if outputs is None or row != total:
+        raise RuntimeError(f"the {extractor.name} ran over {row} examples, {total} expected")
     return outputs
 
 
