@@ -19,7 +19,7 @@ RECIPE = Recipe(
     name="object_detection",
     description="an anchor-based detector on ImageNet MobileNetV2 from VOC, COCO or CSV "
                 "boxes (--set data.dir=PATH)",
-    data=DataConfig(source="voc", image_size=192, validation_fraction=0.2),
+    data=DataConfig(source="voc", image_size=224, validation_fraction=0.2),
     model=ModelConfig(architecture="mobilenet_v2", weights="imagenet",
                       mode="feature_extraction"),
     augment=AugmentConfig(enabled=False, flip="horizontal"),
