@@ -206,7 +206,9 @@ def _outputs(extractor: keras.Model, images: tf.data.Dataset, count: int, verbos
     run = tf.function(lambda x: extractor(x, training=False), input_signature=[
         tf.TensorSpec([None, *spec.shape[1:]], spec.dtype)])
     total = passes * count
-    outputs = progress = None
+    progress = (keras.utils.Progbar(total, verbose=verbose, unit_name="example")
+                if verbose else None)
+    outputs = None
     row = 0
     for _ in range(passes):
         for batch in images:
@@ -216,8 +218,6 @@ def _outputs(extractor: keras.Model, images: tf.data.Dataset, count: int, verbos
                                    "examples expected")
             if outputs is None:
                 outputs = np.empty((total, *values.shape[1:]), values.dtype)
-                progress = (keras.utils.Progbar(total, verbose=verbose, unit_name="example")
-                            if verbose else None)
             outputs[row:row + len(values)] = values
             row += len(values)
             if progress is not None:
@@ -243,25 +243,20 @@ def _features(extractor: keras.Model, data: DataBundle, split: str, batch_size: 
                               input_context=tf.distribute.InputContext(
                                   share.count, share.index, share.count))
     images = images.map(lambda x, *rest: x)
+    n = len(data.splits[split])
     verbose = verbosity(data.recipe.train.verbose)
     if verbose:  # the one pass before the first epoch: say what it is
         print(f"tftoolkit: running the {extractor.name.replace('_', ' ')} once over the "
-              f"{split} split ({len(data.splits[split])} examples"
+              f"{split} split ({n} examples"
               f"{f', {views} augmented views' if augment is not None else ''})",
               file=sys.stderr, flush=True)
-    if share is None:
-        count = len(data.splits[split])
-    else:
-        count = len(shard_positions(len(data.splits[split]), share.index, share.count))
-    if augment is None:
-        features = _outputs(extractor, images, count, verbose)
-    else:
-        augmented = images.map(lambda x: augment(x, training=True))
-        features = _outputs(extractor, augmented, count, verbose, views)
+    positions = None if share is None else shard_positions(n, share.index, share.count)
+    if augment is not None:
+        images = images.map(lambda x: augment(x, training=True))
+    features = _outputs(extractor, images, n if positions is None else len(positions),
+                        verbose, views if augment is not None else 1)
     if share is not None:  # each worker fills its rows; the sum over workers is the whole
-        n = len(data.splits[split])
-        rows = (np.arange(max(views, 1))[:, None] * n
-                + shard_positions(n, share.index, share.count)[None, :]).ravel()
+        rows = (np.arange(max(views, 1))[:, None] * n + positions[None, :]).ravel()
         whole = np.zeros((max(views, 1) * n, *features.shape[1:]), features.dtype)
         whole[rows] = features
         features = share.sum_over_workers(whole)
