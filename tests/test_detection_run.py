@@ -83,21 +83,28 @@ def voc_run(tmp_path_factory, imported_mobilenet):
     return train("object_detection", _overrides(
         quiet, **{"data.dir": str(_voc(tmp / "voc")), "augment.enabled": False,
                   "data.validation_fraction": 0.25, "data.test_fraction": 0.25,
-                  "export.formats": ["mediapipe"], "train.steps_per_epoch": 40}))
+                  "export.formats": ["mediapipe"], "train.steps_per_epoch": 40,
+                  "train.fine_tune_epochs": 1}))
 
 
 def test_a_voc_run_logs_val_map_every_epoch_and_reports_test_map(voc_run):
     assert isinstance(voc_run.info.task, Detection) and voc_run.info.class_names == \
         sorted(CLASSES)
     history = voc_run.history
-    assert len(history["val_map"]) == len(history["val_map_50"]) == 2
+    assert len(history["val_map"]) == len(history["val_map_50"]) == 3  # 2 + 1 epochs
     assert all(0.0 <= v <= 1.0 for v in history["val_map"] + history["val_map_50"])
     metrics = json.loads((voc_run.run_dir / "metrics.json").read_text())
     assert {"val_map", "val_map_50", "test_map", "test_map_50"} <= set(metrics)
-    assert any("kept epoch" in note and "val_map" in note for note in voc_run.notes)
-    # without augmentation the head trained on the frozen backbone's cached feature maps
+    for stage in ("stage 1 (feature_extraction)", "stage 2 (fine_tune)"):
+        assert any(note.startswith(f"{stage}: kept epoch") and "val_map" in note
+                   for note in voc_run.notes), voc_run.notes
+    # the recipe's two stages, without augmentation: the head trained on the frozen
+    # backbone's cached feature maps, then the backbone's top quarter (MobileNetV2: from
+    # block_13) with it on the cached output of the blocks below
     assert "feature cache: frozen backbone run once; head trained on cached features" in \
         voc_run.notes
+    assert any(note.startswith("frozen-prefix cache: the frozen backbone layers below "
+                               "block_13_expand run once") for note in voc_run.notes)
 
 
 def test_the_reported_test_map_is_pycocotools_on_the_models_detections(voc_run):
