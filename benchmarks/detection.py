@@ -3,9 +3,10 @@ from real images (:mod:`benchmarks.detection_data`: Fashion-MNIST items composit
 photo crops), exported as a SavedModel and as MediaPipe ObjectDetector files.
 
     python -m benchmarks.detection [--train 3000] [--val 500] [--test 1000]
-        [--image-size PX] [--epochs N] [--mediapipe-images 200]
+        [--image-size PX] [--epochs N] [--fine-tune-epochs N] [--mediapipe-images 200]
 
-``--image-size`` and ``--epochs`` default to the recipe's own.
+``--image-size`` and ``--epochs`` default to the recipe's own; ``--epochs`` is the first
+stage's (the head on the frozen backbone), ``--fine-tune-epochs`` the second's.
 
 Prints the seconds of each part apart (writing the pictures, training, the rest of the
 run with its export), with the CPU seconds of this process and the load average before
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--image-size", type=int, default=RECIPE.data.image_size)
     parser.add_argument("--epochs", type=int, default=RECIPE.train.epochs)
+    parser.add_argument("--fine-tune-epochs", type=int, default=RECIPE.train.fine_tune_epochs)
     parser.add_argument("--mediapipe-images", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -124,6 +126,7 @@ def main() -> None:
         result = tftoolkit.train("object_detection", {
             "data.source": "csv", "data.csv": str(table), "data.split_column": "split",
             "data.image_size": args.image_size, "train.epochs": args.epochs,
+            "train.fine_tune_epochs": args.fine_tune_epochs,
             "train.seed": args.seed, "train.run_dir": str(work / "runs"),
             "export.dir": str(work / "exports"), "export.formats": ["mediapipe",
                                                                     "mediapipe_int8"],
@@ -134,7 +137,8 @@ def main() -> None:
         for note in result.notes:
             print(f"  {note}")
         print(f"training: {result.train_seconds:.0f} s ({result.info.counts['train']} "
-              f"pictures, {args.epochs} epochs at {args.image_size} px); the rest of the run "
+              f"pictures, {args.epochs} + {args.fine_tune_epochs} epochs at {args.image_size} "
+              "px); the rest of the run "
               f"(test figures, export, MediaPipe files measured): "
               f"{run_seconds - result.train_seconds:.0f} s; the whole run {cpu:.0f} CPU s "
               f"of this process; load average {load_before:.2f} before, {load_after:.2f} "

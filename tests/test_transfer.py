@@ -247,6 +247,20 @@ def test_unfreeze_moves_to_a_block_boundary():
     assert unfreeze_start(backbone, 0) == len(names) and unfreeze_start(backbone, 1.0) == 0
     assert block_of("conv5_block3_1_conv") == "conv5_block3"
     assert block_of("block6a_expand_conv") == "block6a"
+    # MobileNetV3's blocks: expanded_conv_N_..., the first one expanded_conv_...
+    assert block_of("expanded_conv_8_squeeze_excite_relu") == "expanded_conv_8"
+    assert block_of("expanded_conv_depthwise_bn") == "expanded_conv"
+
+
+def test_a_mobilenet_v3_is_unfrozen_from_the_start_of_a_block():
+    import keras
+
+    backbone = keras.applications.MobileNetV3Small(input_shape=(64, 64, 3), weights=None,
+                                                   include_top=False)
+    names = [layer.name for layer in backbone.layers]
+    for unfreeze in (0.25, 0.5, 40):
+        first = names[unfreeze_start(backbone, unfreeze)]
+        assert first.startswith("expanded_conv_") and first.endswith("_expand"), first
 
 
 def _tiny_transfer(mode, weights="none", **kw):
@@ -281,6 +295,14 @@ def test_feature_extraction_leaves_every_backbone_weight_bit_identical(image_fol
     head = result.model.get_layer("predictions").kernel.numpy()
     assert result.history["loss"][0] != result.history["loss"][-1]
     assert not np.array_equal(head, head_before)  # the head did train
+
+
+def test_fine_tuning_without_a_frozen_prefix_says_it_trains_on_images(image_folder, quiet):
+    recipe = _tiny_transfer("fine_tune", data={"dir": str(image_folder)})
+    result = tftoolkit.train(replace(recipe, model=replace(recipe.model, unfreeze=1.0)),
+                             quiet)
+    assert any(note.startswith("frozen-prefix cache off: model.unfreeze=1.0 leaves no "
+                               "frozen part") for note in result.notes), result.notes
 
 
 def test_fine_tune_changes_only_unfrozen_layers_and_never_batchnorm(image_folder, quiet):

@@ -27,14 +27,31 @@ from tftoolkit.models.weights import build_backbone
 from tftoolkit.tasks import Task
 
 # Block prefixes of keras.applications layer names: block_13_expand, block6a_se,
-# conv5_block3_1_conv, convnext_tiny_stage_3_block_2_..., mixed7, block14_sepconv2.
-_BLOCK = re.compile(r"^(.*?(?:stage_\d+_block_\d+|block_?\d+[a-z]?|mixed\d+))(?:_|$)")
+# conv5_block3_1_conv, convnext_tiny_stage_3_block_2_..., mixed7, block14_sepconv2,
+# MobileNetV3's expanded_conv_8_squeeze_excite_relu (its first block: expanded_conv_...).
+_BLOCK = re.compile(
+    r"^(.*?(?:stage_\d+_block_\d+|block_?\d+[a-z]?|mixed\d+|expanded_conv(?:_\d+)?))(?:_|$)")
+
+
+# Layers Keras names by their class alone (MobileNetV3's hard-swish activation_12,
+# re_lu_8, multiply_3 inside its blocks): they belong to the block of the layer before.
+_UNNAMED = re.compile(r"^(activation|re_lu|multiply|add)(_\d+)?$")
 
 
 def block_of(layer_name: str) -> str:
     """The block a layer belongs to (the layer's own name when it is in no block)."""
     match = _BLOCK.match(layer_name)
     return match.group(1) if match else layer_name
+
+
+def _blocks(layers: list) -> list[str]:
+    """The block of each of ``layers`` in order, a layer named by its class alone in
+    the block of the layer before it."""
+    blocks: list[str] = []
+    for layer in layers:
+        unnamed = blocks and _UNNAMED.match(layer.name)
+        blocks.append(blocks[-1] if unnamed else block_of(layer.name))
+    return blocks
 
 
 def _load_keras_backbone(path: Path, layer_name: str) -> keras.Model:
@@ -126,7 +143,8 @@ def unfreeze_start(backbone: keras.Model, unfreeze: int | float | str) -> int:
             raise RecipeError(f"model.unfreeze={unfreeze}: a layer count must be >= 0")
         start = max(n - count, 0)
     # Never half a block: move the boundary down to the start of its block.
-    while 0 < start < n and block_of(layers[start].name) == block_of(layers[start - 1].name):
+    blocks = _blocks(layers)
+    while 0 < start < n and blocks[start] == blocks[start - 1]:
         start -= 1
     return start
 

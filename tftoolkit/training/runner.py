@@ -352,10 +352,16 @@ def _frozen_part(run: _Setup, stage: Stage) -> tuple[tuple, str, str] | None:
                           "frozen backbone run once; head trained on cached features")
     if stage.mode == "fine_tune":
         parts = split_below_unfrozen(run.model, run.recipe.model.unfreeze)
-        first = parts and parts[1].get_layer("unfrozen_blocks").layers[1].name
-        return parts and (parts, "frozen-prefix cache",
-                          f"the frozen backbone layers below {first} run once; the "
-                          "unfrozen blocks and the head train on their cached output")
+        if parts is None:
+            run.notes.append(
+                f"frozen-prefix cache off: model.unfreeze={run.recipe.model.unfreeze!r} "
+                "leaves no frozen part that one tensor links to the unfrozen blocks (or "
+                "the head reads the pixels); the stage trains on images")
+            return None
+        first = parts[1].get_layer("unfrozen_blocks").layers[1].name
+        return (parts, "frozen-prefix cache",
+                f"the frozen backbone layers below {first} run once; the "
+                "unfrozen blocks and the head train on their cached output")
     return None
 
 
