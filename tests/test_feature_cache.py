@@ -101,7 +101,7 @@ def test_fine_tuning_on_cached_frozen_blocks_gives_the_same_model(image_folder, 
 
 def test_the_prefix_and_the_top_compose_to_the_model(imported_mobilenet):
     from tftoolkit.models.transfer import set_trainable
-    from tftoolkit.training.feature_cache import split_below_unfrozen
+    from tftoolkit.training.feature_cache import prefix_refusal, split_below_unfrozen
 
     recipe = tftoolkit.load_recipe("fashion_transfer", {"data.image_size": 33})
     from tftoolkit.data import DataInfo
@@ -115,9 +115,12 @@ def test_the_prefix_and_the_top_compose_to_the_model(imported_mobilenet):
     trained = {id(v) for v in top.trainable_weights}
     assert trained == {id(v) for v in model.trainable_weights}  # all of what fine-tunes
     assert not {id(v) for v in prefix.weights} & trained
+    assert prefix_refusal(model, "block_13") is None
     assert split_below_unfrozen(model, 1.0) is None   # nothing frozen below
+    assert prefix_refusal(model, 1.0) == "nothing below it is frozen"
     set_trainable(model, "fine_tune", 0)
     assert split_below_unfrozen(model, 0) is None     # nothing unfrozen
+    assert prefix_refusal(model, 0) == "nothing is unfrozen"
 
 
 def test_cuts_of_one_shape_are_cached_apart(image_folder, imported_mobilenet):

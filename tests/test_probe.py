@@ -297,8 +297,8 @@ def test_grey_pixels_are_the_area_average_of_the_grey_image():
 
 def test_pixel_features_are_a_second_expert_of_the_frozen_head_and_export_alike(
         image_folder, quiet, imported_mobilenet):
-    from tftoolkit.training.feature_cache import (pixel_columns, split_at_features,
-                                                  split_below_unfrozen)
+    from tftoolkit.training.feature_cache import (pixel_columns, prefix_refusal,
+                                                  split_at_features, split_below_unfrozen)
 
     recipe = tftoolkit.load_recipe(_frozen(image_folder), {
         "model.pixel_features": 8, "regularize.kernel": "none", "train.baselines": True,
@@ -307,6 +307,7 @@ def test_pixel_features_are_a_second_expert_of_the_frozen_head_and_export_alike(
     extractor, head = split_at_features(result.model)
     assert pixel_columns(extractor) == 64 and extractor.output.shape[-1] == 1280 + 64
     assert split_below_unfrozen(result.model, "block_16") is None  # the head reads pixels
+    assert prefix_refusal(result.model, "block_16") == "the head reads the image's pixels too"
     assert "experts' logits: " in " ".join(result.notes)
     # the probe baseline reads the backbone's features alone
     baselines = json.loads((result.run_dir / "baselines.json").read_text())

@@ -33,8 +33,8 @@ _BLOCK = re.compile(
     r"^(.*?(?:stage_\d+_block_\d+|block_?\d+[a-z]?|mixed\d+|expanded_conv(?:_\d+)?))(?:_|$)")
 
 
-# Layers Keras names by their class alone (MobileNetV3's hard-swish activation_12,
-# re_lu_8, multiply_3 inside its blocks): they belong to the block of the layer before.
+# Layers Keras names by their class alone (MobileNetV3's activation_12 and re_lu_8,
+# Xception's add_2, inside their blocks): they belong to the block of the layer before.
 _UNNAMED = re.compile(r"^(activation|re_lu|multiply|add)(_\d+)?$")
 
 

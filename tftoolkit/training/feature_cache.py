@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import OrderedDict
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 
 import keras
 import numpy as np
@@ -92,33 +92,65 @@ def split_at_feature_maps(model: keras.Model) -> tuple[keras.Model, keras.Model]
     return extractor, keras.Model(features, head(parts), name="head")
 
 
+@dataclass(frozen=True)
+class _PrefixCut:
+    """Where a model's frozen prefix ends: its backbone, the index of the backbone's
+    first unfrozen layer, the one tensor the unfrozen layers read from below it and
+    the ids of every tensor the frozen layers produce."""
+
+    backbone: keras.Model
+    start: int
+    cut: object
+    produced: frozenset[int]
+
+
+def _prefix_cut(model: keras.Model, unfreeze: int | float | str) -> _PrefixCut | str:
+    """The cut below ``unfreeze``, or why the model has none, in words."""
+    try:
+        backbone = backbone_of(model)
+    except ValueError:
+        return "the model has no nested backbone"
+    if pixel_columns(model):
+        return "the head reads the image's pixels too"
+    start = unfreeze_start(backbone, unfreeze)
+    if start >= len(backbone.layers):
+        return "nothing is unfrozen"
+    if start <= 1:
+        return "nothing below it is frozen"
+    produced = frozenset(id(t) for layer in backbone.layers[:start]
+                         for t in keras.tree.flatten(layer.output))
+    boundary = {id(t): t for layer in backbone.layers[start:]
+                for t in keras.tree.flatten(layer.input) if id(t) in produced}
+    if len(boundary) != 1:
+        return (f"the layers from {backbone.layers[start].name} read {len(boundary)} "
+                "outputs of the frozen layers, not one")
+    (cut,) = boundary.values()
+    return _PrefixCut(backbone, start, cut, produced)
+
+
+def prefix_refusal(model: keras.Model, unfreeze: int | float | str) -> str | None:
+    """Why :func:`split_below_unfrozen` finds no frozen prefix of ``model`` to cache
+    below ``unfreeze``, in words; None when it finds one."""
+    found = _prefix_cut(model, unfreeze)
+    return found if isinstance(found, str) else None
+
+
 def split_below_unfrozen(model: keras.Model,
                          unfreeze: int | float | str) -> tuple[keras.Model, keras.Model] | None:
     """(frozen prefix: image -> the activations fine-tuning starts from, top: those
     activations -> output, through the unfrozen backbone blocks and the head), sharing
-    the model's layers; None without a nested backbone, when nothing below ``unfreeze``
-    is frozen, when the unfrozen blocks read more than one tensor of the frozen ones, or
-    when the head reads the image's pixels too (``model.pixel_features``).
+    the model's layers; None (:func:`prefix_refusal` says why) without a nested
+    backbone, when nothing below ``unfreeze`` is frozen or nothing above it is, when the
+    unfrozen blocks read other than one tensor of the frozen ones, or when the head reads
+    the image's pixels too (``model.pixel_features``).
 
     A detector's backbone has several outputs (its feature-map taps): the prefix also
     outputs the taps below ``unfreeze``, flattened and joined with the activations into
     one vector per image, which the top splits again."""
-    try:
-        backbone = backbone_of(model)
-    except ValueError:
+    found = _prefix_cut(model, unfreeze)
+    if isinstance(found, str):
         return None
-    if pixel_columns(model):
-        return None
-    start = unfreeze_start(backbone, unfreeze)
-    if not 1 < start < len(backbone.layers):
-        return None
-    produced = {id(t) for layer in backbone.layers[:start] for t in keras.tree.flatten(
-        layer.output)}
-    boundary = {id(t): t for layer in backbone.layers[start:]
-                for t in keras.tree.flatten(layer.input) if id(t) in produced}
-    if len(boundary) != 1:
-        return None
-    (cut,) = boundary.values()
+    backbone, start, cut, produced = found.backbone, found.start, found.cut, found.produced
     outputs = keras.tree.flatten(backbone.output)
     # what the prefix computes: the cut, then the outputs (taps) below it
     kept = [cut] + [t for t in outputs if id(t) in produced and t is not cut]

@@ -47,7 +47,7 @@ from tftoolkit.training.checkpoint import (SaveProgress, finish_stage, readable_
                                            resume_callbacks, trim_history)
 from tftoolkit.training.distributed import is_chief
 from tftoolkit.training.feature_cache import (cache_plan, cached_datasets, effective_views,
-                                              fits_in_memory, pixel_columns,
+                                              fits_in_memory, pixel_columns, prefix_refusal,
                                               split_at_feature_maps, split_at_features,
                                               split_below_unfrozen)
 from tftoolkit.training.lr_find import LrFindResult, sweep
@@ -353,10 +353,10 @@ def _frozen_part(run: _Setup, stage: Stage) -> tuple[tuple, str, str] | None:
     if stage.mode == "fine_tune":
         parts = split_below_unfrozen(run.model, run.recipe.model.unfreeze)
         if parts is None:
-            run.notes.append(
-                f"frozen-prefix cache off: model.unfreeze={run.recipe.model.unfreeze!r} "
-                "leaves no frozen part that one tensor links to the unfrozen blocks (or "
-                "the head reads the pixels); the stage trains on images")
+            unfreeze = run.recipe.model.unfreeze
+            run.notes.append(f"frozen-prefix cache off at model.unfreeze={unfreeze!r}: "
+                             f"{prefix_refusal(run.model, unfreeze)}; the stage trains on "
+                             "images")
             return None
         first = parts[1].get_layer("unfrozen_blocks").layers[1].name
         return (parts, "frozen-prefix cache",
