@@ -222,6 +222,16 @@ def test_registry_covers_keras_applications():
     assert get_architecture("path/to/saved.keras").kind == "backbone"
 
 
+@pytest.mark.parametrize("architecture", ["efficientnet_v2_b0", "efficientnet_b0"])
+def test_an_efficientnet_backbone_builds_into_a_classifier(architecture):
+    model = tftoolkit.build_model(tftoolkit.load_recipe("fashion_transfer", {
+        "model.architecture": architecture, "model.weights": "none",
+        "model.mode": "fine_tune", "model.unfreeze": 0.25, "data.image_size": 32}))
+    backbone = backbone_of(model)
+    assert backbone.name == "backbone" and len(backbone.layers) > 100
+    assert model(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 10)
+
+
 def test_preprocess_layer_matches_keras_preprocess_input():
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
     for mode, module in (("tf", keras.applications.mobilenet_v2),

@@ -21,6 +21,10 @@ def _build_application(constructor: str, *, weights: str | None,
                        input_shape: tuple[int, int, int]) -> keras.Model:
     """The headless ``keras.applications`` network, named ``backbone``."""
     fn = getattr(keras.applications, constructor)
+    if constructor.startswith("EfficientNetV2"):
+        # it looks its blocks up by its own name: built under that name, then renamed
+        network = fn(include_top=False, weights=weights, input_shape=input_shape)
+        return keras.Model(network.input, network.output, name=BACKBONE)
     return fn(include_top=False, weights=weights, input_shape=input_shape, name=BACKBONE)
 
 
