@@ -19,7 +19,10 @@ from conftest import write_image
 from tftoolkit.augment import build_augmenter
 from tftoolkit.data import load_data
 from tftoolkit.detection.evaluation import ImageBoxes, coco_evaluate
+from tftoolkit.detection.head import HEAD
 from tftoolkit.errors import DataError, RecipeError
+from tftoolkit.models.detector import build_detector
+from tftoolkit.models.registry import get_architecture
 from tftoolkit.recipe import load_recipe
 from tftoolkit.tasks import Detection
 from tftoolkit.training.runner import train
@@ -274,6 +277,25 @@ def test_settings_that_do_not_move_boxes_are_refused_before_training(tmp_path, q
                   SIZE)
     with pytest.raises(RecipeError, match="data.image_size=70.*multiple of"):
         load_data(load_recipe("object_detection", overrides), 70)
+
+
+def test_model_anchor_strides_choose_the_pyramid_levels(tmp_path, quiet):
+    overrides = _overrides(quiet, **{"data.dir": str(_voc(tmp_path / "voc", 6))})
+    data = load_data(load_recipe("object_detection", {
+        **overrides, "model.anchor_strides": [16, 32]}), SIZE)
+    task = data.info.task
+    assert task.anchors.strides == (16, 32) and task.config()["anchors"]["strides"] == (16, 32)
+    model = build_detector(get_architecture("mobilenet_v2"), weights="none",
+                           mode="feature_extraction", image_size=SIZE, task=task)
+    assert [tuple(x.shape[1:3]) for x in model.get_layer(HEAD).inputs] == [(4, 4), (2, 2)]
+    assert model.output.shape[1] == task.anchor_set.count == (16 + 4) * 9
+    with pytest.raises(RecipeError, match=r"model.anchor_strides=\[8, 32\]: .*twice"):
+        load_recipe("object_detection", {**overrides, "model.anchor_strides": [8, 32]})
+    task = load_data(load_recipe("object_detection", {
+        **overrides, "model.anchor_strides": [64]}), SIZE).info.task
+    with pytest.raises(RecipeError, match="no feature map at stride.*model.anchor_strides"):
+        build_detector(get_architecture("mobilenet_v2"), weights="none",
+                       mode="feature_extraction", image_size=SIZE, task=task)
 
 
 def test_predict_prints_the_boxes_and_draws_them(voc_run, tmp_path, cli):

@@ -143,6 +143,10 @@ class ModelConfig:
                                   "included); used by feature_extraction and auto's linear "
                                   "probe, other modes train without it (their notes say "
                                   "so); 0: off", min=0)
+    anchor_strides: list[int] = _opt([8, 16, 32], "detectors: the backbone strides the "
+                                     "feature pyramid and its anchors sit on, finest "
+                                     "first, each twice the one before (for example "
+                                     "[16, 32] for large objects only)")
 
 
 @dataclass(frozen=True)
@@ -555,6 +559,10 @@ def _check_combinations(recipe: Recipe) -> None:
         raise RecipeError(f"train.select_best={t.select_best!r}: epochs are selected on a "
                           "validation metric (val_accuracy, val_loss, ...), never on "
                           "training or test figures")
+    strides = recipe.model.anchor_strides
+    if not strides or strides[0] < 1 or any(b != 2 * a for a, b in zip(strides, strides[1:])):
+        raise RecipeError(f"model.anchor_strides={strides}: expected one or more strides, "
+                          "finest first, each twice the one before (such as [8, 16, 32])")
     if recipe.privacy.enabled:
         _check_private(recipe)
     if t.batch_size == 0 and t.optimizer != "gd":

@@ -28,6 +28,7 @@ from tftoolkit.data.scan import WorkerShare
 from tftoolkit.data.sources import Examples, SourceData, load_source
 from tftoolkit.data.splits import (proportional_counts, shard_positions, stratified_cap,
                                    stratified_order, stratified_split)
+from tftoolkit.detection.anchors import AnchorConfig
 from tftoolkit.errors import DataError, bounded_list
 from tftoolkit.models.registry import get_architecture
 from tftoolkit.recipe import DataConfig, Recipe
@@ -341,7 +342,8 @@ def _detection_task(recipe: Recipe, source: SourceData, num_classes: int,
                         "boxes, which train with the detector's focal and box loss; set "
                         "train.loss=auto")
     widest = max(examples.labels.shape[1] for examples in source.splits.values())
-    task = Detection(num_classes, image_size, widest)
+    anchors = AnchorConfig(strides=tuple(recipe.model.anchor_strides))
+    task = Detection(num_classes, image_size, widest, anchors)
     task.check_recipe(recipe)
     return task
 
