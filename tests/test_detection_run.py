@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from conftest import write_image
 from tftoolkit.augment import build_augmenter
@@ -95,6 +96,10 @@ def test_a_voc_run_logs_val_map_every_epoch_and_reports_test_map(voc_run):
         sorted(CLASSES)
     history = voc_run.history
     assert len(history["val_map"]) == len(history["val_map_50"]) == 3  # 2 + 1 epochs
+    # mAP is validation's alone: the training batches' detections are not decoded
+    assert set(history) == {"loss", "val_loss", "val_map", "val_map_50"}
+    with Image.open(voc_run.run_dir / "curves.png") as curves:  # a panel (500 px) each:
+        assert curves.width == 3 * 500                          # loss, map, map_50
     assert all(0.0 <= v <= 1.0 for v in history["val_map"] + history["val_map_50"])
     metrics = json.loads((voc_run.run_dir / "metrics.json").read_text())
     assert {"val_map", "val_map_50", "test_map", "test_map_50"} <= set(metrics)

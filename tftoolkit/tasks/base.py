@@ -60,6 +60,9 @@ class Task(ABC):
     # figure -> whether higher is better; every one is logged per epoch, and with the
     # ``val_`` prefix on the validation split (``loss`` always, from the loss)
     figures: ClassVar[dict[str, bool]]
+    # whether the figures are measured on the training batches too; if not, the
+    # training logs hold the loss alone and the figures are validation's
+    train_figures: ClassVar[bool] = True
     # the figure a run, a search or a comparison is judged by when none is named, and
     # the one exported files are judged by against the float model
     default_figure: ClassVar[str]

@@ -105,7 +105,8 @@ class _Steps:
         with strategy.scope():
             if not model.optimizer.built:  # before tracing, as Keras' fit: the step reads
                 model.optimizer.build(model.trainable_variables)  # the loss scale
-            self.train_metrics, self.eval_metrics = task.metrics(), task.metrics()
+            self.train_metrics = task.metrics() if task.train_figures else []
+            self.eval_metrics = task.metrics()
         self.train = tf.function(lambda it: self._reduce(
             strategy.run(self._train_step, args=(next(it),))))
         self.evaluate = tf.function(lambda batch: self._reduce(
@@ -227,10 +228,13 @@ def fit(model: keras.Model, train_ds: Input, *, strategy, task: Task, epochs: in
                         validation_data=validation_data, callbacks=callbacks,
                         verbose=verbose)
     else:
-        if strategy.num_replicas_in_sync > 1 and "train_step" not in vars(model):
-            # Keras' own step clips each replica's share of the gradient; this one clips
-            # the whole batch's (a private run has put its DP-SGD step in place already)
-            use_in_fit(model, TrainStep(model))
+        if ((strategy.num_replicas_in_sync > 1 or not task.train_figures)
+                and "train_step" not in vars(model)):
+            # Keras' own step clips each replica's share of the gradient and measures
+            # every compiled metric; this one clips the whole batch's, and leaves a
+            # task's figures to validation if so (a private run has put its DP-SGD step
+            # in place already)
+            use_in_fit(model, TrainStep(model), figures=task.train_figures)
         model.fit(train_ds, validation_data=validation_data, epochs=epochs,
                   initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
                   callbacks=list(callbacks), verbose=verbose, shuffle=False)

@@ -8,8 +8,9 @@ from matplotlib.figure import Figure
 
 
 def plot_history(history: dict[str, list[float]], path: Path, title: str = "") -> Path:
-    """One panel per quantity (loss, then each metric), train and validation together."""
-    names = [k for k in history if not k.startswith("val_")]
+    """One panel per quantity (loss, then each metric), train and validation together
+    (validation alone for a figure measured there only)."""
+    names = list(dict.fromkeys(k.removeprefix("val_") for k in history))
     if not names:  # no epoch was trained (a privacy budget spent before the first)
         fig = Figure(figsize=(5, 3.8))
         fig.text(0.5, 0.5, f"{title}: no epoch trained", ha="center", va="center")
@@ -18,10 +19,10 @@ def plot_history(history: dict[str, list[float]], path: Path, title: str = "") -
     fig = Figure(figsize=(5 * len(names), 3.8))
     axes = fig.subplots(1, len(names), squeeze=False)
     for ax, name in zip(axes[0], names):
-        epochs = range(1, len(history[name]) + 1)
-        ax.plot(epochs, history[name], marker="o", ms=3, label=f"train {name}")
-        if f"val_{name}" in history:
-            ax.plot(epochs, history[f"val_{name}"], marker="o", ms=3, label=f"val {name}")
+        for split, key in (("train", name), ("val", f"val_{name}")):
+            if key in history:  # a task may measure a figure on validation only
+                ax.plot(range(1, len(history[key]) + 1), history[key], marker="o", ms=3,
+                        label=f"{split} {name}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.set_title(f"{title}: {name}" if title else name)

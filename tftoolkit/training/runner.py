@@ -664,7 +664,8 @@ def _fit_private(run: _Run, stage: Stage, inputs: StageInputs, first_epoch: int)
         l2_clip=cfg.l2_clip, noise_multiplier=spent.noise_multiplier,
         expected_batch=spent.sampling_rate * n, strategy=run.strategy,
         seed=seed and int(np.random.SeedSequence(seed).generate_state(1)[0]))
-    use_in_fit(inputs.model, TrainStep(inputs.model, gradients))
+    use_in_fit(inputs.model, TrainStep(inputs.model, gradients),
+               figures=run.data.info.task.train_figures)
     batches = privacy.poisson_dataset(x, y, spent.sampling_rate, replicas,
                                       np.random.default_rng(seed))
     distributed.fit(inputs.model, batches, strategy=run.strategy, task=run.data.info.task,

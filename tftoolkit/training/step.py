@@ -8,8 +8,9 @@ optimizer's update. Mixed precision is the optimizer's: the loss is multiplied b
 gradients by the scale again (skipping steps whose gradients overflow), so clipping
 works on scaled gradients against a scaled bound. The multi-worker loop runs it under
 ``strategy.run``; Keras' ``fit`` runs it as the model's ``train_step``
-(:func:`use_in_fit`) for private runs and for every run over several replicas, so they
-keep fit's callbacks, progress bar, validation and EMA finalisation.
+(:func:`use_in_fit`) for private runs, for every run over several replicas and for a
+task whose figures are measured on validation only (a detector's), so they keep fit's
+callbacks, progress bar, validation and EMA finalisation.
 """
 
 from __future__ import annotations
@@ -90,10 +91,11 @@ class TrainStep:
         return [g / context.num_replicas_in_sync for g in grads]
 
 
-def use_in_fit(model: keras.Model, step: TrainStep) -> None:
+def use_in_fit(model: keras.Model, step: TrainStep, figures: bool = True) -> None:
     """Make ``step`` the ``train_step`` that Keras' ``fit`` runs on ``model``, with fit's
-    loss and metric logs. It is an attribute of the model: compiling again keeps it (in
-    place of the class's ``train_step``) until another call replaces it."""
+    loss and metric logs (``figures=False``: the loss alone; the compiled metrics then
+    measure validation only). It is an attribute of the model: compiling again keeps it
+    (in place of the class's ``train_step``) until another call replaces it."""
 
     def train_step(data):
         x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -103,6 +105,11 @@ def use_in_fit(model: keras.Model, step: TrainStep) -> None:
         model._loss_tracker.update_state(
             tf.math.divide_no_nan(tf.reduce_sum(per_example), examples),
             sample_weight=examples)
+        if not figures:
+            compiled = model._compile_metrics  # built as Keras builds them, not updated:
+            if compiled is not None and not compiled.built:  # fit reads every result
+                compiled.build(y, predictions)
+            return {"loss": model._loss_tracker.result()}
         return model.compute_metrics(x, y, predictions, sample_weight=weight)
 
     model.train_step = train_step
