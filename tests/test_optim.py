@@ -107,6 +107,25 @@ def test_layer_decay_gives_lower_blocks_proportionally_smaller_steps():
     assert step["block_15_depthwise/kernel"] == pytest.approx(0.0125)
 
 
+def test_layer_decay_counts_a_mobilenet_v3_block_once_whatever_its_layers():
+    """An expanded_conv_N block (expand, depthwise, squeeze-excite, project and their
+    BatchNorms) takes one rate, and the block below it the next."""
+    recipe = Recipe(name="t", data=DataConfig(source="arrays", image_size=33),
+                    model=ModelConfig(architecture="mobilenet_v3_small", weights="none",
+                                      mode="fine_tune", unfreeze="expanded_conv_9"))
+    info = DataInfo(SingleLabel(2), (33, 33, 3), ["a", "b"], 33, "test")
+    model = tftoolkit.models.build_model(recipe, info)
+    multipliers = {v.path.split("/")[0]: f
+                   for v, f in block_learning_rate_multipliers(model, 0.5)}
+    assert multipliers["conv_1"] == 0.5
+    assert {multipliers[f"expanded_conv_10_{part}"] for part in (
+        "expand", "depthwise", "squeeze_excite_conv", "squeeze_excite_conv_1",
+        "project")} == {0.25}
+    assert multipliers["expanded_conv_9_expand"] == multipliers[
+        "expanded_conv_9_project"] == 0.125
+    assert set(multipliers.values()) == {0.5, 0.25, 0.125}
+
+
 def test_layer_decay_scales_the_decoupled_weight_decay_with_the_rate():
     model = _tiny_backbone_model()
     for v in model.trainable_variables:
