@@ -284,6 +284,21 @@ def test_learning_rate_auto_is_the_fine_tuning_rate_even_when_one_is_set(image_f
     assert "replaces train.fine_tune_learning_rate=0.5" in " ".join(result.notes)
 
 
+def test_learning_rate_auto_notes_the_cache_of_its_stage_once(image_folder, quiet):
+    """The sweep trains what the stage trains, on the same frozen-prefix cache: the run
+    says so once."""
+    recipe = Recipe(name="tiny_fine_tune",
+                    data=DataConfig(source="folder", dir=str(image_folder), image_size=33),
+                    model=ModelConfig(architecture="mobilenet_v2", weights="none",
+                                      mode="fine_tune", unfreeze="block_16"),
+                    train=TrainConfig(epochs=1, batch_size=8, learning_rate="auto"),
+                    export=ExportConfig(enabled=False))
+    result = tftoolkit.train(recipe, quiet)
+    cache_notes = [n for n in result.notes if n.startswith("frozen-prefix cache")]
+    assert len(cache_notes) == 1, result.notes
+    assert any(n.startswith("train.learning_rate=auto") for n in result.notes)
+
+
 def test_two_stage_never_ends_below_its_first_stage(image_folder, quiet):
     recipe = Recipe(name="guard", data=DataConfig(source="folder", dir=str(image_folder),
                                                   image_size=33),

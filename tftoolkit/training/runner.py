@@ -354,9 +354,9 @@ def _frozen_part(run: _Setup, stage: Stage) -> tuple[tuple, str, str] | None:
         parts = split_below_unfrozen(run.model, run.recipe.model.unfreeze)
         if parts is None:
             unfreeze = run.recipe.model.unfreeze
-            run.notes.append(f"frozen-prefix cache off at model.unfreeze={unfreeze!r}: "
-                             f"{prefix_refusal(run.model, unfreeze)}; the stage trains on "
-                             "images")
+            _note_once(run, f"frozen-prefix cache off at model.unfreeze={unfreeze!r}: "
+                            f"{prefix_refusal(run.model, unfreeze)}; the stage trains on "
+                            "images")
             return None
         first = parts[1].get_layer("unfrozen_blocks").layers[1].name
         return (parts, "frozen-prefix cache",
@@ -390,8 +390,15 @@ def _cached_part(run: _Setup, stage: Stage) -> _CachedPart | None:
     elif use_cache and data.share is not None:
         why += (f"; each of {data.share.count} workers ran the frozen part on its share "
                 "of the images")
-    run.notes.append(why)
+    _note_once(run, why)
     return _CachedPart(parts, views) if use_cache else None
+
+
+def _note_once(run: _Setup, note: str) -> None:
+    """Add ``note`` unless the run has it already (the learning-rate sweep and its
+    stage plan the same cache)."""
+    if note not in run.notes:
+        run.notes.append(note)
 
 
 def _stage_inputs(run: _Setup, stage: Stage, first_pass: int,
