@@ -54,6 +54,22 @@ def _loop_once(model, x, y, callbacks=(), validation=None):
             verbose=0)
 
 
+@pytest.mark.parametrize("figures", [True, False])
+def test_the_logged_training_loss_holds_the_weight_penalty_as_keras_logs_it(figures):
+    x, y = _data()
+    logged = {}
+    for own_step in (False, True):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(
+            3, activation="softmax", kernel_regularizer=keras.regularizers.L2(0.5))])
+        model.compile(keras.optimizers.SGD(0.1), keras.losses.CategoricalCrossentropy())
+        if own_step:
+            use_in_fit(model, TrainStep(model), figures=figures)
+        logged[own_step] = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+                                     shuffle=False).history["loss"]
+    assert logged[True] == pytest.approx(logged[False], rel=1e-5)
+
+
 def test_mixed_float16_updates_in_the_multi_worker_loop_match_float32():
     x, y = _data()
     updates = []

@@ -393,3 +393,19 @@ def test_a_missing_package_of_an_export_format_stops_the_run_before_training(
                                           r"onnxruntime: pip install 'tftoolkit\[onnx\]'"):
         tftoolkit.train(recipe, quiet)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("history, panels", [
+    ({"loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "accuracy": [0.5, 0.7],
+      "val_accuracy": [0.4, 0.6], "val_ema_loss": [1.2, 0.7],
+      "val_ema_accuracy": [0.3, 0.6]}, 2),                  # the average on its figure's
+    ({"loss": [1.0], "val_loss": [1.1], "val_map": [0.2], "val_map_50": [0.4]}, 3),
+])
+def test_the_curves_have_a_panel_per_figure_whether_measured_on_training_or_not(
+        tmp_path, history, panels):
+    from PIL import Image
+
+    from tftoolkit.training.plots import plot_history
+
+    with Image.open(plot_history(history, tmp_path / "curves.png")) as curves:
+        assert curves.width == panels * 500  # 5 inches at 100 dpi a panel

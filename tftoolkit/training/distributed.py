@@ -13,8 +13,9 @@ training step (:class:`~tftoolkit.training.step.TrainStep`: the loss averaged ov
 batch's gradient, the model's Keras optimizer). It keeps what ``fit`` gives: a progress
 bar, the same callbacks (CSV history, checkpoints, early stopping, progress for resume),
 per-epoch ``loss`` and the task's figures (its own Keras metrics, updated on every
-replica and summed over them), validation figures, and the weights' moving average put
-in place at the end (``train.ema``).
+replica and summed over them; validation's alone for a task without
+:attr:`~tftoolkit.tasks.Task.train_figures`), validation figures, and the weights'
+moving average put in place at the end (``train.ema``).
 """
 
 from __future__ import annotations
@@ -95,8 +96,8 @@ def per_worker(strategy, make: Callable[[tf.distribute.InputContext | None], tf.
 class _Steps:
     """Replica steps of one compiled model: a training step and an evaluation step,
     each returning global sums (loss, examples); the task's metrics (one set for
-    training, one for evaluation, each replica updating its own share) give the other
-    figures."""
+    training, none if the task measures on validation only, one for evaluation, each
+    replica updating its own share) give the other figures."""
 
     def __init__(self, model: keras.Model, strategy, task: Task):
         self.model, self.strategy = model, strategy

@@ -99,11 +99,13 @@ def use_in_fit(model: keras.Model, step: TrainStep, figures: bool = True) -> Non
 
     def train_step(data):
         x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
+        # the penalties in the logged loss, as Keras' fit logs it (before the update)
+        penalty = tf.add_n(model.losses) if model.losses else 0.0
         per_example, predictions = step(x, y, weight)
         examples = (tf.cast(tf.shape(per_example)[0], tf.float32) if weight is None
                     else tf.reduce_sum(tf.cast(weight, tf.float32)))
         model._loss_tracker.update_state(
-            tf.math.divide_no_nan(tf.reduce_sum(per_example), examples),
+            tf.math.divide_no_nan(tf.reduce_sum(per_example), examples) + penalty,
             sample_weight=examples)
         if not figures:
             compiled = model._compile_metrics  # built as Keras builds them, not updated:
