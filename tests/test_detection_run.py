@@ -107,12 +107,12 @@ def test_a_voc_run_logs_val_map_every_epoch_and_reports_test_map(voc_run):
         assert any(note.startswith(f"{stage}: kept epoch") and "val_map" in note
                    for note in voc_run.notes), voc_run.notes
     # the recipe's two stages, without augmentation: the head trained on the frozen
-    # backbone's cached feature maps, then the backbone's top quarter (MobileNetV2: from
-    # block_13) with it on the cached output of the blocks below
+    # backbone's cached feature maps, then the backbone's top 35% (MobileNetV2: from
+    # block_11) with it on the cached output of the blocks below
     assert "feature cache: frozen backbone run once; head trained on cached features" in \
         voc_run.notes
     assert any(note.startswith("frozen-prefix cache: the frozen backbone layers below "
-                               "block_13_expand run once") for note in voc_run.notes)
+                               "block_11_expand run once") for note in voc_run.notes)
 
 
 def test_the_reported_test_map_is_pycocotools_on_the_models_detections(voc_run):
