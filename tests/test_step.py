@@ -55,13 +55,15 @@ def _loop_once(model, x, y, callbacks=(), validation=None):
 
 
 @pytest.mark.parametrize("figures", [True, False])
-def test_the_logged_training_loss_holds_the_weight_penalty_as_keras_logs_it(figures):
+def test_the_logged_training_loss_holds_the_penalties_as_keras_logs_them(figures):
+    """A weight penalty and an activity penalty (a loss of the forward pass itself)."""
     x, y = _data()
     logged = {}
     for own_step in (False, True):
         keras.utils.set_random_seed(1)
         model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(
-            3, activation="softmax", kernel_regularizer=keras.regularizers.L2(0.5))])
+            3, activation="softmax", kernel_regularizer=keras.regularizers.L2(0.5),
+            activity_regularizer=keras.regularizers.L1(0.3))])
         model.compile(keras.optimizers.SGD(0.1), keras.losses.CategoricalCrossentropy())
         if own_step:
             use_in_fit(model, TrainStep(model), figures=figures)

@@ -115,12 +115,10 @@ class _Steps:
 
     def _train_step(self, batch):
         x, y, *weight = batch
-        model = self.model
-        # the penalties in the logged loss, as Keras' fit logs it (once per example)
-        penalty = tf.add_n(model.losses) if model.losses else 0.0
-        per_example, predictions = self.step(x, y, *weight)
+        per_example, predictions, penalty = self.step(x, y, *weight)
         for metric in self.train_metrics:  # weighted, as compiled (optim.compile_model)
             metric.update_state(y, predictions, *weight)
+        # the penalties in the logged loss, as Keras' fit logs it (once per example)
         examples = tf.cast(tf.shape(per_example)[0], tf.float32)
         return tf.reduce_sum(per_example) + penalty * examples, examples
 

@@ -135,18 +135,21 @@ class PrivateGradients:
 
     def __call__(self, model: keras.Model, loss_fn, x, y, mask, scale):
         """This replica's DP-SGD gradient, times the loss ``scale`` (as the optimizer
-        expects it), with the per-example losses (masked) and predictions."""
+        expects it), with the per-example losses (masked), predictions and the model's
+        penalties (summed; 0 without any)."""
         variables = model.trainable_variables
         mask = tf.ones(tf.shape(x)[:1]) if mask is None else tf.cast(mask, tf.float32)
         losses, predictions, grads = self.per_example_gradients(model, loss_fn, x, y, scale)
         # clipping bounds the true gradient: undo the scale first
         grads = self.noised_average(self.clipped_sum([g / scale for g in grads], mask))
+        penalty = 0.0
         if model.losses:  # penalties: the same for every example, not clipped; each
             with tf.GradientTape() as tape:  # replica adds 1/R of them
-                penalty = tf.add_n(model.losses) / self.replicas
+                penalty = tf.add_n(model.losses)
+                share = penalty / self.replicas
             grads = [g + (r if r is not None else 0.0) for g, r in
-                     zip(grads, tape.gradient(penalty, variables))]
-        return [g * scale for g in grads], losses * mask, predictions
+                     zip(grads, tape.gradient(share, variables))]
+        return [g * scale for g in grads], losses * mask, predictions, penalty
 
 
 def poisson_dataset(x: np.ndarray, y: np.ndarray, rate: float, replicas: int,

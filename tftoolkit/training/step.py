@@ -15,6 +15,8 @@ callbacks, progress bar, validation and EMA finalisation.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
 import tensorflow as tf
 
@@ -31,6 +33,16 @@ def base_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Op
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
+class StepOutput(NamedTuple):
+    """What one training step computed before its update: the per-example losses
+    (weighted), the predictions, and the model's penalties (``model.losses`` summed, 0
+    without any) of the same forward pass."""
+
+    per_example: tf.Tensor
+    predictions: tf.Tensor
+    penalty: tf.Tensor | float
+
+
 class TrainStep:
     """One training step of a compiled model, called in a replica context.
 
@@ -44,15 +56,15 @@ class TrainStep:
         self.model, self.gradients = model, gradients
         self.loss_fn = per_example_loss(model)
 
-    def __call__(self, x, y, sample_weight=None) -> tuple[tf.Tensor, tf.Tensor]:
-        """Update the model on ``(x, y)``; returns the per-example losses (weighted)
-        and the predictions, both from before the update. Under DP-SGD ``sample_weight``
-        is the mask of a padded Poisson batch (0: padding)."""
+    def __call__(self, x, y, sample_weight=None) -> StepOutput:
+        """Update the model on ``(x, y)``; returns what it computed before the update.
+        Under DP-SGD ``sample_weight`` is the mask of a padded Poisson batch (0:
+        padding)."""
         model = self.model
         variables = model.trainable_variables
         scale = model.optimizer.scale_loss(tf.constant(1.0))
         if self.gradients is not None:
-            grads, per_example, predictions = self.gradients(
+            grads, per_example, predictions, penalty = self.gradients(
                 model, self.loss_fn, x, y, sample_weight, scale)
         else:
             context = tf.distribute.get_replica_context()
@@ -66,12 +78,13 @@ class TrainStep:
                 examples = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(
                     tf.shape(per_example)[0], tf.float32))
                 loss = tf.reduce_sum(per_example) / examples
+                penalty = tf.add_n(model.losses) if model.losses else 0.0
                 if model.losses:
-                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+                    loss += tf.nn.scale_regularization_loss(penalty)
                 scaled = model.optimizer.scale_loss(loss)
             grads = tape.gradient(scaled, variables)
         model.optimizer.apply_gradients(zip(self._clipped(grads, scale), variables))
-        return per_example, predictions
+        return StepOutput(per_example, predictions, penalty)
 
     def _clipped(self, grads: list, scale) -> list:
         """``train.clip_norm`` on the global batch's gradient. Keras clips the gradient it
@@ -99,11 +112,10 @@ def use_in_fit(model: keras.Model, step: TrainStep, figures: bool = True) -> Non
 
     def train_step(data):
         x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
-        # the penalties in the logged loss, as Keras' fit logs it (before the update)
-        penalty = tf.add_n(model.losses) if model.losses else 0.0
-        per_example, predictions = step(x, y, weight)
+        per_example, predictions, penalty = step(x, y, weight)
         examples = (tf.cast(tf.shape(per_example)[0], tf.float32) if weight is None
                     else tf.reduce_sum(tf.cast(weight, tf.float32)))
+        # the mean loss with the penalties once, as Keras' fit logs it on one device
         model._loss_tracker.update_state(
             tf.math.divide_no_nan(tf.reduce_sum(per_example), examples) + penalty,
             sample_weight=examples)
