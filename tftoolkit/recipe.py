@@ -286,7 +286,7 @@ class ExportConfig:
 
     enabled: bool = _opt(True, "export a SavedModel after training")
     dir: str = _opt("saved_models", "root of exports: <dir>/<recipe>/<version>/")
-    tolerance: float = _opt(1e-5, "max abs difference allowed by the parity check", min=0.0)
+    tolerance: float = _opt(1e-4, "max abs difference allowed by the parity check", min=0.0)
     formats: list[Literal["tflite", "tflite_dynamic", "tflite_float16", "tflite_int8",
                           "mediapipe", "mediapipe_int8", "onnx"]] = _opt(
         [], "extra formats beside the SavedModel: tflite (LiteRT, float), tflite_dynamic, "

@@ -259,7 +259,7 @@ def _quantized_variants(model: keras.Model, info: DataInfo, formats: list[str],
 
 def export_model(model: keras.Model, info: DataInfo, root: Path, *,
                  parity_inputs: np.ndarray, card: dict[str, Any],
-                 tolerance: float = 1e-5, mixed_precision: bool = False,
+                 tolerance: float = 1e-4, mixed_precision: bool = False,
                  formats: list[str] = (), quantization: Quantization | None = None,
                  thresholds: np.ndarray | None = None) -> Path:
     """Export ``model`` as the next numbered version under ``root`` (plus ``formats``,
