@@ -9,8 +9,9 @@ An anchor-based single-stage detector (feature pyramid over ImageNet MobileNetV2
 sigmoid focal loss) whose epochs are kept by validation COCO mAP; add
 --set export.formats=[mediapipe,mediapipe_int8] for MediaPipe ObjectDetector files.
 Two stages: the head trains on the frozen backbone's cached feature maps (6 epochs),
-then the top 35% of the backbone's layers (MobileNetV2: from block_11) fine-tune with
-it (10 epochs at 1e-3) on the cached activations of the blocks below.
+then the top 35% of the backbone's layers, rounded to a block (MobileNetV2: from
+block_11), fine-tune with it (10 epochs at 1e-3) on the cached activations of the blocks
+below.
 --set augment.enabled=true (horizontal flips) trains on images instead, running the
 backbone every epoch.
 """
